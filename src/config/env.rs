@@ -1,0 +1,137 @@
+//! `${env:NAME}` and `${env:NAME:-default}` substitution in config text.
+//!
+//! Substitution happens on the raw text before YAML parsing, as in the
+//! OpenTelemetry Collector, so it works in any position. `$$` writes a literal `$`.
+
+/// A reference that could not be substituted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvError {
+    #[error(
+        "line {line}: environment variable `{name}` is not set (write `${{env:{name}:-default}}` to give a default)"
+    )]
+    Unset { name: String, line: usize },
+    #[error("line {line}: `${{` without a closing `}}`")]
+    Unclosed { line: usize },
+    #[error(
+        "line {line}: `${{{inner}}}` is not a supported reference: expected `${{env:NAME}}` or `${{env:NAME:-default}}`"
+    )]
+    Unsupported { inner: String, line: usize },
+}
+
+/// Replaces every `${env:...}` in `text`, looking names up with `lookup`.
+pub fn substitute(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, EnvError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
+        let end = body.find('}').ok_or(EnvError::Unclosed { line })?;
+        let inner = &body[..end];
+        let Some(reference) = inner.strip_prefix("env:") else {
+            return Err(EnvError::Unsupported {
+                inner: inner.to_string(),
+                line,
+            });
+        };
+        let (name, default) = match reference.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (reference, None),
+        };
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(EnvError::Unsupported {
+                inner: inner.to_string(),
+                line,
+            });
+        }
+        match (lookup(name), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(EnvError::Unset {
+                    name: name.to_string(),
+                    line,
+                });
+            }
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "s3cr3t".to_string())
+    }
+
+    #[test]
+    fn substitutes_set_variables_and_defaults() {
+        let text = "a: ${env:KEY}\nb: ${env:MISSING:-127.0.0.1:4317}\nc: x${env:KEY}y";
+        assert_eq!(
+            substitute(text, lookup).unwrap(),
+            "a: s3cr3t\nb: 127.0.0.1:4317\nc: xs3cr3ty"
+        );
+    }
+
+    #[test]
+    fn empty_default_is_allowed() {
+        assert_eq!(substitute("a: '${env:NOPE:-}'", lookup).unwrap(), "a: ''");
+    }
+
+    #[test]
+    fn dollar_escapes_and_plain_dollars_pass_through() {
+        assert_eq!(
+            substitute("a: $${env:KEY} costs $5", lookup).unwrap(),
+            "a: ${env:KEY} costs $5"
+        );
+    }
+
+    #[test]
+    fn unset_variable_names_it_and_its_line() {
+        assert_eq!(
+            substitute("a: 1\nb: ${env:NOPE}", lookup),
+            Err(EnvError::Unset {
+                name: "NOPE".into(),
+                line: 2
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_references_are_errors() {
+        assert!(matches!(
+            substitute("a: ${env:KEY", lookup),
+            Err(EnvError::Unclosed { line: 1 })
+        ));
+        assert!(matches!(
+            substitute("a: ${file:/x}", lookup),
+            Err(EnvError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            substitute("a: ${env:BAD NAME}", lookup),
+            Err(EnvError::Unsupported { .. })
+        ));
+    }
+}

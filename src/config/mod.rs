@@ -1,0 +1,553 @@
+//! The YAML configuration: schema, `${env:..}` substitution, durations and validation.
+//!
+//! The structs here are the documentation of every key: each field says its
+//! unit, default and limits. Parsing rejects unknown keys and names the key
+//! path (`receivers.otlp.grpc.bogus`); [`Config::validate`] then collects every
+//! cross-field problem in one run, each prefixed with its path.
+
+mod duration;
+mod env;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+pub use duration::{ConfigDuration, DurationError};
+pub use env::{EnvError, substitute};
+
+/// The embedded default pipeline, run by `doraflow` with no arguments.
+pub const DEFAULT_PIPELINE_YAML: &str = include_str!("../../pipelines/default.yaml");
+
+/// Everything wrong with a configuration, each problem on its own line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Env(#[from] EnvError),
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where data comes in.
+    #[serde(default)]
+    pub receivers: Receivers,
+    /// What is computed.
+    #[serde(default)]
+    pub processors: Processors,
+    /// Where results go.
+    #[serde(default)]
+    pub exporters: Exporters,
+    /// Checkpointed state (not available yet).
+    #[serde(default)]
+    pub storage: Option<NotYetAvailable>,
+    /// Which receivers, processors and exporters run together.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// Configured receivers, by kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receivers {
+    /// OTLP over gRPC and HTTP.
+    pub otlp: Option<OtlpReceiverConfig>,
+    /// CDEvents webhook (not available yet).
+    pub webhook: Option<NotYetAvailable>,
+    /// Kafka consumer (not available yet).
+    pub kafka: Option<NotYetAvailable>,
+}
+
+/// `receivers.otlp`: the OTLP receiver. At least one of `grpc` and `http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpReceiverConfig {
+    /// The gRPC listener (TraceService, LogsService, MetricsService).
+    pub grpc: Option<GrpcServerConfig>,
+    /// The HTTP listener (`/v1/traces`, `/v1/logs`, `/v1/metrics`).
+    pub http: Option<HttpServerConfig>,
+    /// Environment of a resource that has neither `deployment.environment.name`
+    /// nor `deployment.environment`. Default `unknown`.
+    #[serde(default = "default_environment")]
+    pub default_environment: String,
+}
+
+fn default_environment() -> String {
+    "unknown".to_string()
+}
+
+/// A gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcServerConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:4317`.
+    #[serde(default = "default_grpc_endpoint")]
+    pub endpoint: String,
+    /// Largest request accepted, in MiB after decompression. Default 4, at most 256.
+    #[serde(default = "default_max_recv_msg_size_mib")]
+    pub max_recv_msg_size_mib: usize,
+}
+
+fn default_grpc_endpoint() -> String {
+    "127.0.0.1:4317".to_string()
+}
+
+const fn default_max_recv_msg_size_mib() -> usize {
+    4
+}
+
+/// An HTTP listener of the OTLP receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServerConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:4318`.
+    #[serde(default = "default_http_endpoint")]
+    pub endpoint: String,
+    /// Largest request body accepted, in MiB after decompression. Default 4, at most 256.
+    #[serde(default = "default_max_recv_msg_size_mib")]
+    pub max_request_body_size_mib: usize,
+}
+
+fn default_http_endpoint() -> String {
+    "127.0.0.1:4318".to_string()
+}
+
+/// Configured processors, by kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Processors {
+    /// Service health: requests, errors, latency.
+    pub red: Option<RedConfig>,
+    /// DORA metrics (not available yet).
+    pub dora: Option<NotYetAvailable>,
+    /// Alert rules (not available yet).
+    pub alerts: Option<NotYetAvailable>,
+}
+
+/// `processors.red`: per-(service, environment) requests, errors and latency
+/// over a rolling window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedConfig {
+    /// Length of the rolling window. Default `5m`. A whole multiple of `slice`.
+    #[serde(default = "default_red_window")]
+    pub window: ConfigDuration,
+    /// Granularity of the window: data leaves it one slice at a time. Default `10s`.
+    #[serde(default = "default_red_slice")]
+    pub slice: ConfigDuration,
+    /// Most (service, environment) series kept; spans of new series beyond it are
+    /// refused and counted. Default 10 000.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Latency precision in significant decimal digits (1 to 3). Default 2, i.e.
+    /// quantiles within 1%.
+    #[serde(default = "default_significant_digits")]
+    pub significant_digits: u8,
+    /// Largest latency told apart; longer requests count as this. Default `1h`.
+    #[serde(default = "default_max_latency")]
+    pub max_latency: ConfigDuration,
+}
+
+fn default_red_window() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+fn default_red_slice() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+const fn default_max_series() -> usize {
+    10_000
+}
+const fn default_significant_digits() -> u8 {
+    2
+}
+fn default_max_latency() -> ConfigDuration {
+    ConfigDuration::from_secs(3_600)
+}
+
+impl Default for RedConfig {
+    fn default() -> Self {
+        RedConfig {
+            window: default_red_window(),
+            slice: default_red_slice(),
+            max_series: default_max_series(),
+            significant_digits: default_significant_digits(),
+            max_latency: default_max_latency(),
+        }
+    }
+}
+
+/// Configured exporters, by kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exporters {
+    /// Prometheus scrape endpoint and the read API.
+    pub prometheus: Option<PrometheusConfig>,
+    /// PagerDuty Events API v2 (not available yet).
+    pub pagerduty: Option<NotYetAvailable>,
+    /// Alertmanager (not available yet).
+    pub alertmanager: Option<NotYetAvailable>,
+    /// Alertmanager-style webhook (not available yet).
+    pub webhook: Option<NotYetAvailable>,
+    /// Kafka producer (not available yet).
+    pub kafka: Option<NotYetAvailable>,
+    /// OTLP metrics push (not available yet).
+    pub otlp: Option<NotYetAvailable>,
+}
+
+/// `exporters.prometheus`: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:9464`.
+    #[serde(default = "default_prometheus_endpoint")]
+    pub endpoint: String,
+}
+
+fn default_prometheus_endpoint() -> String {
+    "127.0.0.1:9464".to_string()
+}
+
+/// `pipelines.<name>`: components that run together, by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Receiver kinds feeding the pipeline, e.g. `[otlp]`.
+    pub receivers: Vec<String>,
+    /// Processor kinds, in order, e.g. `[red]`.
+    #[serde(default)]
+    pub processors: Vec<String>,
+    /// Exporter kinds, e.g. `[prometheus]`.
+    pub exporters: Vec<String>,
+    /// Batches waiting for the processors before receivers push back. Default 256.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+}
+
+const fn default_queue_size() -> usize {
+    256
+}
+
+/// A component the configuration schema knows of but this version does not
+/// provide yet: naming it is an error that says so, rather than a silent no-op.
+#[derive(Debug, Clone)]
+pub struct NotYetAvailable;
+
+impl<'de> Deserialize<'de> for NotYetAvailable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "this component is not available in this version of doraflow",
+        ))
+    }
+}
+
+impl Config {
+    /// Parses config text: substitutes `${env:..}` from the process environment,
+    /// parses YAML, and validates.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_yaml`], with an explicit environment lookup.
+    pub fn from_yaml_with_env(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = substitute(text, lookup)?;
+        let mut path = String::new();
+        let parsed = serde_saphyr::with_deserializer_from_str(&text, |de| {
+            let mut track = serde_path_to_error::Track::new();
+            let result = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+            if result.is_err() {
+                path = track.path().to_string();
+            }
+            result
+        });
+        let config = parsed.map_err(|err| ConfigError::Parse {
+            path: if path.is_empty() || path == "." {
+                "config".to_string()
+            } else {
+                path
+            },
+            message: err.to_string(),
+        })?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// The embedded default pipeline.
+    pub fn default_pipeline() -> Result<Config, ConfigError> {
+        Self::from_yaml(DEFAULT_PIPELINE_YAML)
+    }
+
+    /// Cross-field checks; returns every problem found, each prefixed with its key path.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if let Some(otlp) = &self.receivers.otlp {
+            if otlp.grpc.is_none() && otlp.http.is_none() {
+                errors.push("receivers.otlp: needs at least one of `grpc` and `http`".into());
+            }
+            if let Some(grpc) = &otlp.grpc {
+                check_endpoint("receivers.otlp.grpc.endpoint", &grpc.endpoint, &mut errors);
+                check_size(
+                    "receivers.otlp.grpc.max_recv_msg_size_mib",
+                    grpc.max_recv_msg_size_mib,
+                    &mut errors,
+                );
+            }
+            if let Some(http) = &otlp.http {
+                check_endpoint("receivers.otlp.http.endpoint", &http.endpoint, &mut errors);
+                check_size(
+                    "receivers.otlp.http.max_request_body_size_mib",
+                    http.max_request_body_size_mib,
+                    &mut errors,
+                );
+            }
+            if otlp.default_environment.is_empty() {
+                errors.push("receivers.otlp.default_environment: must not be empty".into());
+            }
+        }
+        if let Some(red) = &self.processors.red {
+            red.validate("processors.red", &mut errors);
+        }
+        if let Some(prometheus) = &self.exporters.prometheus {
+            check_endpoint(
+                "exporters.prometheus.endpoint",
+                &prometheus.endpoint,
+                &mut errors,
+            );
+        }
+        self.validate_pipelines(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_pipelines(&self, errors: &mut Vec<String>) {
+        if self.pipelines.is_empty() {
+            errors.push("pipelines: at least one pipeline is needed".into());
+        }
+        if self.pipelines.len() > 1 {
+            errors.push(format!(
+                "pipelines: this version runs one pipeline, found {} ({})",
+                self.pipelines.len(),
+                self.pipelines.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for (name, pipeline) in &self.pipelines {
+            let path = format!("pipelines.{name}");
+            if pipeline.receivers.is_empty() {
+                errors.push(format!("{path}.receivers: at least one receiver is needed"));
+            }
+            if pipeline.exporters.is_empty() {
+                errors.push(format!("{path}.exporters: at least one exporter is needed"));
+            }
+            if pipeline.queue_size == 0 {
+                errors.push(format!("{path}.queue_size: must be at least 1"));
+            }
+            for receiver in &pipeline.receivers {
+                let configured = match receiver.as_str() {
+                    "otlp" => self.receivers.otlp.is_some(),
+                    _ => false,
+                };
+                if !configured {
+                    errors.push(format!(
+                        "{path}.receivers: `{receiver}` is not configured under `receivers` (configured: {})",
+                        list_or_none(self.receivers.otlp.is_some().then_some("otlp"))
+                    ));
+                }
+            }
+            for processor in &pipeline.processors {
+                let configured = match processor.as_str() {
+                    "red" => self.processors.red.is_some(),
+                    _ => false,
+                };
+                if !configured {
+                    errors.push(format!(
+                        "{path}.processors: `{processor}` is not configured under `processors` (configured: {})",
+                        list_or_none(self.processors.red.is_some().then_some("red"))
+                    ));
+                }
+            }
+            for exporter in &pipeline.exporters {
+                let configured = match exporter.as_str() {
+                    "prometheus" => self.exporters.prometheus.is_some(),
+                    _ => false,
+                };
+                if !configured {
+                    errors.push(format!(
+                        "{path}.exporters: `{exporter}` is not configured under `exporters` (configured: {})",
+                        list_or_none(self.exporters.prometheus.is_some().then_some("prometheus"))
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The one pipeline this version runs.
+    pub fn pipeline(&self) -> Option<(&str, &PipelineConfig)> {
+        self.pipelines
+            .iter()
+            .next()
+            .map(|(name, pipeline)| (name.as_str(), pipeline))
+    }
+}
+
+impl RedConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        let window = self.window.get();
+        let slice = self.slice.get();
+        if slice.is_zero() {
+            errors.push(format!("{path}.slice: must be longer than 0"));
+        } else if window < slice || window.as_millis() % slice.as_millis() != 0 {
+            errors.push(format!(
+                "{path}.window: must be a whole multiple of slice ({}), got {}",
+                self.slice, self.window
+            ));
+        } else if window.as_millis() / slice.as_millis() > 10_000 {
+            errors.push(format!(
+                "{path}.slice: at most 10000 slices per window, got {}",
+                window.as_millis() / slice.as_millis()
+            ));
+        }
+        if self.max_series == 0 {
+            errors.push(format!("{path}.max_series: must be at least 1"));
+        }
+        if !(1..=3).contains(&self.significant_digits) {
+            errors.push(format!(
+                "{path}.significant_digits: must be 1, 2 or 3, got {}",
+                self.significant_digits
+            ));
+        }
+        let max_latency = self.max_latency.get();
+        if max_latency.as_micros() < 1_000 || max_latency.as_secs() > 86_400 {
+            errors.push(format!(
+                "{path}.max_latency: must be between 1ms and 1d, got {}",
+                self.max_latency
+            ));
+        }
+    }
+}
+
+fn check_endpoint(path: &str, endpoint: &str, errors: &mut Vec<String>) {
+    if endpoint.parse::<SocketAddr>().is_err() {
+        errors.push(format!(
+            "{path}: `{endpoint}` is not a `host:port` socket address such as 127.0.0.1:4317"
+        ));
+    }
+}
+
+fn check_size(path: &str, mib: usize, errors: &mut Vec<String>) {
+    if !(1..=256).contains(&mib) {
+        errors.push(format!("{path}: must be between 1 and 256, got {mib}"));
+    }
+}
+
+fn list_or_none(item: Option<&str>) -> impl fmt::Display + '_ {
+    item.unwrap_or("none")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_with_env(text, |name| (name == "PORT").then(|| "5317".into()))
+    }
+
+    const MINIMAL: &str = "
+receivers:
+  otlp:
+    grpc: { endpoint: \"127.0.0.1:${env:PORT}\" }
+processors:
+  red: { window: 1m, slice: 5s }
+exporters:
+  prometheus: {}
+pipelines:
+  main: { receivers: [otlp], processors: [red], exporters: [prometheus] }
+";
+
+    #[test]
+    fn parses_with_defaults_and_env() {
+        let config = parse(MINIMAL).unwrap();
+        let otlp = config.receivers.otlp.as_ref().unwrap();
+        assert_eq!(otlp.grpc.as_ref().unwrap().endpoint, "127.0.0.1:5317");
+        assert!(otlp.http.is_none());
+        assert_eq!(otlp.default_environment, "unknown");
+        let red = config.processors.red.as_ref().unwrap();
+        assert_eq!(red.window.as_str(), "1m");
+        assert_eq!(red.max_series, 10_000);
+        assert_eq!(red.significant_digits, 2);
+        assert_eq!(
+            config.exporters.prometheus.as_ref().unwrap().endpoint,
+            "127.0.0.1:9464"
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_pipeline_is_valid() {
+        let config = Config::default_pipeline().unwrap();
+        let (name, pipeline) = config.pipeline().unwrap();
+        assert_eq!(name, "main");
+        assert_eq!(pipeline.receivers, ["otlp"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let text = MINIMAL.replace("red: { window: 1m,", "red: { windw: 1m,");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("processors.red.windw: "), "{err}");
+        assert!(err.contains("unknown field `windw`"), "{err}");
+    }
+
+    #[test]
+    fn duration_without_unit_is_named() {
+        let text = MINIMAL.replace("slice: 5s", "slice: 5");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("processors.red.slice: "), "{err}");
+    }
+
+    #[test]
+    fn not_yet_available_components_say_so() {
+        let text = format!("{MINIMAL}storage: {{ dir: /tmp/x }}\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("storage: "), "{err}");
+        assert!(err.contains("not available in this version"), "{err}");
+    }
+
+    #[test]
+    fn every_cross_field_problem_is_reported_at_once() {
+        let text = "
+receivers:
+  otlp:
+    grpc: { endpoint: \"nowhere\" }
+processors:
+  red: { window: 25s, slice: 10s, max_series: 0, significant_digits: 4 }
+exporters:
+  prometheus: {}
+pipelines:
+  main: { receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus] }
+";
+        let ConfigError::Invalid(errors) = parse(text).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let expected_prefixes = [
+            "receivers.otlp.grpc.endpoint: `nowhere`",
+            "processors.red.window: must be a whole multiple of slice (10s), got 25s",
+            "processors.red.max_series: must be at least 1",
+            "processors.red.significant_digits: must be 1, 2 or 3, got 4",
+            "pipelines.main.receivers: `webhook` is not configured",
+            "pipelines.main.processors: `dora` is not configured",
+        ];
+        assert_eq!(errors.len(), expected_prefixes.len(), "{errors:#?}");
+        for (error, prefix) in errors.iter().zip(expected_prefixes) {
+            assert!(error.starts_with(prefix), "{error:?} vs {prefix:?}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Exporter `prometheus`: the scrape endpoint and health checks.
+//!
+//! Counters are kept by the `metrics` recorder as data arrives. The windowed
+//! gauges (`dora_service_error_ratio`, `dora_service_latency_seconds`) are
+//! computed at scrape time from a snapshot of the processors, so a scrape
+//! always shows the window ending now and nothing is computed that nobody
+//! reads.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::instruments;
+use crate::pipeline::{PipelineReader, Readiness};
+use crate::window::QUANTILES;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder once and returns its handle.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// The scrape endpoint's state.
+#[derive(Clone)]
+pub struct PrometheusExporter {
+    handle: PrometheusHandle,
+    reader: PipelineReader,
+    readiness: Readiness,
+}
+
+const QUANTILE_LABELS: [&str; 3] = ["0.5", "0.95", "0.99"];
+
+impl PrometheusExporter {
+    /// An exporter rendering `handle`'s registry plus `reader`'s snapshots.
+    pub fn new(handle: PrometheusHandle, reader: PipelineReader, readiness: Readiness) -> Self {
+        PrometheusExporter {
+            handle,
+            reader,
+            readiness,
+        }
+    }
+
+    /// The routes: `/metrics`, `/healthz`, `/readyz`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready))
+            .with_state(self)
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the windowed gauges from a fresh snapshot.
+    async fn refresh(&self) {
+        let Some(snapshot) = self.reader.red_snapshot().await else {
+            return;
+        };
+        gauge!(instruments::RED_SERIES).set(snapshot.series.len() as f64);
+        gauge!(instruments::RED_WINDOW_BYTES).set(snapshot.window_bytes as f64);
+        for series in &snapshot.series {
+            let labels = [
+                ("service", series.service.clone()),
+                ("environment", series.environment.clone()),
+                ("window", snapshot.window.clone()),
+            ];
+            gauge!(instruments::SERVICE_ERROR_RATIO, &labels)
+                .set(series.stats.error_ratio().unwrap_or(f64::NAN));
+            for (i, quantile) in QUANTILE_LABELS.iter().enumerate() {
+                let seconds = series
+                    .stats
+                    .quantiles_us
+                    .map_or(f64::NAN, |q| q[i] as f64 / 1e6);
+                let [service, environment, window] = labels.clone();
+                gauge!(
+                    instruments::SERVICE_LATENCY_SECONDS,
+                    [service, environment, window, ("quantile", quantile.to_string())]
+                        .as_slice()
+                )
+                .set(seconds);
+            }
+        }
+        debug_assert_eq!(QUANTILES.len(), QUANTILE_LABELS.len());
+    }
+}
+
+async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
+    exporter.refresh().await;
+    counter!(instruments::EXPORTER_SCRAPES).increment(1);
+    exporter.handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        exporter.handle.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(exporter): State<PrometheusExporter>) -> Response {
+    if exporter.readiness.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}

@@ -1,0 +1,82 @@
+//! Every metric doraflow exports, declared once: names, units, descriptions.
+//!
+//! Labels come from a small fixed set (`service`, `environment`, `window`,
+//! `quantile`, `receiver`, `transport`, `signal`, `reason`); no label value is
+//! taken unbounded from input, and series per service are capped by
+//! `processors.red.max_series`.
+
+use metrics::{Unit, describe_counter, describe_gauge};
+
+/// Requests (entry spans) per service.
+pub const SERVICE_REQUESTS_TOTAL: &str = "dora_service_requests_total";
+/// Requests that were errors, per service.
+pub const SERVICE_ERRORS_TOTAL: &str = "dora_service_errors_total";
+/// Error log records (severity ERROR and above), per service.
+pub const SERVICE_LOG_ERRORS_TOTAL: &str = "dora_service_log_errors_total";
+/// Errors / requests over the rolling window.
+pub const SERVICE_ERROR_RATIO: &str = "dora_service_error_ratio";
+/// Latency quantiles over the rolling window.
+pub const SERVICE_LATENCY_SECONDS: &str = "dora_service_latency_seconds";
+
+/// Items accepted by a receiver.
+pub const RECEIVER_ACCEPTED: &str = "doraflow_receiver_accepted_items_total";
+/// Items refused by a receiver, by reason (`malformed`, `backpressure`, `invalid`, `series_limit`).
+pub const RECEIVER_REFUSED: &str = "doraflow_receiver_refused_items_total";
+/// Requests handled by a receiver.
+pub const RECEIVER_REQUESTS: &str = "doraflow_receiver_requests_total";
+/// Batches waiting in a pipeline's queue.
+pub const QUEUE_DEPTH: &str = "doraflow_pipeline_queue_depth";
+/// Capacity of a pipeline's queue.
+pub const QUEUE_CAPACITY: &str = "doraflow_pipeline_queue_capacity";
+/// Series the `red` processor holds.
+pub const RED_SERIES: &str = "doraflow_red_series";
+/// Bytes the `red` processor's windows hold on the heap.
+pub const RED_WINDOW_BYTES: &str = "doraflow_red_window_bytes";
+/// Scrapes served.
+pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
+
+/// Registers the descriptions and units of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        SERVICE_REQUESTS_TOTAL,
+        "Requests (entry spans: SERVER and CONSUMER) received per service."
+    );
+    describe_counter!(
+        SERVICE_ERRORS_TOTAL,
+        "Requests that were errors (status ERROR, or HTTP server spans with status >= 500)."
+    );
+    describe_counter!(
+        SERVICE_LOG_ERRORS_TOTAL,
+        "Log records with severity ERROR or above (severity_number >= 17)."
+    );
+    describe_gauge!(
+        SERVICE_ERROR_RATIO,
+        "Errors / requests over the rolling window; NaN without requests."
+    );
+    describe_gauge!(
+        SERVICE_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Request latency quantiles over the rolling window (HDR precision); NaN without requests."
+    );
+    describe_counter!(
+        RECEIVER_ACCEPTED,
+        "Items (spans, log records, metric points) accepted by a receiver."
+    );
+    describe_counter!(
+        RECEIVER_REFUSED,
+        "Items refused by a receiver, by reason (malformed, backpressure, invalid, series_limit)."
+    );
+    describe_counter!(
+        RECEIVER_REQUESTS,
+        "Export requests handled by a receiver, by response outcome."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Batches waiting in the pipeline queue.");
+    describe_gauge!(QUEUE_CAPACITY, "Capacity of the pipeline queue, in batches.");
+    describe_gauge!(RED_SERIES, "Series (service, environment) held by the red processor.");
+    describe_gauge!(
+        RED_WINDOW_BYTES,
+        Unit::Bytes,
+        "Heap bytes held by the red processor's rolling windows."
+    );
+    describe_counter!(EXPORTER_SCRAPES, "Scrapes of /metrics served.");
+}

@@ -1,0 +1,25 @@
+//! doraflow: OTLP telemetry and CDEvents in; DORA metrics, service health and
+//! alerts out.
+//!
+//! # Layout
+//! - [`config`]: the YAML schema, `${env:..}` substitution, durations, validation.
+//! - [`model`]: what receivers hand to processors (request summaries).
+//! - [`otlp`]: OTLP decoding, protobuf (targeted reader) and JSON.
+//! - [`window`]: the rolling ring of sparse HDR-histogram slices.
+//! - [`receivers`]: OTLP over gRPC and HTTP.
+//! - [`processors`]: `red` (requests, errors, duration per service).
+//! - [`exporters`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
+//! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
+//! - [`instruments`]: every metric doraflow exports, declared once.
+//! - [`clock`]: wall-clock time, injectable for tests.
+
+pub mod clock;
+pub mod config;
+pub mod exporters;
+pub mod instruments;
+pub mod model;
+pub mod otlp;
+pub mod pipeline;
+pub mod processors;
+pub mod receivers;
+pub mod window;

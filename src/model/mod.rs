@@ -1,0 +1,148 @@
+//! The internal data model: what receivers hand to processors.
+//!
+//! Receivers reduce each request to a summary holding only what the
+//! processors read, grouped by resource (one group per `ResourceSpans`,
+//! `ResourceLogs`, `ResourceMetrics`), so that a processor looks its series up
+//! once per group rather than once per span. Strings are zero-copy slices of
+//! the request body.
+
+use bytes::Bytes;
+
+/// The service identity of one resource: `service.name` and the environment,
+/// as raw UTF-8 checked by the decoder. An empty environment means the resource
+/// named none; the pipeline's default environment applies.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResourceIdentity {
+    /// `service.name`, or `unknown_service` when the resource has none.
+    pub service: Bytes,
+    /// `deployment.environment.name`, else `deployment.environment`, else empty.
+    pub environment: Bytes,
+}
+
+/// The service name OpenTelemetry SDKs use when none is configured.
+pub const UNKNOWN_SERVICE: &[u8] = b"unknown_service";
+
+/// The requests (entry spans) of one resource within a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestGroup {
+    /// Whose requests these are.
+    pub identity: ResourceIdentity,
+    /// Where this group's latencies sit in [`TraceSummary::latencies_ns`].
+    pub latencies: std::ops::Range<usize>,
+    /// How many of them are errors.
+    pub errors: u64,
+}
+
+/// One trace export request, reduced to its requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceSummary {
+    /// One entry per resource that had at least one request.
+    pub groups: Vec<RequestGroup>,
+    /// Latency of every request, in nanoseconds, grouped by `groups`.
+    pub latencies_ns: Vec<u64>,
+    /// Every span in the request, entry spans or not.
+    pub spans: u64,
+    /// Spans refused as invalid (an entry span that ends before it starts).
+    pub rejected_spans: u64,
+}
+
+impl TraceSummary {
+    /// Requests in the batch.
+    pub fn requests(&self) -> u64 {
+        self.latencies_ns.len() as u64
+    }
+}
+
+/// Log records of one resource within a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogGroup {
+    /// Whose records these are.
+    pub identity: ResourceIdentity,
+    /// Log records of the resource.
+    pub records: u64,
+    /// Records with severity ERROR or above (severity_number >= 17).
+    pub errors: u64,
+}
+
+/// One logs export request, reduced to error counts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSummary {
+    /// One entry per resource.
+    pub groups: Vec<LogGroup>,
+    /// Every log record in the request.
+    pub records: u64,
+}
+
+/// Data points of one resource within a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricGroup {
+    /// Whose points these are.
+    pub identity: ResourceIdentity,
+    /// Data points of every metric of the resource.
+    pub points: u64,
+}
+
+/// One metrics export request, reduced to what the processors read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricSummary {
+    /// One entry per resource.
+    pub groups: Vec<MetricGroup>,
+    /// Every data point in the request.
+    pub points: u64,
+}
+
+/// A unit of work for a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Telemetry {
+    Traces(TraceSummary),
+    Logs(LogSummary),
+    Metrics(MetricSummary),
+}
+
+impl Telemetry {
+    /// The signal's name, for logs and self-metrics labels.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Telemetry::Traces(_) => Signal::Traces,
+            Telemetry::Logs(_) => Signal::Logs,
+            Telemetry::Metrics(_) => Signal::Metrics,
+        }
+    }
+
+    /// Items carried: spans, log records or data points.
+    pub fn items(&self) -> u64 {
+        match self {
+            Telemetry::Traces(t) => t.spans - t.rejected_spans,
+            Telemetry::Logs(l) => l.records,
+            Telemetry::Metrics(m) => m.points,
+        }
+    }
+}
+
+/// The three OTLP signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Traces,
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    /// Label value and URL path segment: `traces`, `logs`, `metrics`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+        }
+    }
+
+    /// What one item of the signal is called in OTLP responses and self-metrics.
+    pub const fn item(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Logs => "log_records",
+            Signal::Metrics => "metric_points",
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Decoder tests: exact summaries of hand-built requests, a differential check
+//! of the wire reader against a full `opentelemetry-proto` decode, and
+//! malformed input.
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use proptest::prelude::*;
+use prost::Message;
+
+use super::*;
+
+pub(crate) fn attr(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn resource(service: Option<&str>, env: Option<&str>) -> Resource {
+    let mut attributes = vec![attr("host.name", Value::StringValue("h1".into()))];
+    if let Some(service) = service {
+        attributes.push(attr("service.name", Value::StringValue(service.into())));
+    }
+    if let Some(env) = env {
+        attributes.push(attr(
+            "deployment.environment.name",
+            Value::StringValue(env.into()),
+        ));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn span(kind: i32, start: u64, end: u64, status: i32, http_status: Option<i64>) -> Span {
+    let mut attributes = vec![attr("http.route", Value::StringValue("/x".into()))];
+    if let Some(code) = http_status {
+        attributes.push(attr("http.response.status_code", Value::IntValue(code)));
+    }
+    Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        name: "GET /x".into(),
+        kind,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        status: Some(Status {
+            code: status,
+            message: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn request(groups: Vec<(Resource, Vec<Span>)>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource: Some(resource),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const INTERNAL: i32 = 1;
+const CONSUMER: i32 = 5;
+const OK: i32 = 1;
+const ERROR: i32 = 2;
+
+#[test]
+fn entry_spans_become_requests_with_exact_latency_and_errors() {
+    let req = request(vec![
+        (
+            resource(Some("checkout"), Some("production")),
+            vec![
+                span(SERVER, 1_000, 5_000, OK, Some(200)),
+                span(SERVER, 1_000, 2_000, 0, Some(503)), // HTTP 5xx: error
+                span(SERVER, 1_000, 1_500, 0, Some(404)), // 4xx: not an error
+                span(CLIENT, 0, 9_000, ERROR, None),      // not a request
+                span(INTERNAL, 0, 9_000, ERROR, None),    // not a request
+                span(CONSUMER, 10, 20, ERROR, None),      // a request, an error
+            ],
+        ),
+        (
+            resource(None, None),
+            vec![span(SERVER, 7, 3, OK, None)], // ends before it starts
+        ),
+    ]);
+    let summary = traces_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+    assert_eq!(summary.spans, 7);
+    assert_eq!(summary.rejected_spans, 1);
+    assert_eq!(summary.latencies_ns, vec![4_000, 1_000, 500, 10]);
+    assert_eq!(summary.groups.len(), 1);
+    let group = &summary.groups[0];
+    assert_eq!(&group.identity.service[..], b"checkout");
+    assert_eq!(&group.identity.environment[..], b"production");
+    assert_eq!(group.latencies, 0..4);
+    assert_eq!(group.errors, 2);
+}
+
+#[test]
+fn missing_service_and_legacy_environment_attribute() {
+    let mut res = resource(None, None);
+    res.attributes
+        .push(attr("deployment.environment", Value::StringValue("staging".into())));
+    let req = request(vec![(res, vec![span(SERVER, 0, 1, 0, None)])]);
+    let summary = traces_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+    assert_eq!(&summary.groups[0].identity.service[..], b"unknown_service");
+    assert_eq!(&summary.groups[0].identity.environment[..], b"staging");
+}
+
+#[test]
+fn legacy_http_status_code_and_string_values_count() {
+    let mut a = span(SERVER, 0, 1, 0, None);
+    a.attributes
+        .push(attr("http.status_code", Value::IntValue(500)));
+    let mut b = span(SERVER, 0, 1, 0, None);
+    b.attributes.push(attr(
+        "http.response.status_code",
+        Value::StringValue("502".into()),
+    ));
+    let req = request(vec![(resource(Some("a"), None), vec![a, b])]);
+    let summary = traces_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+    assert_eq!(summary.groups[0].errors, 2);
+}
+
+#[test]
+fn json_and_protobuf_give_the_same_summary() {
+    let req = request(vec![(
+        resource(Some("cart"), Some("prod")),
+        vec![
+            span(SERVER, 1_700_000_000_000_000_000, 1_700_000_000_250_000_000, 0, Some(500)),
+            span(CONSUMER, 5, 10, OK, None),
+        ],
+    )]);
+    let json = serde_json::to_vec(&req).unwrap();
+    let from_json = decode(Signal::Traces, Encoding::Json, Bytes::from(json)).unwrap();
+    let from_proto = decode(
+        Signal::Traces,
+        Encoding::Protobuf,
+        Bytes::from(req.encode_to_vec()),
+    )
+    .unwrap();
+    assert_eq!(from_json, from_proto);
+}
+
+#[test]
+fn otlp_json_as_written_by_other_clients() {
+    // The OTLP/JSON examples' shape: hex ids, 64-bit integers as strings, enum integers.
+    let json = r#"{"resourceSpans":[{"resource":{"attributes":[
+        {"key":"service.name","value":{"stringValue":"web"}}]},
+      "scopeSpans":[{"scope":{"name":"x"},"spans":[
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+         "name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000",
+         "endTimeUnixNano":"1544712661000000000",
+         "attributes":[{"key":"http.response.status_code","value":{"intValue":"500"}}],
+         "status":{}}]}]}]}"#;
+    let Telemetry::Traces(summary) =
+        decode(Signal::Traces, Encoding::Json, Bytes::from_static(json.as_bytes())).unwrap()
+    else {
+        panic!("not traces");
+    };
+    assert_eq!(summary.latencies_ns, vec![1_000_000_000]);
+    assert_eq!(summary.groups[0].errors, 1);
+}
+
+#[test]
+fn logs_count_error_severity_per_resource() {
+    let record = |severity: i32| LogRecord {
+        severity_number: severity,
+        body: Some(AnyValue {
+            value: Some(Value::StringValue("boom".into())),
+        }),
+        ..Default::default()
+    };
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource(Some("api"), Some("production"))),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![record(9), record(16), record(17), record(21), record(24)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let summary = logs_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+    assert_eq!(summary.records, 5);
+    assert_eq!(summary.groups[0].errors, 3);
+    assert_eq!(&summary.groups[0].identity.service[..], b"api");
+}
+
+#[test]
+fn malformed_protobuf_is_an_error_not_a_panic() {
+    let good = request(vec![(
+        resource(Some("a"), None),
+        vec![span(SERVER, 0, 10, 0, Some(200))],
+    )])
+    .encode_to_vec();
+    // Every truncation of a valid message either fails or decodes a prefix;
+    // none may panic. A cut inside the outer length-delimited field must fail.
+    for cut in 1..good.len() {
+        let result = traces_protobuf(&Bytes::copy_from_slice(&good[..cut]));
+        assert!(result.is_err(), "truncation at {cut} accepted");
+    }
+    for garbage in [&b"\xff\xff\xff"[..], b"\x0a\x05abc", b"\x0b", b"not protobuf at all"] {
+        assert!(traces_protobuf(&Bytes::copy_from_slice(garbage)).is_err());
+    }
+    assert!(matches!(
+        decode(Signal::Traces, Encoding::Json, Bytes::from_static(b"{\"resourceSpans\": [")),
+        Err(DecodeError::Json(_))
+    ));
+}
+
+/// The reference semantics, computed over the full decode.
+fn reference(req: &ExportTraceServiceRequest) -> (u64, u64, Vec<(String, Vec<u64>, u64)>) {
+    let mut spans = 0;
+    let mut rejected = 0;
+    let mut groups = Vec::new();
+    for rs in &req.resource_spans {
+        let identity = identity_of(rs.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]));
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            spans += 1;
+            if span.kind != SERVER && span.kind != CONSUMER {
+                continue;
+            }
+            if span.end_time_unix_nano < span.start_time_unix_nano {
+                rejected += 1;
+                continue;
+            }
+            let http_error = span.kind == SERVER
+                && span.attributes.iter().any(|kv| {
+                    kv.key == "http.response.status_code"
+                        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(Value::IntValue(c)) if *c >= 500)
+                });
+            let status_error = span.status.as_ref().is_some_and(|s| s.code == ERROR);
+            errors += u64::from(http_error || status_error);
+            latencies.push(span.end_time_unix_nano - span.start_time_unix_nano);
+        }
+        if !latencies.is_empty() {
+            groups.push((
+                String::from_utf8(identity.service.to_vec()).unwrap(),
+                latencies,
+                errors,
+            ));
+        }
+    }
+    (spans, rejected, groups)
+}
+
+prop_compose! {
+    fn arb_span()(kind in 0i32..6, start in 0u64..1_000_000, len in 0u64..1_000_000,
+                  backwards in proptest::bool::weighted(0.05), status in 0i32..3,
+                  http in proptest::option::of(prop_oneof![Just(200i64), Just(404), Just(500), Just(503)])) -> Span {
+        let end = if backwards { start.saturating_sub(len + 1) } else { start + len };
+        span(kind, start, end, status, http)
+    }
+}
+
+proptest! {
+    #[test]
+    fn wire_reader_agrees_with_full_decode(
+        groups in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_span(), 0..20)),
+            0..5)
+    ) {
+        let req = request(groups.into_iter()
+            .map(|(svc, spans)| (resource(svc.as_deref(), Some("prod")), spans))
+            .collect());
+        let summary = traces_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+        let (spans, rejected, expected) = reference(&req);
+        prop_assert_eq!(summary.spans, spans);
+        prop_assert_eq!(summary.rejected_spans, rejected);
+        let got: Vec<_> = summary.groups.iter().map(|g| (
+            String::from_utf8(g.identity.service.to_vec()).unwrap(),
+            summary.latencies_ns[g.latencies.clone()].to_vec(),
+            g.errors,
+        )).collect();
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let body = Bytes::from(bytes);
+        let _ = traces_protobuf(&body);
+        let _ = logs_protobuf(&body);
+        let _ = decode(Signal::Metrics, Encoding::Protobuf, body.clone());
+        let _ = decode(Signal::Traces, Encoding::Json, body);
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = request(vec![(resource(Some("svc"), Some("prod")),
+            vec![span(SERVER, 1, 9, 0, Some(500)), span(CONSUMER, 2, 4, 2, None)])]).encode_to_vec();
+        for (index, byte) in flips {
+            let i = index.index(bytes.len());
+            bytes[i] = byte;
+        }
+        let _ = traces_protobuf(&Bytes::from(bytes));
+    }
+}

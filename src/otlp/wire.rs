@@ -1,0 +1,412 @@
+//! A targeted protobuf reader over OTLP request bytes.
+//!
+//! The hot path reads only the handful of fields the processors need (resource
+//! identity, span kind, times, status, one attribute) straight from the
+//! request body, without building the full message tree: no allocation per
+//! span, strings borrowed from the body. Field numbers are those of the OTLP
+//! protos (`opentelemetry/proto/{trace,logs,common,resource}/v1/*.proto`);
+//! `tests/decode_differential.rs`-style checks in this module compare every
+//! result with a full decode by `opentelemetry-proto`.
+//!
+//! Every length is checked, so truncated or garbage input is an error, never a
+//! panic or an out-of-bounds read. Nested messages the reader does not look
+//! into are skipped whole and not validated, as any proto3 reader skips
+//! unknown fields.
+
+use bytes::Bytes;
+
+use crate::model::{
+    LogGroup, LogSummary, RequestGroup, ResourceIdentity, TraceSummary, UNKNOWN_SERVICE,
+};
+
+/// Why a body is not a valid OTLP protobuf message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed protobuf in {message}: {problem}")]
+pub struct WireError {
+    /// The OTLP message being read.
+    pub message: &'static str,
+    /// What was wrong.
+    pub problem: &'static str,
+}
+
+/// One field's value, borrowed from the buffer.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(#[allow(dead_code)] u32),
+    Bytes(&'a [u8]),
+}
+
+/// Iterates over the top-level fields of one message.
+struct Fields<'a> {
+    buf: &'a [u8],
+    message: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], message: &'static str) -> Self {
+        Fields { buf, message }
+    }
+
+    fn error(&self, problem: &'static str) -> WireError {
+        WireError {
+            message: self.message,
+            problem,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value: u64 = 0;
+        for (i, &byte) in self.buf.iter().enumerate().take(10) {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                if i == 9 && byte > 1 {
+                    return Err(self.error("varint overflows 64 bits"));
+                }
+                self.buf = &self.buf[i + 1..];
+                return Ok(value);
+            }
+        }
+        Err(self.error(if self.buf.len() < 10 {
+            "truncated varint"
+        } else {
+            "varint longer than 10 bytes"
+        }))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.buf.len() {
+            return Err(self.error("field length runs past the end of the message"));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn next_field(&mut self) -> Option<Result<(u32, Value<'a>), WireError>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        Some(self.read_field())
+    }
+
+    fn read_field(&mut self) -> Result<(u32, Value<'a>), WireError> {
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(self.error("invalid field number"));
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                let bytes = self.take(8)?;
+                let mut le = [0u8; 8];
+                le.copy_from_slice(bytes);
+                Value::Fixed64(u64::from_le_bytes(le))
+            }
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).map_err(|_| self.error("length too large"))?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                let bytes = self.take(4)?;
+                let mut le = [0u8; 4];
+                le.copy_from_slice(bytes);
+                Value::Fixed32(u32::from_le_bytes(le))
+            }
+            3 | 4 => return Err(self.error("groups are not used by OTLP")),
+            _ => return Err(self.error("invalid wire type")),
+        };
+        Ok((field as u32, value))
+    }
+}
+
+fn expect_bytes<'a>(value: Value<'a>, message: &'static str) -> Result<&'a [u8], WireError> {
+    match value {
+        Value::Bytes(bytes) => Ok(bytes),
+        _ => Err(WireError {
+            message,
+            problem: "wrong wire type for a message or string field",
+        }),
+    }
+}
+
+fn expect_varint(value: Value<'_>, message: &'static str) -> Result<u64, WireError> {
+    match value {
+        Value::Varint(v) => Ok(v),
+        _ => Err(WireError {
+            message,
+            problem: "wrong wire type for an integer field",
+        }),
+    }
+}
+
+fn expect_fixed64(value: Value<'_>, message: &'static str) -> Result<u64, WireError> {
+    match value {
+        Value::Fixed64(v) => Ok(v),
+        _ => Err(WireError {
+            message,
+            problem: "wrong wire type for a fixed64 field",
+        }),
+    }
+}
+
+fn utf8<'a>(bytes: &'a [u8], message: &'static str) -> Result<&'a [u8], WireError> {
+    std::str::from_utf8(bytes).map_err(|_| WireError {
+        message,
+        problem: "string field is not valid UTF-8",
+    })?;
+    Ok(bytes)
+}
+
+// OTLP enum values read here.
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CONSUMER: u64 = 5;
+const STATUS_CODE_ERROR: u64 = 2;
+const SEVERITY_NUMBER_ERROR: u64 = 17;
+
+/// A scalar attribute value, as far as the processors care.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AttributeValue<'a> {
+    String(&'a [u8]),
+    Int(i64),
+    Double(f64),
+    Other,
+}
+
+/// Reads a `KeyValue`: its key and scalar value.
+fn key_value(buf: &[u8]) -> Result<(&[u8], AttributeValue<'_>), WireError> {
+    const MSG: &str = "KeyValue";
+    let mut key: &[u8] = &[];
+    let mut value = AttributeValue::Other;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        match field? {
+            (1, v) => key = utf8(expect_bytes(v, MSG)?, MSG)?,
+            (2, v) => value = any_value(expect_bytes(v, MSG)?)?,
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn any_value(buf: &[u8]) -> Result<AttributeValue<'_>, WireError> {
+    const MSG: &str = "AnyValue";
+    let mut value = AttributeValue::Other;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        value = match field? {
+            (1, v) => AttributeValue::String(utf8(expect_bytes(v, MSG)?, MSG)?),
+            (3, v) => AttributeValue::Int(expect_varint(v, MSG)? as i64),
+            (4, v) => AttributeValue::Double(f64::from_bits(expect_fixed64(v, MSG)?)),
+            _ => AttributeValue::Other,
+        };
+    }
+    Ok(value)
+}
+
+/// Reads the service identity from a `Resource` message.
+fn resource_identity(body: &Bytes, buf: &[u8]) -> Result<ResourceIdentity, WireError> {
+    const MSG: &str = "Resource";
+    let mut service: Option<&[u8]> = None;
+    let mut env_name: Option<&[u8]> = None;
+    let mut env_legacy: Option<&[u8]> = None;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        if let (1, v) = field? {
+            let (key, value) = key_value(expect_bytes(v, MSG)?)?;
+            if let AttributeValue::String(s) = value {
+                match key {
+                    b"service.name" => service = Some(s),
+                    b"deployment.environment.name" => env_name = Some(s),
+                    b"deployment.environment" => env_legacy = Some(s),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let service = match service {
+        Some(s) if !s.is_empty() => body.slice_ref(s),
+        _ => Bytes::from_static(UNKNOWN_SERVICE),
+    };
+    let environment = env_name
+        .or(env_legacy)
+        .map(|e| body.slice_ref(e))
+        .unwrap_or_default();
+    Ok(ResourceIdentity {
+        service,
+        environment,
+    })
+}
+
+/// Finds the `Resource` of a `ResourceSpans`/`ResourceLogs`/`ResourceMetrics`
+/// (field 1 in all three), wherever it stands among the fields.
+fn find_resource(
+    body: &Bytes,
+    buf: &[u8],
+    message: &'static str,
+) -> Result<ResourceIdentity, WireError> {
+    let mut identity = None;
+    let mut fields = Fields::new(buf, message);
+    while let Some(field) = fields.next_field() {
+        if let (1, v) = field? {
+            identity = Some(resource_identity(body, expect_bytes(v, message)?)?);
+        }
+    }
+    Ok(identity.unwrap_or_else(|| resource_identity(body, &[]).unwrap_or_default()))
+}
+
+/// What the reader needs of one span.
+struct SpanFacts {
+    kind: u64,
+    start: u64,
+    end: u64,
+    status_error: bool,
+}
+
+fn span_facts(buf: &[u8]) -> Result<SpanFacts, WireError> {
+    const MSG: &str = "Span";
+    let mut facts = SpanFacts {
+        kind: 0,
+        start: 0,
+        end: 0,
+        status_error: false,
+    };
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        match field? {
+            (6, v) => facts.kind = expect_varint(v, MSG)?,
+            (7, v) => facts.start = expect_fixed64(v, MSG)?,
+            (8, v) => facts.end = expect_fixed64(v, MSG)?,
+            (15, v) => facts.status_error = status_is_error(expect_bytes(v, MSG)?)?,
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
+fn status_is_error(buf: &[u8]) -> Result<bool, WireError> {
+    const MSG: &str = "Status";
+    let mut code = 0;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        if let (3, v) = field? {
+            code = expect_varint(v, MSG)?;
+        }
+    }
+    Ok(code == STATUS_CODE_ERROR)
+}
+
+/// Whether an HTTP server span's response status is 5xx
+/// (`http.response.status_code`, or the older `http.status_code`).
+fn http_server_error(buf: &[u8]) -> Result<bool, WireError> {
+    const MSG: &str = "Span";
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        if let (9, v) = field? {
+            let (key, value) = key_value(expect_bytes(v, MSG)?)?;
+            if key == b"http.response.status_code" || key == b"http.status_code" {
+                let code = match value {
+                    AttributeValue::Int(i) => i,
+                    AttributeValue::Double(d) => d as i64,
+                    AttributeValue::String(s) => std::str::from_utf8(s)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(0),
+                    AttributeValue::Other => 0,
+                };
+                return Ok(code >= 500);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Reduces an `ExportTraceServiceRequest` body to its requests, appending to
+/// `out` (which callers may reuse across requests after clearing it).
+pub fn summarize_traces(body: &Bytes, out: &mut TraceSummary) -> Result<(), WireError> {
+    const REQ: &str = "ExportTraceServiceRequest";
+    const RS: &str = "ResourceSpans";
+    const SS: &str = "ScopeSpans";
+    let mut requests = Fields::new(body, REQ);
+    while let Some(field) = requests.next_field() {
+        let (1, v) = field? else { continue };
+        let resource_spans = expect_bytes(v, REQ)?;
+        let identity = find_resource(body, resource_spans, RS)?;
+        let first = out.latencies_ns.len();
+        let mut errors = 0;
+        let mut scopes = Fields::new(resource_spans, RS);
+        while let Some(field) = scopes.next_field() {
+            let (2, v) = field? else { continue };
+            let mut spans = Fields::new(expect_bytes(v, RS)?, SS);
+            while let Some(field) = spans.next_field() {
+                let (2, v) = field? else { continue };
+                let span = expect_bytes(v, SS)?;
+                out.spans += 1;
+                let facts = span_facts(span)?;
+                if facts.kind != SPAN_KIND_SERVER && facts.kind != SPAN_KIND_CONSUMER {
+                    continue;
+                }
+                if facts.end < facts.start {
+                    out.rejected_spans += 1;
+                    continue;
+                }
+                let error = facts.status_error
+                    || (facts.kind == SPAN_KIND_SERVER && http_server_error(span)?);
+                errors += u64::from(error);
+                out.latencies_ns.push(facts.end - facts.start);
+            }
+        }
+        if out.latencies_ns.len() > first {
+            out.groups.push(RequestGroup {
+                identity,
+                latencies: first..out.latencies_ns.len(),
+                errors,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reduces an `ExportLogsServiceRequest` body to per-resource error counts.
+pub fn summarize_logs(body: &Bytes, out: &mut LogSummary) -> Result<(), WireError> {
+    const REQ: &str = "ExportLogsServiceRequest";
+    const RL: &str = "ResourceLogs";
+    const SL: &str = "ScopeLogs";
+    const LR: &str = "LogRecord";
+    let mut requests = Fields::new(body, REQ);
+    while let Some(field) = requests.next_field() {
+        let (1, v) = field? else { continue };
+        let resource_logs = expect_bytes(v, REQ)?;
+        let identity = find_resource(body, resource_logs, RL)?;
+        let mut group = LogGroup {
+            identity,
+            records: 0,
+            errors: 0,
+        };
+        let mut scopes = Fields::new(resource_logs, RL);
+        while let Some(field) = scopes.next_field() {
+            let (2, v) = field? else { continue };
+            let mut records = Fields::new(expect_bytes(v, RL)?, SL);
+            while let Some(field) = records.next_field() {
+                let (2, v) = field? else { continue };
+                let mut severity = 0;
+                let mut fields = Fields::new(expect_bytes(v, SL)?, LR);
+                while let Some(field) = fields.next_field() {
+                    if let (2, v) = field? {
+                        severity = expect_varint(v, LR)?;
+                    }
+                }
+                group.records += 1;
+                group.errors += u64::from(severity >= SEVERITY_NUMBER_ERROR);
+            }
+        }
+        out.records += group.records;
+        if group.records > 0 {
+            out.groups.push(group);
+        }
+    }
+    Ok(())
+}

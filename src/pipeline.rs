@@ -1,0 +1,272 @@
+//! Builds components from config, wires them with bounded channels, and owns
+//! their lifecycle.
+//!
+//! Data flows one way: receivers → [`PipelineSink`] (a bounded queue) → the
+//! engine task, which owns every processor's state → exporters, which read
+//! snapshots through [`PipelineReader`]. A receiver never waits for queue
+//! space: a full queue is answered at once with back-pressure
+//! (RESOURCE_EXHAUSTED / 429), so memory stays bounded. Each batch carries an
+//! acknowledgement, so an export call returns only once its data is applied
+//! and the client's partial-success answer is exact.
+//!
+//! Shutdown is ordered: stop the receivers, let the engine drain the queue,
+//! then stop the exporters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use metrics::gauge;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::exporters::prometheus::{self, PrometheusExporter};
+use crate::instruments;
+use crate::model::Telemetry;
+use crate::processors::Applied;
+use crate::processors::red::{RedProcessor, RedSnapshot};
+use crate::receivers::{otlp_grpc, otlp_http};
+
+/// One batch on its way to the engine, with the acknowledgement to send back.
+struct Envelope {
+    item: Telemetry,
+    ack: oneshot::Sender<Applied>,
+}
+
+/// Why a batch was not accepted into the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: the client should retry later.
+    #[error("the pipeline queue is full")]
+    Full,
+    /// The pipeline is shutting down.
+    #[error("the pipeline is shutting down")]
+    Closed,
+}
+
+/// The receivers' end of a pipeline's queue.
+#[derive(Clone)]
+pub struct PipelineSink {
+    tx: mpsc::Sender<Envelope>,
+}
+
+impl PipelineSink {
+    /// Queues a batch and waits until it is applied. Refuses at once when the
+    /// queue is full.
+    pub async fn submit(&self, item: Telemetry) -> Result<Applied, SubmitError> {
+        let (ack, applied) = oneshot::channel();
+        self.tx.try_send(Envelope { item, ack }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Full,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        applied.await.map_err(|_| SubmitError::Closed)
+    }
+}
+
+enum Query {
+    Red(oneshot::Sender<Option<RedSnapshot>>),
+}
+
+/// The exporters' read access to the processors' state.
+#[derive(Clone)]
+pub struct PipelineReader {
+    tx: mpsc::Sender<Query>,
+}
+
+impl PipelineReader {
+    /// The `red` processor's figures now, `None` if the pipeline has no `red`
+    /// processor or has stopped.
+    pub async fn red_snapshot(&self) -> Option<RedSnapshot> {
+        let (reply, snapshot) = oneshot::channel();
+        self.tx.send(Query::Red(reply)).await.ok()?;
+        snapshot.await.ok().flatten()
+    }
+}
+
+/// Owns every processor's state; the only task that touches it.
+struct Engine {
+    red: Option<RedProcessor>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Engine {
+    async fn run(mut self, mut data: mpsc::Receiver<Envelope>, mut queries: mpsc::Receiver<Query>) {
+        let depth = gauge!(instruments::QUEUE_DEPTH);
+        loop {
+            tokio::select! {
+                // Reads first: a scrape must not wait behind a full queue.
+                biased;
+                Some(query) = queries.recv() => self.answer(query),
+                envelope = data.recv() => {
+                    let Some(Envelope { item, ack }) = envelope else { break };
+                    depth.set(data.len() as f64);
+                    let now = self.clock.now_ns();
+                    let applied = match &mut self.red {
+                        Some(red) => red.apply(&item, now),
+                        None => Applied::default(),
+                    };
+                    // The client may have gone; its data is applied all the same.
+                    let _ = ack.send(applied);
+                }
+            }
+        }
+        depth.set(0.0);
+        tracing::debug!("pipeline drained");
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::Red(reply) => {
+                let now = self.clock.now_ns();
+                let _ = reply.send(self.red.as_mut().map(|red| red.snapshot(now)));
+            }
+        }
+    }
+}
+
+/// Whether every component has started.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// True once every listener is bound and the engine runs.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+}
+
+/// Runs the configured pipeline until `shutdown` is cancelled, then stops in
+/// order: receivers, engine (drained), exporters.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_clock(config, shutdown, Arc::new(SystemClock)).await
+}
+
+/// As [`run`], with an explicit clock.
+pub async fn run_with_clock(
+    config: Config,
+    shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let (name, pipeline) = config.pipeline().context("no pipeline configured")?;
+    let handle = prometheus::install_recorder()?;
+    instruments::describe();
+
+    let uses = |list: &[String], kind: &str| list.iter().any(|c| c == kind);
+    let otlp = config
+        .receivers
+        .otlp
+        .as_ref()
+        .filter(|_| uses(&pipeline.receivers, "otlp"));
+    let default_environment = otlp
+        .map(|o| o.default_environment.clone())
+        .unwrap_or_else(|| "unknown".to_string());
+    let red = config
+        .processors
+        .red
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "red"))
+        .map(|c| RedProcessor::new(c, &default_environment));
+
+    // Bind every listener before serving anything: a taken port fails startup.
+    let grpc = match otlp.and_then(|o| o.grpc.as_ref()) {
+        Some(c) => Some((bind("receivers.otlp.grpc", &c.endpoint).await?, c.clone())),
+        None => None,
+    };
+    let http = match otlp.and_then(|o| o.http.as_ref()) {
+        Some(c) => Some((bind("receivers.otlp.http", &c.endpoint).await?, c.clone())),
+        None => None,
+    };
+    let prometheus_listener = match config
+        .exporters
+        .prometheus
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "prometheus"))
+    {
+        Some(c) => Some(bind("exporters.prometheus", &c.endpoint).await?),
+        None => None,
+    };
+
+    let (data_tx, data_rx) = mpsc::channel(pipeline.queue_size);
+    let (query_tx, query_rx) = mpsc::channel(16);
+    gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
+    let engine = tokio::spawn(Engine { red, clock }.run(data_rx, query_rx));
+    let sink = PipelineSink { tx: data_tx };
+    let reader = PipelineReader { tx: query_tx };
+    let readiness = Readiness::default();
+
+    let receivers_stop = CancellationToken::new();
+    let mut receivers = Vec::new();
+    if let Some((listener, c)) = grpc {
+        tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "OTLP gRPC receiver listening");
+        receivers.push(tokio::spawn(otlp_grpc::serve(
+            listener,
+            c,
+            sink.clone(),
+            receivers_stop.clone(),
+        )));
+    }
+    if let Some((listener, c)) = http {
+        tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "OTLP HTTP receiver listening");
+        receivers.push(tokio::spawn(otlp_http::serve(
+            listener,
+            c,
+            sink.clone(),
+            receivers_stop.clone(),
+        )));
+    }
+    drop(sink);
+
+    let exporters_stop = CancellationToken::new();
+    let exporter = prometheus_listener.map(|listener| {
+        tracing::info!(pipeline = name, endpoint = ?listener.local_addr().ok(), "Prometheus exporter listening");
+        tokio::spawn(
+            PrometheusExporter::new(handle, reader.clone(), readiness.clone())
+                .serve(listener, exporters_stop.clone()),
+        )
+    });
+    readiness.set(true);
+    tracing::info!(pipeline = name, "doraflow is ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: stopping receivers");
+    readiness.set(false);
+    receivers_stop.cancel();
+    for receiver in receivers {
+        match receiver.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "receiver stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "receiver task failed"),
+        }
+    }
+    tracing::info!("draining the pipeline");
+    if let Err(e) = engine.await {
+        tracing::error!(error = %e, "pipeline engine failed");
+    }
+    exporters_stop.cancel();
+    if let Some(exporter) = exporter {
+        match exporter.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "exporter stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "exporter task failed"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(component: &str, endpoint: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = endpoint
+        .parse()
+        .with_context(|| format!("{component}: `{endpoint}` is not a socket address"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{component}: cannot listen on {addr}"))
+}

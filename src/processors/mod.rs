@@ -1,0 +1,15 @@
+//! Processors: what doraflow computes from the received data.
+//!
+//! - [`red`]: per-(service, environment) requests, errors and latency.
+
+pub mod red;
+
+/// What a processor did with one batch, reported back to the receiver so the
+/// client gets an exact OTLP partial-success answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Items refused (e.g. spans of a new series beyond `max_series`).
+    pub refused: u64,
+    /// Why, for the client.
+    pub reason: Option<String>,
+}

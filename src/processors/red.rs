@@ -1,0 +1,317 @@
+//! Processor `red`: requests, errors and duration per (service, environment).
+//!
+//! Owns one [`RollingHistogram`] per series and the series' cumulative
+//! counters. Works a whole batch at a time: each resource group of a batch
+//! costs one hash lookup (with a reused key buffer, no allocation), then its
+//! latencies go into the current slice. The processor is owned by one task, so
+//! nothing here takes a lock; readers ask it for a [`RedSnapshot`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use metrics::{Counter, counter};
+
+use crate::config::RedConfig;
+use crate::instruments;
+use crate::model::{LogSummary, ResourceIdentity, Telemetry, TraceSummary};
+use crate::processors::Applied;
+use crate::window::{BucketLayout, RollingHistogram, WindowShape, WindowStats};
+
+/// One (service, environment) series.
+struct Series {
+    service: String,
+    environment: String,
+    window: RollingHistogram,
+    requests: Counter,
+    errors: Counter,
+    log_errors: Counter,
+}
+
+/// The figures of one series at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSnapshot {
+    pub service: String,
+    pub environment: String,
+    pub stats: WindowStats,
+}
+
+/// Every series' figures, for exporters and the read API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedSnapshot {
+    /// The window as configured, e.g. `5m`: the `window` label.
+    pub window: String,
+    pub series: Vec<SeriesSnapshot>,
+    /// Heap bytes held by the windows.
+    pub window_bytes: usize,
+}
+
+/// The `red` processor's state.
+pub struct RedProcessor {
+    shape: WindowShape,
+    layout: BucketLayout,
+    window_label: String,
+    max_series: usize,
+    default_environment: Bytes,
+    /// `service \0 environment` → position in `series`.
+    index: HashMap<Box<[u8]>, usize>,
+    series: Vec<Series>,
+    key: Vec<u8>,
+    scratch: Histogram<u64>,
+}
+
+impl RedProcessor {
+    /// A processor as configured; resources without an environment get
+    /// `default_environment`.
+    pub fn new(config: &RedConfig, default_environment: &str) -> Self {
+        let layout = BucketLayout::new(
+            config.significant_digits,
+            config.max_latency.get().as_micros() as u64,
+        );
+        RedProcessor {
+            shape: WindowShape::new(config.window.get(), config.slice.get()),
+            scratch: layout.dense(),
+            layout,
+            window_label: config.window.as_str().to_string(),
+            max_series: config.max_series,
+            default_environment: Bytes::copy_from_slice(default_environment.as_bytes()),
+            index: HashMap::new(),
+            series: Vec::new(),
+            key: Vec::with_capacity(128),
+        }
+    }
+
+    /// Applies one batch received at `now_ns`.
+    pub fn apply(&mut self, item: &Telemetry, now_ns: u64) -> Applied {
+        match item {
+            Telemetry::Traces(traces) => self.apply_traces(traces, now_ns),
+            Telemetry::Logs(logs) => self.apply_logs(logs),
+            Telemetry::Metrics(_) => Applied::default(),
+        }
+    }
+
+    fn apply_traces(&mut self, traces: &TraceSummary, now_ns: u64) -> Applied {
+        let mut refused = 0;
+        for group in &traces.groups {
+            let latencies = &traces.latencies_ns[group.latencies.clone()];
+            let Some(i) = self.series_index(&group.identity) else {
+                refused += latencies.len() as u64;
+                continue;
+            };
+            let series = &mut self.series[i];
+            series.requests.increment(latencies.len() as u64);
+            series.errors.increment(group.errors);
+            series.window.record(
+                &self.shape,
+                &self.layout,
+                now_ns,
+                latencies.iter().map(|ns| ns / 1_000),
+                group.errors,
+            );
+        }
+        self.refusal(refused, "spans")
+    }
+
+    fn apply_logs(&mut self, logs: &LogSummary) -> Applied {
+        let mut refused = 0;
+        for group in &logs.groups {
+            if group.errors == 0 {
+                continue;
+            }
+            match self.series_index(&group.identity) {
+                Some(i) => self.series[i].log_errors.increment(group.errors),
+                None => refused += group.records,
+            }
+        }
+        self.refusal(refused, "log records")
+    }
+
+    fn refusal(&self, refused: u64, what: &str) -> Applied {
+        if refused == 0 {
+            return Applied::default();
+        }
+        counter!(instruments::RECEIVER_REFUSED, "reason" => "series_limit").increment(refused);
+        Applied {
+            refused,
+            reason: Some(format!(
+                "{refused} {what} refused: the series limit (processors.red.max_series = {}) is reached",
+                self.max_series
+            )),
+        }
+    }
+
+    /// Finds or creates the series of `identity`; `None` when the cap is reached.
+    fn series_index(&mut self, identity: &ResourceIdentity) -> Option<usize> {
+        let environment = if identity.environment.is_empty() {
+            &self.default_environment
+        } else {
+            &identity.environment
+        };
+        self.key.clear();
+        self.key.extend_from_slice(&identity.service);
+        self.key.push(0);
+        self.key.extend_from_slice(environment);
+        if let Some(&i) = self.index.get(self.key.as_slice()) {
+            return Some(i);
+        }
+        if self.series.len() >= self.max_series {
+            return None;
+        }
+        // Decoders checked UTF-8; lossy conversion only guards the invariant.
+        let service = String::from_utf8_lossy(&identity.service).into_owned();
+        let environment = String::from_utf8_lossy(environment).into_owned();
+        let labels = [
+            ("service", service.clone()),
+            ("environment", environment.clone()),
+        ];
+        let series = Series {
+            requests: counter!(instruments::SERVICE_REQUESTS_TOTAL, &labels),
+            errors: counter!(instruments::SERVICE_ERRORS_TOTAL, &labels),
+            log_errors: counter!(instruments::SERVICE_LOG_ERRORS_TOTAL, &labels),
+            service,
+            environment,
+            window: RollingHistogram::default(),
+        };
+        self.series.push(series);
+        self.index
+            .insert(self.key.clone().into_boxed_slice(), self.series.len() - 1);
+        Some(self.series.len() - 1)
+    }
+
+    /// Every series' window figures at `now_ns`; also frees expired slices.
+    pub fn snapshot(&mut self, now_ns: u64) -> RedSnapshot {
+        let mut window_bytes = 0;
+        let (shape, layout, scratch) = (&self.shape, &self.layout, &mut self.scratch);
+        let series = self
+            .series
+            .iter_mut()
+            .map(|s| {
+                s.window.expire(shape, now_ns / shape.slice_ns());
+                window_bytes += s.window.heap_bytes();
+                SeriesSnapshot {
+                    service: s.service.clone(),
+                    environment: s.environment.clone(),
+                    stats: s.window.stats(shape, layout, now_ns, scratch),
+                }
+            })
+            .collect();
+        RedSnapshot {
+            window: self.window_label.clone(),
+            series,
+            window_bytes,
+        }
+    }
+
+    /// Series held.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LogGroup, RequestGroup};
+
+    const S: u64 = 1_000_000_000;
+
+    fn identity(service: &str, environment: &str) -> ResourceIdentity {
+        ResourceIdentity {
+            service: Bytes::copy_from_slice(service.as_bytes()),
+            environment: Bytes::copy_from_slice(environment.as_bytes()),
+        }
+    }
+
+    fn traces(groups: &[(&str, &str, &[u64], u64)]) -> Telemetry {
+        let mut summary = TraceSummary::default();
+        for &(service, env, latencies, errors) in groups {
+            let first = summary.latencies_ns.len();
+            summary.latencies_ns.extend_from_slice(latencies);
+            summary.spans += latencies.len() as u64;
+            summary.groups.push(RequestGroup {
+                identity: identity(service, env),
+                latencies: first..summary.latencies_ns.len(),
+                errors,
+            });
+        }
+        Telemetry::Traces(summary)
+    }
+
+    fn config(max_series: usize) -> RedConfig {
+        RedConfig {
+            max_series,
+            ..RedConfig::default()
+        }
+    }
+
+    #[test]
+    fn counts_and_quantiles_per_series() {
+        let mut red = RedProcessor::new(&config(10), "unknown");
+        let ms = 1_000_000;
+        let applied = red.apply(
+            &traces(&[
+                ("checkout", "production", &[10 * ms, 20 * ms, 30 * ms, 400 * ms], 1),
+                ("checkout", "", &[5 * ms], 0),
+            ]),
+            100 * S,
+        );
+        assert_eq!(applied, Applied::default());
+        red.apply(&traces(&[("checkout", "production", &[40 * ms], 1)]), 101 * S);
+        let snapshot = red.snapshot(102 * S);
+        assert_eq!(snapshot.window, "5m");
+        assert_eq!(snapshot.series.len(), 2);
+        let prod = &snapshot.series[0];
+        assert_eq!((prod.service.as_str(), prod.environment.as_str()), ("checkout", "production"));
+        assert_eq!(prod.stats.requests, 5);
+        assert_eq!(prod.stats.errors, 2);
+        assert_eq!(prod.stats.error_ratio(), Some(0.4));
+        // p50 of {10, 20, 30, 40, 400} ms is 30 ms; p95 and p99 are 400 ms (within 1%).
+        let [p50, p95, p99] = prod.stats.quantiles_us.unwrap();
+        for (got, want) in [(p50, 30_000), (p95, 400_000), (p99, 400_000)] {
+            assert!(got >= want && (got as f64) < want as f64 * 1.01, "{got} vs {want}");
+        }
+        let unknown = &snapshot.series[1];
+        assert_eq!(unknown.environment, "unknown");
+        assert_eq!(unknown.stats.requests, 1);
+    }
+
+    #[test]
+    fn the_series_cap_holds_and_refusals_are_reported() {
+        let mut red = RedProcessor::new(&config(2), "unknown");
+        let applied = red.apply(
+            &traces(&[
+                ("a", "prod", &[1_000], 0),
+                ("b", "prod", &[1_000, 2_000], 0),
+                ("c", "prod", &[1_000, 2_000, 3_000], 0),
+                ("a", "prod", &[1_000], 0),
+            ]),
+            S,
+        );
+        assert_eq!(applied.refused, 3);
+        assert!(applied.reason.unwrap().contains("max_series = 2"));
+        assert_eq!(red.series_count(), 2);
+        let logs = Telemetry::Logs(LogSummary {
+            records: 4,
+            groups: vec![LogGroup {
+                identity: identity("d", "prod"),
+                records: 4,
+                errors: 1,
+            }],
+        });
+        assert_eq!(red.apply(&logs, S).refused, 4);
+        assert_eq!(red.series_count(), 2);
+        let snapshot = red.snapshot(S);
+        assert_eq!(snapshot.series[0].stats.requests, 2);
+    }
+
+    #[test]
+    fn data_leaves_the_window() {
+        let mut red = RedProcessor::new(&config(10), "unknown");
+        red.apply(&traces(&[("a", "prod", &[1_000], 1)]), 0);
+        assert_eq!(red.snapshot(299 * S).series[0].stats.requests, 1);
+        let later = red.snapshot(300 * S);
+        assert_eq!(later.series[0].stats.requests, 0);
+        assert_eq!(later.series[0].stats.error_ratio(), None);
+        assert_eq!(later.window_bytes, red.snapshot(300 * S).window_bytes);
+    }
+}

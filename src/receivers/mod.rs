@@ -1,0 +1,155 @@
+//! Receivers: where data comes in. One module per transport.
+//!
+//! - [`otlp_grpc`]: OTLP over gRPC (TraceService, LogsService, MetricsService).
+//! - [`otlp_http`]: OTLP over HTTP (`/v1/traces`, `/v1/logs`, `/v1/metrics`).
+//!
+//! Both decode with [`crate::otlp`], submit to the pipeline and answer with
+//! [`ExportOutcome`], which maps to the OTLP status codes of each transport.
+
+pub mod otlp_grpc;
+pub mod otlp_http;
+
+use metrics::counter;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use crate::instruments;
+use crate::model::{Signal, Telemetry};
+use crate::otlp::DecodeError;
+use crate::pipeline::{PipelineSink, SubmitError};
+
+/// Seconds a client is told to wait when the pipeline pushes back.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// How an export request ended, whatever the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportOutcome {
+    /// Applied; `rejected` items were refused, for `message`.
+    Accepted { rejected: u64, message: String },
+    /// The body could not be decoded; nothing was applied. Not retryable.
+    Malformed(String),
+    /// The pipeline is full; nothing was applied. Retry after a while.
+    Backpressure,
+    /// Shutting down; nothing was applied. Retry elsewhere or later.
+    Unavailable,
+}
+
+/// Submits a decoded request and counts what happened.
+pub async fn export(
+    sink: &PipelineSink,
+    signal: Signal,
+    transport: &'static str,
+    decoded: Result<Telemetry, DecodeError>,
+) -> ExportOutcome {
+    let labels = [
+        ("receiver", "otlp"),
+        ("transport", transport),
+        ("signal", signal.as_str()),
+    ];
+    let outcome = match decoded {
+        Err(e) => {
+            tracing::debug!(signal = signal.as_str(), transport, error = %e, "malformed request");
+            ExportOutcome::Malformed(e.to_string())
+        }
+        Ok(item) => {
+            let (invalid, invalid_message) = match &item {
+                Telemetry::Traces(t) if t.rejected_spans > 0 => (
+                    t.rejected_spans,
+                    Some(format!(
+                        "{} entry spans end before they start",
+                        t.rejected_spans
+                    )),
+                ),
+                _ => (0, None),
+            };
+            let items = item.items();
+            match sink.submit(item).await {
+                Ok(applied) => {
+                    counter!(instruments::RECEIVER_ACCEPTED, &labels)
+                        .increment(items - applied.refused);
+                    if invalid > 0 {
+                        counter!(instruments::RECEIVER_REFUSED, "receiver" => "otlp", "transport" => transport, "signal" => signal.as_str(), "reason" => "invalid").increment(invalid);
+                    }
+                    let message = [invalid_message, applied.reason]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    ExportOutcome::Accepted {
+                        rejected: invalid + applied.refused,
+                        message,
+                    }
+                }
+                Err(SubmitError::Full) => {
+                    counter!(instruments::RECEIVER_REFUSED, "receiver" => "otlp", "transport" => transport, "signal" => signal.as_str(), "reason" => "backpressure").increment(items + invalid);
+                    ExportOutcome::Backpressure
+                }
+                Err(SubmitError::Closed) => ExportOutcome::Unavailable,
+            }
+        }
+    };
+    let result = match &outcome {
+        ExportOutcome::Accepted { rejected: 0, .. } => "success",
+        ExportOutcome::Accepted { .. } => "partial_success",
+        ExportOutcome::Malformed(_) => "malformed",
+        ExportOutcome::Backpressure => "backpressure",
+        ExportOutcome::Unavailable => "unavailable",
+    };
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => transport, "signal" => signal.as_str(), "result" => result).increment(1);
+    outcome
+}
+
+/// The OTLP export response of `signal`, protobuf-encoded; `partial_success`
+/// is set only when something was rejected, as the specification asks.
+pub fn response_protobuf(signal: Signal, rejected: u64, message: &str) -> Vec<u8> {
+    match signal {
+        Signal::Traces => trace_response(rejected, message).encode_to_vec(),
+        Signal::Logs => logs_response(rejected, message).encode_to_vec(),
+        Signal::Metrics => metrics_response(rejected, message).encode_to_vec(),
+    }
+}
+
+/// The OTLP export response of `signal` in OTLP/JSON.
+pub fn response_json(signal: Signal, rejected: u64, message: &str) -> Vec<u8> {
+    let json = match signal {
+        Signal::Traces => serde_json::to_vec(&trace_response(rejected, message)),
+        Signal::Logs => serde_json::to_vec(&logs_response(rejected, message)),
+        Signal::Metrics => serde_json::to_vec(&metrics_response(rejected, message)),
+    };
+    json.unwrap_or_else(|_| b"{}".to_vec())
+}
+
+fn trace_response(rejected: u64, message: &str) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected as i64,
+            error_message: message.to_string(),
+        }),
+    }
+}
+
+fn logs_response(rejected: u64, message: &str) -> ExportLogsServiceResponse {
+    ExportLogsServiceResponse {
+        partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejected as i64,
+            error_message: message.to_string(),
+        }),
+    }
+}
+
+fn metrics_response(rejected: u64, message: &str) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected as i64,
+            error_message: message.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,233 @@
+//! OTLP over gRPC: TraceService, LogsService and MetricsService `Export`.
+//!
+//! The services are written against tonic's server machinery with a codec
+//! that hands over the raw request bytes, so the body goes straight to the
+//! targeted reader in [`crate::otlp::wire`] instead of a full prost decode.
+//! Status codes follow the OTLP specification: INVALID_ARGUMENT for malformed
+//! data (not retryable), RESOURCE_EXHAUSTED with `RetryInfo` when the pipeline
+//! is full, UNAVAILABLE while shutting down (both retryable).
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, EnabledCompressionEncodings, StdError, http};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
+use crate::config::GrpcServerConfig;
+use crate::model::Signal;
+use crate::otlp::{self, Encoding};
+use crate::pipeline::PipelineSink;
+
+/// Passes message bytes through: requests arrive as the raw body, responses
+/// leave pre-encoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+/// Encoder and decoder of [`RawCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCoder;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl Encoder for RawCoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// The gRPC names of one OTLP signal's service.
+pub trait OtlpService: Send + Sync + 'static {
+    /// The signal served.
+    const SIGNAL: Signal;
+    /// The service's full name.
+    const NAME: &'static str;
+    /// The `Export` method's path.
+    const EXPORT_PATH: &'static str;
+}
+
+/// `opentelemetry.proto.collector.trace.v1.TraceService`.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceService;
+/// `opentelemetry.proto.collector.logs.v1.LogsService`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogsService;
+/// `opentelemetry.proto.collector.metrics.v1.MetricsService`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsService;
+
+impl OtlpService for TraceService {
+    const SIGNAL: Signal = Signal::Traces;
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+}
+impl OtlpService for LogsService {
+    const SIGNAL: Signal = Signal::Logs;
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+}
+impl OtlpService for MetricsService {
+    const SIGNAL: Signal = Signal::Metrics;
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const EXPORT_PATH: &'static str =
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+}
+
+/// The tower service of one OTLP gRPC service.
+pub struct OtlpGrpc<S> {
+    sink: PipelineSink,
+    max_decoding_message_size: usize,
+    compression: EnabledCompressionEncodings,
+    _service: PhantomData<S>,
+}
+
+impl<S> Clone for OtlpGrpc<S> {
+    fn clone(&self) -> Self {
+        OtlpGrpc {
+            sink: self.sink.clone(),
+            max_decoding_message_size: self.max_decoding_message_size,
+            compression: self.compression,
+            _service: PhantomData,
+        }
+    }
+}
+
+impl<S: OtlpService> OtlpGrpc<S> {
+    /// Serves `S` into `sink`, refusing requests larger than
+    /// `max_decoding_message_size` bytes (after decompression).
+    pub fn new(sink: PipelineSink, max_decoding_message_size: usize) -> Self {
+        let mut compression = EnabledCompressionEncodings::default();
+        compression.enable(CompressionEncoding::Gzip);
+        compression.enable(CompressionEncoding::Zstd);
+        OtlpGrpc {
+            sink,
+            max_decoding_message_size,
+            compression,
+            _service: PhantomData,
+        }
+    }
+}
+
+impl<S: OtlpService> NamedService for OtlpGrpc<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+struct ExportMethod<S> {
+    sink: PipelineSink,
+    _service: PhantomData<S>,
+}
+
+impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
+    type Response = Bytes;
+    type Future = BoxFuture<tonic::Response<Bytes>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            let decoded = otlp::decode(S::SIGNAL, Encoding::Protobuf, body);
+            match export(&sink, S::SIGNAL, "grpc", decoded).await {
+                ExportOutcome::Accepted { rejected, message } => Ok(tonic::Response::new(
+                    Bytes::from(response_protobuf(S::SIGNAL, rejected, &message)),
+                )),
+                ExportOutcome::Malformed(message) => Err(Status::invalid_argument(message)),
+                ExportOutcome::Backpressure => Err(Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "the pipeline is full; retry later",
+                    ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
+                )),
+                ExportOutcome::Unavailable => {
+                    Err(Status::unavailable("doraflow is shutting down"))
+                }
+            }
+        })
+    }
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for OtlpGrpc<S>
+where
+    S: OtlpService,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != S::EXPORT_PATH {
+            return Box::pin(async {
+                Ok(Status::unimplemented("unknown method").into_http())
+            });
+        }
+        let method = ExportMethod::<S> {
+            sink: self.sink.clone(),
+            _service: PhantomData,
+        };
+        let compression = self.compression;
+        let max = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(RawCodec)
+                .apply_compression_config(compression, compression)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// Serves the three OTLP services on `listener` until `stop` is cancelled;
+/// in-flight requests finish first.
+pub async fn serve(
+    listener: TcpListener,
+    config: GrpcServerConfig,
+    sink: PipelineSink,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let max = config.max_recv_msg_size_mib * 1024 * 1024;
+    tonic::transport::Server::builder()
+        .add_service(OtlpGrpc::<TraceService>::new(sink.clone(), max))
+        .add_service(OtlpGrpc::<LogsService>::new(sink.clone(), max))
+        .add_service(OtlpGrpc::<MetricsService>::new(sink, max))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
