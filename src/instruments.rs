@@ -71,8 +71,14 @@ pub fn describe() {
         "Export requests handled by a receiver, by response outcome."
     );
     describe_gauge!(QUEUE_DEPTH, "Batches waiting in the pipeline queue.");
-    describe_gauge!(QUEUE_CAPACITY, "Capacity of the pipeline queue, in batches.");
-    describe_gauge!(RED_SERIES, "Series (service, environment) held by the red processor.");
+    describe_gauge!(
+        QUEUE_CAPACITY,
+        "Capacity of the pipeline queue, in batches."
+    );
+    describe_gauge!(
+        RED_SERIES,
+        "Series (service, environment) held by the red processor."
+    );
     describe_gauge!(
         RED_WINDOW_BYTES,
         Unit::Bytes,

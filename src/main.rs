@@ -1,5 +1,6 @@
 //! The `doraflow` command line: parse arguments, load config, run.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,7 +19,13 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "DORAFLOW_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DORAFLOW_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// Log filter, e.g. `info` or `doraflow=debug`.
     #[arg(long, global = true, default_value = "info", env = "DORAFLOW_LOG")]
@@ -86,6 +93,7 @@ fn run(format: &LogFormat, level: &str, config: Option<&PathBuf>) -> ExitCode {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

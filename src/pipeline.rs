@@ -59,12 +59,27 @@ impl PipelineSink {
     /// queue is full.
     pub async fn submit(&self, item: Telemetry) -> Result<Applied, SubmitError> {
         let (ack, applied) = oneshot::channel();
-        self.tx.try_send(Envelope { item, ack }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Full,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
-        })?;
+        self.tx
+            .try_send(Envelope { item, ack })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Full,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
         applied.await.map_err(|_| SubmitError::Closed)
     }
+}
+
+/// The engine's end of a pipeline's queue.
+pub struct PipelineQueue {
+    rx: mpsc::Receiver<Envelope>,
+}
+
+/// A bounded queue of `capacity` batches: receivers submit into the sink, the
+/// engine drains the queue. Holding the queue without draining it stalls the
+/// pipeline, which is how tests exercise back-pressure.
+pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (PipelineSink { tx }, PipelineQueue { rx })
 }
 
 enum Query {
@@ -94,7 +109,8 @@ struct Engine {
 }
 
 impl Engine {
-    async fn run(mut self, mut data: mpsc::Receiver<Envelope>, mut queries: mpsc::Receiver<Query>) {
+    async fn run(mut self, queue: PipelineQueue, mut queries: mpsc::Receiver<Query>) {
+        let mut data = queue.rx;
         let depth = gauge!(instruments::QUEUE_DEPTH);
         loop {
             tokio::select! {
@@ -194,11 +210,10 @@ pub async fn run_with_clock(
         None => None,
     };
 
-    let (data_tx, data_rx) = mpsc::channel(pipeline.queue_size);
+    let (sink, data) = queue(pipeline.queue_size);
     let (query_tx, query_rx) = mpsc::channel(16);
     gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
-    let engine = tokio::spawn(Engine { red, clock }.run(data_rx, query_rx));
-    let sink = PipelineSink { tx: data_tx };
+    let engine = tokio::spawn(Engine { red, clock }.run(data, query_rx));
     let reader = PipelineReader { tx: query_tx };
     let readiness = Readiness::default();
 

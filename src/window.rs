@@ -93,7 +93,8 @@ impl BucketLayout {
     pub fn value_at(&self, index: u16) -> u64 {
         let index = u64::from(index);
         let mut bucket = (index >> self.sub_bucket_half_count_magnitude) as i64 - 1;
-        let mut sub_bucket = (index & (self.sub_bucket_half_count - 1)) + self.sub_bucket_half_count;
+        let mut sub_bucket =
+            (index & (self.sub_bucket_half_count - 1)) + self.sub_bucket_half_count;
         if bucket < 0 {
             sub_bucket -= self.sub_bucket_half_count;
             bucket = 0;
@@ -251,7 +252,11 @@ impl RollingHistogram {
             errors: 0,
             quantiles_us: None,
         };
-        for slice in self.slices.iter().filter(|s| shape.is_live(s.epoch, current)) {
+        for slice in self
+            .slices
+            .iter()
+            .filter(|s| shape.is_live(s.epoch, current))
+        {
             stats.requests += slice.requests;
             stats.errors += slice.errors;
             for &(bucket, count) in &slice.buckets {
@@ -358,7 +363,13 @@ mod tests {
                 reference.record(l).unwrap();
             }
             errors += slice % 3;
-            window.record(&shape, &layout, slice * 10 * S + S, latencies.into_iter(), slice % 3);
+            window.record(
+                &shape,
+                &layout,
+                slice * 10 * S + S,
+                latencies.into_iter(),
+                slice % 3,
+            );
         }
         let stats = window.stats(&shape, &layout, 299 * S, &mut scratch);
         assert_eq!(stats.requests, 3000);
@@ -389,7 +400,10 @@ mod tests {
         window.record(&shape, &layout, 0, [10 * HOUR_US].into_iter(), 0);
         let stats = window.stats(&shape, &layout, 0, &mut layout.dense());
         let p99 = stats.quantiles_us.unwrap()[2];
-        assert!(p99 >= HOUR_US && p99 as f64 <= HOUR_US as f64 * 1.01, "{p99}");
+        assert!(
+            p99 >= HOUR_US && p99 as f64 <= HOUR_US as f64 * 1.01,
+            "{p99}"
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub struct ConfigDuration {
 /// Why a duration string was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DurationError {
-    #[error("`{0}` is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. `10s`")]
+    #[error(
+        "`{0}` is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. `10s`"
+    )]
     Malformed(String),
     #[error("`{0}` is too large")]
     Overflow(String),

@@ -261,7 +261,8 @@ impl Config {
         let mut path = String::new();
         let parsed = serde_saphyr::with_deserializer_from_str(&text, |de| {
             let mut track = serde_path_to_error::Track::new();
-            let result = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+            let result =
+                Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
             if result.is_err() {
                 path = track.path().to_string();
             }
@@ -337,7 +338,11 @@ impl Config {
             errors.push(format!(
                 "pipelines: this version runs one pipeline, found {} ({})",
                 self.pipelines.len(),
-                self.pipelines.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.pipelines
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         for (name, pipeline) in &self.pipelines {

@@ -95,8 +95,13 @@ impl PrometheusExporter {
                 let [service, environment, window] = labels.clone();
                 gauge!(
                     instruments::SERVICE_LATENCY_SECONDS,
-                    [service, environment, window, ("quantile", quantile.to_string())]
-                        .as_slice()
+                    [
+                        service,
+                        environment,
+                        window,
+                        ("quantile", quantile.to_string())
+                    ]
+                    .as_slice()
                 )
                 .set(seconds);
             }
@@ -110,7 +115,10 @@ async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
     counter!(instruments::EXPORTER_SCRAPES).increment(1);
     exporter.handle.run_upkeep();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         exporter.handle.render(),
     )
         .into_response()

@@ -5,6 +5,7 @@
 //! hex ids, integers as strings, camelCase), re-encoded as protobuf and read by
 //! the same reader, so both encodings share one set of semantics.
 
+pub mod synth;
 pub mod wire;
 
 use bytes::Bytes;
@@ -113,7 +114,9 @@ fn metrics(request: &ExportMetricsServiceRequest) -> MetricSummary {
 
 /// Service identity from full-decoded resource attributes (same rules as the
 /// wire reader).
-fn identity_of(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> ResourceIdentity {
+fn identity_of(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> ResourceIdentity {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     let string = |key: &str| {
         attributes.iter().rev().find_map(|kv| match &kv.value {

@@ -5,75 +5,25 @@
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
 
-pub(crate) fn attr(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
+use super::synth::{attr, resource, trace_request};
+
+fn span(kind: i32, start: u64, end: u64, status: i32, http_status: Option<i64>) -> Span {
+    let kind = SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified);
+    let status = StatusCode::try_from(status).unwrap_or(StatusCode::Unset);
+    super::synth::span(kind, start, end, status, http_status)
 }
 
-pub(crate) fn resource(service: Option<&str>, env: Option<&str>) -> Resource {
-    let mut attributes = vec![attr("host.name", Value::StringValue("h1".into()))];
-    if let Some(service) = service {
-        attributes.push(attr("service.name", Value::StringValue(service.into())));
-    }
-    if let Some(env) = env {
-        attributes.push(attr(
-            "deployment.environment.name",
-            Value::StringValue(env.into()),
-        ));
-    }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn span(kind: i32, start: u64, end: u64, status: i32, http_status: Option<i64>) -> Span {
-    let mut attributes = vec![attr("http.route", Value::StringValue("/x".into()))];
-    if let Some(code) = http_status {
-        attributes.push(attr("http.response.status_code", Value::IntValue(code)));
-    }
-    Span {
-        trace_id: vec![1; 16],
-        span_id: vec![2; 8],
-        name: "GET /x".into(),
-        kind,
-        start_time_unix_nano: start,
-        end_time_unix_nano: end,
-        attributes,
-        status: Some(Status {
-            code: status,
-            message: String::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn request(groups: Vec<(Resource, Vec<Span>)>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: groups
-            .into_iter()
-            .map(|(resource, spans)| ResourceSpans {
-                resource: Some(resource),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    }
+fn request(groups: Vec<(Resource, Vec<Span>)>) -> ExportTraceServiceRequest {
+    trace_request(groups)
 }
 
 const SERVER: i32 = 2;
@@ -117,8 +67,10 @@ fn entry_spans_become_requests_with_exact_latency_and_errors() {
 #[test]
 fn missing_service_and_legacy_environment_attribute() {
     let mut res = resource(None, None);
-    res.attributes
-        .push(attr("deployment.environment", Value::StringValue("staging".into())));
+    res.attributes.push(attr(
+        "deployment.environment",
+        Value::StringValue("staging".into()),
+    ));
     let req = request(vec![(res, vec![span(SERVER, 0, 1, 0, None)])]);
     let summary = traces_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
     assert_eq!(&summary.groups[0].identity.service[..], b"unknown_service");
@@ -145,7 +97,13 @@ fn json_and_protobuf_give_the_same_summary() {
     let req = request(vec![(
         resource(Some("cart"), Some("prod")),
         vec![
-            span(SERVER, 1_700_000_000_000_000_000, 1_700_000_000_250_000_000, 0, Some(500)),
+            span(
+                SERVER,
+                1_700_000_000_000_000_000,
+                1_700_000_000_250_000_000,
+                0,
+                Some(500),
+            ),
             span(CONSUMER, 5, 10, OK, None),
         ],
     )]);
@@ -171,9 +129,12 @@ fn otlp_json_as_written_by_other_clients() {
          "endTimeUnixNano":"1544712661000000000",
          "attributes":[{"key":"http.response.status_code","value":{"intValue":"500"}}],
          "status":{}}]}]}]}"#;
-    let Telemetry::Traces(summary) =
-        decode(Signal::Traces, Encoding::Json, Bytes::from_static(json.as_bytes())).unwrap()
-    else {
+    let Telemetry::Traces(summary) = decode(
+        Signal::Traces,
+        Encoding::Json,
+        Bytes::from_static(json.as_bytes()),
+    )
+    .unwrap() else {
         panic!("not traces");
     };
     assert_eq!(summary.latencies_ns, vec![1_000_000_000]);
@@ -218,11 +179,20 @@ fn malformed_protobuf_is_an_error_not_a_panic() {
         let result = traces_protobuf(&Bytes::copy_from_slice(&good[..cut]));
         assert!(result.is_err(), "truncation at {cut} accepted");
     }
-    for garbage in [&b"\xff\xff\xff"[..], b"\x0a\x05abc", b"\x0b", b"not protobuf at all"] {
+    for garbage in [
+        &b"\xff\xff\xff"[..],
+        b"\x0a\x05abc",
+        b"\x0b",
+        b"not protobuf at all",
+    ] {
         assert!(traces_protobuf(&Bytes::copy_from_slice(garbage)).is_err());
     }
     assert!(matches!(
-        decode(Signal::Traces, Encoding::Json, Bytes::from_static(b"{\"resourceSpans\": [")),
+        decode(
+            Signal::Traces,
+            Encoding::Json,
+            Bytes::from_static(b"{\"resourceSpans\": [")
+        ),
         Err(DecodeError::Json(_))
     ));
 }
@@ -233,7 +203,12 @@ fn reference(req: &ExportTraceServiceRequest) -> (u64, u64, Vec<(String, Vec<u64
     let mut rejected = 0;
     let mut groups = Vec::new();
     for rs in &req.resource_spans {
-        let identity = identity_of(rs.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]));
+        let identity = identity_of(
+            rs.resource
+                .as_ref()
+                .map(|r| &r.attributes[..])
+                .unwrap_or(&[]),
+        );
         let mut latencies = Vec::new();
         let mut errors = 0;
         for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {

@@ -250,25 +250,39 @@ mod tests {
         let ms = 1_000_000;
         let applied = red.apply(
             &traces(&[
-                ("checkout", "production", &[10 * ms, 20 * ms, 30 * ms, 400 * ms], 1),
+                (
+                    "checkout",
+                    "production",
+                    &[10 * ms, 20 * ms, 30 * ms, 400 * ms],
+                    1,
+                ),
                 ("checkout", "", &[5 * ms], 0),
             ]),
             100 * S,
         );
         assert_eq!(applied, Applied::default());
-        red.apply(&traces(&[("checkout", "production", &[40 * ms], 1)]), 101 * S);
+        red.apply(
+            &traces(&[("checkout", "production", &[40 * ms], 1)]),
+            101 * S,
+        );
         let snapshot = red.snapshot(102 * S);
         assert_eq!(snapshot.window, "5m");
         assert_eq!(snapshot.series.len(), 2);
         let prod = &snapshot.series[0];
-        assert_eq!((prod.service.as_str(), prod.environment.as_str()), ("checkout", "production"));
+        assert_eq!(
+            (prod.service.as_str(), prod.environment.as_str()),
+            ("checkout", "production")
+        );
         assert_eq!(prod.stats.requests, 5);
         assert_eq!(prod.stats.errors, 2);
         assert_eq!(prod.stats.error_ratio(), Some(0.4));
         // p50 of {10, 20, 30, 40, 400} ms is 30 ms; p95 and p99 are 400 ms (within 1%).
         let [p50, p95, p99] = prod.stats.quantiles_us.unwrap();
         for (got, want) in [(p50, 30_000), (p95, 400_000), (p99, 400_000)] {
-            assert!(got >= want && (got as f64) < want as f64 * 1.01, "{got} vs {want}");
+            assert!(
+                got >= want && (got as f64) < want as f64 * 1.01,
+                "{got} vs {want}"
+            );
         }
         let unknown = &snapshot.series[1];
         assert_eq!(unknown.environment, "unknown");

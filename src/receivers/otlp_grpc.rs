@@ -171,9 +171,7 @@ impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
                     "the pipeline is full; retry later",
                     ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
                 )),
-                ExportOutcome::Unavailable => {
-                    Err(Status::unavailable("doraflow is shutting down"))
-                }
+                ExportOutcome::Unavailable => Err(Status::unavailable("doraflow is shutting down")),
             }
         })
     }
@@ -195,9 +193,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().path() != S::EXPORT_PATH {
-            return Box::pin(async {
-                Ok(Status::unimplemented("unknown method").into_http())
-            });
+            return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
         let method = ExportMethod::<S> {
             sink: self.sink.clone(),

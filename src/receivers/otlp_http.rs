@@ -87,9 +87,7 @@ async fn handle(
         _ => {
             return plain(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "unsupported content type `{content_type}`: send {PROTOBUF} or {JSON}"
-                ),
+                format!("unsupported content type `{content_type}`: send {PROTOBUF} or {JSON}"),
             );
         }
     };
@@ -173,7 +171,12 @@ fn too_large(encoding: Encoding, limit: usize) -> Response {
 }
 
 fn plain(code: StatusCode, message: String) -> Response {
-    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
 }
 
 fn retry_later(encoding: Encoding, code: StatusCode, message: &str) -> Response {

@@ -1,0 +1,261 @@
+//! Shared helpers of the integration tests: a doraflow process on free
+//! loopback ports, and a reader of its `/metrics`.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released; the race is harmless in practice).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `doraflow run --config ...`, killed on drop.
+pub struct Doraflow {
+    pub child: Child,
+    pub grpc: u16,
+    pub http: u16,
+    pub prometheus: u16,
+    pub config: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "doraflow-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Doraflow {
+    /// Starts doraflow with the given `processors.red` settings (YAML flow map
+    /// body) on free ports and waits until it is ready.
+    pub fn start(red: &str) -> Doraflow {
+        Self::start_with(red, 256)
+    }
+
+    pub fn start_with(red: &str, queue_size: usize) -> Doraflow {
+        let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
+        let dir = TempDir::new("run");
+        let config = dir.0.join("doraflow.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+    http: {{ endpoint: \"127.0.0.1:{http}\" }}
+    default_environment: test
+processors:
+  red: {{ {red} }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [otlp], processors: [red], exporters: [prometheus], queue_size: {queue_size} }}
+"
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("DORAFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn doraflow");
+        let doraflow = Doraflow {
+            child,
+            grpc,
+            http,
+            prometheus,
+            config,
+            _dir: dir,
+        };
+        wait_ready(prometheus);
+        doraflow
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    /// `/metrics`, parsed.
+    pub fn metrics(&self) -> Metrics {
+        scrape(self.prometheus)
+    }
+}
+
+impl Drop for Doraflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to 30 s for `/readyz` on `port` to answer 200.
+pub fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(body) = get(port, "/readyz") {
+            if body.0 == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("doraflow on port {port} not ready within 30 s");
+}
+
+/// A minimal blocking HTTP GET over a real socket: (status, body).
+pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn scrape(port: u16) -> Metrics {
+    let (status, body) = get(port, "/metrics").expect("scrape /metrics");
+    assert_eq!(status, 200, "{body}");
+    Metrics(body)
+}
+
+/// The text of one scrape.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `name` whose labels are exactly `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        self.0.lines().find_map(|line| {
+            if line.starts_with('#') {
+                return None;
+            }
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, mut got) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, parse_labels(rest.strip_suffix('}')?)),
+                None => (series, Vec::new()),
+            };
+            got.sort();
+            (metric == name && got == want).then(|| value.parse().ok())?
+        })
+    }
+
+    /// As `get`, 0 when the sample is absent (counters not yet created).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// Every sample line of `name`.
+    pub fn samples(&self, name: &str) -> Vec<&str> {
+        self.0
+            .lines()
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+            })
+            .collect()
+    }
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim_start_matches(',').trim().to_string(), value));
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// Whether `got` is `want` within HDR precision (2 significant digits: the
+/// reported value is the highest equivalent of the true one, < 1% above).
+pub fn within_hdr(got: f64, want: f64) -> bool {
+    got >= want * 0.999_999 && got <= want * 1.01
+}
+
+/// The Python interpreter with the OpenTelemetry SDK, if the test script set one up.
+pub fn python_with_otel_sdk() -> Option<PathBuf> {
+    std::env::var_os("DORAFLOW_TEST_PYTHON").map(PathBuf::from)
+}
