@@ -119,6 +119,10 @@ pub fn response_protobuf(signal: Signal, rejected: u64, message: &str) -> Vec<u8
 
 /// The OTLP export response of `signal` in OTLP/JSON.
 pub fn response_json(signal: Signal, rejected: u64, message: &str) -> Vec<u8> {
+    if rejected == 0 {
+        // Not `{"partialSuccess": null}`: a full success leaves the field unset.
+        return b"{}".to_vec();
+    }
     let json = match signal {
         Signal::Traces => serde_json::to_vec(&trace_response(rejected, message)),
         Signal::Logs => serde_json::to_vec(&logs_response(rejected, message)),
