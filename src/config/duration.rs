@@ -40,11 +40,11 @@ impl ConfigDuration {
 
     /// Builds one from a literal known to be valid; for defaults.
     pub(crate) fn from_secs(secs: u64) -> Self {
-        let text = if secs % 86_400 == 0 && secs > 0 {
+        let text = if secs.is_multiple_of(86_400) && secs > 0 {
             format!("{}d", secs / 86_400)
-        } else if secs % 3_600 == 0 && secs > 0 {
+        } else if secs.is_multiple_of(3_600) && secs > 0 {
             format!("{}h", secs / 3_600)
-        } else if secs % 60 == 0 && secs > 0 {
+        } else if secs.is_multiple_of(60) && secs > 0 {
             format!("{}m", secs / 60)
         } else {
             format!("{secs}s")

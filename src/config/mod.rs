@@ -410,7 +410,7 @@ impl RedConfig {
         let slice = self.slice.get();
         if slice.is_zero() {
             errors.push(format!("{path}.slice: must be longer than 0"));
-        } else if window < slice || window.as_millis() % slice.as_millis() != 0 {
+        } else if window < slice || !window.as_millis().is_multiple_of(slice.as_millis()) {
             errors.push(format!(
                 "{path}.window: must be a whole multiple of slice ({}), got {}",
                 self.slice, self.window

@@ -198,7 +198,10 @@ fn malformed_protobuf_is_an_error_not_a_panic() {
 }
 
 /// The reference semantics, computed over the full decode.
-fn reference(req: &ExportTraceServiceRequest) -> (u64, u64, Vec<(String, Vec<u64>, u64)>) {
+/// (service, latencies, errors) of one resource.
+type ReferenceGroup = (String, Vec<u64>, u64);
+
+fn reference(req: &ExportTraceServiceRequest) -> (u64, u64, Vec<ReferenceGroup>) {
     let mut spans = 0;
     let mut rejected = 0;
     let mut groups = Vec::new();

@@ -120,10 +120,8 @@ impl Drop for Doraflow {
 pub fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(body) = get(port, "/readyz") {
-            if body.0 == 200 {
-                return;
-            }
+        if get(port, "/readyz").is_ok_and(|(status, _)| status == 200) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
