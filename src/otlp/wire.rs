@@ -176,20 +176,36 @@ enum AttributeValue<'a> {
     Other,
 }
 
-/// Reads a `KeyValue`: its key and scalar value.
-fn key_value(buf: &[u8]) -> Result<(&[u8], AttributeValue<'_>), WireError> {
+/// Reads a `KeyValue` whose key is one of `wanted`: the key's position in
+/// `wanted` and the scalar value. Keys are compared as bytes before anything
+/// else is read, so the (often long) values of other attributes are skipped
+/// unread.
+fn wanted_key_value<'a>(
+    buf: &'a [u8],
+    wanted: &[&[u8]],
+) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
     const MSG: &str = "KeyValue";
-    let mut key: &[u8] = &[];
-    let mut value = AttributeValue::Other;
+    let mut which = None;
+    let mut value = None;
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
         match field? {
-            (1, v) => key = utf8(expect_bytes(v, MSG)?, MSG)?,
-            (2, v) => value = any_value(expect_bytes(v, MSG)?)?,
+            (1, v) => {
+                let key = expect_bytes(v, MSG)?;
+                which = wanted.iter().position(|w| *w == key);
+                if which.is_none() {
+                    return Ok(None);
+                }
+            }
+            (2, v) => value = Some(expect_bytes(v, MSG)?),
             _ => {}
         }
     }
-    Ok((key, value))
+    match (which, value) {
+        (Some(i), Some(value)) => Ok(Some((i, any_value(value)?))),
+        (Some(i), None) => Ok(Some((i, AttributeValue::Other))),
+        _ => Ok(None),
+    }
 }
 
 fn any_value(buf: &[u8]) -> Result<AttributeValue<'_>, WireError> {
@@ -210,23 +226,22 @@ fn any_value(buf: &[u8]) -> Result<AttributeValue<'_>, WireError> {
 /// Reads the service identity from a `Resource` message.
 fn resource_identity(body: &Bytes, buf: &[u8]) -> Result<ResourceIdentity, WireError> {
     const MSG: &str = "Resource";
-    let mut service: Option<&[u8]> = None;
-    let mut env_name: Option<&[u8]> = None;
-    let mut env_legacy: Option<&[u8]> = None;
+    const KEYS: [&[u8]; 3] = [
+        b"service.name",
+        b"deployment.environment.name",
+        b"deployment.environment",
+    ];
+    let mut found: [Option<&[u8]>; 3] = [None; 3];
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
-        if let (1, v) = field? {
-            let (key, value) = key_value(expect_bytes(v, MSG)?)?;
-            if let AttributeValue::String(s) = value {
-                match key {
-                    b"service.name" => service = Some(s),
-                    b"deployment.environment.name" => env_name = Some(s),
-                    b"deployment.environment" => env_legacy = Some(s),
-                    _ => {}
-                }
-            }
+        if let (1, v) = field?
+            && let Some((i, AttributeValue::String(s))) =
+                wanted_key_value(expect_bytes(v, MSG)?, &KEYS)?
+        {
+            found[i] = Some(s);
         }
     }
+    let [service, env_name, env_legacy] = found;
     let service = match service {
         Some(s) if !s.is_empty() => body.slice_ref(s),
         _ => Bytes::from_static(UNKNOWN_SERVICE),
@@ -303,11 +318,11 @@ fn status_is_error(buf: &[u8]) -> Result<bool, WireError> {
 /// (`http.response.status_code`, or the older `http.status_code`).
 fn http_server_error(buf: &[u8]) -> Result<bool, WireError> {
     const MSG: &str = "Span";
+    const KEYS: [&[u8]; 2] = [b"http.response.status_code", b"http.status_code"];
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
         if let (9, v) = field? {
-            let (key, value) = key_value(expect_bytes(v, MSG)?)?;
-            if key == b"http.response.status_code" || key == b"http.status_code" {
+            if let Some((_, value)) = wanted_key_value(expect_bytes(v, MSG)?, &KEYS)? {
                 let code = match value {
                     AttributeValue::Int(i) => i,
                     AttributeValue::Double(d) => d as i64,
