@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for worker in 0..args.connections {
         let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
+            .http2_adaptive_window(true)
             .connect()
             .await?;
         let mut client = tonic::client::Grpc::new(channel);

@@ -56,7 +56,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Most keys and lengths fit one byte.
+        if let Some(&byte) = self.buf.first()
+            && byte < 0x80
+        {
+            self.buf = &self.buf[1..];
+            return Ok(u64::from(byte));
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, WireError> {
         let mut value: u64 = 0;
         for (i, &byte) in self.buf.iter().enumerate().take(10) {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -75,6 +88,7 @@ impl<'a> Fields<'a> {
         }))
     }
 
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.buf.len() {
             return Err(self.error("field length runs past the end of the message"));
@@ -84,6 +98,7 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
+    #[inline]
     fn next_field(&mut self) -> Option<Result<(u32, Value<'a>), WireError>> {
         if self.buf.is_empty() {
             return None;
@@ -91,6 +106,7 @@ impl<'a> Fields<'a> {
         Some(self.read_field())
     }
 
+    #[inline(always)]
     fn read_field(&mut self) -> Result<(u32, Value<'a>), WireError> {
         let key = self.varint()?;
         let field = key >> 3;

@@ -220,6 +220,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max = config.max_recv_msg_size_mib * 1024 * 1024;
     tonic::transport::Server::builder()
+        // OTLP requests are often hundreds of KB: let HTTP/2 flow control grow
+        // its windows with the measured bandwidth-delay product instead of
+        // stalling every 64 KB.
+        .http2_adaptive_window(Some(true))
         .add_service(OtlpGrpc::<TraceService>::new(sink.clone(), max))
         .add_service(OtlpGrpc::<LogsService>::new(sink.clone(), max))
         .add_service(OtlpGrpc::<MetricsService>::new(sink, max))
