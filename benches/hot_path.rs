@@ -23,34 +23,48 @@ fn hot_path(c: &mut Criterion) {
             .collect();
         group.throughput(Throughput::Elements(spans as u64));
 
-        group.bench_with_input(BenchmarkId::new("decode_wire", spans), &bodies, |b, bodies| {
-            let mut i = 0;
-            b.iter(|| {
-                i += 1;
-                black_box(traces_protobuf(&bodies[i % bodies.len()]).expect("valid"))
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decode_wire", spans),
+            &bodies,
+            |b, bodies| {
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    black_box(traces_protobuf(&bodies[i % bodies.len()]).expect("valid"))
+                })
+            },
+        );
 
-        group.bench_with_input(BenchmarkId::new("decode_full_prost", spans), &bodies, |b, bodies| {
-            let mut i = 0;
-            b.iter(|| {
-                i += 1;
-                black_box(
-                    ExportTraceServiceRequest::decode(bodies[i % bodies.len()].clone()).expect("valid"),
-                )
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decode_full_prost", spans),
+            &bodies,
+            |b, bodies| {
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    black_box(
+                        ExportTraceServiceRequest::decode(bodies[i % bodies.len()].clone())
+                            .expect("valid"),
+                    )
+                })
+            },
+        );
 
-        group.bench_with_input(BenchmarkId::new("decode_and_red", spans), &bodies, |b, bodies| {
-            let mut red = RedProcessor::new(&RedConfig::default(), "unknown");
-            let mut i = 0u64;
-            b.iter(|| {
-                i += 1;
-                let summary = traces_protobuf(&bodies[i as usize % bodies.len()]).expect("valid");
-                // Advance time 1 ms a batch so slices rotate as they would live.
-                black_box(red.apply(&Telemetry::Traces(summary), i * 1_000_000))
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decode_and_red", spans),
+            &bodies,
+            |b, bodies| {
+                let mut red = RedProcessor::new(&RedConfig::default(), "unknown");
+                let mut i = 0u64;
+                b.iter(|| {
+                    i += 1;
+                    let summary =
+                        traces_protobuf(&bodies[i as usize % bodies.len()]).expect("valid");
+                    // Advance time 1 ms a batch so slices rotate as they would live.
+                    black_box(red.apply(&Telemetry::Traces(summary), i * 1_000_000))
+                })
+            },
+        );
     }
     group.finish();
 }

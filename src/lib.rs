@@ -23,3 +23,9 @@ pub mod pipeline;
 pub mod processors;
 pub mod receivers;
 pub mod window;
+
+/// doraflow's own protobuf messages, generated from `proto/doraflow/v1/`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/doraflow.v1.rs"));
+}

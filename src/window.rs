@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::proto::{RollingHistogramState, SliceState};
+
 /// The bucket layout of an HDR histogram with lowest discernible value 1,
 /// the given highest trackable value and precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +193,17 @@ impl WindowStats {
     }
 }
 
+/// Why a checkpointed window state cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state was recorded with another window or precision ({found}) than configured ({expected})"
+    )]
+    LayoutMismatch { found: String, expected: String },
+    #[error("slice {epoch}: {problem}")]
+    BadSlice { epoch: u64, problem: &'static str },
+}
+
 /// The quantiles reported: p50, p95, p99.
 pub const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
 
@@ -269,6 +282,92 @@ impl RollingHistogram {
             scratch.reset();
         }
         stats
+    }
+
+    /// The window's state, for a checkpoint.
+    pub fn to_state(&self, shape: &WindowShape, layout: &BucketLayout) -> RollingHistogramState {
+        RollingHistogramState {
+            slice_ns: shape.slice_ns,
+            slices_per_window: shape.slices,
+            significant_digits: u32::from(layout.significant_digits),
+            highest_us: layout.highest,
+            slices: self
+                .slices
+                .iter()
+                .map(|s| SliceState {
+                    epoch: s.epoch,
+                    requests: s.requests,
+                    errors: s.errors,
+                    buckets: s.buckets.iter().map(|&(b, _)| u32::from(b)).collect(),
+                    counts: s.buckets.iter().map(|&(_, c)| c).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores a window from a checkpointed state, refusing one recorded with
+    /// another layout or with inconsistent slices.
+    pub fn from_state(
+        state: &RollingHistogramState,
+        shape: &WindowShape,
+        layout: &BucketLayout,
+    ) -> Result<Self, StateError> {
+        let describe = |slice_ns: u64, slices: u64, digits: u32, highest: u64| {
+            format!("{slice_ns} ns x {slices} slices, {digits} digits up to {highest} us")
+        };
+        let expected = (
+            shape.slice_ns,
+            shape.slices,
+            u32::from(layout.significant_digits),
+            layout.highest,
+        );
+        let found = (
+            state.slice_ns,
+            state.slices_per_window,
+            state.significant_digits,
+            state.highest_us,
+        );
+        if found != expected {
+            return Err(StateError::LayoutMismatch {
+                found: describe(found.0, found.1, found.2, found.3),
+                expected: describe(expected.0, expected.1, expected.2, expected.3),
+            });
+        }
+        let mut slices = VecDeque::with_capacity(state.slices.len());
+        let mut previous_epoch = None;
+        for s in &state.slices {
+            let bad = |problem| StateError::BadSlice {
+                epoch: s.epoch,
+                problem,
+            };
+            if previous_epoch.is_some_and(|p| p >= s.epoch) {
+                return Err(bad("slices are not in increasing order"));
+            }
+            previous_epoch = Some(s.epoch);
+            if s.buckets.len() != s.counts.len() {
+                return Err(bad("buckets and counts differ in length"));
+            }
+            if s.errors > s.requests {
+                return Err(bad("more errors than requests"));
+            }
+            let mut buckets = Vec::with_capacity(s.buckets.len());
+            for (&bucket, &count) in s.buckets.iter().zip(&s.counts) {
+                if bucket as usize >= layout.len() {
+                    return Err(bad("bucket index out of range"));
+                }
+                if buckets.last().is_some_and(|&(b, _)| u32::from(b) >= bucket) {
+                    return Err(bad("bucket indexes are not strictly increasing"));
+                }
+                buckets.push((bucket as u16, count));
+            }
+            slices.push_back(Slice {
+                epoch: s.epoch,
+                requests: s.requests,
+                errors: s.errors,
+                buckets,
+            });
+        }
+        Ok(RollingHistogram { slices })
     }
 
     /// Heap bytes held, for the memory figures in the docs.
@@ -404,6 +503,36 @@ mod tests {
             p99 >= HOUR_US && p99 as f64 <= HOUR_US as f64 * 1.01,
             "{p99}"
         );
+    }
+
+    #[test]
+    fn state_round_trips_through_protobuf() {
+        use prost::Message;
+        let (shape, layout) = (shape(), BucketLayout::new(2, HOUR_US));
+        let mut window = RollingHistogram::default();
+        for slice in 0..5u64 {
+            let latencies = (1..51u32).map(|i| u64::from(i) * 1_000 * (slice + 1));
+            window.record(&shape, &layout, slice * 10 * S, latencies, slice);
+        }
+        let bytes = window.to_state(&shape, &layout).encode_to_vec();
+        let state = RollingHistogramState::decode(bytes.as_slice()).unwrap();
+        let restored = RollingHistogram::from_state(&state, &shape, &layout).unwrap();
+        let now = 45 * S;
+        assert_eq!(
+            restored.stats(&shape, &layout, now, &mut layout.dense()),
+            window.stats(&shape, &layout, now, &mut layout.dense())
+        );
+        let other = BucketLayout::new(3, HOUR_US);
+        assert!(matches!(
+            RollingHistogram::from_state(&state, &shape, &other),
+            Err(StateError::LayoutMismatch { .. })
+        ));
+        let mut corrupt = state.clone();
+        corrupt.slices[1].counts.pop();
+        assert!(matches!(
+            RollingHistogram::from_state(&corrupt, &shape, &layout),
+            Err(StateError::BadSlice { epoch: 1, .. })
+        ));
     }
 
     #[test]

@@ -68,7 +68,10 @@ struct Totals {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.connections > 0 && args.batch > 0, "connections and batch must be > 0");
+    anyhow::ensure!(
+        args.connections > 0 && args.batch > 0,
+        "connections and batch must be > 0"
+    );
     let batches: Arc<Vec<Bytes>> = Arc::new(
         (0..args.distinct.max(1))
             .map(|seed| Bytes::from(realistic_batch(args.batch, seed as u64).encode_to_vec()))
@@ -76,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let bytes_per_span = batches[0].len() as f64 / args.batch as f64;
     let totals = Arc::new(Totals::default());
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     // Each connection sends one request every `period` to reach the target rate.
     let period = (args.rate > 0).then(|| {
         Duration::from_secs_f64(args.batch as f64 * args.connections as f64 / args.rate as f64)

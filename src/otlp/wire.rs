@@ -337,19 +337,19 @@ fn http_server_error(buf: &[u8]) -> Result<bool, WireError> {
     const KEYS: [&[u8]; 2] = [b"http.response.status_code", b"http.status_code"];
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
-        if let (9, v) = field? {
-            if let Some((_, value)) = wanted_key_value(expect_bytes(v, MSG)?, &KEYS)? {
-                let code = match value {
-                    AttributeValue::Int(i) => i,
-                    AttributeValue::Double(d) => d as i64,
-                    AttributeValue::String(s) => std::str::from_utf8(s)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(0),
-                    AttributeValue::Other => 0,
-                };
-                return Ok(code >= 500);
-            }
+        if let (9, v) = field?
+            && let Some((_, value)) = wanted_key_value(expect_bytes(v, MSG)?, &KEYS)?
+        {
+            let code = match value {
+                AttributeValue::Int(i) => i,
+                AttributeValue::Double(d) => d as i64,
+                AttributeValue::String(s) => std::str::from_utf8(s)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0),
+                AttributeValue::Other => 0,
+            };
+            return Ok(code >= 500);
         }
     }
     Ok(false)
