@@ -91,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for worker in 0..args.connections {
         let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
-            .http2_adaptive_window(true)
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(32 << 20))
             .connect()
             .await?;
         let mut client = tonic::client::Grpc::new(channel);

@@ -220,14 +220,20 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max = config.max_recv_msg_size_mib * 1024 * 1024;
     tonic::transport::Server::builder()
-        // OTLP requests are often hundreds of KB: let HTTP/2 flow control grow
-        // its windows with the measured bandwidth-delay product instead of
-        // stalling every 64 KB.
-        .http2_adaptive_window(Some(true))
+        // OTLP requests are often hundreds of KB: with HTTP/2's default 64 KB
+        // windows a request stalls for a window update every 64 KB. A window
+        // of one whole request lets it arrive in one go; memory stays bounded
+        // by the message size limit per stream.
+        .initial_stream_window_size(Some(max.min(16 << 20) as u32))
+        .initial_connection_window_size(Some((max * 2).min(32 << 20) as u32))
         .add_service(OtlpGrpc::<TraceService>::new(sink.clone(), max))
         .add_service(OtlpGrpc::<LogsService>::new(sink.clone(), max))
         .add_service(OtlpGrpc::<MetricsService>::new(sink, max))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

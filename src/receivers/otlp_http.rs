@@ -10,6 +10,7 @@
 use std::io::Read;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -59,6 +60,10 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(sink, config.max_request_body_size_mib * 1024 * 1024);
+    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await?;
