@@ -69,5 +69,30 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path);
+/// Not a timing: the heap a series' window holds once a full `5m` window of
+/// the realistic workload has passed through it, printed for BENCHMARKS.md.
+fn window_memory(_: &mut Criterion) {
+    let config = RedConfig::default();
+    let mut red = RedProcessor::new(&config, "unknown");
+    let slices = 30u64;
+    // Enough batches that every slice of every series sees hundreds of spans.
+    for i in 0..slices * 20 {
+        let summary = traces_protobuf(&Bytes::from(realistic_batch(1000, i).encode_to_vec()))
+            .expect("valid");
+        let now = i * 10_000_000_000 / 20;
+        red.apply(&Telemetry::Traces(summary), now);
+    }
+    let snapshot = red.snapshot(slices * 10_000_000_000 - 1);
+    let per_series = snapshot.window_bytes as f64 / snapshot.series.len() as f64;
+    let requests: u64 = snapshot.series.iter().map(|s| s.stats.requests).sum();
+    eprintln!(
+        "window memory: {} series, {} requests in the window, {:.0} heap bytes per series ({:.1} per slice)",
+        snapshot.series.len(),
+        requests,
+        per_series,
+        per_series / slices as f64
+    );
+}
+
+criterion_group!(benches, hot_path, window_memory);
 criterion_main!(benches);
