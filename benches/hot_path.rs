@@ -77,8 +77,8 @@ fn window_memory(_: &mut Criterion) {
     let slices = 30u64;
     // Enough batches that every slice of every series sees hundreds of spans.
     for i in 0..slices * 20 {
-        let summary = traces_protobuf(&Bytes::from(realistic_batch(1000, i).encode_to_vec()))
-            .expect("valid");
+        let summary =
+            traces_protobuf(&Bytes::from(realistic_batch(1000, i).encode_to_vec())).expect("valid");
         let now = i * 10_000_000_000 / 20;
         red.apply(&Telemetry::Traces(summary), now);
     }

@@ -190,3 +190,26 @@ fn a_taken_port_fails_startup_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_errors_name_the_key() {
+    let dir = TempDir::new("cli");
+    let path = dir.0.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "processors:\n  red: { slice: 5 }\nexporters:\n  prometheus: {}\npipelines:\n  main: { receivers: [otlp], exporters: [prometheus] }\n",
+    )
+    .unwrap();
+    let output = doraflow()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().next().expect("a log line");
+    let event: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(event["level"], "ERROR");
+    let message = event["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("processors.red.slice"), "{message}");
+}

@@ -10,12 +10,12 @@
 use std::io::Read;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use prost::Message;
 use tokio::net::TcpListener;

@@ -1,0 +1,78 @@
+//! The README's configuration reference is checked against the config
+//! structs: every key the parser accepts must be documented with its full
+//! path. The keys are read from the parser's own "unknown field ..., expected
+//! one of ..." answer, so a new field without documentation fails here.
+
+use doraflow::config::Config;
+
+/// The keys the parser accepts at the section that `yaml` puts `__probe__` in.
+fn accepted_keys(yaml: &str) -> Vec<String> {
+    let err = Config::from_yaml_with_env(yaml, |_| None)
+        .expect_err("the probe key must be refused")
+        .to_string();
+    let list = err
+        .split("expected one of")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key list in: {err}"));
+    let list = list.lines().next().unwrap_or("");
+    list.split(',')
+        .map(|k| k.trim().trim_matches('`').to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [prometheus] }\n";
+
+#[test]
+fn every_config_key_is_in_the_readme() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let sections: [(&str, String, &[&str]); 6] = [
+        (
+            "receivers.otlp",
+            format!("receivers:\n  otlp:\n    __probe__: 1\n{PIPELINE}"),
+            &["grpc", "http"],
+        ),
+        (
+            "receivers.otlp.grpc",
+            format!("receivers:\n  otlp:\n    grpc: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "receivers.otlp.http",
+            format!("receivers:\n  otlp:\n    http: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "processors.red",
+            format!("processors:\n  red: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "exporters.prometheus",
+            format!("exporters:\n  prometheus: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "pipelines.<name>",
+            "pipelines:\n  main: { receivers: [otlp], exporters: [prometheus], __probe__: 1 }\n"
+                .to_string(),
+            &[],
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (path, yaml, subsections) in &sections {
+        let keys = accepted_keys(yaml);
+        assert!(!keys.is_empty(), "{path}: no keys found");
+        for key in keys.iter().filter(|k| !subsections.contains(&k.as_str())) {
+            let documented = format!("`{path}.{key}`");
+            if !readme.contains(&documented) {
+                missing.push(documented);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README config reference lacks {missing:?}"
+    );
+}
