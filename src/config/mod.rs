@@ -9,7 +9,6 @@ mod duration;
 mod env;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
@@ -61,6 +60,16 @@ pub struct Receivers {
     pub webhook: Option<NotYetAvailable>,
     /// Kafka consumer (not available yet).
     pub kafka: Option<NotYetAvailable>,
+}
+
+impl Receivers {
+    /// Names of the receivers configured (and available in this version).
+    pub fn configured(&self) -> Vec<&'static str> {
+        [self.otlp.is_some().then_some("otlp")]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// `receivers.otlp`: the OTLP receiver. At least one of `grpc` and `http`.
@@ -127,6 +136,16 @@ pub struct Processors {
     pub dora: Option<NotYetAvailable>,
     /// Alert rules (not available yet).
     pub alerts: Option<NotYetAvailable>,
+}
+
+impl Processors {
+    /// Names of the processors configured (and available in this version).
+    pub fn configured(&self) -> Vec<&'static str> {
+        [self.red.is_some().then_some("red")]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// `processors.red`: per-(service, environment) requests, errors and latency
@@ -197,6 +216,16 @@ pub struct Exporters {
     pub kafka: Option<NotYetAvailable>,
     /// OTLP metrics push (not available yet).
     pub otlp: Option<NotYetAvailable>,
+}
+
+impl Exporters {
+    /// Names of the exporters configured (and available in this version).
+    pub fn configured(&self) -> Vec<&'static str> {
+        [self.prometheus.is_some().then_some("prometheus")]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// `exporters.prometheus`: `/metrics`, `/healthz`, `/readyz`.
@@ -356,39 +385,32 @@ impl Config {
             if pipeline.queue_size == 0 {
                 errors.push(format!("{path}.queue_size: must be at least 1"));
             }
-            for receiver in &pipeline.receivers {
-                let configured = match receiver.as_str() {
-                    "otlp" => self.receivers.otlp.is_some(),
-                    _ => false,
-                };
-                if !configured {
+            let sections = [
+                (
+                    "receivers",
+                    &pipeline.receivers,
+                    self.receivers.configured(),
+                ),
+                (
+                    "processors",
+                    &pipeline.processors,
+                    self.processors.configured(),
+                ),
+                (
+                    "exporters",
+                    &pipeline.exporters,
+                    self.exporters.configured(),
+                ),
+            ];
+            for (section, named, configured) in sections {
+                for name in named.iter().filter(|n| !configured.contains(&n.as_str())) {
                     errors.push(format!(
-                        "{path}.receivers: `{receiver}` is not configured under `receivers` (configured: {})",
-                        list_or_none(self.receivers.otlp.is_some().then_some("otlp"))
-                    ));
-                }
-            }
-            for processor in &pipeline.processors {
-                let configured = match processor.as_str() {
-                    "red" => self.processors.red.is_some(),
-                    _ => false,
-                };
-                if !configured {
-                    errors.push(format!(
-                        "{path}.processors: `{processor}` is not configured under `processors` (configured: {})",
-                        list_or_none(self.processors.red.is_some().then_some("red"))
-                    ));
-                }
-            }
-            for exporter in &pipeline.exporters {
-                let configured = match exporter.as_str() {
-                    "prometheus" => self.exporters.prometheus.is_some(),
-                    _ => false,
-                };
-                if !configured {
-                    errors.push(format!(
-                        "{path}.exporters: `{exporter}` is not configured under `exporters` (configured: {})",
-                        list_or_none(self.exporters.prometheus.is_some().then_some("prometheus"))
+                        "{path}.{section}: `{name}` is not configured under `{section}` (configured: {})",
+                        if configured.is_empty() {
+                            "none".to_string()
+                        } else {
+                            configured.join(", ")
+                        }
                     ));
                 }
             }
@@ -452,10 +474,6 @@ fn check_size(path: &str, mib: usize, errors: &mut Vec<String>) {
     if !(1..=256).contains(&mib) {
         errors.push(format!("{path}: must be between 1 and 256, got {mib}"));
     }
-}
-
-fn list_or_none(item: Option<&str>) -> impl fmt::Display + '_ {
-    item.unwrap_or("none")
 }
 
 #[cfg(test)]
