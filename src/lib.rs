@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! doraflow: OTLP telemetry and CDEvents in; DORA metrics, service health and
 //! alerts out.
 //!
@@ -12,6 +13,7 @@
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
+//! - [`proto`]: doraflow's own protobuf messages (checkpoint formats).
 
 pub mod clock;
 pub mod config;

@@ -196,12 +196,24 @@ impl WindowStats {
 /// Why a checkpointed window state cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
+    /// Recorded with another window shape or precision.
     #[error(
         "the state was recorded with another window or precision ({found}) than configured ({expected})"
     )]
-    LayoutMismatch { found: String, expected: String },
+    LayoutMismatch {
+        /// The state's layout.
+        found: String,
+        /// The configured layout.
+        expected: String,
+    },
+    /// A slice is inconsistent.
     #[error("slice {epoch}: {problem}")]
-    BadSlice { epoch: u64, problem: &'static str },
+    BadSlice {
+        /// The slice's epoch.
+        epoch: u64,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
 }
 
 /// The quantiles reported: p50, p95, p99.

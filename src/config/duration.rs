@@ -22,7 +22,9 @@ pub enum DurationError {
     #[error(
         "`{0}` is not a duration: expected a whole number and a unit (ms, s, m, h, d), e.g. `10s`"
     )]
+    /// Not a number followed by a known unit.
     Malformed(String),
+    /// More milliseconds than 64 bits hold.
     #[error("`{0}` is too large")]
     Overflow(String),
 }

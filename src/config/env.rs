@@ -9,13 +9,29 @@ pub enum EnvError {
     #[error(
         "line {line}: environment variable `{name}` is not set (write `${{env:{name}:-default}}` to give a default)"
     )]
-    Unset { name: String, line: usize },
+    /// A variable without a default is not set.
+    Unset {
+        /// The variable.
+        name: String,
+        /// Line of the reference, from 1.
+        line: usize,
+    },
     #[error("line {line}: `${{` without a closing `}}`")]
-    Unclosed { line: usize },
+    /// A reference is not closed.
+    Unclosed {
+        /// Line of the reference, from 1.
+        line: usize,
+    },
     #[error(
         "line {line}: `${{{inner}}}` is not a supported reference: expected `${{env:NAME}}` or `${{env:NAME:-default}}`"
     )]
-    Unsupported { inner: String, line: usize },
+    /// A reference other than `env:NAME`.
+    Unsupported {
+        /// What stood between the braces.
+        inner: String,
+        /// Line of the reference, from 1.
+        line: usize,
+    },
 }
 
 /// Replaces every `${env:...}` in `text`, looking names up with `lookup`.

@@ -22,10 +22,18 @@ pub const DEFAULT_PIPELINE_YAML: &str = include_str!("../../pipelines/default.ya
 /// Everything wrong with a configuration, each problem on its own line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `${env:..}` substitution failed.
     #[error("{0}")]
     Env(#[from] EnvError),
+    /// The YAML does not fit the schema.
     #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// Key path of the problem, e.g. `receivers.otlp.grpc.endpoint`.
+        path: String,
+        /// The parser's message, with line, column and the offending text.
+        message: String,
+    },
+    /// Cross-field checks failed; one message per problem, each with its path.
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
 }

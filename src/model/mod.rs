@@ -94,8 +94,11 @@ pub struct MetricSummary {
 /// A unit of work for a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Telemetry {
+    /// A trace export request.
     Traces(TraceSummary),
+    /// A logs export request.
     Logs(LogSummary),
+    /// A metrics export request.
     Metrics(MetricSummary),
 }
 
@@ -122,8 +125,11 @@ impl Telemetry {
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
+    /// Spans.
     Traces,
+    /// Log records.
     Logs,
+    /// Metric data points.
     Metrics,
 }
 

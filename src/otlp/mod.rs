@@ -25,7 +25,9 @@ pub use wire::WireError;
 /// How a request body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
+    /// `application/x-protobuf`, and every gRPC request.
     Protobuf,
+    /// `application/json`: OTLP/JSON.
     Json,
 }
 
@@ -33,10 +35,13 @@ pub enum Encoding {
 /// fail the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The targeted reader found malformed protobuf.
     #[error(transparent)]
     Protobuf(#[from] WireError),
+    /// A full prost decode failed.
     #[error("malformed protobuf: {0}")]
     FullProtobuf(String),
+    /// The body is not OTLP/JSON of the signal.
     #[error("malformed OTLP/JSON: {0}")]
     Json(String),
 }

@@ -31,8 +31,11 @@ struct Series {
 /// The figures of one series at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesSnapshot {
+    /// `service.name`.
     pub service: String,
+    /// The environment, or the default one.
     pub environment: String,
+    /// The window's figures.
     pub stats: WindowStats,
 }
 
@@ -41,6 +44,7 @@ pub struct SeriesSnapshot {
 pub struct RedSnapshot {
     /// The window as configured, e.g. `5m`: the `window` label.
     pub window: String,
+    /// Every series, in order of creation.
     pub series: Vec<SeriesSnapshot>,
     /// Heap bytes held by the windows.
     pub window_bytes: usize,

@@ -33,7 +33,12 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportOutcome {
     /// Applied; `rejected` items were refused, for `message`.
-    Accepted { rejected: u64, message: String },
+    Accepted {
+        /// Items refused.
+        rejected: u64,
+        /// Why, for the client; empty when nothing was refused.
+        message: String,
+    },
     /// The body could not be decoded; nothing was applied. Not retryable.
     Malformed(String),
     /// The pipeline is full; nothing was applied. Retry after a while.
