@@ -6,6 +6,7 @@
 //! - [`config`]: the YAML schema, `${env:..}` substitution, durations, validation.
 //! - [`model`]: what receivers hand to processors (request summaries).
 //! - [`otlp`]: OTLP decoding, protobuf (targeted reader) and JSON.
+//! - [`cdevents`]: CDEvents decoding (v0.4 and v0.5) to delivery events.
 //! - [`window`]: the rolling ring of sparse HDR-histogram slices.
 //! - [`receivers`]: OTLP over gRPC and HTTP.
 //! - [`processors`]: `red` (requests, errors, duration per service).
@@ -15,6 +16,7 @@
 //! - [`clock`]: wall-clock time, injectable for tests.
 //! - [`proto`]: doraflow's own protobuf messages (checkpoint formats).
 
+pub mod cdevents;
 pub mod clock;
 pub mod config;
 pub mod exporters;

@@ -29,7 +29,7 @@ use crate::instruments;
 use crate::model::Telemetry;
 use crate::processors::Applied;
 use crate::processors::red::{RedProcessor, RedSnapshot};
-use crate::receivers::{otlp_grpc, otlp_http};
+use crate::receivers::{otlp_grpc, otlp_http, webhook};
 
 /// One batch on its way to the engine, with the acknowledgement to send back.
 struct Envelope {
@@ -200,6 +200,15 @@ pub async fn run_with_clock(
         Some(c) => Some((bind("receivers.otlp.http", &c.endpoint).await?, c.clone())),
         None => None,
     };
+    let webhook = match config
+        .receivers
+        .webhook
+        .as_ref()
+        .filter(|_| uses(&pipeline.receivers, "webhook"))
+    {
+        Some(c) => Some((bind("receivers.webhook", &c.endpoint).await?, c.clone())),
+        None => None,
+    };
     let prometheus_listener = match config
         .exporters
         .prometheus
@@ -231,6 +240,15 @@ pub async fn run_with_clock(
     if let Some((listener, c)) = http {
         tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "OTLP HTTP receiver listening");
         receivers.push(tokio::spawn(otlp_http::serve(
+            listener,
+            c,
+            sink.clone(),
+            receivers_stop.clone(),
+        )));
+    }
+    if let Some((listener, c)) = webhook {
+        tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "CDEvents webhook receiver listening");
+        receivers.push(tokio::spawn(webhook::serve(
             listener,
             c,
             sink.clone(),

@@ -64,8 +64,8 @@ pub struct Config {
 pub struct Receivers {
     /// OTLP over gRPC and HTTP.
     pub otlp: Option<OtlpReceiverConfig>,
-    /// CDEvents webhook (not available yet).
-    pub webhook: Option<NotYetAvailable>,
+    /// CDEvents webhook.
+    pub webhook: Option<WebhookReceiverConfig>,
     /// Kafka consumer (not available yet).
     pub kafka: Option<NotYetAvailable>,
 }
@@ -73,10 +73,13 @@ pub struct Receivers {
 impl Receivers {
     /// Names of the receivers configured (and available in this version).
     pub fn configured(&self) -> Vec<&'static str> {
-        [self.otlp.is_some().then_some("otlp")]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.otlp.is_some().then_some("otlp"),
+            self.webhook.is_some().then_some("webhook"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -96,6 +99,22 @@ pub struct OtlpReceiverConfig {
 
 fn default_environment() -> String {
     "unknown".to_string()
+}
+
+/// `receivers.webhook`: CDEvents over HTTP, `POST /cdevents`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReceiverConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:8088`.
+    #[serde(default = "default_webhook_endpoint")]
+    pub endpoint: String,
+    /// Largest request body accepted, in MiB. Default 4, at most 256.
+    #[serde(default = "default_max_recv_msg_size_mib")]
+    pub max_request_body_size_mib: usize,
+}
+
+fn default_webhook_endpoint() -> String {
+    "127.0.0.1:8088".to_string()
 }
 
 /// A gRPC listener.
@@ -140,8 +159,8 @@ fn default_http_endpoint() -> String {
 pub struct Processors {
     /// Service health: requests, errors, latency.
     pub red: Option<RedConfig>,
-    /// DORA metrics (not available yet).
-    pub dora: Option<NotYetAvailable>,
+    /// DORA metrics from delivery events.
+    pub dora: Option<DoraConfig>,
     /// Alert rules (not available yet).
     pub alerts: Option<NotYetAvailable>,
 }
@@ -149,10 +168,13 @@ pub struct Processors {
 impl Processors {
     /// Names of the processors configured (and available in this version).
     pub fn configured(&self) -> Vec<&'static str> {
-        [self.red.is_some().then_some("red")]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.red.is_some().then_some("red"),
+            self.dora.is_some().then_some("dora"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -205,6 +227,98 @@ impl Default for RedConfig {
             significant_digits: default_significant_digits(),
             max_latency: default_max_latency(),
         }
+    }
+}
+
+/// `processors.dora`: the four DORA metrics per (service, environment) and window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoraConfig {
+    /// Windows the metrics are computed over. Default `[7d, 30d]`.
+    #[serde(default = "default_dora_windows")]
+    pub windows: Vec<ConfigDuration>,
+    /// Environments that are production: the report's headline. Default `[production, prod]`.
+    #[serde(default = "default_production_environments")]
+    pub production_environments: Vec<String>,
+    /// How long after a deployment an incident still makes it a failed change. Default `24h`.
+    #[serde(default = "default_failure_window")]
+    pub failure_window: ConfigDuration,
+    /// The DORA benchmark profile the levels follow: `2023` (default), `2021` or `2019`.
+    #[serde(default)]
+    pub profile: crate::processors::dora::levels::ProfileName,
+    /// Cut-offs that replace the profile's, metric by metric.
+    #[serde(default)]
+    pub levels: crate::processors::dora::levels::CutoffOverrides,
+    /// Pipelines whose failed runs (`pipelinerun.finished`, outcome `failure`)
+    /// are failed deployments, with the service and environment they deploy.
+    #[serde(default)]
+    pub deploy_pipelines: Vec<DeployPipeline>,
+}
+
+/// A deploy pipeline: `pipelinerun.finished` failures of `pipeline` are failed
+/// deployments of `service` in `environment` (unless the event's `customData`
+/// names them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPipeline {
+    /// `content.pipelineName` of the run.
+    pub pipeline: String,
+    /// The service it deploys.
+    pub service: String,
+    /// The environment it deploys to.
+    pub environment: String,
+}
+
+fn default_dora_windows() -> Vec<ConfigDuration> {
+    vec![
+        ConfigDuration::from_secs(7 * 86_400),
+        ConfigDuration::from_secs(30 * 86_400),
+    ]
+}
+
+fn default_production_environments() -> Vec<String> {
+    vec!["production".to_string(), "prod".to_string()]
+}
+
+fn default_failure_window() -> ConfigDuration {
+    ConfigDuration::from_secs(86_400)
+}
+
+impl Default for DoraConfig {
+    fn default() -> Self {
+        DoraConfig {
+            windows: default_dora_windows(),
+            production_environments: default_production_environments(),
+            failure_window: default_failure_window(),
+            profile: Default::default(),
+            levels: Default::default(),
+            deploy_pipelines: Vec::new(),
+        }
+    }
+}
+
+impl DoraConfig {
+    fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if self.windows.is_empty() {
+            errors.push(format!("{path}.windows: at least one window is needed"));
+        }
+        for (i, window) in self.windows.iter().enumerate() {
+            if window.get().as_secs() < 3_600 {
+                errors.push(format!(
+                    "{path}.windows[{i}]: DORA windows are at least 1h, got {window}"
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for window in &self.windows {
+            if !seen.insert(window.get()) {
+                errors.push(format!("{path}.windows: `{window}` is listed twice"));
+            }
+        }
+        if self.failure_window.get().is_zero() {
+            errors.push(format!("{path}.failure_window: must be longer than 0"));
+        }
+        self.levels.validate(&format!("{path}.levels"), errors);
     }
 }
 
@@ -349,8 +463,19 @@ impl Config {
                 errors.push("receivers.otlp.default_environment: must not be empty".into());
             }
         }
+        if let Some(webhook) = &self.receivers.webhook {
+            check_endpoint("receivers.webhook.endpoint", &webhook.endpoint, &mut errors);
+            check_size(
+                "receivers.webhook.max_request_body_size_mib",
+                webhook.max_request_body_size_mib,
+                &mut errors,
+            );
+        }
         if let Some(red) = &self.processors.red {
             red.validate("processors.red", &mut errors);
+        }
+        if let Some(dora) = &self.processors.dora {
+            dora.validate("processors.dora", &mut errors);
         }
         if let Some(prometheus) = &self.exporters.prometheus {
             check_endpoint(
@@ -563,7 +688,7 @@ processors:
 exporters:
   prometheus: {}
 pipelines:
-  main: { receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus] }
+  main: { receivers: [otlp, kafka], processors: [red, alerts], exporters: [prometheus] }
 ";
         let ConfigError::Invalid(errors) = parse(text).unwrap_err() else {
             panic!("expected validation errors");
@@ -573,8 +698,8 @@ pipelines:
             "processors.red.window: must be a whole multiple of slice (10s), got 25s",
             "processors.red.max_series: must be at least 1",
             "processors.red.significant_digits: must be 1, 2 or 3, got 4",
-            "pipelines.main.receivers: `webhook` is not configured",
-            "pipelines.main.processors: `dora` is not configured",
+            "pipelines.main.receivers: `kafka` is not configured",
+            "pipelines.main.processors: `alerts` is not configured",
         ];
         assert_eq!(errors.len(), expected_prefixes.len(), "{errors:#?}");
         for (error, prefix) in errors.iter().zip(expected_prefixes) {

@@ -6,6 +6,8 @@
 //! once per group rather than once per span. Strings are zero-copy slices of
 //! the request body.
 
+pub mod delivery;
+
 use bytes::Bytes;
 
 /// The service identity of one resource: `service.name` and the environment,
@@ -100,24 +102,18 @@ pub enum Telemetry {
     Logs(LogSummary),
     /// A metrics export request.
     Metrics(MetricSummary),
+    /// Delivery events (CDEvents), applied all or nothing.
+    Delivery(Vec<delivery::DeliveryEvent>),
 }
 
 impl Telemetry {
-    /// The signal's name, for logs and self-metrics labels.
-    pub fn signal(&self) -> Signal {
-        match self {
-            Telemetry::Traces(_) => Signal::Traces,
-            Telemetry::Logs(_) => Signal::Logs,
-            Telemetry::Metrics(_) => Signal::Metrics,
-        }
-    }
-
-    /// Items carried: spans, log records or data points.
+    /// Items carried: spans, log records, data points or events.
     pub fn items(&self) -> u64 {
         match self {
             Telemetry::Traces(t) => t.spans - t.rejected_spans,
             Telemetry::Logs(l) => l.records,
             Telemetry::Metrics(m) => m.points,
+            Telemetry::Delivery(events) => events.len() as u64,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Processors: what doraflow computes from the received data.
 //!
 //! - [`red`]: per-(service, environment) requests, errors and latency.
+//! - [`dora`]: the four DORA metrics from delivery events.
 
+pub mod dora;
 pub mod red;
 
 /// What a processor did with one batch, reported back to the receiver so the

@@ -90,7 +90,7 @@ impl RedProcessor {
         match item {
             Telemetry::Traces(traces) => self.apply_traces(traces, now_ns),
             Telemetry::Logs(logs) => self.apply_logs(logs),
-            Telemetry::Metrics(_) => Applied::default(),
+            Telemetry::Metrics(_) | Telemetry::Delivery(_) => Applied::default(),
         }
     }
 

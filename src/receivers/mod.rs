@@ -2,12 +2,14 @@
 //!
 //! - [`otlp_grpc`]: OTLP over gRPC (TraceService, LogsService, MetricsService).
 //! - [`otlp_http`]: OTLP over HTTP (`/v1/traces`, `/v1/logs`, `/v1/metrics`).
+//! - [`webhook`]: CDEvents over HTTP (`POST /cdevents`).
 //!
 //! Both decode with [`crate::otlp`], submit to the pipeline and answer with
 //! [`ExportOutcome`], which maps to the OTLP status codes of each transport.
 
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod webhook;
 
 use metrics::counter;
 use opentelemetry_proto::tonic::collector::logs::v1::{

@@ -1,0 +1,262 @@
+//! DORA performance levels: elite, high, medium, low, per metric, by a
+//! versioned benchmark profile of the State of DevOps report.
+//!
+//! Each profile is a set of cut-offs; where a report's ranges overlap or
+//! leave gaps, a value takes the best level whose cut-off it meets, and low
+//! otherwise. Every cut-off can be overridden in config.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigDuration;
+
+/// A performance level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// The best.
+    Elite,
+    /// Second.
+    High,
+    /// Third.
+    Medium,
+    /// The rest.
+    Low,
+}
+
+impl Level {
+    /// Every level, best first.
+    pub const ALL: [Level; 4] = [Level::Elite, Level::High, Level::Medium, Level::Low];
+
+    /// The `level` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Level::Elite => "elite",
+            Level::High => "high",
+            Level::Medium => "medium",
+            Level::Low => "low",
+        }
+    }
+}
+
+/// Which report's benchmarks the levels follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ProfileName {
+    /// Accelerate State of DevOps 2019.
+    #[serde(rename = "2019")]
+    Dora2019,
+    /// Accelerate State of DevOps 2021.
+    #[serde(rename = "2021")]
+    Dora2021,
+    /// Accelerate State of DevOps 2023 (the default).
+    #[default]
+    #[serde(rename = "2023")]
+    Dora2023,
+}
+
+const HOUR: f64 = 3_600.0;
+const DAY: f64 = 86_400.0;
+
+/// The cut-offs of one profile, for elite, high and medium in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Cutoffs {
+    /// Deployments per day at least.
+    pub deployment_frequency: [f64; 3],
+    /// Lead time (p50) in seconds, strictly below.
+    pub lead_time: [f64; 3],
+    /// Change failure rate (0..1), at most.
+    pub change_failure_rate: [f64; 3],
+    /// Time to restore (p50) in seconds, strictly below.
+    pub time_to_restore: [f64; 3],
+}
+
+impl Cutoffs {
+    /// The published cut-offs of a profile.
+    pub fn of(profile: ProfileName) -> Cutoffs {
+        match profile {
+            // Elite: on demand; high: daily to weekly; medium: weekly to
+            // monthly. Lead time < 1 day / < 1 week / < 1 month; failure rate
+            // <= 5% / 10% / 15%; recovery < 1 hour / < 1 day / < 1 week.
+            ProfileName::Dora2023 => Cutoffs {
+                deployment_frequency: [1.0, 1.0 / 7.0, 1.0 / 30.0],
+                lead_time: [DAY, 7.0 * DAY, 30.0 * DAY],
+                change_failure_rate: [0.05, 0.10, 0.15],
+                time_to_restore: [HOUR, DAY, 7.0 * DAY],
+            },
+            // Elite: on demand; high: weekly to monthly; medium: monthly to
+            // every 6 months. Lead time < 1 hour / 1 day–1 week / 1–6 months;
+            // failure rate 0–15% / 16–30% (high, medium and low alike);
+            // recovery < 1 hour / < 1 day / 1 day–1 week.
+            ProfileName::Dora2021 => Cutoffs {
+                deployment_frequency: [1.0, 1.0 / 30.0, 1.0 / 182.0],
+                lead_time: [HOUR, 7.0 * DAY, 182.0 * DAY],
+                change_failure_rate: [0.15, 0.30, 0.30],
+                time_to_restore: [HOUR, DAY, 7.0 * DAY],
+            },
+            // Elite: on demand; high: daily to weekly; medium: weekly to
+            // monthly. Lead time < 1 day / 1 day–1 week / 1 week–1 month;
+            // failure rate 0–15% for elite, high and medium; recovery < 1
+            // hour / < 1 day / < 1 day.
+            ProfileName::Dora2019 => Cutoffs {
+                deployment_frequency: [1.0, 1.0 / 7.0, 1.0 / 30.0],
+                lead_time: [DAY, 7.0 * DAY, 30.0 * DAY],
+                change_failure_rate: [0.15, 0.15, 0.15],
+                time_to_restore: [HOUR, DAY, DAY],
+            },
+        }
+    }
+
+    /// The profile's cut-offs with `overrides` applied.
+    pub fn with(mut self, overrides: &CutoffOverrides) -> Cutoffs {
+        if let Some(df) = overrides.deployment_frequency {
+            self.deployment_frequency = df;
+        }
+        if let Some(lt) = &overrides.lead_time {
+            self.lead_time = lt.clone().map(|d| d.get().as_secs_f64());
+        }
+        if let Some(cfr) = overrides.change_failure_rate {
+            self.change_failure_rate = cfr;
+        }
+        if let Some(ttr) = &overrides.time_to_restore {
+            self.time_to_restore = ttr.clone().map(|d| d.get().as_secs_f64());
+        }
+        self
+    }
+
+    /// Level of a deployment frequency in deployments per day.
+    pub fn deployment_frequency(&self, per_day: f64) -> Level {
+        at_least(per_day, &self.deployment_frequency)
+    }
+
+    /// Level of a lead time (seconds).
+    pub fn lead_time(&self, seconds: f64) -> Level {
+        below(seconds, &self.lead_time)
+    }
+
+    /// Level of a change failure rate (0..1).
+    pub fn change_failure_rate(&self, ratio: f64) -> Level {
+        let c = &self.change_failure_rate;
+        level_of([ratio <= c[0], ratio <= c[1], ratio <= c[2]])
+    }
+
+    /// Level of a time to restore (seconds).
+    pub fn time_to_restore(&self, seconds: f64) -> Level {
+        below(seconds, &self.time_to_restore)
+    }
+}
+
+fn level_of(meets: [bool; 3]) -> Level {
+    match meets {
+        [true, _, _] => Level::Elite,
+        [_, true, _] => Level::High,
+        [_, _, true] => Level::Medium,
+        _ => Level::Low,
+    }
+}
+
+fn at_least(value: f64, c: &[f64; 3]) -> Level {
+    level_of([value >= c[0], value >= c[1], value >= c[2]])
+}
+
+fn below(value: f64, c: &[f64; 3]) -> Level {
+    level_of([value < c[0], value < c[1], value < c[2]])
+}
+
+/// `processors.dora.levels`: cut-offs replacing the profile's, each a list
+/// of three values for elite, high and medium.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoffOverrides {
+    /// Deployments per day at least, e.g. `[1, 0.142857, 0.033333]`.
+    pub deployment_frequency: Option<[f64; 3]>,
+    /// Lead time strictly below, e.g. `[1d, 7d, 30d]`.
+    pub lead_time: Option<[ConfigDuration; 3]>,
+    /// Change failure rate at most, e.g. `[0.05, 0.10, 0.15]`.
+    pub change_failure_rate: Option<[f64; 3]>,
+    /// Time to restore strictly below, e.g. `[1h, 1d, 7d]`.
+    pub time_to_restore: Option<[ConfigDuration; 3]>,
+}
+
+impl CutoffOverrides {
+    /// Checks that every list is ordered from elite to medium.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if let Some([e, h, m]) = self.deployment_frequency
+            && !(e >= h && h >= m && m >= 0.0)
+        {
+            errors.push(format!(
+                "{path}.deployment_frequency: must not increase from elite to medium and be >= 0, got [{e}, {h}, {m}]"
+            ));
+        }
+        if let Some([e, h, m]) = self.change_failure_rate
+            && !(0.0 <= e && e <= h && h <= m && m <= 1.0)
+        {
+            errors.push(format!(
+                "{path}.change_failure_rate: must not decrease from elite to medium and lie in 0..1, got [{e}, {h}, {m}]"
+            ));
+        }
+        for (name, list) in [
+            ("lead_time", &self.lead_time),
+            ("time_to_restore", &self.time_to_restore),
+        ] {
+            if let Some([e, h, m]) = list
+                && !(e.get() <= h.get() && h.get() <= m.get())
+            {
+                errors.push(format!(
+                    "{path}.{name}: must not decrease from elite to medium, got [{e}, {h}, {m}]"
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_2023_profile_at_its_boundaries() {
+        let c = Cutoffs::of(ProfileName::Dora2023);
+        assert_eq!(c.deployment_frequency(1.0), Level::Elite);
+        assert_eq!(c.deployment_frequency(0.99), Level::High);
+        assert_eq!(c.deployment_frequency(1.0 / 7.0), Level::High);
+        assert_eq!(c.deployment_frequency(0.1), Level::Medium);
+        assert_eq!(c.deployment_frequency(0.03), Level::Low);
+        assert_eq!(c.lead_time(DAY - 1.0), Level::Elite);
+        assert_eq!(c.lead_time(DAY), Level::High);
+        assert_eq!(c.lead_time(30.0 * DAY), Level::Low);
+        assert_eq!(c.change_failure_rate(0.05), Level::Elite);
+        assert_eq!(c.change_failure_rate(0.051), Level::High);
+        assert_eq!(c.change_failure_rate(0.15), Level::Medium);
+        assert_eq!(c.change_failure_rate(0.16), Level::Low);
+        assert_eq!(c.time_to_restore(HOUR - 1.0), Level::Elite);
+        assert_eq!(c.time_to_restore(HOUR), Level::High);
+        assert_eq!(c.time_to_restore(7.0 * DAY), Level::Low);
+    }
+
+    #[test]
+    fn older_profiles_resolve_overlaps_to_the_better_level() {
+        let c = Cutoffs::of(ProfileName::Dora2019);
+        assert_eq!(c.change_failure_rate(0.10), Level::Elite);
+        assert_eq!(c.change_failure_rate(0.20), Level::Low);
+        let c = Cutoffs::of(ProfileName::Dora2021);
+        assert_eq!(c.lead_time(2.0 * HOUR), Level::High);
+        assert_eq!(c.change_failure_rate(0.20), Level::High);
+    }
+
+    #[test]
+    fn overrides_replace_cutoffs_and_are_validated() {
+        let overrides = CutoffOverrides {
+            change_failure_rate: Some([0.01, 0.02, 0.03]),
+            ..Default::default()
+        };
+        let c = Cutoffs::of(ProfileName::Dora2023).with(&overrides);
+        assert_eq!(c.change_failure_rate(0.025), Level::Medium);
+        let bad = CutoffOverrides {
+            change_failure_rate: Some([0.2, 0.1, 0.3]),
+            ..Default::default()
+        };
+        let mut errors = Vec::new();
+        bad.validate("processors.dora.levels", &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("processors.dora.levels.change_failure_rate"));
+    }
+}

@@ -1,0 +1,616 @@
+//! Processor `dora`: the four DORA metrics per (service, environment) and
+//! window, from delivery events.
+//!
+//! The processor keeps the delivery history (deployments per series, change
+//! and artifact links, incidents) and computes every figure from it when a
+//! snapshot is asked for. Keeping facts rather than running totals is what
+//! makes the result independent of arrival order: a late deployment, a
+//! replayed incident or a backfill lands in its place in the history and the
+//! next snapshot is as if the events had come in order. Events are
+//! de-duplicated by their id (CDEvents `context.id`).
+//!
+//! Definitions (windows are `(now - window, now]`):
+//! - deployment frequency: successful deployments / the window's days;
+//! - lead time: for each change deployed for the first time to the
+//!   environment in the window, deployment time − change time (created, else
+//!   merged, or the time the producer linked); p50, p95;
+//! - change failure rate: failed changes / deployments (successful and
+//!   failed; rollbacks are neither). A deployment is a failed change when it
+//!   failed, was rolled back (the deployment a rollback replaced), or an
+//!   incident of its series opened after it and before the next deployment
+//!   within `failure_window` (an incident naming an artifact goes to that
+//!   artifact's latest deployment before it instead);
+//! - time to restore: incidents resolved in the window, opened → resolved;
+//!   mean, p50, p95;
+//! - failed deployment recovery: failed deployments in the window, to the
+//!   earlier of the next successful deployment or rollback and the
+//!   resolution of the incidents that failed them.
+
+pub mod levels;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::DoraConfig;
+use crate::model::delivery::{
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange, Nanos,
+};
+use crate::processors::Applied;
+use levels::{Cutoffs, Level};
+
+const NS_PER_SEC: f64 = 1e9;
+const NS_PER_MS: i64 = 1_000_000;
+
+/// One deployment as kept in the history.
+#[derive(Debug, Clone)]
+struct DeploymentRecord {
+    time: Nanos,
+    /// The event id: orders deployments of the same instant.
+    id: String,
+    outcome: DeploymentOutcome,
+    artifact: Option<String>,
+    changes: Vec<LinkedChange>,
+}
+
+/// An incident as far as it is known: its open and resolve events may come
+/// in either order.
+#[derive(Debug, Clone, Default)]
+struct Incident {
+    series: Option<(String, String)>,
+    artifact: Option<String>,
+    opened: Option<Nanos>,
+    resolved: Option<Nanos>,
+}
+
+/// Created and merged times of a change.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChangeTimes {
+    created: Option<Nanos>,
+    merged: Option<Nanos>,
+}
+
+impl ChangeTimes {
+    fn time(&self) -> Option<Nanos> {
+        self.created.or(self.merged)
+    }
+}
+
+fn min_option(a: Option<Nanos>, b: Nanos) -> Option<Nanos> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The figures of one (service, environment) over one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowFigures {
+    /// The window as configured, e.g. `7d`.
+    pub window: String,
+    /// Successful deployments in the window.
+    pub deployments: u64,
+    /// Failed deployments in the window.
+    pub failed_deployments: u64,
+    /// Rollbacks in the window.
+    pub rollbacks: u64,
+    /// Successful deployments per day.
+    pub deployment_frequency_per_day: f64,
+    /// Lead time for changes, seconds.
+    pub lead_time: Quantiles,
+    /// Deployments that were failed changes / deployments (successful and failed).
+    pub change_failure_ratio: Option<f64>,
+    /// Failed changes in the window.
+    pub failed_changes: u64,
+    /// Time to restore, seconds.
+    pub time_to_restore: Quantiles,
+    /// Failed deployment recovery time, seconds.
+    pub failed_deployment_recovery: Quantiles,
+    /// Level per metric (absent where there is nothing to classify).
+    pub levels: MetricLevels,
+}
+
+/// Levels per metric.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct MetricLevels {
+    /// Deployment frequency.
+    pub deployment_frequency: Option<Level>,
+    /// Lead time for changes (its p50).
+    pub lead_time: Option<Level>,
+    /// Change failure rate.
+    pub change_failure_rate: Option<Level>,
+    /// Time to restore (its p50).
+    pub time_to_restore: Option<Level>,
+}
+
+/// Count, mean and quantiles of durations in seconds (`None` without data).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Quantiles {
+    /// Observations.
+    pub count: u64,
+    /// Exact mean.
+    pub mean: Option<f64>,
+    /// Median (HDR, 3 significant digits).
+    pub p50: Option<f64>,
+    /// 95th percentile (HDR, 3 significant digits).
+    pub p95: Option<f64>,
+}
+
+/// Everything about one (service, environment).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesFigures {
+    /// The service.
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+    /// Whether the environment is a production one.
+    pub production: bool,
+    /// Per configured window.
+    pub windows: Vec<WindowFigures>,
+    /// Incidents open now.
+    pub open_incidents: u64,
+    /// All deployments ever seen, by outcome.
+    pub deployments_total: BTreeMap<&'static str, u64>,
+    /// All failed changes in the history.
+    pub failed_changes_total: u64,
+    /// Every lead time in the history, seconds (for the classic histogram).
+    #[serde(skip)]
+    pub lead_times: Vec<f64>,
+    /// Every incident duration in the history, seconds (for the classic histogram).
+    #[serde(skip)]
+    pub incident_durations: Vec<f64>,
+}
+
+/// The `dora` processor's figures at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DoraSnapshot {
+    /// When, in nanoseconds since the epoch.
+    pub at: Nanos,
+    /// Every series, ordered by service then environment.
+    pub series: Vec<SeriesFigures>,
+    /// Events applied (after de-duplication).
+    pub events_applied: u64,
+    /// Events dropped as duplicates of one already applied.
+    pub duplicates: u64,
+    /// Events of types that do not feed DORA figures.
+    pub ignored: u64,
+}
+
+/// Settings derived from [`DoraConfig`].
+struct Settings {
+    windows: Vec<(String, Nanos)>,
+    failure_window: Nanos,
+    production: Vec<String>,
+    cutoffs: Cutoffs,
+    deploy_pipelines: HashMap<String, (String, String)>,
+}
+
+/// The `dora` processor's state: the delivery history.
+pub struct DoraProcessor {
+    settings: Settings,
+    seen: HashSet<String>,
+    changes: HashMap<String, ChangeTimes>,
+    artifact_changes: HashMap<String, Vec<String>>,
+    series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
+    incidents: HashMap<String, Incident>,
+    applied: u64,
+    duplicates: u64,
+    ignored: u64,
+}
+
+impl DoraProcessor {
+    /// A processor as configured.
+    pub fn new(config: &DoraConfig) -> Self {
+        DoraProcessor {
+            settings: Settings {
+                windows: config
+                    .windows
+                    .iter()
+                    .map(|w| (w.as_str().to_string(), w.get().as_nanos() as Nanos))
+                    .collect(),
+                failure_window: config.failure_window.get().as_nanos() as Nanos,
+                production: config.production_environments.clone(),
+                cutoffs: Cutoffs::of(config.profile).with(&config.levels),
+                deploy_pipelines: config
+                    .deploy_pipelines
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.pipeline.clone(),
+                            (p.service.clone(), p.environment.clone()),
+                        )
+                    })
+                    .collect(),
+            },
+            seen: HashSet::new(),
+            changes: HashMap::new(),
+            artifact_changes: HashMap::new(),
+            series: BTreeMap::new(),
+            incidents: HashMap::new(),
+            applied: 0,
+            duplicates: 0,
+            ignored: 0,
+        }
+    }
+
+    /// Applies a batch of events; duplicates (by id) are dropped.
+    pub fn apply(&mut self, events: &[DeliveryEvent]) -> Applied {
+        for event in events {
+            if !self.seen.insert(event.id.clone()) {
+                self.duplicates += 1;
+                continue;
+            }
+            self.applied += 1;
+            self.apply_one(event);
+        }
+        Applied::default()
+    }
+
+    fn apply_one(&mut self, event: &DeliveryEvent) {
+        let time = event.time;
+        match &event.kind {
+            DeliveryKind::Deployment(d) => self.add_deployment(&event.id, time, d.clone()),
+            DeliveryKind::Change { change, stage } => {
+                let times = self.changes.entry(change.clone()).or_default();
+                match stage {
+                    ChangeStage::Created => times.created = min_option(times.created, time),
+                    ChangeStage::Merged => times.merged = min_option(times.merged, time),
+                }
+            }
+            DeliveryKind::ArtifactLink { artifact, change } => {
+                let changes = self.artifact_changes.entry(artifact.clone()).or_default();
+                if !changes.contains(change) {
+                    changes.push(change.clone());
+                }
+            }
+            DeliveryKind::IncidentOpened {
+                incident,
+                service,
+                environment,
+                artifact,
+            } => {
+                let record = self.incidents.entry(incident.clone()).or_default();
+                record.series = Some((service.clone(), environment.clone()));
+                record.artifact = artifact.clone().or(record.artifact.take());
+                record.opened = min_option(record.opened, time);
+            }
+            DeliveryKind::IncidentResolved { incident } => {
+                let record = self.incidents.entry(incident.clone()).or_default();
+                record.resolved = min_option(record.resolved, time);
+            }
+            DeliveryKind::PipelineFailed {
+                pipeline,
+                service,
+                environment,
+            } => match self.settings.deploy_pipelines.get(pipeline).cloned() {
+                Some((default_service, default_environment)) => self.add_deployment(
+                    &event.id,
+                    time,
+                    Deployment {
+                        service: service.clone().unwrap_or(default_service),
+                        environment: environment.clone().unwrap_or(default_environment),
+                        artifact: None,
+                        outcome: DeploymentOutcome::Failure,
+                        changes: Vec::new(),
+                    },
+                ),
+                None => self.ignored += 1,
+            },
+            DeliveryKind::Other { .. } => self.ignored += 1,
+        }
+    }
+
+    fn add_deployment(&mut self, id: &str, time: Nanos, d: Deployment) {
+        let history = self.series.entry((d.service, d.environment)).or_default();
+        let record = DeploymentRecord {
+            time,
+            id: id.to_string(),
+            outcome: d.outcome,
+            artifact: d.artifact,
+            changes: d.changes,
+        };
+        // Kept sorted by (time, id) whatever the arrival order.
+        let at = history.partition_point(|r| (r.time, r.id.as_str()) < (time, id));
+        history.insert(at, record);
+    }
+
+    /// Every series' figures at `now`.
+    pub fn snapshot(&self, now: Nanos) -> DoraSnapshot {
+        let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
+        for incident in self.incidents.values() {
+            if let Some((service, environment)) = &incident.series {
+                incidents_by_series
+                    .entry((service.as_str(), environment.as_str()))
+                    .or_default()
+                    .push(incident);
+            }
+        }
+        let mut keys: Vec<(&str, &str)> = self
+            .series
+            .keys()
+            .map(|(s, e)| (s.as_str(), e.as_str()))
+            .collect();
+        for key in incidents_by_series.keys() {
+            if !self
+                .series
+                .contains_key(&(key.0.to_string(), key.1.to_string()))
+            {
+                keys.push(*key);
+            }
+        }
+        keys.sort_unstable();
+        let empty = Vec::new();
+        let series = keys
+            .into_iter()
+            .map(|(service, environment)| {
+                let deployments = self
+                    .series
+                    .get(&(service.to_string(), environment.to_string()))
+                    .unwrap_or(&empty);
+                let incidents = incidents_by_series
+                    .get(&(service, environment))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                self.series_figures(service, environment, deployments, incidents, now)
+            })
+            .collect();
+        DoraSnapshot {
+            at: now,
+            series,
+            events_applied: self.applied,
+            duplicates: self.duplicates,
+            ignored: self.ignored,
+        }
+    }
+
+    fn series_figures(
+        &self,
+        service: &str,
+        environment: &str,
+        deployments: &[DeploymentRecord],
+        incidents: &[&Incident],
+        now: Nanos,
+    ) -> SeriesFigures {
+        let counted = |d: &DeploymentRecord| d.outcome != DeploymentOutcome::Rollback;
+        let failure_window = self.settings.failure_window;
+
+        // Which deployments are failed changes, and the incidents that made them so.
+        let mut failed: Vec<bool> = deployments
+            .iter()
+            .map(|d| d.outcome == DeploymentOutcome::Failure)
+            .collect();
+        let mut failing_incidents: Vec<Vec<&Incident>> = vec![Vec::new(); deployments.len()];
+        for (i, d) in deployments.iter().enumerate().skip(1) {
+            if d.outcome == DeploymentOutcome::Rollback && counted(&deployments[i - 1]) {
+                failed[i - 1] = true;
+            }
+        }
+        for incident in incidents {
+            let Some(opened) = incident.opened else {
+                continue;
+            };
+            let by_artifact = incident.artifact.as_ref().and_then(|artifact| {
+                deployments
+                    .iter()
+                    .rposition(|d| d.time <= opened && d.artifact.as_ref() == Some(artifact))
+            });
+            let target = by_artifact.or_else(|| deployments.iter().rposition(|d| d.time < opened));
+            if let Some(i) = target
+                && counted(&deployments[i])
+                && opened - deployments[i].time <= failure_window
+            {
+                failed[i] = true;
+                failing_incidents[i].push(incident);
+            }
+        }
+
+        // First successful deployment of each change, with its lead time.
+        let mut first_deployed: HashMap<&str, (Nanos, Option<Nanos>)> = HashMap::new();
+        for d in deployments
+            .iter()
+            .filter(|d| d.outcome == DeploymentOutcome::Success)
+        {
+            let via_artifact = d
+                .artifact
+                .as_ref()
+                .and_then(|a| self.artifact_changes.get(a))
+                .into_iter()
+                .flatten();
+            let linked = d.changes.iter().map(|c| (c.id.as_str(), c.time));
+            for (id, linked_time) in linked.chain(via_artifact.map(|id| (id.as_str(), None))) {
+                let known = self.changes.get(id).and_then(ChangeTimes::time);
+                let started = match (linked_time, known) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                first_deployed.entry(id).or_insert((d.time, started));
+            }
+        }
+        let mut lead_times: Vec<(Nanos, Nanos)> = first_deployed
+            .values()
+            .filter_map(|&(deployed, started)| started.map(|s| (deployed, (deployed - s).max(0))))
+            .collect();
+        lead_times.sort_unstable();
+
+        let mut incident_durations: Vec<(Nanos, Nanos)> = incidents
+            .iter()
+            .filter_map(|i| match (i.opened, i.resolved) {
+                (Some(o), Some(r)) => Some((r, (r - o).max(0))),
+                _ => None,
+            })
+            .collect();
+        incident_durations.sort_unstable();
+
+        // Restore time of each failed deployment.
+        let recovery: Vec<Option<(Nanos, Nanos)>> = deployments
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if !(failed[i] && counted(d)) {
+                    return None;
+                }
+                let next_good = deployments[i + 1..]
+                    .iter()
+                    .find(|n| n.outcome != DeploymentOutcome::Failure)
+                    .map(|n| n.time);
+                let resolved = if failing_incidents[i].is_empty() {
+                    None
+                } else {
+                    failing_incidents[i]
+                        .iter()
+                        .map(|inc| inc.resolved)
+                        .collect::<Option<Vec<_>>>()
+                        .and_then(|times| times.into_iter().max())
+                };
+                let restored = match (next_good, resolved) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }?;
+                Some((d.time, (restored - d.time).max(0)))
+            })
+            .collect();
+
+        let windows = self
+            .settings
+            .windows
+            .iter()
+            .map(|(label, length)| {
+                let start = now - length;
+                let inside = |t: Nanos| t > start && t <= now;
+                let mut deployed = 0;
+                let mut failed_deployments = 0;
+                let mut rollbacks = 0;
+                let mut counted_in = 0;
+                let mut failed_in = 0;
+                for (i, d) in deployments.iter().enumerate() {
+                    if !inside(d.time) {
+                        continue;
+                    }
+                    match d.outcome {
+                        DeploymentOutcome::Success => deployed += 1,
+                        DeploymentOutcome::Failure => failed_deployments += 1,
+                        DeploymentOutcome::Rollback => rollbacks += 1,
+                    }
+                    if counted(d) {
+                        counted_in += 1;
+                        failed_in += u64::from(failed[i]);
+                    }
+                }
+                let days = *length as f64 / (86_400.0 * NS_PER_SEC);
+                let frequency = deployed as f64 / days;
+                let lead_time = quantiles(
+                    lead_times
+                        .iter()
+                        .filter(|(t, _)| inside(*t))
+                        .map(|&(_, l)| l),
+                );
+                let time_to_restore = quantiles(
+                    incident_durations
+                        .iter()
+                        .filter(|(t, _)| inside(*t))
+                        .map(|&(_, l)| l),
+                );
+                let failed_deployment_recovery = quantiles(
+                    recovery
+                        .iter()
+                        .flatten()
+                        .filter(|(t, _)| inside(*t))
+                        .map(|&(_, l)| l),
+                );
+                let change_failure_ratio =
+                    (counted_in > 0).then(|| failed_in as f64 / counted_in as f64);
+                let cutoffs = &self.settings.cutoffs;
+                WindowFigures {
+                    window: label.clone(),
+                    deployments: deployed,
+                    failed_deployments,
+                    rollbacks,
+                    deployment_frequency_per_day: frequency,
+                    levels: MetricLevels {
+                        deployment_frequency: Some(cutoffs.deployment_frequency(frequency)),
+                        lead_time: lead_time.p50.map(|s| cutoffs.lead_time(s)),
+                        change_failure_rate: change_failure_ratio
+                            .map(|r| cutoffs.change_failure_rate(r)),
+                        time_to_restore: time_to_restore.p50.map(|s| cutoffs.time_to_restore(s)),
+                    },
+                    lead_time,
+                    change_failure_ratio,
+                    failed_changes: failed_in,
+                    time_to_restore,
+                    failed_deployment_recovery,
+                }
+            })
+            .collect();
+
+        let mut deployments_total = BTreeMap::new();
+        for outcome in [
+            DeploymentOutcome::Success,
+            DeploymentOutcome::Failure,
+            DeploymentOutcome::Rollback,
+        ] {
+            deployments_total.insert(
+                outcome.as_str(),
+                deployments.iter().filter(|d| d.outcome == outcome).count() as u64,
+            );
+        }
+        SeriesFigures {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            production: self.settings.production.iter().any(|p| p == environment),
+            windows,
+            open_incidents: incidents
+                .iter()
+                .filter(|i| {
+                    i.opened.is_some_and(|o| o <= now) && i.resolved.is_none_or(|r| r > now)
+                })
+                .count() as u64,
+            deployments_total,
+            failed_changes_total: deployments
+                .iter()
+                .zip(&failed)
+                .filter(|(d, f)| **f && counted(d))
+                .count() as u64,
+            lead_times: lead_times
+                .iter()
+                .map(|&(_, l)| l as f64 / NS_PER_SEC)
+                .collect(),
+            incident_durations: incident_durations
+                .iter()
+                .map(|&(_, l)| l as f64 / NS_PER_SEC)
+                .collect(),
+        }
+    }
+
+    /// Series with deployments.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+/// Mean (exact) and p50/p95 (HDR, 3 significant digits, millisecond unit)
+/// of durations in nanoseconds.
+fn quantiles(durations: impl Iterator<Item = Nanos>) -> Quantiles {
+    // 1 ms to 10 years at 0.1%: a few hundred KB only while computing.
+    let Ok(mut histogram) = Histogram::<u64>::new_with_bounds(1, 10 * 366 * 86_400_000, 3) else {
+        return Quantiles::default();
+    };
+    // An integer sum is exact, so the mean cannot depend on the order.
+    let mut sum: i128 = 0;
+    for d in durations {
+        sum += i128::from(d);
+        let ms = (d / NS_PER_MS).max(1) as u64;
+        histogram.saturating_record(ms);
+    }
+    let count = histogram.len();
+    if count == 0 {
+        return Quantiles::default();
+    }
+    let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
+    Quantiles {
+        count,
+        mean: Some(sum as f64 / NS_PER_SEC / count as f64),
+        p50: Some(at(0.5)),
+        p95: Some(at(0.95)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,359 @@
+//! Scenario tests with hand-computed figures, window boundaries, and the
+//! order-independence property.
+
+use proptest::prelude::*;
+
+use super::levels::{Level, ProfileName};
+use super::*;
+use crate::config::{ConfigDuration, DeployPipeline};
+use crate::model::delivery::{
+    DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
+};
+
+/// 2024-05-01T00:00:00Z.
+const T0: Nanos = 1_714_521_600_000_000_000;
+const HOUR: Nanos = 3_600_000_000_000;
+const DAY: Nanos = 24 * HOUR;
+
+fn t(day: i64, hour: i64) -> Nanos {
+    T0 + day * DAY + hour * HOUR
+}
+
+fn event(id: &str, time: Nanos, kind: DeliveryKind) -> DeliveryEvent {
+    DeliveryEvent {
+        id: id.to_string(),
+        time,
+        kind,
+    }
+}
+
+fn deploy(
+    id: &str,
+    time: Nanos,
+    env: &str,
+    artifact: &str,
+    outcome: DeploymentOutcome,
+) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::Deployment(Deployment {
+            service: "checkout".into(),
+            environment: env.into(),
+            artifact: Some(artifact.into()),
+            outcome,
+            changes: Vec::new(),
+        }),
+    )
+}
+
+fn created(id: &str, time: Nanos, change: &str) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::Change {
+            change: change.into(),
+            stage: ChangeStage::Created,
+        },
+    )
+}
+
+fn merged(id: &str, time: Nanos, change: &str) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::Change {
+            change: change.into(),
+            stage: ChangeStage::Merged,
+        },
+    )
+}
+
+fn packaged(id: &str, time: Nanos, artifact: &str, change: &str) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::ArtifactLink {
+            artifact: artifact.into(),
+            change: change.into(),
+        },
+    )
+}
+
+fn opened(id: &str, time: Nanos, incident: &str, artifact: Option<&str>) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::IncidentOpened {
+            incident: incident.into(),
+            service: "checkout".into(),
+            environment: "production".into(),
+            artifact: artifact.map(Into::into),
+        },
+    )
+}
+
+fn resolved(id: &str, time: Nanos, incident: &str) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::IncidentResolved {
+            incident: incident.into(),
+        },
+    )
+}
+
+fn config() -> DoraConfig {
+    DoraConfig {
+        deploy_pipelines: vec![DeployPipeline {
+            pipeline: "deploy-checkout".into(),
+            service: "checkout".into(),
+            environment: "production".into(),
+        }],
+        ..DoraConfig::default()
+    }
+}
+
+use DeploymentOutcome::{Rollback, Success};
+
+/// A month of checkout's history; the figures are worked out by hand in
+/// `a_month_of_history_gives_hand_computed_figures`.
+fn month() -> Vec<DeliveryEvent> {
+    let mut d3 = deploy("d3", t(12, 0), "production", "a3", Success);
+    if let DeliveryKind::Deployment(d) = &mut d3.kind {
+        d.changes = vec![LinkedChange {
+            id: "c4".into(),
+            time: Some(t(11, 18)),
+        }];
+    }
+    vec![
+        created("e-c1", t(1, 0), "c1"),
+        packaged("e-a1", t(1, 12), "a1", "c1"),
+        deploy("d1", t(2, 0), "production", "a1", Success),
+        created("e-c2", t(9, 0), "c2"),
+        created("e-c3", t(9, 12), "c3"),
+        packaged("e-a2-c2", t(9, 20), "a2", "c2"),
+        packaged("e-a2-c3", t(9, 20), "a2", "c3"),
+        deploy("d2", t(10, 0), "production", "a2", Success),
+        d3,
+        opened("i1-open", t(12, 6), "i1", None),
+        resolved("i1-resolved", t(12, 8), "i1"),
+        deploy("d4", t(12, 10), "production", "a2", Rollback),
+        created("e-c5", t(19, 0), "c5"),
+        merged("e-c5-merged", t(19, 12), "c5"),
+        packaged("e-a5", t(19, 13), "a5", "c5"),
+        deploy("d5", t(20, 0), "production", "a5", Success),
+        event(
+            "d6",
+            t(24, 0),
+            DeliveryKind::PipelineFailed {
+                pipeline: "deploy-checkout".into(),
+                service: None,
+                environment: None,
+            },
+        ),
+        created("e-c6", t(23, 3), "c6"),
+        packaged("e-a7", t(23, 4), "a7", "c6"),
+        deploy("d7", t(24, 3), "production", "a7", Success),
+        created("e-c7", t(24, 0), "c7"),
+        packaged("e-a8", t(24, 1), "a8", "c7"),
+        deploy("s1", t(24, 2), "staging", "a8", Success),
+        deploy("d8", t(24, 6), "production", "a8", Success),
+        opened("i2-open", t(24, 9), "i2", Some("a7")),
+        resolved("i2-resolved", t(24, 10), "i2"),
+        deploy("d9", t(27, 0), "production", "a8", Success),
+        opened("i3-open", t(29, 0), "i3", None),
+        event(
+            "other",
+            t(29, 1),
+            DeliveryKind::Other {
+                event_type: "build.started".into(),
+            },
+        ),
+    ]
+}
+
+/// HDR (3 digits) reports the highest value of a bucket: within 0.1% above.
+fn hdr(got: Option<f64>, want: f64) -> bool {
+    got.is_some_and(|g| g >= want && g <= want * 1.001)
+}
+
+fn production(snapshot: &DoraSnapshot) -> &SeriesFigures {
+    snapshot
+        .series
+        .iter()
+        .find(|s| s.service == "checkout" && s.environment == "production")
+        .expect("production series")
+}
+
+#[test]
+fn a_month_of_history_gives_hand_computed_figures() {
+    let mut dora = DoraProcessor::new(&config());
+    dora.apply(&month());
+    let snapshot = dora.snapshot(t(30, 0));
+    assert_eq!(snapshot.events_applied, 29);
+    assert_eq!(snapshot.ignored, 1);
+    let prod = production(&snapshot);
+    assert!(prod.production);
+    assert_eq!(prod.open_incidents, 1);
+    assert_eq!(prod.deployments_total["success"], 7);
+    assert_eq!(prod.deployments_total["failure"], 1);
+    assert_eq!(prod.deployments_total["rollback"], 1);
+    // Failed changes: d3 (incident i1 after it, and rolled back by d4), d6
+    // (its pipeline failed), d7 (incident i2 names its artifact a7, though d8
+    // came between).
+    assert_eq!(prod.failed_changes_total, 3);
+
+    let [week, month] = [&prod.windows[0], &prod.windows[1]];
+    assert_eq!((week.window.as_str(), month.window.as_str()), ("7d", "30d"));
+
+    // 30d = (day 0, day 30]: successes d1 d2 d3 d5 d7 d8 d9 = 7, over 30 days.
+    assert_eq!(month.deployments, 7);
+    assert_eq!(month.failed_deployments, 1);
+    assert_eq!(month.rollbacks, 1);
+    assert_eq!(month.deployment_frequency_per_day, 7.0 / 30.0);
+    // 8 counted deployments (all but the rollback), 3 failed.
+    assert_eq!(month.change_failure_ratio, Some(3.0 / 8.0));
+    assert_eq!(month.failed_changes, 3);
+    // Lead times at first production deployment: c1 1d, c2 1d, c3 12h, c4 6h
+    // (linked in customData), c5 1d (created, not merged), c6 1d, c7 6h (its
+    // staging deployment and its redeployment d9 do not count).
+    let lt = month.lead_time;
+    assert_eq!(lt.count, 7);
+    assert_eq!(lt.mean, Some(432_000.0 / 7.0));
+    assert!(hdr(lt.p50, 86_400.0), "{lt:?}");
+    assert!(hdr(lt.p95, 86_400.0), "{lt:?}");
+    // Incidents resolved in the window: i1 2h, i2 1h.
+    let ttr = month.time_to_restore;
+    assert_eq!((ttr.count, ttr.mean), (2, Some(5_400.0)));
+    assert!(hdr(ttr.p50, 3_600.0) && hdr(ttr.p95, 7_200.0), "{ttr:?}");
+    // Recovery: d3 8h (i1 resolved before the rollback), d6 3h (d7), d7 3h (d8).
+    let rec = month.failed_deployment_recovery;
+    assert_eq!((rec.count, rec.mean), (3, Some(16_800.0)));
+    assert!(hdr(rec.p50, 10_800.0) && hdr(rec.p95, 28_800.0), "{rec:?}");
+    assert_eq!(
+        month.levels,
+        MetricLevels {
+            deployment_frequency: Some(Level::High),
+            lead_time: Some(Level::High),
+            change_failure_rate: Some(Level::Low),
+            time_to_restore: Some(Level::High),
+        }
+    );
+
+    // 7d = (day 23, day 30]: d6 (failed), d7, d8, d9.
+    assert_eq!(week.deployments, 3);
+    assert_eq!(week.deployment_frequency_per_day, 3.0 / 7.0);
+    assert_eq!(week.change_failure_ratio, Some(0.5));
+    assert_eq!(
+        (week.lead_time.count, week.lead_time.mean),
+        (2, Some(54_000.0))
+    );
+    assert!(hdr(week.lead_time.p50, 21_600.0) && hdr(week.lead_time.p95, 86_400.0));
+    assert_eq!(
+        (week.time_to_restore.count, week.time_to_restore.mean),
+        (1, Some(3_600.0))
+    );
+    assert_eq!(
+        (
+            week.failed_deployment_recovery.count,
+            week.failed_deployment_recovery.mean
+        ),
+        (2, Some(10_800.0))
+    );
+    assert_eq!(week.levels.lead_time, Some(Level::Elite));
+
+    // Staging counts c7 once, at its staging deployment: 2h.
+    let staging = snapshot
+        .series
+        .iter()
+        .find(|s| s.environment == "staging")
+        .unwrap();
+    assert!(!staging.production);
+    assert_eq!(staging.windows[1].lead_time.mean, Some(7_200.0));
+    assert_eq!(staging.windows[1].change_failure_ratio, Some(0.0));
+}
+
+#[test]
+fn window_boundaries_are_exclusive_at_the_start_and_inclusive_at_now() {
+    let mut dora = DoraProcessor::new(&DoraConfig {
+        windows: vec!["7d".parse::<ConfigDuration>().unwrap()],
+        ..DoraConfig::default()
+    });
+    let now = t(30, 0);
+    dora.apply(&[
+        deploy("outside", now - 7 * DAY, "production", "a", Success),
+        deploy("inside", now - 7 * DAY + 1, "production", "b", Success),
+        deploy("now", now, "production", "c", Success),
+        deploy("future", now + 1, "production", "d", Success),
+    ]);
+    let snapshot = dora.snapshot(now);
+    assert_eq!(production(&snapshot).windows[0].deployments, 2);
+}
+
+#[test]
+fn an_incident_beyond_the_failure_window_fails_nothing() {
+    let mut dora = DoraProcessor::new(&DoraConfig::default());
+    dora.apply(&[
+        deploy("d1", t(1, 0), "production", "a1", Success),
+        opened("late", t(2, 0) + 1, "i", None),
+        opened("artifact-late", t(2, 1), "j", Some("a1")),
+    ]);
+    let prod = production(&dora.snapshot(t(5, 0))).clone();
+    assert_eq!(prod.windows[0].change_failure_ratio, Some(0.0));
+    assert_eq!(prod.open_incidents, 2);
+    assert_eq!(
+        prod.windows[0].levels.change_failure_rate,
+        Some(Level::Elite)
+    );
+}
+
+#[test]
+fn duplicates_count_once() {
+    let mut dora = DoraProcessor::new(&DoraConfig::default());
+    let events = month();
+    dora.apply(&events);
+    dora.apply(&events[..5]);
+    let snapshot = dora.snapshot(t(30, 0));
+    assert_eq!(snapshot.duplicates, 5);
+    assert_eq!(production(&snapshot).deployments_total["success"], 7);
+}
+
+#[test]
+fn the_profile_changes_levels() {
+    let mut dora = DoraProcessor::new(&DoraConfig {
+        profile: ProfileName::Dora2021,
+        ..config()
+    });
+    dora.apply(&month());
+    let snapshot = dora.snapshot(t(30, 0));
+    // 2021: lead time < 1 week is high, failure rate 16-30% is high; 37.5% is low.
+    let month = &production(&snapshot).windows[1];
+    assert_eq!(month.levels.lead_time, Some(Level::High));
+    assert_eq!(month.levels.change_failure_rate, Some(Level::Low));
+    // 2021 deployment frequency: high is weekly to monthly.
+    assert_eq!(month.levels.deployment_frequency, Some(Level::High));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn order_and_duplicates_do_not_change_the_figures(
+        order in Just(month()).prop_shuffle(),
+        duplicated in proptest::collection::vec(0usize..29, 0..15),
+        split in 1usize..29,
+    ) {
+        let mut expected = DoraProcessor::new(&config());
+        expected.apply(&month());
+        let mut shuffled = DoraProcessor::new(&config());
+        let mut events = order.clone();
+        events.extend(duplicated.iter().map(|&i| order[i].clone()));
+        // In two batches, as a replay would deliver them.
+        let (first, second) = events.split_at(split.min(events.len()));
+        shuffled.apply(first);
+        shuffled.apply(second);
+        let (a, b) = (expected.snapshot(t(30, 0)), shuffled.snapshot(t(30, 0)));
+        prop_assert_eq!(a.series, b.series);
+        prop_assert_eq!(a.events_applied, b.events_applied);
+    }
+}
