@@ -28,6 +28,7 @@ use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::processors::Applied;
+use crate::processors::dora::{DoraProcessor, DoraSnapshot};
 use crate::processors::red::{RedProcessor, RedSnapshot};
 use crate::receivers::{otlp_grpc, otlp_http, webhook};
 
@@ -84,6 +85,7 @@ pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
 
 enum Query {
     Red(oneshot::Sender<Option<RedSnapshot>>),
+    Dora(oneshot::Sender<Option<DoraSnapshot>>),
 }
 
 /// The exporters' read access to the processors' state.
@@ -100,11 +102,20 @@ impl PipelineReader {
         self.tx.send(Query::Red(reply)).await.ok()?;
         snapshot.await.ok().flatten()
     }
+
+    /// The `dora` processor's figures now, `None` if the pipeline has no
+    /// `dora` processor or has stopped.
+    pub async fn dora_snapshot(&self) -> Option<DoraSnapshot> {
+        let (reply, snapshot) = oneshot::channel();
+        self.tx.send(Query::Dora(reply)).await.ok()?;
+        snapshot.await.ok().flatten()
+    }
 }
 
 /// Owns every processor's state; the only task that touches it.
 struct Engine {
     red: Option<RedProcessor>,
+    dora: Option<DoraProcessor>,
     clock: Arc<dyn Clock>,
 }
 
@@ -121,9 +132,11 @@ impl Engine {
                     let Some(Envelope { item, ack }) = envelope else { break };
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
-                    let applied = match &mut self.red {
-                        Some(red) => red.apply(&item, now),
-                        None => Applied::default(),
+                    let applied = match (&item, &mut self.red, &mut self.dora) {
+                        (Telemetry::Delivery(events), _, Some(dora)) => dora.apply(events),
+                        (Telemetry::Delivery(_), _, None) => Applied::default(),
+                        (_, Some(red), _) => red.apply(&item, now),
+                        (_, None, _) => Applied::default(),
                     };
                     // The client may have gone; its data is applied all the same.
                     let _ = ack.send(applied);
@@ -139,6 +152,10 @@ impl Engine {
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
                 let _ = reply.send(self.red.as_mut().map(|red| red.snapshot(now)));
+            }
+            Query::Dora(reply) => {
+                let now = self.clock.now_ns() as i64;
+                let _ = reply.send(self.dora.as_ref().map(|dora| dora.snapshot(now)));
             }
         }
     }
@@ -222,7 +239,13 @@ pub async fn run_with_clock(
     let (sink, data) = queue(pipeline.queue_size);
     let (query_tx, query_rx) = mpsc::channel(16);
     gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
-    let engine = tokio::spawn(Engine { red, clock }.run(data, query_rx));
+    let dora = config
+        .processors
+        .dora
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "dora"))
+        .map(DoraProcessor::new);
+    let engine = tokio::spawn(Engine { red, dora, clock }.run(data, query_rx));
     let reader = PipelineReader { tx: query_tx };
     let readiness = Readiness::default();
 

@@ -133,7 +133,7 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
-/// The one test that uses the default ports 4317, 4318 and 9464.
+/// The one test that uses the default ports 4317, 4318, 8088 and 9464.
 #[test]
 fn no_arguments_runs_the_default_pipeline_on_the_default_ports() {
     let mut child = doraflow()
@@ -143,7 +143,7 @@ fn no_arguments_runs_the_default_pipeline_on_the_default_ports() {
         .spawn()
         .unwrap();
     wait_ready(9464);
-    for port in [4317, 4318] {
+    for port in [4317, 4318, 8088] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
             "port {port}"

@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::exporters::exposition;
 use crate::instruments;
 use crate::pipeline::{PipelineReader, Readiness};
 use crate::window::QUANTILES;
@@ -61,6 +62,7 @@ impl PrometheusExporter {
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
+            .route("/api/v1/dora", get(api_dora))
             .with_state(self)
     }
 
@@ -114,14 +116,28 @@ async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
     exporter.refresh().await;
     counter!(instruments::EXPORTER_SCRAPES).increment(1);
     exporter.handle.run_upkeep();
+    let mut text = exporter.handle.render();
+    if let Some(dora) = exporter.reader.dora_snapshot().await {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&exposition::render_dora(&dora));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        exporter.handle.render(),
+        text,
     )
         .into_response()
+}
+
+/// `GET /api/v1/dora`: the service-health and DORA figures as JSON.
+async fn api_dora(State(exporter): State<PrometheusExporter>) -> Response {
+    let red = exporter.reader.red_snapshot().await;
+    let dora = exporter.reader.dora_snapshot().await;
+    axum::Json(serde_json::json!({ "service_health": red, "dora": dora })).into_response()
 }
 
 async fn ready(State(exporter): State<PrometheusExporter>) -> Response {

@@ -29,7 +29,7 @@ struct Series {
 }
 
 /// The figures of one series at one instant.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SeriesSnapshot {
     /// `service.name`.
     pub service: String,
@@ -40,7 +40,7 @@ pub struct SeriesSnapshot {
 }
 
 /// Every series' figures, for exporters and the read API.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RedSnapshot {
     /// The window as configured, e.g. `5m`: the `window` label.
     pub window: String,

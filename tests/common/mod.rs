@@ -20,6 +20,7 @@ pub struct Doraflow {
     pub child: Child,
     pub grpc: u16,
     pub http: u16,
+    pub webhook: u16,
     pub prometheus: u16,
     pub config: PathBuf,
     _dir: TempDir,
@@ -54,7 +55,13 @@ impl Doraflow {
     }
 
     pub fn start_with(red: &str, queue_size: usize) -> Doraflow {
+        Self::start_full(red, "windows: [7d, 30d]", queue_size)
+    }
+
+    /// With the given `processors.red` and `processors.dora` settings.
+    pub fn start_full(red: &str, dora: &str, queue_size: usize) -> Doraflow {
         let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
+        let webhook = free_port();
         let dir = TempDir::new("run");
         let config = dir.0.join("doraflow.yaml");
         std::fs::write(
@@ -65,12 +72,14 @@ impl Doraflow {
     grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
     http: {{ endpoint: \"127.0.0.1:{http}\" }}
     default_environment: test
+  webhook: {{ endpoint: \"127.0.0.1:{webhook}\" }}
 processors:
   red: {{ {red} }}
+  dora: {{ {dora} }}
 exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
 pipelines:
-  main: {{ receivers: [otlp], processors: [red], exporters: [prometheus], queue_size: {queue_size} }}
+  main: {{ receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus], queue_size: {queue_size} }}
 "
             ),
         )
@@ -87,6 +96,7 @@ pipelines:
             child,
             grpc,
             http,
+            webhook,
             prometheus,
             config,
             _dir: dir,
@@ -97,6 +107,10 @@ pipelines:
 
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://127.0.0.1:{}/cdevents", self.webhook)
     }
 
     pub fn http_url(&self, path: &str) -> String {

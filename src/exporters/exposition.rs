@@ -1,0 +1,317 @@
+//! Prometheus text exposition of the DORA figures.
+//!
+//! The DORA metrics are derived from the delivery history at scrape time
+//! (so they never depend on arrival order), which the `metrics` recorder
+//! cannot express for counters and histograms; they are written here
+//! instead, one family at a time, and appended to the recorder's output.
+
+use std::fmt::Write;
+
+use crate::processors::dora::levels::Level;
+use crate::processors::dora::{DoraSnapshot, Quantiles, SeriesFigures};
+
+/// Upper bounds of `dora_change_lead_time_seconds`: 5 minutes to 180 days.
+pub const LEAD_TIME_BUCKETS: [f64; 17] = [
+    300.0,
+    900.0,
+    1_800.0,
+    3_600.0,
+    7_200.0,
+    14_400.0,
+    28_800.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    259_200.0,
+    604_800.0,
+    1_209_600.0,
+    2_592_000.0,
+    5_184_000.0,
+    7_776_000.0,
+    15_552_000.0,
+];
+
+/// Upper bounds of `dora_incident_duration_seconds`: 1 minute to 30 days.
+pub const INCIDENT_BUCKETS: [f64; 14] = [
+    60.0,
+    300.0,
+    900.0,
+    1_800.0,
+    3_600.0,
+    7_200.0,
+    14_400.0,
+    28_800.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    604_800.0,
+    1_209_600.0,
+    2_592_000.0,
+];
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+fn number(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v}"),
+        Some(v) if v.is_infinite() && v > 0.0 => "+Inf".into(),
+        _ => "NaN".into(),
+    }
+}
+
+struct Writer {
+    out: String,
+}
+
+impl Writer {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: Option<f64>) {
+        let _ = writeln!(self.out, "{name}{} {}", labels(pairs), number(value));
+    }
+
+    fn histogram(&mut self, name: &str, series: &[(&str, &str)], bounds: &[f64], values: &[f64]) {
+        for bound in bounds {
+            let count = values.iter().filter(|v| **v <= *bound).count();
+            let le = format!("{bound}");
+            let mut pairs = series.to_vec();
+            pairs.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &pairs, Some(count as f64));
+        }
+        let mut pairs = series.to_vec();
+        pairs.push(("le", "+Inf"));
+        self.sample(&format!("{name}_bucket"), &pairs, Some(values.len() as f64));
+        self.sample(&format!("{name}_sum"), series, Some(values.iter().sum()));
+        self.sample(&format!("{name}_count"), series, Some(values.len() as f64));
+    }
+}
+
+fn quantile_samples(w: &mut Writer, name: &str, base: &[(&str, &str)], q: &Quantiles) {
+    for (label, value) in [("0.5", q.p50), ("0.95", q.p95)] {
+        let mut pairs = base.to_vec();
+        pairs.push(("quantile", label));
+        w.sample(name, &pairs, value);
+    }
+}
+
+/// Writes every `dora_*` family of `snapshot`.
+pub fn render_dora(snapshot: &DoraSnapshot) -> String {
+    let mut w = Writer { out: String::new() };
+    let series = &snapshot.series;
+    let ids = |s: &SeriesFigures| {
+        [
+            ("service", s.service.clone()),
+            ("environment", s.environment.clone()),
+        ]
+    };
+
+    w.family(
+        "dora_deployments_total",
+        "counter",
+        "Deployments by outcome (success, failure, rollback).",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        for (outcome, count) in &s.deployments_total {
+            w.sample(
+                "dora_deployments_total",
+                &[(a.0, &a.1), (b.0, &b.1), ("outcome", outcome)],
+                Some(*count as f64),
+            );
+        }
+    }
+    w.family(
+        "dora_failed_changes_total",
+        "counter",
+        "Deployments that were failed changes.",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        w.sample(
+            "dora_failed_changes_total",
+            &[(a.0, &a.1), (b.0, &b.1)],
+            Some(s.failed_changes_total as f64),
+        );
+    }
+    w.family("dora_incidents_open", "gauge", "Incidents open now.");
+    for s in series {
+        let [a, b] = ids(s);
+        w.sample(
+            "dora_incidents_open",
+            &[(a.0, &a.1), (b.0, &b.1)],
+            Some(s.open_incidents as f64),
+        );
+    }
+
+    type Windowed = (&'static str, &'static str, &'static str);
+    let gauges: [Windowed; 3] = [
+        (
+            "dora_deployment_frequency_per_day",
+            "gauge",
+            "Successful deployments per day over the window.",
+        ),
+        (
+            "dora_change_failure_ratio",
+            "gauge",
+            "Failed changes / deployments over the window; NaN without deployments.",
+        ),
+        (
+            "dora_mean_time_to_restore_seconds",
+            "gauge",
+            "Mean time to restore over the window; NaN without resolved incidents.",
+        ),
+    ];
+    for (name, kind, help) in gauges {
+        w.family(name, kind, help);
+        for s in series {
+            let [a, b] = ids(s);
+            for f in &s.windows {
+                let value = match name {
+                    "dora_deployment_frequency_per_day" => Some(f.deployment_frequency_per_day),
+                    "dora_change_failure_ratio" => f.change_failure_ratio,
+                    _ => f.time_to_restore.mean,
+                };
+                w.sample(
+                    name,
+                    &[(a.0, &a.1), (b.0, &b.1), ("window", &f.window)],
+                    value,
+                );
+            }
+        }
+    }
+    let quantiled: [Windowed; 3] = [
+        (
+            "dora_lead_time_seconds",
+            "gauge",
+            "Lead time for changes over the window (HDR quantiles); NaN without changes.",
+        ),
+        (
+            "dora_time_to_restore_seconds",
+            "gauge",
+            "Time to restore over the window (HDR quantiles); NaN without resolved incidents.",
+        ),
+        (
+            "dora_failed_deployment_recovery_seconds",
+            "gauge",
+            "Failed deployment recovery time over the window (HDR quantiles).",
+        ),
+    ];
+    for (name, kind, help) in quantiled {
+        w.family(name, kind, help);
+        for s in series {
+            let [a, b] = ids(s);
+            for f in &s.windows {
+                let q = match name {
+                    "dora_lead_time_seconds" => &f.lead_time,
+                    "dora_time_to_restore_seconds" => &f.time_to_restore,
+                    _ => &f.failed_deployment_recovery,
+                };
+                quantile_samples(
+                    &mut w,
+                    name,
+                    &[(a.0, &a.1), (b.0, &b.1), ("window", &f.window)],
+                    q,
+                );
+            }
+        }
+    }
+    w.family(
+        "dora_performance_level",
+        "gauge",
+        "DORA performance level per metric: 1 for the current level, 0 for the others.",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        for f in &s.windows {
+            let metrics = [
+                ("deployment_frequency", f.levels.deployment_frequency),
+                ("lead_time", f.levels.lead_time),
+                ("change_failure_rate", f.levels.change_failure_rate),
+                ("time_to_restore", f.levels.time_to_restore),
+            ];
+            for (metric, level) in metrics {
+                let Some(level) = level else { continue };
+                for candidate in Level::ALL {
+                    w.sample(
+                        "dora_performance_level",
+                        &[
+                            (a.0, &a.1),
+                            (b.0, &b.1),
+                            ("window", &f.window),
+                            ("metric", metric),
+                            ("level", candidate.as_str()),
+                        ],
+                        Some(if candidate == level { 1.0 } else { 0.0 }),
+                    );
+                }
+            }
+        }
+    }
+    w.family(
+        "dora_change_lead_time_seconds",
+        "histogram",
+        "Lead time of every change at its first deployment to the environment.",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        w.histogram(
+            "dora_change_lead_time_seconds",
+            &[(a.0, &a.1), (b.0, &b.1)],
+            &LEAD_TIME_BUCKETS,
+            &s.lead_times,
+        );
+    }
+    w.family(
+        "dora_incident_duration_seconds",
+        "histogram",
+        "Duration of every resolved incident, opened to resolved.",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        w.histogram(
+            "dora_incident_duration_seconds",
+            &[(a.0, &a.1), (b.0, &b.1)],
+            &INCIDENT_BUCKETS,
+            &s.incident_durations,
+        );
+    }
+    w.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            labels(&[("service", "a\"b\\c\nd")]),
+            "{service=\"a\\\"b\\\\c\\nd\"}"
+        );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut w = Writer { out: String::new() };
+        w.histogram("h", &[("s", "x")], &[1.0, 10.0], &[0.5, 5.0, 50.0]);
+        assert_eq!(
+            w.out,
+            "h_bucket{s=\"x\",le=\"1\"} 1\nh_bucket{s=\"x\",le=\"10\"} 2\nh_bucket{s=\"x\",le=\"+Inf\"} 3\nh_sum{s=\"x\"} 55.5\nh_count{s=\"x\"} 3\n"
+        );
+    }
+}
