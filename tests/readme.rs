@@ -27,7 +27,22 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 6] = [
+    let sections: [(&str, String, &[&str]); 9] = [
+        (
+            "receivers.webhook",
+            format!("receivers:\n  webhook: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "processors.dora",
+            format!("processors:\n  dora: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &["levels", "deploy_pipelines"],
+        ),
+        (
+            "processors.dora.levels",
+            format!("processors:\n  dora: {{ levels: {{ __probe__: 1 }} }}\n{PIPELINE}"),
+            &[],
+        ),
         (
             "receivers.otlp",
             format!("receivers:\n  otlp:\n    __probe__: 1\n{PIPELINE}"),
