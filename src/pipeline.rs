@@ -116,6 +116,7 @@ impl PipelineReader {
 struct Engine {
     red: Option<RedProcessor>,
     dora: Option<DoraProcessor>,
+    default_environment: String,
     clock: Arc<dyn Clock>,
 }
 
@@ -132,12 +133,7 @@ impl Engine {
                     let Some(Envelope { item, ack }) = envelope else { break };
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
-                    let applied = match (&item, &mut self.red, &mut self.dora) {
-                        (Telemetry::Delivery(events), _, Some(dora)) => dora.apply(events),
-                        (Telemetry::Delivery(_), _, None) => Applied::default(),
-                        (_, Some(red), _) => red.apply(&item, now),
-                        (_, None, _) => Applied::default(),
-                    };
+                    let applied = self.apply(&item, now);
                     // The client may have gone; its data is applied all the same.
                     let _ = ack.send(applied);
                 }
@@ -145,6 +141,30 @@ impl Engine {
         }
         depth.set(0.0);
         tracing::debug!("pipeline drained");
+    }
+
+    fn apply(&mut self, item: &Telemetry, now: u64) -> Applied {
+        if let Telemetry::Delivery(events) = item {
+            return self
+                .dora
+                .as_mut()
+                .map(|dora| dora.apply(events))
+                .unwrap_or_default();
+        }
+        if let (Telemetry::Logs(logs), Some(dora)) = (item, self.dora.as_mut())
+            && !logs.deployments.is_empty()
+        {
+            let events: Vec<_> = logs
+                .deployments
+                .iter()
+                .map(|d| d.to_event(&self.default_environment))
+                .collect();
+            dora.apply(&events);
+        }
+        self.red
+            .as_mut()
+            .map(|red| red.apply(item, now))
+            .unwrap_or_default()
     }
 
     fn answer(&mut self, query: Query) {
@@ -245,7 +265,15 @@ pub async fn run_with_clock(
         .as_ref()
         .filter(|_| uses(&pipeline.processors, "dora"))
         .map(DoraProcessor::new);
-    let engine = tokio::spawn(Engine { red, dora, clock }.run(data, query_rx));
+    let engine = tokio::spawn(
+        Engine {
+            red,
+            dora,
+            default_environment,
+            clock,
+        }
+        .run(data, query_rx),
+    );
     let reader = PipelineReader { tx: query_tx };
     let readiness = Readiness::default();
 

@@ -73,6 +73,80 @@ pub struct LogSummary {
     pub groups: Vec<LogGroup>,
     /// Every log record in the request.
     pub records: u64,
+    /// Log records that describe a deployment.
+    pub deployments: Vec<LogDeployment>,
+}
+
+/// A log record describing a deployment, by the OpenTelemetry semantic
+/// conventions (`deployment.id`, `deployment.status`,
+/// `deployment.environment.name`, `service.name`, `vcs.ref.head.revision`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDeployment {
+    /// `deployment.id`: the de-duplication key, when present.
+    pub id: Option<String>,
+    /// `deployment.status`, e.g. `succeeded` or `failed`.
+    pub status: Option<String>,
+    /// `service.name` on the record, overriding the resource's.
+    pub service: Option<String>,
+    /// `deployment.environment.name` on the record, overriding the resource's.
+    pub environment: Option<String>,
+    /// `vcs.ref.head.revision`: the change deployed.
+    pub revision: Option<String>,
+    /// The record's time (else its observed time), ns since the epoch.
+    pub time: u64,
+    /// The resource the record came from.
+    pub resource: ResourceIdentity,
+}
+
+impl LogDeployment {
+    /// The deployment as a delivery event; `default_environment` applies when
+    /// neither the record nor its resource names one.
+    pub fn to_event(&self, default_environment: &str) -> delivery::DeliveryEvent {
+        use delivery::{DeliveryKind, Deployment, DeploymentOutcome, LinkedChange};
+        let service = self
+            .service
+            .clone()
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.resource.service).into_owned());
+        let environment = self.environment.clone().unwrap_or_else(|| {
+            if self.resource.environment.is_empty() {
+                default_environment.to_string()
+            } else {
+                String::from_utf8_lossy(&self.resource.environment).into_owned()
+            }
+        });
+        let outcome = match self
+            .status
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("failed" | "failure" | "error") => DeploymentOutcome::Failure,
+            Some("rolled_back" | "rolledback" | "rollback") => DeploymentOutcome::Rollback,
+            _ => DeploymentOutcome::Success,
+        };
+        let time = self.time.min(i64::MAX as u64) as i64;
+        delivery::DeliveryEvent {
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("otlp-log:{service}:{environment}:{time}")),
+            time,
+            kind: DeliveryKind::Deployment(Deployment {
+                service: delivery::service_name(&service).to_string(),
+                environment,
+                artifact: None,
+                outcome,
+                changes: self
+                    .revision
+                    .iter()
+                    .map(|id| LinkedChange {
+                        id: id.clone(),
+                        time: None,
+                    })
+                    .collect(),
+            }),
+        }
+    }
 }
 
 /// Data points of one resource within a request.

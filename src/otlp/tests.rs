@@ -167,6 +167,64 @@ fn logs_count_error_severity_per_resource() {
 }
 
 #[test]
+fn deployment_log_records_become_deployments() {
+    let record = |attrs: Vec<(&str, &str)>, time: u64| LogRecord {
+        time_unix_nano: time,
+        observed_time_unix_nano: 77,
+        attributes: attrs
+            .into_iter()
+            .map(|(k, v)| attr(k, Value::StringValue(v.into())))
+            .collect(),
+        ..Default::default()
+    };
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource(Some("checkout"), Some("staging"))),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    record(
+                        vec![
+                            ("deployment.id", "dep-7"),
+                            ("deployment.status", "failed"),
+                            ("deployment.environment.name", "production"),
+                            ("vcs.ref.head.revision", "abc123"),
+                        ],
+                        1_000,
+                    ),
+                    record(vec![("deployment.status", "succeeded")], 0),
+                    record(vec![("http.route", "/x")], 5),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let summary = logs_protobuf(&Bytes::from(req.encode_to_vec())).unwrap();
+    assert_eq!(summary.records, 3);
+    assert_eq!(summary.deployments.len(), 2);
+    use crate::model::delivery::{DeliveryKind, DeploymentOutcome};
+    let first = summary.deployments[0].to_event("unknown");
+    assert_eq!(first.id, "dep-7");
+    assert_eq!(first.time, 1_000);
+    let DeliveryKind::Deployment(d) = first.kind else {
+        panic!()
+    };
+    assert_eq!(
+        (d.service.as_str(), d.environment.as_str()),
+        ("checkout", "production")
+    );
+    assert_eq!(d.outcome, DeploymentOutcome::Failure);
+    assert_eq!(d.changes[0].id, "abc123");
+    // No id: one derived from service, environment and time; observed time stands in.
+    let second = summary.deployments[1].to_event("unknown");
+    assert_eq!(second.id, "otlp-log:checkout:staging:77");
+    let DeliveryKind::Deployment(d) = second.kind else {
+        panic!()
+    };
+    assert_eq!(d.outcome, DeploymentOutcome::Success);
+}
+
+#[test]
 fn malformed_protobuf_is_an_error_not_a_panic() {
     let good = request(vec![(
         resource(Some("a"), None),

@@ -16,7 +16,8 @@
 use bytes::Bytes;
 
 use crate::model::{
-    LogGroup, LogSummary, RequestGroup, ResourceIdentity, TraceSummary, UNKNOWN_SERVICE,
+    LogDeployment, LogGroup, LogSummary, RequestGroup, ResourceIdentity, TraceSummary,
+    UNKNOWN_SERVICE,
 };
 
 /// Why a body is not a valid OTLP protobuf message.
@@ -176,6 +177,16 @@ fn utf8<'a>(bytes: &'a [u8], message: &'static str) -> Result<&'a [u8], WireErro
     })?;
     Ok(bytes)
 }
+
+/// Log record attributes that make it a deployment event (OpenTelemetry
+/// semantic conventions), in the order `summarize_logs` reads them.
+const DEPLOYMENT_KEYS: [&[u8]; 5] = [
+    b"deployment.id",
+    b"deployment.status",
+    b"deployment.environment.name",
+    b"service.name",
+    b"vcs.ref.head.revision",
+];
 
 // OTLP enum values read here.
 const SPAN_KIND_SERVER: u64 = 2;
@@ -424,14 +435,41 @@ pub fn summarize_logs(body: &Bytes, out: &mut LogSummary) -> Result<(), WireErro
             while let Some(field) = records.next_field() {
                 let (2, v) = field? else { continue };
                 let mut severity = 0;
+                let mut time = 0;
+                let mut observed = 0;
+                let mut deployment: [Option<&[u8]>; 5] = [None; 5];
                 let mut fields = Fields::new(expect_bytes(v, SL)?, LR);
                 while let Some(field) = fields.next_field() {
-                    if let (2, v) = field? {
-                        severity = expect_varint(v, LR)?;
+                    match field? {
+                        (1, v) => time = expect_fixed64(v, LR)?,
+                        (2, v) => severity = expect_varint(v, LR)?,
+                        (6, v) => {
+                            if let Some((i, AttributeValue::String(s))) =
+                                wanted_key_value(expect_bytes(v, LR)?, &DEPLOYMENT_KEYS)?
+                            {
+                                deployment[i] = Some(s);
+                            }
+                        }
+                        (11, v) => observed = expect_fixed64(v, LR)?,
+                        _ => {}
                     }
                 }
                 group.records += 1;
                 group.errors += u64::from(severity >= SEVERITY_NUMBER_ERROR);
+                let [id, status, environment, service, revision] = deployment;
+                if id.is_some() || status.is_some() {
+                    let text =
+                        |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                    out.deployments.push(LogDeployment {
+                        id: text(id),
+                        status: text(status),
+                        service: text(service),
+                        environment: text(environment),
+                        revision: text(revision),
+                        time: if time != 0 { time } else { observed },
+                        resource: group.identity.clone(),
+                    });
+                }
             }
         }
         out.records += group.records;

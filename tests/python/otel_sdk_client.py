@@ -6,7 +6,10 @@ deployment.environment.name=ENV):
   - 100 SERVER spans lasting 1..100 ms; spans 1-3 have status ERROR, spans
     4-5 have http.response.status_code 503 (status unset): 5 errors;
   - 20 CLIENT spans with status ERROR and 10 INTERNAL spans: not requests;
-  - logs: 3 at ERROR, 1 at CRITICAL, 2 at INFO: 4 error logs.
+  - logs: 3 at ERROR, 1 at CRITICAL, 2 at INFO: 4 error logs; one of the
+    INFO records is a failed deployment by the OpenTelemetry semantic
+    conventions (deployment.id, deployment.status=failed,
+    deployment.environment.name=ENV, vcs.ref.head.revision).
 Exits non-zero when an export fails.
 """
 
@@ -112,7 +115,15 @@ def main():
     for _ in range(3):
         logger.error("payment failed")
     logger.critical("database down")
-    logger.info("order placed")
+    logger.info(
+        "deployment finished",
+        extra={
+            "deployment.id": f"{args.service}-deploy-1",
+            "deployment.status": "failed",
+            "deployment.environment.name": args.env,
+            "vcs.ref.head.revision": "4f1c2e9",
+        },
+    )
     logger.info("order shipped")
     logger_provider.shutdown()
 
