@@ -124,11 +124,19 @@ impl Engine {
     async fn run(mut self, queue: PipelineQueue, mut queries: mpsc::Receiver<Query>) {
         let mut data = queue.rx;
         let depth = gauge!(instruments::QUEUE_DEPTH);
+        let interval = match (&self.red, &self.dora) {
+            (Some(_), Some(dora)) => dora.derived_interval(),
+            _ => None,
+        };
+        let mut derive =
+            tokio::time::interval(interval.unwrap_or(std::time::Duration::from_secs(3600)));
+        derive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Reads first: a scrape must not wait behind a full queue.
                 biased;
                 Some(query) = queries.recv() => self.answer(query),
+                _ = derive.tick(), if interval.is_some() => self.derive_incidents(),
                 envelope = data.recv() => {
                     let Some(Envelope { item, ack }) = envelope else { break };
                     depth.set(data.len() as f64);
@@ -165,6 +173,17 @@ impl Engine {
             .as_mut()
             .map(|red| red.apply(item, now))
             .unwrap_or_default()
+    }
+
+    /// Feeds the services' error ratios to `dora` for derived incidents.
+    fn derive_incidents(&mut self) {
+        if let (Some(red), Some(dora)) = (&self.red, &mut self.dora) {
+            let now = self.clock.now_ns();
+            let events = dora.observe_errors(&red.error_counts(now), now as i64);
+            for event in events {
+                tracing::info!(incident = event.id, "derived incident event");
+            }
+        }
     }
 
     fn answer(&mut self, query: Query) {

@@ -262,6 +262,15 @@ impl RollingHistogram {
         !self.slices.is_empty()
     }
 
+    /// Requests and errors in the window at `now_ns`, without quantiles.
+    pub fn counts(&self, shape: &WindowShape, now_ns: u64) -> (u64, u64) {
+        let current = shape.epoch(now_ns);
+        self.slices
+            .iter()
+            .filter(|s| shape.is_live(s.epoch, current))
+            .fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors))
+    }
+
     /// The window's figures at `now_ns`. `scratch` must be empty and of the
     /// same layout; it is left empty.
     pub fn stats(

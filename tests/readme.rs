@@ -27,7 +27,12 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 9] = [
+    let sections: [(&str, String, &[&str]); 10] = [
+        (
+            "processors.dora.derived_incidents",
+            format!("processors:\n  dora: {{ derived_incidents: {{ __probe__: 1 }} }}\n{PIPELINE}"),
+            &[],
+        ),
         (
             "receivers.webhook",
             format!("receivers:\n  webhook: {{ __probe__: 1 }}\n{PIPELINE}"),
@@ -36,7 +41,7 @@ fn every_config_key_is_in_the_readme() {
         (
             "processors.dora",
             format!("processors:\n  dora: {{ __probe__: 1 }}\n{PIPELINE}"),
-            &["levels", "deploy_pipelines"],
+            &["levels", "deploy_pipelines", "derived_incidents"],
         ),
         (
             "processors.dora.levels",

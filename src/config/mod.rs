@@ -253,6 +253,61 @@ pub struct DoraConfig {
     /// are failed deployments, with the service and environment they deploy.
     #[serde(default)]
     pub deploy_pipelines: Vec<DeployPipeline>,
+    /// Incidents derived from the `red` error ratio.
+    #[serde(default)]
+    pub derived_incidents: DerivedIncidentsConfig,
+}
+
+/// `processors.dora.derived_incidents`: an incident opens for a service when
+/// its error ratio (over the `red` window) exceeds the threshold, and resolves
+/// once the ratio has stayed at or below it for `resolve_after`; the incident
+/// counts as resolved from the moment the ratio went back below.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedIncidentsConfig {
+    /// Whether to derive incidents (needs the `red` processor). Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Error ratio above which an incident opens. Default 0.01 (1%).
+    #[serde(default = "default_error_ratio_threshold")]
+    pub error_ratio_threshold: f64,
+    /// Fewest requests in the window for the ratio to count. Default 100.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// How long the ratio must stay below before the incident resolves. Default `5m`.
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after: ConfigDuration,
+    /// How often the error ratios are checked. Default `5s`.
+    #[serde(default = "default_evaluation_interval")]
+    pub evaluation_interval: ConfigDuration,
+}
+
+const fn default_true() -> bool {
+    true
+}
+const fn default_error_ratio_threshold() -> f64 {
+    0.01
+}
+const fn default_min_requests() -> u64 {
+    100
+}
+fn default_resolve_after() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+fn default_evaluation_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+
+impl Default for DerivedIncidentsConfig {
+    fn default() -> Self {
+        DerivedIncidentsConfig {
+            enabled: true,
+            error_ratio_threshold: default_error_ratio_threshold(),
+            min_requests: default_min_requests(),
+            resolve_after: default_resolve_after(),
+            evaluation_interval: default_evaluation_interval(),
+        }
+    }
 }
 
 /// A deploy pipeline: `pipelinerun.finished` failures of `pipeline` are failed
@@ -293,6 +348,7 @@ impl Default for DoraConfig {
             profile: Default::default(),
             levels: Default::default(),
             deploy_pipelines: Vec::new(),
+            derived_incidents: DerivedIncidentsConfig::default(),
         }
     }
 }
@@ -319,6 +375,18 @@ impl DoraConfig {
             errors.push(format!("{path}.failure_window: must be longer than 0"));
         }
         self.levels.validate(&format!("{path}.levels"), errors);
+        let derived = &self.derived_incidents;
+        if !(0.0..1.0).contains(&derived.error_ratio_threshold) {
+            errors.push(format!(
+                "{path}.derived_incidents.error_ratio_threshold: must be in 0..1, got {}",
+                derived.error_ratio_threshold
+            ));
+        }
+        if derived.evaluation_interval.get().is_zero() {
+            errors.push(format!(
+                "{path}.derived_incidents.evaluation_interval: must be longer than 0"
+            ));
+        }
     }
 }
 
@@ -651,7 +719,8 @@ pipelines:
         let config = Config::default_pipeline().unwrap();
         let (name, pipeline) = config.pipeline().unwrap();
         assert_eq!(name, "main");
-        assert_eq!(pipeline.receivers, ["otlp"]);
+        assert_eq!(pipeline.receivers, ["otlp", "webhook"]);
+        assert_eq!(pipeline.processors, ["red", "dora"]);
     }
 
     #[test]

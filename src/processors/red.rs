@@ -39,6 +39,19 @@ pub struct SeriesSnapshot {
     pub stats: WindowStats,
 }
 
+/// Requests and errors of one series over the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesErrors {
+    /// `service.name`.
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Errors in the window.
+    pub errors: u64,
+}
+
 /// Every series' figures, for exporters and the read API.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RedSnapshot {
@@ -206,6 +219,23 @@ impl RedProcessor {
         }
     }
 
+    /// Requests and errors of every series over the window at `now_ns`: the
+    /// cheap part of a snapshot, for derived incidents.
+    pub fn error_counts(&self, now_ns: u64) -> Vec<SeriesErrors> {
+        self.series
+            .iter()
+            .map(|s| {
+                let (requests, errors) = s.window.counts(&self.shape, now_ns);
+                SeriesErrors {
+                    service: s.service.clone(),
+                    environment: s.environment.clone(),
+                    requests,
+                    errors,
+                }
+            })
+            .collect()
+    }
+
     /// Series held.
     pub fn series_count(&self) -> usize {
         self.series.len()
@@ -309,6 +339,7 @@ mod tests {
         assert!(applied.reason.unwrap().contains("max_series = 2"));
         assert_eq!(red.series_count(), 2);
         let logs = Telemetry::Logs(LogSummary {
+            deployments: Vec::new(),
             records: 4,
             groups: vec![LogGroup {
                 identity: identity("d", "prod"),

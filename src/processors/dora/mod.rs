@@ -33,11 +33,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::config::DoraConfig;
+use crate::config::{DerivedIncidentsConfig, DoraConfig};
 use crate::model::delivery::{
     ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange, Nanos,
 };
 use crate::processors::Applied;
+use crate::processors::red::SeriesErrors;
 use levels::{Cutoffs, Level};
 
 const NS_PER_SEC: f64 = 1e9;
@@ -174,6 +175,15 @@ pub struct DoraSnapshot {
     pub ignored: u64,
 }
 
+/// Derived-incident state of one series.
+#[derive(Debug, Clone, Default)]
+struct DerivedState {
+    /// The incident open for it, if any.
+    open: Option<String>,
+    /// Since when its error ratio has been back at or below the threshold.
+    below_since: Option<Nanos>,
+}
+
 /// Settings derived from [`DoraConfig`].
 struct Settings {
     windows: Vec<(String, Nanos)>,
@@ -181,6 +191,7 @@ struct Settings {
     production: Vec<String>,
     cutoffs: Cutoffs,
     deploy_pipelines: HashMap<String, (String, String)>,
+    derived: DerivedIncidentsConfig,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -191,6 +202,7 @@ pub struct DoraProcessor {
     artifact_changes: HashMap<String, Vec<String>>,
     series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
     incidents: HashMap<String, Incident>,
+    derived: HashMap<(String, String), DerivedState>,
     applied: u64,
     duplicates: u64,
     ignored: u64,
@@ -219,7 +231,9 @@ impl DoraProcessor {
                         )
                     })
                     .collect(),
+                derived: config.derived_incidents.clone(),
             },
+            derived: HashMap::new(),
             seen: HashSet::new(),
             changes: HashMap::new(),
             artifact_changes: HashMap::new(),
@@ -577,6 +591,68 @@ impl DoraProcessor {
                 .map(|&(_, l)| l as f64 / NS_PER_SEC)
                 .collect(),
         }
+    }
+
+    /// How often [`DoraProcessor::observe_errors`] wants to be called, if
+    /// incidents are derived at all.
+    pub fn derived_interval(&self) -> Option<std::time::Duration> {
+        let d = &self.settings.derived;
+        d.enabled.then(|| d.evaluation_interval.get())
+    }
+
+    /// Derives incidents from the services' error ratios at `now`: opens one
+    /// when a ratio exceeds the threshold (with enough requests), resolves it
+    /// once the ratio has stayed at or below it for `resolve_after`, as of
+    /// the moment it went back below. Returns the events applied.
+    pub fn observe_errors(&mut self, health: &[SeriesErrors], now: Nanos) -> Vec<DeliveryEvent> {
+        let settings = &self.settings.derived;
+        if !settings.enabled {
+            return Vec::new();
+        }
+        let resolve_after = settings.resolve_after.get().as_nanos() as Nanos;
+        let mut events = Vec::new();
+        for series in health {
+            let breach = series.requests >= settings.min_requests
+                && series.errors as f64 > settings.error_ratio_threshold * series.requests as f64;
+            let key = (series.service.clone(), series.environment.clone());
+            let state = self.derived.entry(key).or_default();
+            match (&state.open, breach) {
+                (None, true) => {
+                    let incident =
+                        format!("derived:{}:{}:{now}", series.service, series.environment);
+                    events.push(DeliveryEvent {
+                        id: format!("{incident}:opened"),
+                        time: now,
+                        kind: DeliveryKind::IncidentOpened {
+                            incident: incident.clone(),
+                            service: series.service.clone(),
+                            environment: series.environment.clone(),
+                            artifact: None,
+                        },
+                    });
+                    state.open = Some(incident);
+                    state.below_since = None;
+                }
+                (Some(_), true) => state.below_since = None,
+                (Some(incident), false) => {
+                    let since = *state.below_since.get_or_insert(now);
+                    if now - since >= resolve_after {
+                        events.push(DeliveryEvent {
+                            id: format!("{incident}:resolved"),
+                            time: since,
+                            kind: DeliveryKind::IncidentResolved {
+                                incident: incident.clone(),
+                            },
+                        });
+                        state.open = None;
+                        state.below_since = None;
+                    }
+                }
+                (None, false) => {}
+            }
+        }
+        self.apply(&events);
+        events
     }
 
     /// Series with deployments.

@@ -9,6 +9,7 @@ use crate::config::{ConfigDuration, DeployPipeline};
 use crate::model::delivery::{
     DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
 };
+use crate::processors::red::SeriesErrors;
 
 /// 2024-05-01T00:00:00Z.
 const T0: Nanos = 1_714_521_600_000_000_000;
@@ -356,4 +357,48 @@ proptest! {
         prop_assert_eq!(a.series, b.series);
         prop_assert_eq!(a.events_applied, b.events_applied);
     }
+}
+
+#[test]
+fn incidents_are_derived_from_the_error_ratio() {
+    let mut dora = DoraProcessor::new(&DoraConfig::default());
+    let s = 1_000_000_000;
+    let health = |requests, errors| {
+        vec![SeriesErrors {
+            service: "checkout".into(),
+            environment: "production".into(),
+            requests,
+            errors,
+        }]
+    };
+    dora.apply(&[deploy("d1", T0 + 5 * s, "production", "a1", Success)]);
+    // Too few requests to count, then 0.5%: nothing.
+    assert!(dora.observe_errors(&health(50, 50), T0).is_empty());
+    assert!(dora.observe_errors(&health(200, 1), T0).is_empty());
+    // 2.5% > 1%: opens at 10 s.
+    let opened = dora.observe_errors(&health(200, 5), T0 + 10 * s);
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].time, T0 + 10 * s);
+    assert!(dora.observe_errors(&health(300, 5), T0 + 20 * s).is_empty());
+    // Below at 30 s, above again at 40 s, below for good from 50 s.
+    assert!(dora.observe_errors(&health(600, 5), T0 + 30 * s).is_empty());
+    assert!(dora.observe_errors(&health(400, 5), T0 + 40 * s).is_empty());
+    assert!(
+        dora.observe_errors(&health(1000, 5), T0 + 50 * s)
+            .is_empty()
+    );
+    assert!(
+        dora.observe_errors(&health(1000, 5), T0 + 350 * s - 1)
+            .is_empty()
+    );
+    let resolved = dora.observe_errors(&health(1000, 5), T0 + 350 * s);
+    assert_eq!(resolved.len(), 1);
+    // Resolved as of when the ratio went back below: 40 s after it opened.
+    assert_eq!(resolved[0].time, T0 + 50 * s);
+    let snapshot = dora.snapshot(T0 + 400 * s);
+    let prod = production(&snapshot);
+    assert_eq!(prod.open_incidents, 0);
+    assert_eq!(prod.windows[0].time_to_restore.mean, Some(40.0));
+    // The derived incident came 5 s after d1: a failed change.
+    assert_eq!(prod.windows[0].change_failure_ratio, Some(1.0));
 }
