@@ -33,7 +33,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -56,12 +59,18 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
         DeliveryEvent {
             id: format!("{:08x}-change-{n}", n),
             time: time - 3_600_000_000_000,
-            kind: DeliveryKind::Change { change: change.clone(), stage: ChangeStage::Created },
+            kind: DeliveryKind::Change {
+                change: change.clone(),
+                stage: ChangeStage::Created,
+            },
         },
         DeliveryEvent {
             id: format!("{:08x}-artifact-{n}", n),
             time: time - 1_800_000_000_000,
-            kind: DeliveryKind::ArtifactLink { artifact: artifact.clone(), change },
+            kind: DeliveryKind::ArtifactLink {
+                artifact: artifact.clone(),
+                change,
+            },
         },
         DeliveryEvent {
             id: format!("{:08x}-deploy-{n}", n),
@@ -70,7 +79,11 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
                 service: format!("service-{service:03}"),
                 environment: "production".into(),
                 artifact: Some(artifact),
-                outcome: if n % 20 == 0 { DeploymentOutcome::Failure } else { DeploymentOutcome::Success },
+                outcome: if n % 20 == 0 {
+                    DeploymentOutcome::Failure
+                } else {
+                    DeploymentOutcome::Success
+                },
                 changes: Vec::new(),
             }),
         },

@@ -30,29 +30,61 @@ pub mod levels;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::config::{DerivedIncidentsConfig, DoraConfig};
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange, Nanos,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, Nanos,
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
 use levels::{Cutoffs, Level};
 
 const NS_PER_SEC: f64 = 1e9;
-const NS_PER_MS: i64 = 1_000_000;
+
+/// A 128-bit fingerprint of an id (event, change, artifact, incident).
+///
+/// The history refers to ids only to match them, never to show them, so it
+/// keeps 16 bytes instead of the string (artifact ids run to 100 bytes). Two
+/// independent 64-bit multiply-rotate lanes over 8-byte words, each finished
+/// with the MurmurHash3 avalanche: stable across versions and platforms
+/// (checkpoints need that), and at 128 bits an accidental collision among
+/// billions of ids is negligible. Not a defence against crafted collisions,
+/// which only someone who may send events at all could attempt.
+type Key = u128;
+
+fn key(id: &str) -> Key {
+    fn mix(mut h: u64) -> u64 {
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    let bytes = id.as_bytes();
+    let (mut a, mut b) = (0x9E37_79B9_7F4A_7C15u64, 0xC2B2_AE3D_27D4_EB4Fu64);
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        a = (a ^ w).wrapping_mul(0x87C3_7B91_1142_53D5).rotate_left(31);
+        b = (b ^ w).wrapping_mul(0x4CF5_AD43_2745_937F).rotate_left(27);
+    }
+    let len = bytes.len() as u64;
+    (u128::from(mix(a ^ len)) << 64) | u128::from(mix(b ^ len.rotate_left(32)))
+}
 
 /// One deployment as kept in the history.
 #[derive(Debug, Clone)]
 struct DeploymentRecord {
     time: Nanos,
-    /// The event id: orders deployments of the same instant.
-    id: String,
+    /// Part of the event id's fingerprint: orders deployments of the same instant.
+    order: u64,
     outcome: DeploymentOutcome,
-    artifact: Option<String>,
-    changes: Vec<LinkedChange>,
+    artifact: Option<Key>,
+    /// Changes the producer linked, with the time it gave; usually none, so
+    /// a boxed slice (16 bytes) rather than a vector (24).
+    changes: Box<[(Key, Option<Nanos>)]>,
 }
 
 /// An incident as far as it is known: its open and resolve events may come
@@ -60,7 +92,7 @@ struct DeploymentRecord {
 #[derive(Debug, Clone, Default)]
 struct Incident {
     series: Option<(String, String)>,
-    artifact: Option<String>,
+    artifact: Option<Key>,
     opened: Option<Nanos>,
     resolved: Option<Nanos>,
 }
@@ -129,9 +161,9 @@ pub struct Quantiles {
     pub count: u64,
     /// Exact mean.
     pub mean: Option<f64>,
-    /// Median (HDR, 3 significant digits).
+    /// Median (exact, nearest rank).
     pub p50: Option<f64>,
-    /// 95th percentile (HDR, 3 significant digits).
+    /// 95th percentile (exact, nearest rank).
     pub p95: Option<f64>,
 }
 
@@ -197,11 +229,11 @@ struct Settings {
 /// The `dora` processor's state: the delivery history.
 pub struct DoraProcessor {
     settings: Settings,
-    seen: HashSet<String>,
-    changes: HashMap<String, ChangeTimes>,
-    artifact_changes: HashMap<String, Vec<String>>,
+    seen: HashSet<Key>,
+    changes: HashMap<Key, ChangeTimes>,
+    artifact_changes: HashMap<Key, Vec<Key>>,
     series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
-    incidents: HashMap<String, Incident>,
+    incidents: HashMap<Key, Incident>,
     derived: HashMap<(String, String), DerivedState>,
     applied: u64,
     duplicates: u64,
@@ -248,7 +280,7 @@ impl DoraProcessor {
     /// Applies a batch of events; duplicates (by id) are dropped.
     pub fn apply(&mut self, events: &[DeliveryEvent]) -> Applied {
         for event in events {
-            if !self.seen.insert(event.id.clone()) {
+            if !self.seen.insert(key(&event.id)) {
                 self.duplicates += 1;
                 continue;
             }
@@ -261,18 +293,23 @@ impl DoraProcessor {
     fn apply_one(&mut self, event: &DeliveryEvent) {
         let time = event.time;
         match &event.kind {
-            DeliveryKind::Deployment(d) => self.add_deployment(&event.id, time, d.clone()),
+            DeliveryKind::Deployment(d) => self.add_deployment(&event.id, time, d),
             DeliveryKind::Change { change, stage } => {
-                let times = self.changes.entry(change.clone()).or_default();
+                let times = self.changes.entry(key(change)).or_default();
                 match stage {
                     ChangeStage::Created => times.created = min_option(times.created, time),
                     ChangeStage::Merged => times.merged = min_option(times.merged, time),
                 }
             }
             DeliveryKind::ArtifactLink { artifact, change } => {
-                let changes = self.artifact_changes.entry(artifact.clone()).or_default();
-                if !changes.contains(change) {
-                    changes.push(change.clone());
+                // Most artifacts carry one change: no room for more until needed.
+                let changes = self
+                    .artifact_changes
+                    .entry(key(artifact))
+                    .or_insert_with(|| Vec::with_capacity(1));
+                let change = key(change);
+                if !changes.contains(&change) {
+                    changes.push(change);
                 }
             }
             DeliveryKind::IncidentOpened {
@@ -281,13 +318,13 @@ impl DoraProcessor {
                 environment,
                 artifact,
             } => {
-                let record = self.incidents.entry(incident.clone()).or_default();
+                let record = self.incidents.entry(key(incident)).or_default();
                 record.series = Some((service.clone(), environment.clone()));
-                record.artifact = artifact.clone().or(record.artifact.take());
+                record.artifact = artifact.as_deref().map(key).or(record.artifact.take());
                 record.opened = min_option(record.opened, time);
             }
             DeliveryKind::IncidentResolved { incident } => {
-                let record = self.incidents.entry(incident.clone()).or_default();
+                let record = self.incidents.entry(key(incident)).or_default();
                 record.resolved = min_option(record.resolved, time);
             }
             DeliveryKind::PipelineFailed {
@@ -298,7 +335,7 @@ impl DoraProcessor {
                 Some((default_service, default_environment)) => self.add_deployment(
                     &event.id,
                     time,
-                    Deployment {
+                    &Deployment {
                         service: service.clone().unwrap_or(default_service),
                         environment: environment.clone().unwrap_or(default_environment),
                         artifact: None,
@@ -312,17 +349,23 @@ impl DoraProcessor {
         }
     }
 
-    fn add_deployment(&mut self, id: &str, time: Nanos, d: Deployment) {
-        let history = self.series.entry((d.service, d.environment)).or_default();
+    fn add_deployment(&mut self, id: &str, time: Nanos, d: &Deployment) {
+        let series_key = (d.service.clone(), d.environment.clone());
+        let history = self.series.entry(series_key).or_default();
         let record = DeploymentRecord {
             time,
-            id: id.to_string(),
+            order: key(id) as u64,
             outcome: d.outcome,
-            artifact: d.artifact,
-            changes: d.changes,
+            artifact: d.artifact.as_deref().map(key),
+            changes: d
+                .changes
+                .iter()
+                .map(|c| (key(&c.id), c.time))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
         };
         // Kept sorted by (time, id) whatever the arrival order.
-        let at = history.partition_point(|r| (r.time, r.id.as_str()) < (time, id));
+        let at = history.partition_point(|r| (r.time, r.order) < (record.time, record.order));
         history.insert(at, record);
     }
 
@@ -401,12 +444,15 @@ impl DoraProcessor {
             let Some(opened) = incident.opened else {
                 continue;
             };
-            let by_artifact = incident.artifact.as_ref().and_then(|artifact| {
-                deployments
+            // Deployments up to the incident: binary search, the history is sorted.
+            let up_to = deployments.partition_point(|d| d.time <= opened);
+            let by_artifact = incident.artifact.and_then(|artifact| {
+                deployments[..up_to]
                     .iter()
-                    .rposition(|d| d.time <= opened && d.artifact.as_ref() == Some(artifact))
+                    .rposition(|d| d.artifact == Some(artifact))
             });
-            let target = by_artifact.or_else(|| deployments.iter().rposition(|d| d.time < opened));
+            let before = deployments.partition_point(|d| d.time < opened);
+            let target = by_artifact.or(before.checked_sub(1));
             if let Some(i) = target
                 && counted(&deployments[i])
                 && opened - deployments[i].time <= failure_window
@@ -417,25 +463,24 @@ impl DoraProcessor {
         }
 
         // First successful deployment of each change, with its lead time.
-        let mut first_deployed: HashMap<&str, (Nanos, Option<Nanos>)> = HashMap::new();
+        let mut first_deployed: HashMap<Key, (Nanos, Option<Nanos>)> = HashMap::new();
         for d in deployments
             .iter()
             .filter(|d| d.outcome == DeploymentOutcome::Success)
         {
             let via_artifact = d
                 .artifact
-                .as_ref()
-                .and_then(|a| self.artifact_changes.get(a))
+                .and_then(|a| self.artifact_changes.get(&a))
                 .into_iter()
-                .flatten();
-            let linked = d.changes.iter().map(|c| (c.id.as_str(), c.time));
-            for (id, linked_time) in linked.chain(via_artifact.map(|id| (id.as_str(), None))) {
-                let known = self.changes.get(id).and_then(ChangeTimes::time);
+                .flatten()
+                .map(|&change| (change, None));
+            for (change, linked_time) in d.changes.iter().copied().chain(via_artifact) {
+                let known = self.changes.get(&change).and_then(ChangeTimes::time);
                 let started = match (linked_time, known) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                first_deployed.entry(id).or_insert((d.time, started));
+                first_deployed.entry(change).or_insert((d.time, started));
             }
         }
         let mut lead_times: Vec<(Nanos, Nanos)> = first_deployed
@@ -661,27 +706,25 @@ impl DoraProcessor {
     }
 }
 
-/// Mean (exact) and p50/p95 (HDR, 3 significant digits, millisecond unit)
-/// of durations in nanoseconds.
+/// Count, mean and p50/p95 of durations in nanoseconds, all exact: the
+/// history is kept anyway, so sorting it beats a histogram's approximation.
+/// A quantile q is the nearest-rank one: the smallest value with at least
+/// q × count values at or below it (as HDR histograms define it).
 fn quantiles(durations: impl Iterator<Item = Nanos>) -> Quantiles {
-    // 1 ms to 10 years at 0.1%: a few hundred KB only while computing.
-    let Ok(mut histogram) = Histogram::<u64>::new_with_bounds(1, 10 * 366 * 86_400_000, 3) else {
+    let mut values: Vec<Nanos> = durations.collect();
+    if values.is_empty() {
         return Quantiles::default();
-    };
+    }
+    values.sort_unstable();
+    let count = values.len();
     // An integer sum is exact, so the mean cannot depend on the order.
-    let mut sum: i128 = 0;
-    for d in durations {
-        sum += i128::from(d);
-        let ms = (d / NS_PER_MS).max(1) as u64;
-        histogram.saturating_record(ms);
-    }
-    let count = histogram.len();
-    if count == 0 {
-        return Quantiles::default();
-    }
-    let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
+    let sum: i128 = values.iter().map(|&v| i128::from(v)).sum();
+    let at = |q: f64| {
+        let rank = ((q * count as f64).ceil() as usize).clamp(1, count);
+        values[rank - 1] as f64 / NS_PER_SEC
+    };
     Quantiles {
-        count,
+        count: count as u64,
         mean: Some(sum as f64 / NS_PER_SEC / count as f64),
         p50: Some(at(0.5)),
         p95: Some(at(0.95)),

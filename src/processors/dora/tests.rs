@@ -174,9 +174,9 @@ fn month() -> Vec<DeliveryEvent> {
     ]
 }
 
-/// HDR (3 digits) reports the highest value of a bucket: within 0.1% above.
-fn hdr(got: Option<f64>, want: f64) -> bool {
-    got.is_some_and(|g| g >= want && g <= want * 1.001)
+/// Quantiles are exact (nearest rank over the kept history).
+fn exact(got: Option<f64>, want: f64) -> bool {
+    got == Some(want)
 }
 
 fn production(snapshot: &DoraSnapshot) -> &SeriesFigures {
@@ -222,16 +222,22 @@ fn a_month_of_history_gives_hand_computed_figures() {
     let lt = month.lead_time;
     assert_eq!(lt.count, 7);
     assert_eq!(lt.mean, Some(432_000.0 / 7.0));
-    assert!(hdr(lt.p50, 86_400.0), "{lt:?}");
-    assert!(hdr(lt.p95, 86_400.0), "{lt:?}");
+    assert!(exact(lt.p50, 86_400.0), "{lt:?}");
+    assert!(exact(lt.p95, 86_400.0), "{lt:?}");
     // Incidents resolved in the window: i1 2h, i2 1h.
     let ttr = month.time_to_restore;
     assert_eq!((ttr.count, ttr.mean), (2, Some(5_400.0)));
-    assert!(hdr(ttr.p50, 3_600.0) && hdr(ttr.p95, 7_200.0), "{ttr:?}");
+    assert!(
+        exact(ttr.p50, 3_600.0) && exact(ttr.p95, 7_200.0),
+        "{ttr:?}"
+    );
     // Recovery: d3 8h (i1 resolved before the rollback), d6 3h (d7), d7 3h (d8).
     let rec = month.failed_deployment_recovery;
     assert_eq!((rec.count, rec.mean), (3, Some(16_800.0)));
-    assert!(hdr(rec.p50, 10_800.0) && hdr(rec.p95, 28_800.0), "{rec:?}");
+    assert!(
+        exact(rec.p50, 10_800.0) && exact(rec.p95, 28_800.0),
+        "{rec:?}"
+    );
     assert_eq!(
         month.levels,
         MetricLevels {
@@ -250,7 +256,7 @@ fn a_month_of_history_gives_hand_computed_figures() {
         (week.lead_time.count, week.lead_time.mean),
         (2, Some(54_000.0))
     );
-    assert!(hdr(week.lead_time.p50, 21_600.0) && hdr(week.lead_time.p95, 86_400.0));
+    assert!(exact(week.lead_time.p50, 21_600.0) && exact(week.lead_time.p95, 86_400.0));
     assert_eq!(
         (week.time_to_restore.count, week.time_to_restore.mean),
         (1, Some(3_600.0))
