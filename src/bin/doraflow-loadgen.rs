@@ -1,6 +1,7 @@
-//! doraflow-loadgen: sends OTLP gRPC trace batches to a collector, at a target
-//! rate or as fast as it can, over several connections, and reports what was
-//! accepted, refused and how long exports took.
+//! doraflow-loadgen: sends OTLP gRPC trace batches (or, with `--cdevents`,
+//! CDEvents batches to the webhook) at a target rate or as fast as it can,
+//! over several connections, and reports what was accepted, refused and how
+//! long requests took.
 //!
 //! Batches are the realistic workload of `doraflow::otlp::synth` (about 800
 //! bytes a span, 10 attributes, 50 services × 20 routes, 2% errors), encoded
@@ -9,7 +10,13 @@
 //! ```text
 //! doraflow-loadgen --endpoint http://127.0.0.1:4317 --connections 4 --batch 1000 --duration 20
 //! doraflow-loadgen --rate 100000 --duration 30 --gzip
+//! doraflow-loadgen --cdevents --endpoint http://127.0.0.1:8088/cdevents --batch 100
 //! ```
+//!
+//! CDEvents batches are built as they are sent, every event with a fresh id
+//! (a resent id would only measure de-duplication): per deployment a
+//! `change.created`, an `artifact.packaged` and a `service.deployed`, over 500
+//! services.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +60,10 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Send CDEvents batches to a webhook instead of OTLP spans; `--batch` is
+    /// then events per request.
+    #[arg(long)]
+    cdevents: bool,
 }
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -72,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
         args.connections > 0 && args.batch > 0,
         "connections and batch must be > 0"
     );
+    if args.cdevents {
+        return cdevents(args).await;
+    }
     let batches: Arc<Vec<Bytes>> = Arc::new(
         (0..args.distinct.max(1))
             .map(|seed| Bytes::from(realistic_batch(args.batch, seed as u64).encode_to_vec()))
@@ -162,6 +176,136 @@ async fn main() -> anyhow::Result<()> {
         "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
         "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
         "export_latency_us": {
+            "p50": latencies.value_at_quantile(0.5),
+            "p99": latencies.value_at_quantile(0.99),
+            "max": latencies.max(),
+        },
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// A batch of `events` CDEvents (a multiple of 3) starting at deployment `n`.
+fn cdevents_batch(n: u64, events: usize, now: i64) -> String {
+    let mut out = String::with_capacity(events * 420);
+    out.push('[');
+    for i in 0..(events as u64).div_ceil(3) {
+        let d = n + i;
+        let service = d % 500;
+        let time = chrono::DateTime::from_timestamp(now - 3_600 + (d % 3_000) as i64, 0)
+            .unwrap_or_default()
+            .to_rfc3339();
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            concat!(
+                r#"{{"context":{{"specversion":"0.5.1","id":"c-{d}","source":"/git","type":"dev.cdevents.change.created.0.4.0","timestamp":"{t}"}},"subject":{{"id":"change-{d}","source":"/git"}}}},"#,
+                r#"{{"context":{{"specversion":"0.5.1","id":"a-{d}","source":"/ci","type":"dev.cdevents.artifact.packaged.0.3.0","timestamp":"{t}"}},"subject":{{"id":"pkg:oci/service-{s}@sha256:{d:064x}","source":"/ci","content":{{"change":{{"id":"change-{d}"}}}}}}}},"#,
+                r#"{{"context":{{"specversion":"0.5.1","id":"d-{d}","source":"/cd","type":"dev.cdevents.service.deployed.0.3.0","timestamp":"{t}"}},"subject":{{"id":"service/service-{s}","source":"/cd","content":{{"environment":{{"id":"production"}},"artifactId":"pkg:oci/service-{s}@sha256:{d:064x}"}}}}}}"#
+            ),
+            d = d,
+            s = service,
+            t = time,
+        ));
+    }
+    out.push(']');
+    out
+}
+
+async fn cdevents(args: Args) -> anyhow::Result<()> {
+    let endpoint = if args.endpoint.ends_with(":4317") {
+        "http://127.0.0.1:8088/cdevents".to_string()
+    } else {
+        args.endpoint.clone()
+    };
+    let events = (args.batch / 3).max(1) * 3;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .tcp_nodelay(true)
+        .build()?;
+    let totals = Arc::new(Totals::default());
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let period = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(events as f64 * args.connections as f64 / args.rate as f64)
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let mut workers = Vec::new();
+    for worker in 0..args.connections as u64 {
+        let (client, endpoint, totals, latencies) = (
+            client.clone(),
+            endpoint.clone(),
+            totals.clone(),
+            latencies.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut next = Instant::now();
+            // Each worker owns its own range of deployment numbers.
+            let mut n = worker * 1_000_000_000;
+            while Instant::now() < deadline {
+                if let Some(period) = period {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += period;
+                }
+                let body = cdevents_batch(n, events, now);
+                n += (events / 3) as u64;
+                let sent = Instant::now();
+                let result = client
+                    .post(&endpoint)
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(body)
+                    .send()
+                    .await;
+                let _ = local.record(sent.elapsed().as_micros() as u64);
+                totals
+                    .sent_spans
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                match result.map(|r| r.status().as_u16()) {
+                    Ok(202) => {
+                        totals
+                            .accepted_spans
+                            .fetch_add(events as u64, Ordering::Relaxed);
+                    }
+                    Ok(429) => {
+                        totals.refused_requests.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    _ => {
+                        totals.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = latencies.lock().await.add(&local);
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let latencies = latencies.lock().await;
+    let accepted = totals.accepted_spans.load(Ordering::Relaxed);
+    let report = serde_json::json!({
+        "mode": "cdevents",
+        "seconds": elapsed,
+        "connections": args.connections,
+        "events_per_request": events,
+        "sent_events": totals.sent_spans.load(Ordering::Relaxed),
+        "accepted_events": accepted,
+        "accepted_events_per_second": accepted as f64 / elapsed,
+        "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
+        "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
+        "request_latency_us": {
             "p50": latencies.value_at_quantile(0.5),
             "p99": latencies.value_at_quantile(0.99),
             "max": latencies.max(),
