@@ -79,7 +79,7 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
                 service: format!("service-{service:03}"),
                 environment: "production".into(),
                 artifact: Some(artifact),
-                outcome: if n % 20 == 0 {
+                outcome: if n.is_multiple_of(20) {
                     DeploymentOutcome::Failure
                 } else {
                     DeploymentOutcome::Success
