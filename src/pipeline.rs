@@ -131,12 +131,24 @@ impl Engine {
         let mut derive =
             tokio::time::interval(interval.unwrap_or(std::time::Duration::from_secs(3600)));
         derive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Delivery history past the retention is forgotten once an hour.
+        let mut prune = tokio::time::interval(std::time::Duration::from_secs(3_600));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Reads first: a scrape must not wait behind a full queue.
                 biased;
                 Some(query) = queries.recv() => self.answer(query),
                 _ = derive.tick(), if interval.is_some() => self.derive_incidents(),
+                _ = prune.tick(), if self.dora.is_some() => {
+                    let now = self.clock.now_ns() as i64;
+                    if let Some(dora) = self.dora.as_mut() {
+                        let forgotten = dora.prune(now);
+                        if forgotten > 0 {
+                            tracing::info!(forgotten, "delivery history past the retention forgotten");
+                        }
+                    }
+                }
                 envelope = data.recv() => {
                     let Some(Envelope { item, ack }) = envelope else { break };
                     depth.set(data.len() as f64);

@@ -256,6 +256,14 @@ pub struct DoraConfig {
     /// Incidents derived from the `red` error ratio.
     #[serde(default)]
     pub derived_incidents: DerivedIncidentsConfig,
+    /// How long delivery history is kept; at least the longest window plus
+    /// `failure_window`. Lead times longer than this are not measured. Default `90d`.
+    #[serde(default = "default_retention")]
+    pub retention: ConfigDuration,
+}
+
+fn default_retention() -> ConfigDuration {
+    ConfigDuration::from_secs(90 * 86_400)
 }
 
 /// `processors.dora.derived_incidents`: an incident opens for a service when
@@ -349,6 +357,7 @@ impl Default for DoraConfig {
             levels: Default::default(),
             deploy_pipelines: Vec::new(),
             derived_incidents: DerivedIncidentsConfig::default(),
+            retention: default_retention(),
         }
     }
 }
@@ -375,6 +384,19 @@ impl DoraConfig {
             errors.push(format!("{path}.failure_window: must be longer than 0"));
         }
         self.levels.validate(&format!("{path}.levels"), errors);
+        let longest = self
+            .windows
+            .iter()
+            .map(|w| w.get())
+            .max()
+            .unwrap_or_default();
+        if self.retention.get() < longest + self.failure_window.get() {
+            errors.push(format!(
+                "{path}.retention: must be at least the longest window plus failure_window ({}), got {}",
+                ConfigDuration::from_secs((longest + self.failure_window.get()).as_secs()),
+                self.retention
+            ));
+        }
         let derived = &self.derived_incidents;
         if !(0.0..1.0).contains(&derived.error_ratio_threshold) {
             errors.push(format!(

@@ -8,46 +8,9 @@
 use std::fmt::Write;
 
 use crate::processors::dora::levels::Level;
-use crate::processors::dora::{DoraSnapshot, Quantiles, SeriesFigures};
-
-/// Upper bounds of `dora_change_lead_time_seconds`: 5 minutes to 180 days.
-pub const LEAD_TIME_BUCKETS: [f64; 17] = [
-    300.0,
-    900.0,
-    1_800.0,
-    3_600.0,
-    7_200.0,
-    14_400.0,
-    28_800.0,
-    43_200.0,
-    86_400.0,
-    172_800.0,
-    259_200.0,
-    604_800.0,
-    1_209_600.0,
-    2_592_000.0,
-    5_184_000.0,
-    7_776_000.0,
-    15_552_000.0,
-];
-
-/// Upper bounds of `dora_incident_duration_seconds`: 1 minute to 30 days.
-pub const INCIDENT_BUCKETS: [f64; 14] = [
-    60.0,
-    300.0,
-    900.0,
-    1_800.0,
-    3_600.0,
-    7_200.0,
-    14_400.0,
-    28_800.0,
-    43_200.0,
-    86_400.0,
-    172_800.0,
-    604_800.0,
-    1_209_600.0,
-    2_592_000.0,
-];
+use crate::processors::dora::{
+    DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
+};
 
 fn escape(value: &str) -> String {
     value
@@ -85,19 +48,26 @@ impl Writer {
         let _ = writeln!(self.out, "{name}{} {}", labels(pairs), number(value));
     }
 
-    fn histogram(&mut self, name: &str, series: &[(&str, &str)], bounds: &[f64], values: &[f64]) {
-        for bound in bounds {
-            let count = values.iter().filter(|v| **v <= *bound).count();
+    fn histogram(
+        &mut self,
+        name: &str,
+        series: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &HistogramCounts,
+    ) {
+        let mut cumulative = 0;
+        for (bound, count) in bounds.iter().zip(&counts.buckets) {
+            cumulative += count;
             let le = format!("{bound}");
             let mut pairs = series.to_vec();
             pairs.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &pairs, Some(count as f64));
+            self.sample(&format!("{name}_bucket"), &pairs, Some(cumulative as f64));
         }
         let mut pairs = series.to_vec();
         pairs.push(("le", "+Inf"));
-        self.sample(&format!("{name}_bucket"), &pairs, Some(values.len() as f64));
-        self.sample(&format!("{name}_sum"), series, Some(values.iter().sum()));
-        self.sample(&format!("{name}_count"), series, Some(values.len() as f64));
+        self.sample(&format!("{name}_bucket"), &pairs, Some(counts.count as f64));
+        self.sample(&format!("{name}_sum"), series, Some(counts.sum));
+        self.sample(&format!("{name}_count"), series, Some(counts.count as f64));
     }
 }
 
@@ -308,7 +278,12 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
         let mut w = Writer { out: String::new() };
-        w.histogram("h", &[("s", "x")], &[1.0, 10.0], &[0.5, 5.0, 50.0]);
+        let counts = HistogramCounts {
+            buckets: vec![1, 1, 1],
+            sum: 55.5,
+            count: 3,
+        };
+        w.histogram("h", &[("s", "x")], &[1.0, 10.0], &counts);
         assert_eq!(
             w.out,
             "h_bucket{s=\"x\",le=\"1\"} 1\nh_bucket{s=\"x\",le=\"10\"} 2\nh_bucket{s=\"x\",le=\"+Inf\"} 3\nh_sum{s=\"x\"} 55.5\nh_count{s=\"x\"} 3\n"

@@ -28,7 +28,7 @@
 
 pub mod levels;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -167,6 +167,105 @@ pub struct Quantiles {
     pub p95: Option<f64>,
 }
 
+/// Upper bounds of the lead-time histogram: 5 minutes to 180 days.
+pub const LEAD_TIME_BUCKETS: [f64; 17] = [
+    300.0,
+    900.0,
+    1_800.0,
+    3_600.0,
+    7_200.0,
+    14_400.0,
+    28_800.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    259_200.0,
+    604_800.0,
+    1_209_600.0,
+    2_592_000.0,
+    5_184_000.0,
+    7_776_000.0,
+    15_552_000.0,
+];
+
+/// Upper bounds of the incident-duration histogram: 1 minute to 30 days.
+pub const INCIDENT_BUCKETS: [f64; 14] = [
+    60.0,
+    300.0,
+    900.0,
+    1_800.0,
+    3_600.0,
+    7_200.0,
+    14_400.0,
+    28_800.0,
+    43_200.0,
+    86_400.0,
+    172_800.0,
+    604_800.0,
+    1_209_600.0,
+    2_592_000.0,
+];
+
+/// A classic (cumulative-bucket) histogram's counts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistogramCounts {
+    /// Observations at or below each bound (not cumulative), then above the last.
+    pub buckets: Vec<u64>,
+    /// Sum of the observations, seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl HistogramCounts {
+    fn new(bounds: &[f64]) -> Self {
+        HistogramCounts {
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], value: f64) {
+        let at = bounds.partition_point(|b| *b < value);
+        self.buckets[at] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn add(&mut self, other: &HistogramCounts) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// `self - other`, bucket by bucket, never below zero.
+    fn minus(&self, other: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            sum: (self.sum - other.sum).max(0.0),
+            count: self.count.saturating_sub(other.count),
+        }
+    }
+}
+
+/// What pruning removed from a series' history, so that its counters and
+/// histograms keep counting it.
+#[derive(Debug, Clone, Default)]
+struct Baseline {
+    deployments: BTreeMap<&'static str, u64>,
+    failed_changes: u64,
+    lead_times: HistogramCounts,
+    incident_durations: HistogramCounts,
+}
+
 /// Everything about one (service, environment).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeriesFigures {
@@ -180,16 +279,16 @@ pub struct SeriesFigures {
     pub windows: Vec<WindowFigures>,
     /// Incidents open now.
     pub open_incidents: u64,
-    /// All deployments ever seen, by outcome.
+    /// All deployments ever applied, by outcome.
     pub deployments_total: BTreeMap<&'static str, u64>,
-    /// All failed changes in the history.
+    /// All failed changes ever found.
     pub failed_changes_total: u64,
-    /// Every lead time in the history, seconds (for the classic histogram).
+    /// Every lead time, seconds, in the buckets of [`LEAD_TIME_BUCKETS`].
     #[serde(skip)]
-    pub lead_times: Vec<f64>,
-    /// Every incident duration in the history, seconds (for the classic histogram).
+    pub lead_times: HistogramCounts,
+    /// Every incident duration, seconds, in the buckets of [`INCIDENT_BUCKETS`].
     #[serde(skip)]
-    pub incident_durations: Vec<f64>,
+    pub incident_durations: HistogramCounts,
 }
 
 /// The `dora` processor's figures at one instant.
@@ -205,6 +304,8 @@ pub struct DoraSnapshot {
     pub duplicates: u64,
     /// Events of types that do not feed DORA figures.
     pub ignored: u64,
+    /// Events dropped as older than the retention.
+    pub expired: u64,
 }
 
 /// Derived-incident state of one series.
@@ -224,14 +325,22 @@ struct Settings {
     cutoffs: Cutoffs,
     deploy_pipelines: HashMap<String, (String, String)>,
     derived: DerivedIncidentsConfig,
+    retention: Nanos,
 }
 
 /// The `dora` processor's state: the delivery history.
 pub struct DoraProcessor {
     settings: Settings,
-    seen: HashSet<Key>,
+    /// Event ids applied, with the event's time (for pruning).
+    seen: HashMap<Key, Nanos>,
     changes: HashMap<Key, ChangeTimes>,
-    artifact_changes: HashMap<Key, Vec<Key>>,
+    /// Artifact → (time of its latest link event, its changes).
+    artifact_changes: HashMap<Key, (Nanos, Vec<Key>)>,
+    /// What pruning took out of each series.
+    baselines: HashMap<(String, String), Baseline>,
+    /// Events older than this are dropped: their ids may have been pruned.
+    horizon: Nanos,
+    expired: u64,
     series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
     incidents: HashMap<Key, Incident>,
     derived: HashMap<(String, String), DerivedState>,
@@ -264,11 +373,15 @@ impl DoraProcessor {
                     })
                     .collect(),
                 derived: config.derived_incidents.clone(),
+                retention: config.retention.get().as_nanos() as Nanos,
             },
             derived: HashMap::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             changes: HashMap::new(),
             artifact_changes: HashMap::new(),
+            baselines: HashMap::new(),
+            horizon: Nanos::MIN,
+            expired: 0,
             series: BTreeMap::new(),
             incidents: HashMap::new(),
             applied: 0,
@@ -280,7 +393,11 @@ impl DoraProcessor {
     /// Applies a batch of events; duplicates (by id) are dropped.
     pub fn apply(&mut self, events: &[DeliveryEvent]) -> Applied {
         for event in events {
-            if !self.seen.insert(key(&event.id)) {
+            if event.time < self.horizon {
+                self.expired += 1;
+                continue;
+            }
+            if self.seen.insert(key(&event.id), event.time).is_some() {
                 self.duplicates += 1;
                 continue;
             }
@@ -303,10 +420,11 @@ impl DoraProcessor {
             }
             DeliveryKind::ArtifactLink { artifact, change } => {
                 // Most artifacts carry one change: no room for more until needed.
-                let changes = self
+                let (linked, changes) = self
                     .artifact_changes
                     .entry(key(artifact))
-                    .or_insert_with(|| Vec::with_capacity(1));
+                    .or_insert_with(|| (time, Vec::with_capacity(1)));
+                *linked = (*linked).max(time);
                 let change = key(change);
                 if !changes.contains(&change) {
                     changes.push(change);
@@ -415,6 +533,7 @@ impl DoraProcessor {
             events_applied: self.applied,
             duplicates: self.duplicates,
             ignored: self.ignored,
+            expired: self.expired,
         }
     }
 
@@ -471,6 +590,7 @@ impl DoraProcessor {
             let via_artifact = d
                 .artifact
                 .and_then(|a| self.artifact_changes.get(&a))
+                .map(|(_, changes)| changes)
                 .into_iter()
                 .flatten()
                 .map(|&change| (change, None));
@@ -599,16 +719,35 @@ impl DoraProcessor {
             })
             .collect();
 
+        let baseline = self
+            .baselines
+            .get(&(service.to_string(), environment.to_string()));
         let mut deployments_total = BTreeMap::new();
         for outcome in [
             DeploymentOutcome::Success,
             DeploymentOutcome::Failure,
             DeploymentOutcome::Rollback,
         ] {
+            let pruned = baseline
+                .and_then(|b| b.deployments.get(outcome.as_str()))
+                .copied()
+                .unwrap_or(0);
             deployments_total.insert(
                 outcome.as_str(),
-                deployments.iter().filter(|d| d.outcome == outcome).count() as u64,
+                pruned + deployments.iter().filter(|d| d.outcome == outcome).count() as u64,
             );
+        }
+        let mut lead_histogram = HistogramCounts::new(&LEAD_TIME_BUCKETS);
+        for &(_, lead) in &lead_times {
+            lead_histogram.observe(&LEAD_TIME_BUCKETS, lead as f64 / NS_PER_SEC);
+        }
+        let mut incident_histogram = HistogramCounts::new(&INCIDENT_BUCKETS);
+        for &(_, duration) in &incident_durations {
+            incident_histogram.observe(&INCIDENT_BUCKETS, duration as f64 / NS_PER_SEC);
+        }
+        if let Some(b) = baseline {
+            lead_histogram.add(&b.lead_times);
+            incident_histogram.add(&b.incident_durations);
         }
         SeriesFigures {
             service: service.to_string(),
@@ -622,20 +761,80 @@ impl DoraProcessor {
                 })
                 .count() as u64,
             deployments_total,
-            failed_changes_total: deployments
-                .iter()
-                .zip(&failed)
-                .filter(|(d, f)| **f && counted(d))
-                .count() as u64,
-            lead_times: lead_times
-                .iter()
-                .map(|&(_, l)| l as f64 / NS_PER_SEC)
-                .collect(),
-            incident_durations: incident_durations
-                .iter()
-                .map(|&(_, l)| l as f64 / NS_PER_SEC)
-                .collect(),
+            failed_changes_total: baseline.map_or(0, |b| b.failed_changes)
+                + deployments
+                    .iter()
+                    .zip(&failed)
+                    .filter(|(d, f)| **f && counted(d))
+                    .count() as u64,
+            lead_times: lead_histogram,
+            incident_durations: incident_histogram,
         }
+    }
+
+    /// Forgets history older than the retention (`now - retention`):
+    /// deployments, resolved incidents, changes, artifact links and event ids.
+    /// The counters and histograms keep what was forgotten in a per-series
+    /// baseline; events older than the cut-off are dropped from then on.
+    /// Returns the deployments forgotten.
+    pub fn prune(&mut self, now: Nanos) -> usize {
+        let cutoff = now.saturating_sub(self.settings.retention);
+        if cutoff <= self.horizon {
+            return 0;
+        }
+        let before = self.snapshot(now);
+        let mut forgotten = 0;
+        for history in self.series.values_mut() {
+            let keep_from = history.partition_point(|d| d.time < cutoff);
+            forgotten += keep_from;
+            history.drain(..keep_from);
+            history.shrink_to_fit();
+        }
+        self.series.retain(|_, history| !history.is_empty());
+        self.incidents.retain(|_, i| {
+            i.resolved.is_none_or(|r| r >= cutoff)
+                && (i.opened.is_some() || i.resolved.is_some_and(|r| r >= cutoff))
+        });
+        self.changes
+            .retain(|_, c| c.created.max(c.merged).is_some_and(|t| t >= cutoff));
+        self.artifact_changes
+            .retain(|_, (linked, _)| *linked >= cutoff);
+        self.seen.retain(|_, time| *time >= cutoff);
+        self.horizon = cutoff;
+        let after = self.snapshot(now);
+        for series in &before.series {
+            let remaining = after
+                .series
+                .iter()
+                .find(|s| s.service == series.service && s.environment == series.environment);
+            let baseline = self
+                .baselines
+                .entry((series.service.clone(), series.environment.clone()))
+                .or_insert_with(|| Baseline {
+                    lead_times: HistogramCounts::new(&LEAD_TIME_BUCKETS),
+                    incident_durations: HistogramCounts::new(&INCIDENT_BUCKETS),
+                    ..Baseline::default()
+                });
+            for (outcome, total) in &series.deployments_total {
+                let left = remaining.map_or(0, |r| r.deployments_total[outcome]);
+                *baseline.deployments.entry(outcome).or_default() += total.saturating_sub(left);
+            }
+            let left = remaining.map_or(0, |r| r.failed_changes_total);
+            baseline.failed_changes += series.failed_changes_total.saturating_sub(left);
+            let empty_lead = HistogramCounts::new(&LEAD_TIME_BUCKETS);
+            let empty_incident = HistogramCounts::new(&INCIDENT_BUCKETS);
+            baseline.lead_times.add(
+                &series
+                    .lead_times
+                    .minus(remaining.map_or(&empty_lead, |r| &r.lead_times)),
+            );
+            baseline.incident_durations.add(
+                &series
+                    .incident_durations
+                    .minus(remaining.map_or(&empty_incident, |r| &r.incident_durations)),
+            );
+        }
+        forgotten
     }
 
     /// How often [`DoraProcessor::observe_errors`] wants to be called, if

@@ -408,3 +408,45 @@ fn incidents_are_derived_from_the_error_ratio() {
     // The derived incident came 5 s after d1: a failed change.
     assert_eq!(prod.windows[0].change_failure_ratio, Some(1.0));
 }
+
+#[test]
+fn pruning_forgets_old_history_but_not_what_the_counters_counted() {
+    let config = DoraConfig {
+        retention: "31d".parse().unwrap(),
+        ..config()
+    };
+    let mut dora = DoraProcessor::new(&config);
+    let old = [
+        deploy("old-d", t(-40, 0), "production", "a0", Success),
+        opened("old-i-open", t(-40, 1), "old-i", None),
+        resolved("old-i-resolved", t(-35, 0), "old-i"),
+    ];
+    dora.apply(&old);
+    dora.apply(&month());
+    let now = t(30, 0);
+    let before = dora.snapshot(now);
+    assert_eq!(production(&before).deployments_total["success"], 8);
+    assert_eq!(production(&before).failed_changes_total, 4);
+
+    // Cut-off: day -1. The old deployment and incident go; totals stay.
+    assert_eq!(dora.prune(now), 1);
+    let after = dora.snapshot(now);
+    assert_eq!(after.series, before.series);
+    // An event from before the cut-off is dropped, not counted again.
+    dora.apply(&old[..1]);
+    assert_eq!(dora.snapshot(now).series, before.series);
+    assert_eq!(dora.snapshot(now).expired, 1);
+
+    // A month later nearly everything is forgotten, the counters remain.
+    let later = t(60, 0);
+    let counted = dora.snapshot(later);
+    assert!(dora.prune(later) > 0);
+    let pruned = dora.snapshot(later);
+    let (a, b) = (production(&counted), production(&pruned));
+    assert_eq!(a.deployments_total, b.deployments_total);
+    assert_eq!(a.failed_changes_total, b.failed_changes_total);
+    assert_eq!(a.lead_times, b.lead_times);
+    assert_eq!(a.incident_durations, b.incident_durations);
+    assert_eq!(b.windows[1].deployments, 0);
+    assert_eq!(dora.series_count(), 0);
+}
