@@ -260,6 +260,10 @@ pub struct DoraConfig {
     /// `failure_window`. Lead times longer than this are not measured. Default `90d`.
     #[serde(default = "default_retention")]
     pub retention: ConfigDuration,
+    /// Most (service, environment) series with deployments; events that would
+    /// start another are refused and counted. Default 10 000.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
 }
 
 fn default_retention() -> ConfigDuration {
@@ -358,6 +362,7 @@ impl Default for DoraConfig {
             deploy_pipelines: Vec::new(),
             derived_incidents: DerivedIncidentsConfig::default(),
             retention: default_retention(),
+            max_series: default_max_series(),
         }
     }
 }
@@ -379,6 +384,9 @@ impl DoraConfig {
             if !seen.insert(window.get()) {
                 errors.push(format!("{path}.windows: `{window}` is listed twice"));
             }
+        }
+        if self.max_series == 0 {
+            errors.push(format!("{path}.max_series: must be at least 1"));
         }
         if self.failure_window.get().is_zero() {
             errors.push(format!("{path}.failure_window: must be longer than 0"));

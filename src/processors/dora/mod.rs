@@ -93,6 +93,8 @@ struct DeploymentRecord {
 struct Incident {
     series: Option<(String, String)>,
     artifact: Option<Key>,
+    /// (time, event id) of the open event that set `series` and `artifact`.
+    opened_by: Option<(Nanos, Key)>,
     opened: Option<Nanos>,
     resolved: Option<Nanos>,
 }
@@ -326,6 +328,7 @@ struct Settings {
     deploy_pipelines: HashMap<String, (String, String)>,
     derived: DerivedIncidentsConfig,
     retention: Nanos,
+    max_series: usize,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -374,6 +377,7 @@ impl DoraProcessor {
                     .collect(),
                 derived: config.derived_incidents.clone(),
                 retention: config.retention.get().as_nanos() as Nanos,
+                max_series: config.max_series,
             },
             derived: HashMap::new(),
             seen: HashMap::new(),
@@ -392,9 +396,14 @@ impl DoraProcessor {
 
     /// Applies a batch of events; duplicates (by id) are dropped.
     pub fn apply(&mut self, events: &[DeliveryEvent]) -> Applied {
+        let mut refused = 0;
         for event in events {
             if event.time < self.horizon {
                 self.expired += 1;
+                continue;
+            }
+            if self.beyond_series_cap(event) {
+                refused += 1;
                 continue;
             }
             if self.seen.insert(key(&event.id), event.time).is_some() {
@@ -404,7 +413,37 @@ impl DoraProcessor {
             self.applied += 1;
             self.apply_one(event);
         }
-        Applied::default()
+        if refused == 0 {
+            return Applied::default();
+        }
+        metrics::counter!(crate::instruments::RECEIVER_REFUSED, "reason" => "series_limit")
+            .increment(refused);
+        Applied {
+            refused,
+            reason: Some(format!(
+                "{refused} events refused: the series limit (processors.dora.max_series = {}) is reached",
+                self.settings.max_series
+            )),
+        }
+    }
+
+    /// Whether `event` would start a new series beyond `max_series`.
+    fn beyond_series_cap(&self, event: &DeliveryEvent) -> bool {
+        if self.series.len() < self.settings.max_series {
+            return false;
+        }
+        let (service, environment) = match &event.kind {
+            DeliveryKind::Deployment(d) => (&d.service, &d.environment),
+            DeliveryKind::IncidentOpened {
+                service,
+                environment,
+                ..
+            } => (service, environment),
+            _ => return false,
+        };
+        !self
+            .series
+            .contains_key(&(service.clone(), environment.clone()))
     }
 
     fn apply_one(&mut self, event: &DeliveryEvent) {
@@ -437,8 +476,14 @@ impl DoraProcessor {
                 artifact,
             } => {
                 let record = self.incidents.entry(key(incident)).or_default();
-                record.series = Some((service.clone(), environment.clone()));
-                record.artifact = artifact.as_deref().map(key).or(record.artifact.take());
+                // Two open events for one incident: the earliest (then the
+                // lower id) says what it affects, whatever arrived first.
+                let rank = (time, key(&event.id));
+                if record.opened_by.is_none_or(|by| rank < by) {
+                    record.series = Some((service.clone(), environment.clone()));
+                    record.artifact = artifact.as_deref().map(key);
+                    record.opened_by = Some(rank);
+                }
                 record.opened = min_option(record.opened, time);
             }
             DeliveryKind::IncidentResolved { incident } => {

@@ -450,3 +450,44 @@ fn pruning_forgets_old_history_but_not_what_the_counters_counted() {
     assert_eq!(b.windows[1].deployments, 0);
     assert_eq!(dora.series_count(), 0);
 }
+
+#[test]
+fn the_series_cap_refuses_new_series_only() {
+    let mut dora = DoraProcessor::new(&DoraConfig {
+        max_series: 1,
+        ..DoraConfig::default()
+    });
+    let applied = dora.apply(&[
+        deploy("d1", t(1, 0), "production", "a", Success),
+        deploy("d2", t(2, 0), "staging", "a", Success),
+        deploy("d3", t(3, 0), "production", "b", Success),
+    ]);
+    assert_eq!(applied.refused, 1);
+    assert!(applied.reason.unwrap().contains("max_series = 1"));
+    let snapshot = dora.snapshot(t(4, 0));
+    assert_eq!(snapshot.series.len(), 1);
+    assert_eq!(production(&snapshot).deployments_total["success"], 2);
+    // Refused, not seen: once there is room it can still come.
+    assert_eq!(snapshot.events_applied, 2);
+}
+
+#[test]
+fn the_earliest_open_event_says_what_an_incident_affects() {
+    let other = event(
+        "i-open-2",
+        t(2, 5),
+        DeliveryKind::IncidentOpened {
+            incident: "i".into(),
+            service: "cart".into(),
+            environment: "production".into(),
+            artifact: None,
+        },
+    );
+    let first = opened("i-open-1", t(2, 1), "i", None);
+    let mut a = DoraProcessor::new(&DoraConfig::default());
+    a.apply(&[first.clone(), other.clone()]);
+    let mut b = DoraProcessor::new(&DoraConfig::default());
+    b.apply(&[other, first]);
+    assert_eq!(a.snapshot(t(3, 0)).series, b.snapshot(t(3, 0)).series);
+    assert_eq!(production(&a.snapshot(t(3, 0))).open_incidents, 1);
+}
