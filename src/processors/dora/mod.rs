@@ -74,6 +74,31 @@ fn key(id: &str) -> Key {
     (u128::from(mix(a ^ len)) << 64) | u128::from(mix(b ^ len.rotate_left(32)))
 }
 
+/// Hashes a [`Key`] by taking its low 64 bits: keys are already well-mixed
+/// fingerprints, so hashing them again (SipHash) would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-Key types, which these maps never hold.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
+}
+
+/// A map keyed by fingerprints.
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// One deployment as kept in the history.
 #[derive(Debug, Clone)]
 struct DeploymentRecord {
@@ -335,17 +360,17 @@ struct Settings {
 pub struct DoraProcessor {
     settings: Settings,
     /// Event ids applied, with the event's time (for pruning).
-    seen: HashMap<Key, Nanos>,
-    changes: HashMap<Key, ChangeTimes>,
+    seen: KeyMap<Nanos>,
+    changes: KeyMap<ChangeTimes>,
     /// Artifact → (time of its latest link event, its changes).
-    artifact_changes: HashMap<Key, (Nanos, Vec<Key>)>,
+    artifact_changes: KeyMap<(Nanos, Vec<Key>)>,
     /// What pruning took out of each series.
     baselines: HashMap<(String, String), Baseline>,
     /// Events older than this are dropped: their ids may have been pruned.
     horizon: Nanos,
     expired: u64,
     series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
-    incidents: HashMap<Key, Incident>,
+    incidents: KeyMap<Incident>,
     derived: HashMap<(String, String), DerivedState>,
     applied: u64,
     duplicates: u64,
@@ -380,14 +405,14 @@ impl DoraProcessor {
                 max_series: config.max_series,
             },
             derived: HashMap::new(),
-            seen: HashMap::new(),
-            changes: HashMap::new(),
-            artifact_changes: HashMap::new(),
+            seen: KeyMap::default(),
+            changes: KeyMap::default(),
+            artifact_changes: KeyMap::default(),
             baselines: HashMap::new(),
             horizon: Nanos::MIN,
             expired: 0,
             series: BTreeMap::new(),
-            incidents: HashMap::new(),
+            incidents: KeyMap::default(),
             applied: 0,
             duplicates: 0,
             ignored: 0,
@@ -627,7 +652,7 @@ impl DoraProcessor {
         }
 
         // First successful deployment of each change, with its lead time.
-        let mut first_deployed: HashMap<Key, (Nanos, Option<Nanos>)> = HashMap::new();
+        let mut first_deployed: KeyMap<(Nanos, Option<Nanos>)> = KeyMap::default();
         for d in deployments
             .iter()
             .filter(|d| d.outcome == DeploymentOutcome::Success)
