@@ -12,6 +12,23 @@ fn doraflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_doraflow"))
 }
 
+/// `doraflow validate` on `yaml`: its exit code and stderr.
+fn validate(yaml: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("cli");
+    let path = dir.0.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let output = doraflow()
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn every_example_pipeline_validates() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines");
@@ -39,21 +56,10 @@ fn every_example_pipeline_validates() {
 
 #[test]
 fn unknown_keys_fail_validation_naming_the_key_path() {
-    let dir = TempDir::new("cli");
-    let path = dir.0.join("bad.yaml");
-    std::fs::write(
-        &path,
+    let (code, stderr) = validate(
         "receivers:\n  otlp:\n    grpc:\n      endpont: \"127.0.0.1:4317\"\nexporters:\n  prometheus: {}\npipelines:\n  main: { receivers: [otlp], exporters: [prometheus] }\n",
-    )
-    .unwrap();
-    let output = doraflow()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("receivers.otlp.grpc.endpont"), "{stderr}");
     assert!(stderr.contains("unknown field `endpont`"), "{stderr}");
     assert!(stderr.contains("line 4"), "{stderr}");
@@ -61,21 +67,10 @@ fn unknown_keys_fail_validation_naming_the_key_path() {
 
 #[test]
 fn validation_reports_every_problem_at_once() {
-    let dir = TempDir::new("cli");
-    let path = dir.0.join("bad.yaml");
-    std::fs::write(
-        &path,
+    let (code, stderr) = validate(
         "receivers:\n  otlp:\n    http: { endpoint: \"localhost\" }\nprocessors:\n  red: { window: 7s, slice: 2s }\nexporters:\n  prometheus: {}\npipelines:\n  main: { receivers: [otlp], processors: [red], exporters: [prometheus, pagerduty] }\n",
-    )
-    .unwrap();
-    let output = doraflow()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
+    assert_eq!(code, Some(2));
     for expected in [
         "receivers.otlp.http.endpoint: `localhost` is not a `host:port`",
         "processors.red.window: must be a whole multiple of slice (2s), got 7s",
@@ -90,21 +85,10 @@ fn validation_reports_every_problem_at_once() {
 
 #[test]
 fn missing_environment_variables_are_named() {
-    let dir = TempDir::new("cli");
-    let path = dir.0.join("env.yaml");
-    std::fs::write(
-        &path,
+    let (code, stderr) = validate(
         "exporters:\n  prometheus: { endpoint: \"${env:DORAFLOW_TEST_SURELY_UNSET}\" }\npipelines:\n  main: { receivers: [otlp], exporters: [prometheus] }\n",
-    )
-    .unwrap();
-    let output = doraflow()
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("`DORAFLOW_TEST_SURELY_UNSET` is not set"),
         "{stderr}"

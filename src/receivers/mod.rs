@@ -28,6 +28,24 @@ use crate::model::{Signal, Telemetry};
 use crate::otlp::DecodeError;
 use crate::pipeline::{PipelineSink, SubmitError};
 
+/// Serves `app` over HTTP/1 on `listener` until `stop` is cancelled, with
+/// TCP_NODELAY on every connection: without it small responses wait for
+/// delayed ACKs (~40 ms).
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
 /// Seconds a client is told to wait when the pipeline pushes back.
 pub const RETRY_AFTER_SECS: u64 = 1;
 

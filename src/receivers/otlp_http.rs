@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -60,14 +59,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(sink, config.max_request_body_size_mib * 1024 * 1024);
-    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
-    Ok(())
+    super::serve_http(listener, app, stop).await
 }
 
 async fn handle(

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::ListenerExt;
 use metrics::counter;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -48,13 +47,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(sink, config.max_request_body_size_mib * 1024 * 1024);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
-    Ok(())
+    super::serve_http(listener, app, stop).await
 }
 
 fn answer(code: StatusCode, body: Value) -> Response {
