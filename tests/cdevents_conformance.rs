@@ -32,7 +32,10 @@ fn vectors() -> Option<Vec<PathBuf>> {
 #[tokio::test]
 async fn every_conformance_vector_is_accepted() {
     let Some(files) = vectors() else {
-        eprintln!("SKIPPED every_conformance_vector_is_accepted: ../shared/cdevents is not here");
+        common::say_skipped(
+            "every_conformance_vector_is_accepted",
+            "../shared/cdevents is not beside this checkout",
+        );
         return;
     };
     assert_eq!(files.len(), 90, "45 event types in each of two versions");

@@ -31,8 +31,9 @@ fn run_client(python: &std::path::Path, protocol: &str, endpoint: &str, service:
 #[test]
 fn python_sdk_over_grpc_and_http_gives_exact_figures() {
     let Some(python) = python_with_otel_sdk() else {
-        eprintln!(
-            "SKIPPED python_sdk_over_grpc_and_http_gives_exact_figures: DORAFLOW_TEST_PYTHON is not set (scripts/test sets it)"
+        common::say_skipped(
+            "python_sdk_over_grpc_and_http_gives_exact_figures",
+            "DORAFLOW_TEST_PYTHON is not set (scripts/test sets it)",
         );
         return;
     };

@@ -271,3 +271,9 @@ pub fn within_hdr(got: f64, want: f64) -> bool {
 pub fn python_with_otel_sdk() -> Option<PathBuf> {
     std::env::var_os("DORAFLOW_TEST_PYTHON").map(PathBuf::from)
 }
+
+/// Says plainly, past the test harness's output capture, that a test skipped.
+pub fn say_skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
