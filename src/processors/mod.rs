@@ -2,7 +2,9 @@
 //!
 //! - [`red`]: per-(service, environment) requests, errors and latency.
 //! - [`dora`]: the four DORA metrics from delivery events.
+//! - [`alerts`]: the assessment's alert rules on the current state.
 
+pub mod alerts;
 pub mod dora;
 pub mod red;
 

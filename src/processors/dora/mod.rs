@@ -907,6 +907,35 @@ impl DoraProcessor {
         forgotten
     }
 
+    /// What the alert rules read, per series, at `now`: the oldest incident
+    /// still open and the latest deployment (whether its outcome was failure).
+    pub fn alert_facts(
+        &self,
+        now: Nanos,
+    ) -> BTreeMap<(String, String), crate::processors::alerts::Facts> {
+        let mut facts: BTreeMap<(String, String), crate::processors::alerts::Facts> =
+            BTreeMap::new();
+        for (key, history) in &self.series {
+            if let Some(latest) = history.iter().rev().find(|d| d.time <= now) {
+                facts.entry(key.clone()).or_default().latest_deployment =
+                    Some((latest.time, latest.outcome == DeploymentOutcome::Failure));
+            }
+        }
+        for incident in self.incidents.values() {
+            let (Some(series), Some(opened)) = (&incident.series, incident.opened) else {
+                continue;
+            };
+            if opened <= now && incident.resolved.is_none_or(|r| r > now) {
+                let oldest = &mut facts
+                    .entry(series.clone())
+                    .or_default()
+                    .oldest_open_incident;
+                *oldest = Some(oldest.map_or(opened, |o| o.min(opened)));
+            }
+        }
+        facts
+    }
+
     /// How often [`DoraProcessor::observe_errors`] wants to be called, if
     /// incidents are derived at all.
     pub fn derived_interval(&self) -> Option<std::time::Duration> {
