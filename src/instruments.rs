@@ -32,6 +32,8 @@ pub const QUEUE_CAPACITY: &str = "doraflow_pipeline_queue_capacity";
 pub const RED_SERIES: &str = "doraflow_red_series";
 /// Bytes the `red` processor's windows hold on the heap.
 pub const RED_WINDOW_BYTES: &str = "doraflow_red_window_bytes";
+/// Alerts firing (1) or resolved (0), per rule and series.
+pub const ALERTS_FIRING: &str = "doraflow_alerts_firing";
 /// Scrapes served.
 pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 
@@ -85,4 +87,8 @@ pub fn describe() {
         "Heap bytes held by the red processor's rolling windows."
     );
     describe_counter!(EXPORTER_SCRAPES, "Scrapes of /metrics served.");
+    describe_gauge!(
+        ALERTS_FIRING,
+        "1 while the alert fires, 0 once it resolved, per alertname, service, environment, severity."
+    );
 }

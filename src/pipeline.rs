@@ -28,6 +28,7 @@ use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::processors::Applied;
+use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState};
 use crate::processors::dora::{DoraProcessor, DoraSnapshot};
 use crate::processors::red::{RedProcessor, RedSnapshot};
 use crate::receivers::{otlp_grpc, otlp_http, webhook};
@@ -86,6 +87,7 @@ pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
 enum Query {
     Red(oneshot::Sender<Option<RedSnapshot>>),
     Dora(oneshot::Sender<Option<DoraSnapshot>>),
+    Alerts(oneshot::Sender<Option<Vec<ActiveAlert>>>),
 }
 
 /// The exporters' read access to the processors' state.
@@ -103,6 +105,14 @@ impl PipelineReader {
         snapshot.await.ok().flatten()
     }
 
+    /// The alerts pending or firing now, `None` if the pipeline has no
+    /// `alerts` processor or has stopped.
+    pub async fn active_alerts(&self) -> Option<Vec<ActiveAlert>> {
+        let (reply, alerts) = oneshot::channel();
+        self.tx.send(Query::Alerts(reply)).await.ok()?;
+        alerts.await.ok().flatten()
+    }
+
     /// The `dora` processor's figures now, `None` if the pipeline has no
     /// `dora` processor or has stopped.
     pub async fn dora_snapshot(&self) -> Option<DoraSnapshot> {
@@ -116,6 +126,7 @@ impl PipelineReader {
 struct Engine {
     red: Option<RedProcessor>,
     dora: Option<DoraProcessor>,
+    alerts: Option<(AlertsProcessor, std::time::Duration)>,
     default_environment: String,
     clock: Arc<dyn Clock>,
 }
@@ -131,6 +142,10 @@ impl Engine {
         let mut derive =
             tokio::time::interval(interval.unwrap_or(std::time::Duration::from_secs(3600)));
         derive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let alert_interval = self.alerts.as_ref().map(|(_, every)| *every);
+        let mut evaluate =
+            tokio::time::interval(alert_interval.unwrap_or(std::time::Duration::from_secs(3_600)));
+        evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Delivery history past the retention is forgotten once an hour.
         let mut prune = tokio::time::interval(std::time::Duration::from_secs(3_600));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,6 +155,7 @@ impl Engine {
                 biased;
                 Some(query) = queries.recv() => self.answer(query),
                 _ = derive.tick(), if interval.is_some() => self.derive_incidents(),
+                _ = evaluate.tick(), if alert_interval.is_some() => self.evaluate_alerts(),
                 _ = prune.tick(), if self.dora.is_some() => {
                     let now = self.clock.now_ns() as i64;
                     if let Some(dora) = self.dora.as_mut() {
@@ -198,11 +214,82 @@ impl Engine {
         }
     }
 
+    /// Evaluates the alert rules on the current state and hands every
+    /// transition to the alert exporters (this version: the log and the
+    /// `doraflow_alerts_firing` gauge).
+    fn evaluate_alerts(&mut self) {
+        let Some((alerts, _)) = self.alerts.as_mut() else {
+            return;
+        };
+        let now = self.clock.now_ns();
+        let mut facts = match &self.dora {
+            Some(dora) => dora.alert_facts(now as i64),
+            None => Default::default(),
+        };
+        if let Some(red) = self.red.as_mut() {
+            for series in red.snapshot(now).series {
+                let f = facts
+                    .entry((series.service, series.environment))
+                    .or_default();
+                f.requests = series.stats.requests;
+                f.errors = series.stats.errors;
+                f.p95_seconds = series.stats.quantiles_us.map(|q| q[1] as f64 / 1e6);
+            }
+        }
+        for t in alerts.evaluate(&facts, now as i64) {
+            let firing = gauge!(
+                instruments::ALERTS_FIRING,
+                "alertname" => t.alertname,
+                "service" => t.service.clone(),
+                "environment" => t.environment.clone(),
+                "severity" => t.severity.as_str()
+            );
+            match t.state {
+                AlertState::Firing => {
+                    firing.set(1.0);
+                    tracing::warn!(
+                        alertname = t.alertname,
+                        service = t.service,
+                        environment = t.environment,
+                        severity = t.severity.as_str(),
+                        value = t.value,
+                        threshold = t.threshold,
+                        "alert firing: {}",
+                        t.summary
+                    );
+                }
+                AlertState::Resolved => {
+                    firing.set(0.0);
+                    tracing::info!(
+                        alertname = t.alertname,
+                        service = t.service,
+                        environment = t.environment,
+                        severity = t.severity.as_str(),
+                        "alert resolved: {}",
+                        t.summary
+                    );
+                }
+                AlertState::Pending => {
+                    tracing::info!(
+                        alertname = t.alertname,
+                        service = t.service,
+                        environment = t.environment,
+                        "alert pending: {}",
+                        t.summary
+                    );
+                }
+            }
+        }
+    }
+
     fn answer(&mut self, query: Query) {
         match query {
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
                 let _ = reply.send(self.red.as_mut().map(|red| red.snapshot(now)));
+            }
+            Query::Alerts(reply) => {
+                let _ = reply.send(self.alerts.as_ref().map(|(a, _)| a.active()));
             }
             Query::Dora(reply) => {
                 let now = self.clock.now_ns() as i64;
@@ -296,10 +383,17 @@ pub async fn run_with_clock(
         .as_ref()
         .filter(|_| uses(&pipeline.processors, "dora"))
         .map(DoraProcessor::new);
+    let alerts = config
+        .processors
+        .alerts
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "alerts"))
+        .map(|c| (AlertsProcessor::new(c), c.interval.get()));
     let engine = tokio::spawn(
         Engine {
             red,
             dora,
+            alerts,
             default_environment,
             clock,
         }

@@ -27,7 +27,17 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 10] = [
+    let sections: [(&str, String, &[&str]); 12] = [
+        (
+            "processors.alerts",
+            format!("processors:\n  alerts: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &["rules"],
+        ),
+        (
+            "processors.alerts.rules.<alertname>",
+            format!("processors:\n  alerts: {{ rules: {{ HighErrorRate: {{ __probe__: 1 }} }} }}\n{PIPELINE}"),
+            &[],
+        ),
         (
             "processors.dora.derived_incidents",
             format!("processors:\n  dora: {{ derived_incidents: {{ __probe__: 1 }} }}\n{PIPELINE}"),

@@ -161,8 +161,8 @@ pub struct Processors {
     pub red: Option<RedConfig>,
     /// DORA metrics from delivery events.
     pub dora: Option<DoraConfig>,
-    /// Alert rules (not available yet).
-    pub alerts: Option<NotYetAvailable>,
+    /// Alert rules on the current state.
+    pub alerts: Option<crate::processors::alerts::AlertsConfig>,
 }
 
 impl Processors {
@@ -171,6 +171,7 @@ impl Processors {
         [
             self.red.is_some().then_some("red"),
             self.dora.is_some().then_some("dora"),
+            self.alerts.is_some().then_some("alerts"),
         ]
         .into_iter()
         .flatten()
@@ -575,6 +576,9 @@ impl Config {
         if let Some(dora) = &self.processors.dora {
             dora.validate("processors.dora", &mut errors);
         }
+        if let Some(alerts) = &self.processors.alerts {
+            alerts.validate("processors.alerts", &mut errors);
+        }
         if let Some(prometheus) = &self.exporters.prometheus {
             check_endpoint(
                 "exporters.prometheus.endpoint",
@@ -750,7 +754,7 @@ pipelines:
         let (name, pipeline) = config.pipeline().unwrap();
         assert_eq!(name, "main");
         assert_eq!(pipeline.receivers, ["otlp", "webhook"]);
-        assert_eq!(pipeline.processors, ["red", "dora"]);
+        assert_eq!(pipeline.processors, ["red", "dora", "alerts"]);
     }
 
     #[test]
@@ -787,7 +791,7 @@ processors:
 exporters:
   prometheus: {}
 pipelines:
-  main: { receivers: [otlp, kafka], processors: [red, alerts], exporters: [prometheus] }
+  main: { receivers: [otlp, kafka], processors: [red, enrich], exporters: [prometheus] }
 ";
         let ConfigError::Invalid(errors) = parse(text).unwrap_err() else {
             panic!("expected validation errors");
@@ -798,7 +802,7 @@ pipelines:
             "processors.red.max_series: must be at least 1",
             "processors.red.significant_digits: must be 1, 2 or 3, got 4",
             "pipelines.main.receivers: `kafka` is not configured",
-            "pipelines.main.processors: `alerts` is not configured",
+            "pipelines.main.processors: `enrich` is not configured",
         ];
         assert_eq!(errors.len(), expected_prefixes.len(), "{errors:#?}");
         for (error, prefix) in errors.iter().zip(expected_prefixes) {

@@ -63,6 +63,7 @@ impl PrometheusExporter {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .route("/api/v1/dora", get(api_dora))
+            .route("/api/v1/alerts", get(api_alerts))
             .with_state(self)
     }
 
@@ -131,6 +132,12 @@ async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// `GET /api/v1/alerts`: the alerts pending or firing now.
+async fn api_alerts(State(exporter): State<PrometheusExporter>) -> Response {
+    let alerts = exporter.reader.active_alerts().await.unwrap_or_default();
+    axum::Json(serde_json::json!({ "alerts": alerts })).into_response()
 }
 
 /// `GET /api/v1/dora`: the service-health and DORA figures as JSON.

@@ -60,6 +60,11 @@ impl Doraflow {
 
     /// With the given `processors.red` and `processors.dora` settings.
     pub fn start_full(red: &str, dora: &str, queue_size: usize) -> Doraflow {
+        Self::start_config(red, dora, "interval: 5s", queue_size)
+    }
+
+    /// With the given `processors.red`, `processors.dora` and `processors.alerts` settings.
+    pub fn start_config(red: &str, dora: &str, alerts: &str, queue_size: usize) -> Doraflow {
         let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
         let webhook = free_port();
         let dir = TempDir::new("run");
@@ -76,10 +81,11 @@ impl Doraflow {
 processors:
   red: {{ {red} }}
   dora: {{ {dora} }}
+  alerts: {{ {alerts} }}
 exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
 pipelines:
-  main: {{ receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus], queue_size: {queue_size} }}
+  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus], queue_size: {queue_size} }}
 "
             ),
         )

@@ -1,0 +1,147 @@
+//! The alert rules in a real doraflow process: HighErrorRate from OTLP spans
+//! and DeploymentFailed from a failed deploy pipeline (CDEvents) fire, show on
+//! `/api/v1/alerts` and `doraflow_alerts_firing`, and resolve.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Doraflow;
+use doraflow::otlp::synth::{resource, span, trace_request};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use serde_json::{Value, json};
+
+fn spans(
+    ok: usize,
+    errors: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    let t0 = 1_764_000_000_000_000_000u64;
+    let spans = (0..ok + errors)
+        .map(|i| {
+            let status = if i < errors {
+                StatusCode::Error
+            } else {
+                StatusCode::Ok
+            };
+            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
+        })
+        .collect();
+    trace_request(vec![(
+        resource(Some("checkout"), Some("production")),
+        spans,
+    )])
+}
+
+fn alerts(doraflow: &Doraflow) -> Vec<Value> {
+    let (status, body) = common::get(doraflow.prometheus, "/api/v1/alerts").unwrap();
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    body["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn firing_gauge(doraflow: &Doraflow, alertname: &str) -> Option<f64> {
+    doraflow.metrics().get(
+        "doraflow_alerts_firing",
+        &[
+            ("alertname", alertname),
+            ("service", "checkout"),
+            ("environment", "production"),
+            ("severity", "critical"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn high_error_rate_fires_and_resolves() {
+    let doraflow = Doraflow::start_config(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { enabled: false }",
+        "interval: 100ms",
+        256,
+    );
+    let mut client = TraceServiceClient::connect(doraflow.grpc_url())
+        .await
+        .unwrap();
+    // 3 errors in 200 requests: 1.5% > 1%.
+    client.export(spans(197, 3)).await.unwrap();
+    wait_until("HighErrorRate firing", || {
+        firing_gauge(&doraflow, "HighErrorRate") == Some(1.0)
+    });
+    let active = alerts(&doraflow);
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0]["alertname"], "HighErrorRate");
+    assert_eq!(active[0]["state"], "firing");
+    assert_eq!(active[0]["value"], 0.015);
+    assert_eq!(
+        active[0]["summary"],
+        "checkout (production): error ratio 1.50% > 1.00%"
+    );
+    // 300 requests, 3 errors: exactly 1%, not above.
+    client.export(spans(100, 0)).await.unwrap();
+    wait_until("HighErrorRate resolved", || {
+        firing_gauge(&doraflow, "HighErrorRate") == Some(0.0)
+    });
+    assert!(alerts(&doraflow).is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_deploy_pipeline_fires_deployment_failed_until_the_next_success() {
+    let doraflow = Doraflow::start_config(
+        "window: 5m, slice: 10s",
+        "deploy_pipelines: [{ pipeline: deploy-checkout, service: checkout, environment: production }]",
+        "interval: 100ms",
+        256,
+    );
+    let client = reqwest::Client::new();
+    let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let event = |id: &str, kind: &str, subject: Value, at: chrono::DateTime<chrono::Utc>| {
+        json!({"context": {"specversion": "0.5.1", "id": id, "source": "/cd", "type": format!("dev.cdevents.{kind}.0.3.0"),
+                           "timestamp": at.to_rfc3339()}, "subject": subject})
+    };
+    let failed = event(
+        "run-1",
+        "pipelinerun.finished",
+        json!({"id": "run-1", "source": "/cd", "content": {"pipelineName": "deploy-checkout", "outcome": "failure"}}),
+        now - chrono::Duration::minutes(5),
+    );
+    let response = client
+        .post(doraflow.webhook_url())
+        .json(&failed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    wait_until("DeploymentFailed firing", || {
+        firing_gauge(&doraflow, "DeploymentFailed") == Some(1.0)
+    });
+    assert_eq!(alerts(&doraflow)[0]["alertname"], "DeploymentFailed");
+    let fixed = event(
+        "deploy-2",
+        "service.deployed",
+        json!({"id": "checkout", "source": "/cd", "content": {"environment": {"id": "production"}}}),
+        now - chrono::Duration::minutes(1),
+    );
+    let response = client
+        .post(doraflow.webhook_url())
+        .json(&fixed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    wait_until("DeploymentFailed resolved", || {
+        firing_gauge(&doraflow, "DeploymentFailed") == Some(0.0)
+    });
+}
