@@ -187,6 +187,11 @@ impl Engine {
                 .map(|dora| dora.apply(events))
                 .unwrap_or_default();
         }
+        if let (Telemetry::Metrics(metrics), Some((alerts, _))) = (item, self.alerts.as_mut())
+            && !metrics.utilization.is_empty()
+        {
+            alerts.observe_utilization(&metrics.utilization, now as i64);
+        }
         if let (Telemetry::Logs(logs), Some(dora)) = (item, self.dora.as_mut())
             && !logs.deployments.is_empty()
         {
@@ -388,7 +393,12 @@ pub async fn run_with_clock(
         .alerts
         .as_ref()
         .filter(|_| uses(&pipeline.processors, "alerts"))
-        .map(|c| (AlertsProcessor::new(c), c.interval.get()));
+        .map(|c| {
+            (
+                AlertsProcessor::new(c).with_default_environment(&default_environment),
+                c.interval.get(),
+            )
+        });
     let engine = tokio::spawn(
         Engine {
             red,

@@ -145,3 +145,52 @@ async fn a_failed_deploy_pipeline_fires_deployment_failed_until_the_next_success
         firing_gauge(&doraflow, "DeploymentFailed") == Some(0.0)
     });
 }
+
+#[tokio::test]
+async fn cpu_utilization_from_otlp_metrics_fires_high_cpu_usage() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data,
+        number_data_point::Value as Number,
+    };
+    let doraflow = Doraflow::start_config(
+        "window: 5m, slice: 10s",
+        "windows: [7d]",
+        "interval: 100ms, rules: { HighCpuUsage: { for: 0s, window: 30s, severity: critical } }",
+        256,
+    );
+    let mut client = MetricsServiceClient::connect(doraflow.grpc_url())
+        .await
+        .unwrap();
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource(Some("checkout"), Some("production"))),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "container.cpu.utilization".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            value: Some(Number::AsDouble(0.93)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    client.export(request).await.unwrap();
+    wait_until("HighCpuUsage firing", || {
+        firing_gauge(&doraflow, "HighCpuUsage") == Some(1.0)
+    });
+    let active = alerts(&doraflow);
+    assert_eq!(active[0]["alertname"], "HighCpuUsage");
+    assert_eq!(active[0]["value"], 0.93);
+    assert_eq!(
+        active[0]["summary"],
+        "checkout (production): CPU utilization 93% > 80%"
+    );
+}

@@ -35,7 +35,9 @@ fn every_config_key_is_in_the_readme() {
         ),
         (
             "processors.alerts.rules.<alertname>",
-            format!("processors:\n  alerts: {{ rules: {{ HighErrorRate: {{ __probe__: 1 }} }} }}\n{PIPELINE}"),
+            format!(
+                "processors:\n  alerts: {{ rules: {{ HighErrorRate: {{ __probe__: 1 }} }} }}\n{PIPELINE}"
+            ),
             &[],
         ),
         (

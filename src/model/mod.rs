@@ -165,7 +165,33 @@ pub struct MetricSummary {
     pub groups: Vec<MetricGroup>,
     /// Every data point in the request.
     pub points: u64,
+    /// CPU and memory utilization readings, for the alert rules.
+    pub utilization: Vec<Utilization>,
 }
+
+/// What a utilization reading measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    /// `system.cpu.utilization`, `process.cpu.utilization`, `container.cpu.utilization`.
+    Cpu,
+    /// `system.memory.utilization`, `container.memory.utilization`.
+    Memory,
+}
+
+/// One utilization reading (0..1) of one instance of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Utilization {
+    /// The service it belongs to.
+    pub identity: ResourceIdentity,
+    /// The host, container or pod it was measured on (empty if the resource names none).
+    pub instance: String,
+    /// CPU or memory.
+    pub resource: Resource,
+    /// The reading, 0..1 (CPU: the busy share, averaged over logical CPUs).
+    pub value: f64,
+}
+
+impl Eq for Utilization {}
 
 /// A unit of work for a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]

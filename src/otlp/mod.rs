@@ -16,8 +16,8 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
 
 use crate::model::{
-    LogSummary, MetricGroup, MetricSummary, ResourceIdentity, Signal, Telemetry, TraceSummary,
-    UNKNOWN_SERVICE,
+    LogSummary, MetricGroup, MetricSummary, Resource as ModelResource, ResourceIdentity, Signal,
+    Telemetry, TraceSummary, UNKNOWN_SERVICE, Utilization,
 };
 
 pub use wire::WireError;
@@ -112,9 +112,129 @@ fn metrics(request: &ExportMetricsServiceRequest) -> MetricSummary {
             } as u64)
             .sum();
         summary.points += points;
+        utilization(
+            resource_metrics,
+            &identity,
+            attributes,
+            &mut summary.utilization,
+        );
         summary.groups.push(MetricGroup { identity, points });
     }
     summary
+}
+
+/// The utilization readings of one resource: CPU as the non-idle share
+/// (summed over `cpu.mode`/`state` values other than idle, averaged over
+/// logical CPUs), memory as the `used` share (or the plain value when the
+/// point has no state).
+fn utilization(
+    resource_metrics: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    identity: &ResourceIdentity,
+    resource_attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    out: &mut Vec<Utilization>,
+) {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    let instance = [
+        "container.id",
+        "k8s.pod.name",
+        "host.name",
+        "service.instance.id",
+    ]
+    .iter()
+    .find_map(|key| string_attribute(resource_attributes, key))
+    .unwrap_or_default();
+    for metric in resource_metrics
+        .scope_metrics
+        .iter()
+        .flat_map(|s| &s.metrics)
+    {
+        let resource = match metric.name.as_str() {
+            "system.cpu.utilization" | "process.cpu.utilization" | "container.cpu.utilization" => {
+                ModelResource::Cpu
+            }
+            "system.memory.utilization" | "container.memory.utilization" => ModelResource::Memory,
+            _ => continue,
+        };
+        let points = match &metric.data {
+            Some(Data::Gauge(g)) => &g.data_points,
+            Some(Data::Sum(s)) => &s.data_points,
+            _ => continue,
+        };
+        // (time) -> (busy sum, logical CPUs seen)
+        let mut by_time: std::collections::BTreeMap<
+            u64,
+            (f64, std::collections::BTreeSet<String>),
+        > = Default::default();
+        for point in points {
+            let value = match point.value {
+                Some(Number::AsDouble(v)) => v,
+                Some(Number::AsInt(v)) => v as f64,
+                None => continue,
+            };
+            if !value.is_finite() {
+                continue;
+            }
+            let state = string_attribute(&point.attributes, "cpu.mode")
+                .or_else(|| string_attribute(&point.attributes, "state"))
+                .or_else(|| string_attribute(&point.attributes, "system.memory.state"));
+            let counts = match (resource, state.as_deref()) {
+                (ModelResource::Cpu, Some("idle")) => false,
+                (ModelResource::Memory, Some(state)) => state == "used",
+                _ => true,
+            };
+            let cpu = ["cpu.logical_number", "cpu"]
+                .iter()
+                .find_map(|k| any_attribute(&point.attributes, k))
+                .unwrap_or_default();
+            let entry = by_time.entry(point.time_unix_nano).or_default();
+            entry.1.insert(cpu);
+            if counts {
+                entry.0 += value;
+            }
+        }
+        for (busy, cpus) in by_time.into_values() {
+            let share = if resource == ModelResource::Cpu {
+                busy / cpus.len().max(1) as f64
+            } else {
+                busy
+            };
+            out.push(Utilization {
+                identity: identity.clone(),
+                instance: instance.clone(),
+                resource,
+                value: share.clamp(0.0, 1.0),
+            });
+        }
+    }
+}
+
+fn string_attribute(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    attributes.iter().rev().find_map(|kv| match &kv.value {
+        Some(v) if kv.key == key => match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn any_attribute(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    attributes.iter().rev().find_map(|kv| match &kv.value {
+        Some(v) if kv.key == key => match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            Some(Value::IntValue(i)) => Some(i.to_string()),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// Service identity from full-decoded resource attributes (same rules as the
@@ -122,23 +242,13 @@ fn metrics(request: &ExportMetricsServiceRequest) -> MetricSummary {
 fn identity_of(
     attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
 ) -> ResourceIdentity {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let string = |key: &str| {
-        attributes.iter().rev().find_map(|kv| match &kv.value {
-            Some(v) if kv.key == key => match &v.value {
-                Some(Value::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-    };
     ResourceIdentity {
-        service: string("service.name")
+        service: string_attribute(attributes, "service.name")
             .filter(|s| !s.is_empty())
             .map(Bytes::from)
             .unwrap_or_else(|| Bytes::from_static(UNKNOWN_SERVICE)),
-        environment: string("deployment.environment.name")
-            .or_else(|| string("deployment.environment"))
+        environment: string_attribute(attributes, "deployment.environment.name")
+            .or_else(|| string_attribute(attributes, "deployment.environment"))
             .map(Bytes::from)
             .unwrap_or_default(),
     }

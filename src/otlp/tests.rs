@@ -353,3 +353,112 @@ proptest! {
         let _ = traces_protobuf(&Bytes::from(bytes));
     }
 }
+
+#[test]
+fn utilization_gauges_become_busy_shares() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data,
+        number_data_point::Value as Number,
+    };
+    let point = |value: f64, attrs: Vec<(&str, Value)>| NumberDataPoint {
+        time_unix_nano: 42,
+        value: Some(Number::AsDouble(value)),
+        attributes: attrs.into_iter().map(|(k, v)| attr(k, v)).collect(),
+        ..Default::default()
+    };
+    let s = |v: &str| Value::StringValue(v.into());
+    let gauge = |name: &str, points| Metric {
+        name: name.into(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: points,
+        })),
+        ..Default::default()
+    };
+    let mut res = resource(Some("checkout"), Some("production"));
+    res.attributes.push(attr("k8s.pod.name", s("checkout-1")));
+    let req = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(res),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    gauge(
+                        "system.cpu.utilization",
+                        vec![
+                            point(
+                                0.5,
+                                vec![
+                                    ("cpu.mode", s("user")),
+                                    ("cpu.logical_number", Value::IntValue(0)),
+                                ],
+                            ),
+                            point(
+                                0.2,
+                                vec![
+                                    ("cpu.mode", s("system")),
+                                    ("cpu.logical_number", Value::IntValue(0)),
+                                ],
+                            ),
+                            point(
+                                0.3,
+                                vec![
+                                    ("cpu.mode", s("idle")),
+                                    ("cpu.logical_number", Value::IntValue(0)),
+                                ],
+                            ),
+                            point(
+                                0.1,
+                                vec![
+                                    ("cpu.mode", s("user")),
+                                    ("cpu.logical_number", Value::IntValue(1)),
+                                ],
+                            ),
+                            point(
+                                0.9,
+                                vec![
+                                    ("cpu.mode", s("idle")),
+                                    ("cpu.logical_number", Value::IntValue(1)),
+                                ],
+                            ),
+                        ],
+                    ),
+                    gauge(
+                        "system.memory.utilization",
+                        vec![
+                            point(0.6, vec![("state", s("used"))]),
+                            point(0.4, vec![("state", s("free"))]),
+                        ],
+                    ),
+                    gauge("container.cpu.utilization", vec![point(0.25, vec![])]),
+                    gauge("http.server.active_requests", vec![point(7.0, vec![])]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let Telemetry::Metrics(summary) = decode(
+        Signal::Metrics,
+        Encoding::Protobuf,
+        Bytes::from(req.encode_to_vec()),
+    )
+    .unwrap() else {
+        panic!("not metrics")
+    };
+    assert_eq!(summary.points, 9);
+    let got: Vec<(crate::model::Resource, f64, &str)> = summary
+        .utilization
+        .iter()
+        .map(|u| (u.resource, u.value, u.instance.as_str()))
+        .collect();
+    use crate::model::Resource::{Cpu, Memory};
+    // CPU: (0.5 + 0.2 + 0.1) busy over 2 logical CPUs.
+    assert_eq!(
+        got,
+        [
+            (Cpu, (0.5 + 0.2 + 0.1) / 2.0, "checkout-1"),
+            (Memory, 0.6, "checkout-1"),
+            (Cpu, 0.25, "checkout-1")
+        ]
+    );
+}

@@ -13,12 +13,13 @@
 //! transition. Each transition is produced once, keyed by (alertname,
 //! service, environment).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigDuration;
 use crate::model::delivery::Nanos;
+use crate::model::{Resource as UtilizationResource, Utilization};
 
 /// How bad an alert is (PagerDuty's severities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -72,8 +73,9 @@ pub struct RuleOverride {
     /// The threshold: a ratio (HighErrorRate), seconds (HighLatencyP95), a
     /// duration (SlowRecovery).
     pub threshold: Option<Threshold>,
-    /// For DeploymentFailed, how far back a failed deployment counts. Other
-    /// rules read the `red` window.
+    /// DeploymentFailed: how far back a failed deployment counts (24h);
+    /// HighCpuUsage, HighMemoryUsage: the span readings are averaged over
+    /// (1m). HighErrorRate and HighLatencyP95 read the `red` window.
     pub window: Option<ConfigDuration>,
     /// How long the condition must hold before the alert fires.
     #[serde(rename = "for")]
@@ -118,48 +120,83 @@ enum Check {
     LatencyP95,
     SlowRecovery,
     DeploymentFailed,
+    Utilization(UtilizationResource),
 }
 
-/// The rules this version evaluates, with their defaults.
-const DEFAULT_RULES: [(&str, Check, f64, Nanos, Severity, u64); 4] = [
-    (
-        "HighErrorRate",
-        Check::ErrorRate,
-        0.01,
-        0,
-        Severity::Critical,
-        100,
-    ),
-    (
-        "HighLatencyP95",
-        Check::LatencyP95,
-        0.5,
-        0,
-        Severity::Warning,
-        1,
-    ),
-    (
-        "SlowRecovery",
-        Check::SlowRecovery,
-        3_600.0,
-        0,
-        Severity::Critical,
-        0,
-    ),
-    (
-        "DeploymentFailed",
-        Check::DeploymentFailed,
-        0.0,
-        0,
-        Severity::Critical,
-        0,
-    ),
+const DAY: Nanos = 86_400_000_000_000;
+const MINUTE: Nanos = 60_000_000_000;
+
+/// A rule's defaults.
+struct RuleDefaults {
+    name: &'static str,
+    check: Check,
+    threshold: f64,
+    hold: Nanos,
+    severity: Severity,
+    min_requests: u64,
+    window: Nanos,
+}
+
+/// The rules of SPEC §3.3, with their defaults.
+const DEFAULT_RULES: [RuleDefaults; 6] = [
+    RuleDefaults {
+        name: "HighErrorRate",
+        check: Check::ErrorRate,
+        threshold: 0.01,
+        hold: 0,
+        severity: Severity::Critical,
+        min_requests: 100,
+        window: 0,
+    },
+    RuleDefaults {
+        name: "HighLatencyP95",
+        check: Check::LatencyP95,
+        threshold: 0.5,
+        hold: 0,
+        severity: Severity::Warning,
+        min_requests: 1,
+        window: 0,
+    },
+    RuleDefaults {
+        name: "HighCpuUsage",
+        check: Check::Utilization(UtilizationResource::Cpu),
+        threshold: 0.8,
+        hold: 5 * MINUTE,
+        severity: Severity::Warning,
+        min_requests: 0,
+        window: MINUTE,
+    },
+    RuleDefaults {
+        name: "HighMemoryUsage",
+        check: Check::Utilization(UtilizationResource::Memory),
+        threshold: 0.85,
+        hold: 5 * MINUTE,
+        severity: Severity::Warning,
+        min_requests: 0,
+        window: MINUTE,
+    },
+    RuleDefaults {
+        name: "SlowRecovery",
+        check: Check::SlowRecovery,
+        threshold: 3_600.0,
+        hold: 0,
+        severity: Severity::Critical,
+        min_requests: 0,
+        window: 0,
+    },
+    RuleDefaults {
+        name: "DeploymentFailed",
+        check: Check::DeploymentFailed,
+        threshold: 0.0,
+        hold: 0,
+        severity: Severity::Critical,
+        min_requests: 0,
+        window: DAY,
+    },
 ];
 
-/// Rules of SPEC §3.3 that need inputs this version does not read yet.
-const NOT_YET: [&str; 2] = ["HighCpuUsage", "HighMemoryUsage"];
-
-const DAY: Nanos = 86_400_000_000_000;
+/// Most utilization readings kept per instance and resource.
+const MAX_READINGS: usize = 4_096;
 
 /// One rule, as configured.
 #[derive(Debug, Clone)]
@@ -183,18 +220,10 @@ impl AlertsConfig {
             errors.push(format!("{path}.interval: must be longer than 0"));
         }
         for (name, rule) in &self.rules {
-            if NOT_YET.contains(&name.as_str()) {
-                if rule.enabled != Some(false) {
-                    errors.push(format!(
-                        "{path}.rules.{name}: needs CPU and memory utilization from OTLP metrics, which this version does not read yet (set enabled: false)"
-                    ));
-                }
-                continue;
-            }
-            if !DEFAULT_RULES.iter().any(|r| r.0 == name) {
+            if !DEFAULT_RULES.iter().any(|r| r.name == name) {
                 errors.push(format!(
                     "{path}.rules.{name}: unknown rule, expected one of {}",
-                    DEFAULT_RULES.map(|r| r.0).join(", ")
+                    DEFAULT_RULES.map(|r| r.name).join(", ")
                 ));
             }
             if let Some(t) = &rule.threshold
@@ -209,19 +238,19 @@ impl AlertsConfig {
     pub fn rules(&self) -> Vec<Rule> {
         DEFAULT_RULES
             .iter()
-            .filter_map(|&(name, check, threshold, hold, severity, min_requests)| {
-                let o = self.rules.get(name).cloned().unwrap_or_default();
+            .filter_map(|d| {
+                let o = self.rules.get(d.name).cloned().unwrap_or_default();
                 if o.enabled == Some(false) {
                     return None;
                 }
                 Some(Rule {
-                    name,
-                    check,
-                    threshold: o.threshold.map_or(threshold, |t| t.value()),
-                    lookback: o.window.map_or(DAY, |w| w.get().as_nanos() as Nanos),
-                    hold: o.for_.map_or(hold, |f| f.get().as_nanos() as Nanos),
-                    severity: o.severity.unwrap_or(severity),
-                    min_requests: o.min_requests.unwrap_or(min_requests),
+                    name: d.name,
+                    check: d.check,
+                    threshold: o.threshold.map_or(d.threshold, |t| t.value()),
+                    lookback: o.window.map_or(d.window, |w| w.get().as_nanos() as Nanos),
+                    hold: o.for_.map_or(d.hold, |f| f.get().as_nanos() as Nanos),
+                    severity: o.severity.unwrap_or(d.severity),
+                    min_requests: o.min_requests.unwrap_or(d.min_requests),
                 })
             })
             .collect()
@@ -308,7 +337,13 @@ pub struct ActiveAlert {
 pub struct AlertsProcessor {
     rules: Vec<Rule>,
     active: BTreeMap<AlertKey, ActiveAlert>,
+    /// Recent utilization readings per instance.
+    readings: BTreeMap<InstanceKey, VecDeque<(Nanos, f64)>>,
+    default_environment: String,
 }
+
+/// (service, environment, instance, resource) of a utilization reading.
+type InstanceKey = (String, String, String, UtilizationResource);
 
 impl AlertsProcessor {
     /// A processor with the configured rules.
@@ -316,7 +351,82 @@ impl AlertsProcessor {
         AlertsProcessor {
             rules: config.rules(),
             active: BTreeMap::new(),
+            readings: BTreeMap::new(),
+            default_environment: "unknown".to_string(),
         }
+    }
+
+    /// Resources without an environment get `environment`.
+    pub fn with_default_environment(mut self, environment: &str) -> Self {
+        self.default_environment = environment.to_string();
+        self
+    }
+
+    /// Keeps utilization readings received at `now`, and forgets readings
+    /// older than the longest utilization window.
+    pub fn observe_utilization(&mut self, readings: &[Utilization], now: Nanos) {
+        for reading in readings {
+            let service = String::from_utf8_lossy(&reading.identity.service).into_owned();
+            let environment = if reading.identity.environment.is_empty() {
+                self.default_environment.clone()
+            } else {
+                String::from_utf8_lossy(&reading.identity.environment).into_owned()
+            };
+            let key = (
+                service,
+                environment,
+                reading.instance.clone(),
+                reading.resource,
+            );
+            let series = self.readings.entry(key).or_default();
+            if series.len() == MAX_READINGS {
+                series.pop_front();
+            }
+            series.push_back((now, reading.value));
+        }
+        let keep = self
+            .rules
+            .iter()
+            .filter(|r| matches!(r.check, Check::Utilization(_)))
+            .map(|r| r.lookback)
+            .max()
+            .unwrap_or(0);
+        self.readings.retain(|_, series| {
+            while series.front().is_some_and(|(t, _)| now - t >= keep) {
+                series.pop_front();
+            }
+            !series.is_empty()
+        });
+    }
+
+    /// Per series, the highest of its instances' average readings of
+    /// `resource` over `(now - window, now]`.
+    fn utilization(
+        &self,
+        resource: UtilizationResource,
+        window: Nanos,
+        now: Nanos,
+    ) -> BTreeMap<(String, String), f64> {
+        let mut out: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for ((service, environment, _, r), series) in &self.readings {
+            if *r != resource {
+                continue;
+            }
+            let recent: Vec<f64> = series
+                .iter()
+                .filter(|(t, _)| now - t < window)
+                .map(|&(_, v)| v)
+                .collect();
+            if recent.is_empty() {
+                continue;
+            }
+            let average = recent.iter().sum::<f64>() / recent.len() as f64;
+            let slot = out
+                .entry((service.clone(), environment.clone()))
+                .or_insert(average);
+            *slot = slot.max(average);
+        }
+        out
     }
 
     /// The alerts pending or firing now.
@@ -333,17 +443,27 @@ impl AlertsProcessor {
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         for rule in &self.rules {
-            for ((service, environment), f) in facts {
-                let observed = observe(rule, f, now);
+            let observed: BTreeMap<(String, String), (bool, f64)> = match rule.check {
+                Check::Utilization(resource) => self
+                    .utilization(resource, rule.lookback, now)
+                    .into_iter()
+                    .map(|(series, value)| (series, (value > rule.threshold, value)))
+                    .collect(),
+                _ => facts
+                    .iter()
+                    .map(|(series, f)| (series.clone(), observe(rule, f, now)))
+                    .collect(),
+            };
+            for ((service, environment), holds) in &observed {
                 let key = (rule.name, service.clone(), environment.clone());
-                step(&mut self.active, &mut transitions, rule, key, observed, now);
+                step(&mut self.active, &mut transitions, rule, key, *holds, now);
             }
             // Alerts of series that disappeared from the facts resolve too.
             let gone: Vec<AlertKey> = self
                 .active
                 .keys()
                 .filter(|(name, s, e)| {
-                    *name == rule.name && !facts.contains_key(&(s.clone(), e.clone()))
+                    *name == rule.name && !observed.contains_key(&(s.clone(), e.clone()))
                 })
                 .cloned()
                 .collect();
@@ -393,6 +513,8 @@ fn observe(rule: &Rule, f: &Facts, now: Nanos) -> (bool, f64) {
             Some((at, true)) if now - at <= rule.lookback => (true, 1.0),
             _ => (false, 0.0),
         },
+        // Read from the processor's own readings in `evaluate`.
+        Check::Utilization(_) => (false, 0.0),
     }
 }
 
@@ -416,6 +538,15 @@ fn summary(rule: &Rule, service: &str, environment: &str, value: f64) -> String 
         Check::DeploymentFailed => {
             format!("{service} ({environment}): the latest deployment failed")
         }
+        Check::Utilization(resource) => format!(
+            "{service} ({environment}): {} utilization {:.0}% > {:.0}%",
+            match resource {
+                UtilizationResource::Cpu => "CPU",
+                UtilizationResource::Memory => "memory",
+            },
+            value * 100.0,
+            rule.threshold * 100.0
+        ),
     }
 }
 

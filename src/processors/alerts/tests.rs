@@ -159,19 +159,23 @@ fn rules_can_be_disabled_and_unknown_ones_are_named() {
                 },
             ),
             ("HighErorRate".into(), RuleOverride::default()),
-            ("HighCpuUsage".into(), RuleOverride::default()),
         ]),
         ..AlertsConfig::default()
     };
     assert_eq!(
         config.rules().iter().map(|r| r.name).collect::<Vec<_>>(),
-        ["HighLatencyP95", "SlowRecovery", "DeploymentFailed"]
+        [
+            "HighLatencyP95",
+            "HighCpuUsage",
+            "HighMemoryUsage",
+            "SlowRecovery",
+            "DeploymentFailed"
+        ]
     );
     let mut errors = Vec::new();
     config.validate("processors.alerts", &mut errors);
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].starts_with("processors.alerts.rules.HighCpuUsage: needs CPU and memory"));
-    assert!(errors[1].starts_with(
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with(
         "processors.alerts.rules.HighErorRate: unknown rule, expected one of HighErrorRate"
     ));
 }
@@ -223,4 +227,80 @@ fn a_backfilled_month_pages_nobody() {
     let mut alerts = processor(&[]);
     let now = T0 + 30 * day;
     assert!(alerts.evaluate(&dora.alert_facts(now), now).is_empty());
+}
+
+fn reading(
+    instance: &str,
+    resource: crate::model::Resource,
+    value: f64,
+) -> crate::model::Utilization {
+    crate::model::Utilization {
+        identity: crate::model::ResourceIdentity {
+            service: bytes::Bytes::from_static(b"checkout"),
+            environment: bytes::Bytes::from_static(b"production"),
+        },
+        instance: instance.into(),
+        resource,
+        value,
+    }
+}
+
+#[test]
+fn high_cpu_is_pending_for_five_minutes_then_fires_on_the_busiest_instance() {
+    use crate::model::Resource::Cpu;
+    let mut alerts = processor(&[]);
+    let none = BTreeMap::new();
+    let m = 60 * S;
+    alerts.observe_utilization(
+        &[reading("pod-a", Cpu, 0.5), reading("pod-b", Cpu, 0.9)],
+        T0,
+    );
+    assert_eq!(
+        states(&alerts.evaluate(&none, T0)),
+        [("HighCpuUsage", State::Pending)]
+    );
+    alerts.observe_utilization(&[reading("pod-b", Cpu, 0.9)], T0 + 4 * m);
+    assert!(alerts.evaluate(&none, T0 + 4 * m).is_empty());
+    alerts.observe_utilization(&[reading("pod-b", Cpu, 0.85)], T0 + 5 * m - S);
+    let fired = alerts.evaluate(&none, T0 + 5 * m);
+    assert_eq!(states(&fired), [("HighCpuUsage", State::Firing)]);
+    // The 1m window is (4m, 5m]: the 4m reading is exactly 1m old and out.
+    assert_eq!(fired[0].value, 0.85);
+    assert_eq!(
+        fired[0].summary,
+        "checkout (production): CPU utilization 85% > 80%"
+    );
+    alerts.observe_utilization(&[reading("pod-b", Cpu, 0.5)], T0 + 6 * m);
+    assert_eq!(
+        states(&alerts.evaluate(&none, T0 + 6 * m)),
+        [("HighCpuUsage", State::Resolved)]
+    );
+}
+
+#[test]
+fn high_memory_needs_its_for_too() {
+    use crate::model::Resource::Memory;
+    let mut alerts = processor(&[(
+        "HighMemoryUsage",
+        RuleOverride {
+            for_: Some("0s".parse().unwrap()),
+            ..Default::default()
+        },
+    )]);
+    let none = BTreeMap::new();
+    alerts.observe_utilization(&[reading("host", Memory, 0.85)], T0);
+    assert!(
+        alerts.evaluate(&none, T0).is_empty(),
+        "85% is not above 85%"
+    );
+    alerts.observe_utilization(&[reading("host", Memory, 0.95)], T0 + 61 * S);
+    assert_eq!(
+        states(&alerts.evaluate(&none, T0 + 61 * S)),
+        [("HighMemoryUsage", State::Firing)]
+    );
+    // No readings for a minute: nothing holds, the alert resolves.
+    assert_eq!(
+        states(&alerts.evaluate(&none, T0 + 122 * S)),
+        [("HighMemoryUsage", State::Resolved)]
+    );
 }
