@@ -34,6 +34,12 @@ pub const RED_SERIES: &str = "doraflow_red_series";
 pub const RED_WINDOW_BYTES: &str = "doraflow_red_window_bytes";
 /// Alerts firing (1) or resolved (0), per rule and series.
 pub const ALERTS_FIRING: &str = "doraflow_alerts_firing";
+/// Events an exporter delivered.
+pub const EXPORTER_SENT: &str = "doraflow_exporter_sent_total";
+/// Failed delivery attempts of an exporter, by reason (`retryable`, `rejected`).
+pub const EXPORTER_FAILED: &str = "doraflow_exporter_failed_total";
+/// Events an exporter gave up on, by reason (`queue_full`, `retries_exhausted`).
+pub const EXPORTER_DROPPED: &str = "doraflow_exporter_dropped_total";
 /// Scrapes served.
 pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 
@@ -87,6 +93,15 @@ pub fn describe() {
         "Heap bytes held by the red processor's rolling windows."
     );
     describe_counter!(EXPORTER_SCRAPES, "Scrapes of /metrics served.");
+    describe_counter!(EXPORTER_SENT, "Events an exporter delivered.");
+    describe_counter!(
+        EXPORTER_FAILED,
+        "Failed delivery attempts, by reason (retryable, rejected)."
+    );
+    describe_counter!(
+        EXPORTER_DROPPED,
+        "Events an exporter gave up on, by reason (queue_full, retries_exhausted)."
+    );
     describe_gauge!(
         ALERTS_FIRING,
         "1 while the alert fires, 0 once it resolved, per alertname, service, environment, severity."

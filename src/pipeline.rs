@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::exporters::pagerduty::{self, PagerDutySink};
 use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::instruments;
 use crate::model::Telemetry;
@@ -127,6 +128,8 @@ struct Engine {
     red: Option<RedProcessor>,
     dora: Option<DoraProcessor>,
     alerts: Option<(AlertsProcessor, std::time::Duration)>,
+    /// Where alert transitions go besides the log and the gauge.
+    pagerduty: Option<PagerDutySink>,
     default_environment: String,
     clock: Arc<dyn Clock>,
 }
@@ -242,6 +245,9 @@ impl Engine {
             }
         }
         for t in alerts.evaluate(&facts, now as i64) {
+            if let Some(pagerduty) = &self.pagerduty {
+                pagerduty.send(&t);
+            }
             let firing = gauge!(
                 instruments::ALERTS_FIRING,
                 "alertname" => t.alertname,
@@ -399,11 +405,26 @@ pub async fn run_with_clock(
                 c.interval.get(),
             )
         });
+    let exporters_stop = CancellationToken::new();
+    let pagerduty = config
+        .exporters
+        .pagerduty
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "pagerduty"))
+        .map(|c| {
+            tracing::info!(pipeline = name, "PagerDuty exporter started");
+            pagerduty::start(c.clone(), exporters_stop.clone())
+        });
+    let (pagerduty_sink, pagerduty_task) = match pagerduty {
+        Some((sink, task)) => (Some(sink), Some(task)),
+        None => (None, None),
+    };
     let engine = tokio::spawn(
         Engine {
             red,
             dora,
             alerts,
+            pagerduty: pagerduty_sink,
             default_environment,
             clock,
         }
@@ -443,7 +464,6 @@ pub async fn run_with_clock(
     }
     drop(sink);
 
-    let exporters_stop = CancellationToken::new();
     let exporter = prometheus_listener.map(|listener| {
         tracing::info!(pipeline = name, endpoint = ?listener.local_addr().ok(), "Prometheus exporter listening");
         tokio::spawn(
@@ -468,6 +488,15 @@ pub async fn run_with_clock(
     tracing::info!("draining the pipeline");
     if let Err(e) = engine.await {
         tracing::error!(error = %e, "pipeline engine failed");
+    }
+    if let Some(task) = pagerduty_task {
+        // The engine is gone, so the queue only drains now; give it a while.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("PagerDuty exporter still retrying at shutdown; stopping it");
+        }
     }
     exporters_stop.cancel();
     if let Some(exporter) = exporter {

@@ -40,6 +40,8 @@ fn every_example_pipeline_validates() {
                 .arg("validate")
                 .arg("--config")
                 .arg(&path)
+                // Examples take secrets from the environment, as they should.
+                .env("PAGERDUTY_ROUTING_KEY", "R0UT1NGK3Y0123456789abcdefABCDEF")
                 .output()
                 .unwrap();
             assert!(

@@ -27,7 +27,12 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 12] = [
+    let sections: [(&str, String, &[&str]); 13] = [
+        (
+            "exporters.pagerduty",
+            format!("exporters:\n  pagerduty: {{ routing_key: x, __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
         (
             "processors.alerts",
             format!("processors:\n  alerts: {{ __probe__: 1 }}\n{PIPELINE}"),

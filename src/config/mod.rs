@@ -427,8 +427,8 @@ impl DoraConfig {
 pub struct Exporters {
     /// Prometheus scrape endpoint and the read API.
     pub prometheus: Option<PrometheusConfig>,
-    /// PagerDuty Events API v2 (not available yet).
-    pub pagerduty: Option<NotYetAvailable>,
+    /// PagerDuty Events API v2.
+    pub pagerduty: Option<crate::exporters::pagerduty::PagerDutyConfig>,
     /// Alertmanager (not available yet).
     pub alertmanager: Option<NotYetAvailable>,
     /// Alertmanager-style webhook (not available yet).
@@ -442,10 +442,13 @@ pub struct Exporters {
 impl Exporters {
     /// Names of the exporters configured (and available in this version).
     pub fn configured(&self) -> Vec<&'static str> {
-        [self.prometheus.is_some().then_some("prometheus")]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.prometheus.is_some().then_some("prometheus"),
+            self.pagerduty.is_some().then_some("pagerduty"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -578,6 +581,9 @@ impl Config {
         }
         if let Some(alerts) = &self.processors.alerts {
             alerts.validate("processors.alerts", &mut errors);
+        }
+        if let Some(pagerduty) = &self.exporters.pagerduty {
+            pagerduty.validate("exporters.pagerduty", &mut errors);
         }
         if let Some(prometheus) = &self.exporters.prometheus {
             check_endpoint(

@@ -65,6 +65,23 @@ impl Doraflow {
 
     /// With the given `processors.red`, `processors.dora` and `processors.alerts` settings.
     pub fn start_config(red: &str, dora: &str, alerts: &str, queue_size: usize) -> Doraflow {
+        Self::start_exporting(red, dora, alerts, queue_size, "")
+    }
+
+    /// As `start_config`, with more exporters: `exporters` is their YAML
+    /// (indented two spaces, under `exporters:`), each also put in the pipeline.
+    pub fn start_exporting(
+        red: &str,
+        dora: &str,
+        alerts: &str,
+        queue_size: usize,
+        exporters: &str,
+    ) -> Doraflow {
+        let extra: String = exporters
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+            .map(|l| format!(", {}", l.trim().trim_end_matches(':')))
+            .collect();
         let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
         let webhook = free_port();
         let dir = TempDir::new("run");
@@ -84,8 +101,9 @@ processors:
   alerts: {{ {alerts} }}
 exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+{exporters}
 pipelines:
-  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus], queue_size: {queue_size} }}
+  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus{extra}], queue_size: {queue_size} }}
 "
             ),
         )

@@ -1,0 +1,319 @@
+//! Exporter `pagerduty`: alert transitions to the PagerDuty Events API v2.
+//!
+//! A firing alert is a `trigger`, a resolved one a `resolve`, both with the
+//! same `dedup_key` per (alertname, service, environment), so PagerDuty keeps
+//! one incident per episode. Delivery runs in its own task behind a bounded
+//! queue: retries with exponential backoff and jitter on 429, 5xx and network
+//! errors (honouring `Retry-After`), no retry on other 4xx (logged and
+//! counted), and a circuit breaker that stops sending after repeated failures
+//! and lets one probe through after a cool-down. The routing key is never
+//! logged.
+
+use std::time::Duration;
+
+use metrics::counter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigDuration;
+use crate::instruments;
+use crate::processors::alerts::{State, Transition};
+
+/// `exporters.pagerduty`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyConfig {
+    /// The Events API v2 endpoint. Default `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// The integration's routing key, usually `${env:PAGERDUTY_ROUTING_KEY}`.
+    pub routing_key: Secret,
+    /// Transitions waiting to be sent; beyond it they are dropped and counted. Default 1024.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Attempts per event before it is dropped and counted. Default 6.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay, doubled each time up to `max_backoff`. Default `1s`.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: ConfigDuration,
+    /// Longest retry delay. Default `60s`.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: ConfigDuration,
+    /// Consecutive failed attempts that open the circuit. Default 10.
+    #[serde(default = "default_breaker_threshold")]
+    pub circuit_breaker_threshold: u32,
+    /// How long an open circuit waits before a probe. Default `30s`.
+    #[serde(default = "default_breaker_cooldown")]
+    pub circuit_breaker_cooldown: ConfigDuration,
+    /// A link put in `custom_details.dashboard` (e.g. doraflow's own `/`).
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+}
+
+/// A secret from the config: usable, never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn default_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".to_string()
+}
+const fn default_queue_size() -> usize {
+    1024
+}
+const fn default_max_attempts() -> u32 {
+    6
+}
+fn default_initial_backoff() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+fn default_max_backoff() -> ConfigDuration {
+    ConfigDuration::from_secs(60)
+}
+const fn default_breaker_threshold() -> u32 {
+    10
+}
+fn default_breaker_cooldown() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+impl PagerDutyConfig {
+    /// Checks the values; every problem with its path.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            errors.push(format!(
+                "{path}.url: must be an http(s) URL, got `{}`",
+                self.url
+            ));
+        }
+        if self.routing_key.expose().trim().is_empty() {
+            errors.push(format!("{path}.routing_key: must not be empty"));
+        }
+        if self.queue_size == 0 || self.max_attempts == 0 {
+            errors.push(format!(
+                "{path}: queue_size and max_attempts must be at least 1"
+            ));
+        }
+    }
+}
+
+/// The stable deduplication key of an alert.
+pub fn dedup_key(t: &Transition) -> String {
+    format!("doraflow/{}/{}/{}", t.alertname, t.service, t.environment)
+}
+
+/// The Events API v2 body of a transition; `None` for `pending`, which
+/// PagerDuty does not hear of.
+pub fn event(config: &PagerDutyConfig, t: &Transition) -> Option<Value> {
+    let action = match t.state {
+        State::Firing => "trigger",
+        State::Resolved => "resolve",
+        State::Pending => return None,
+    };
+    let mut body = json!({
+        "routing_key": config.routing_key.expose(),
+        "event_action": action,
+        "dedup_key": dedup_key(t),
+    });
+    if t.state == State::Firing {
+        let timestamp = chrono::DateTime::from_timestamp_nanos(t.at).to_rfc3339();
+        let summary: String = t.summary.chars().take(1024).collect();
+        body["client"] = json!("doraflow");
+        body["payload"] = json!({
+            "summary": summary,
+            "source": format!("doraflow/{}/{}", t.service, t.environment),
+            "severity": t.severity.as_str(),
+            "timestamp": timestamp,
+            "component": t.service,
+            "group": t.environment,
+            "class": t.alertname,
+            "custom_details": {
+                "value": t.value,
+                "threshold": t.threshold,
+                "dashboard": config.dashboard_url,
+            },
+        });
+    }
+    Some(body)
+}
+
+/// The queue end the pipeline sends transitions to.
+#[derive(Clone)]
+pub struct PagerDutySink {
+    tx: mpsc::Sender<Transition>,
+}
+
+impl PagerDutySink {
+    /// Queues a transition; counts it as dropped when the queue is full.
+    pub fn send(&self, t: &Transition) {
+        if t.state == State::Pending {
+            return;
+        }
+        if self.tx.try_send(t.clone()).is_err() {
+            counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "queue_full")
+                .increment(1);
+        }
+    }
+}
+
+/// Starts the delivery task; it ends once the sink is dropped and the queue
+/// is drained, or when `stop` is cancelled.
+pub fn start(
+    config: PagerDutyConfig,
+    stop: CancellationToken,
+) -> (PagerDutySink, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(config.queue_size.max(1));
+    let task = tokio::spawn(deliver(config, rx, stop));
+    (PagerDutySink { tx }, task)
+}
+
+enum Attempt {
+    Delivered,
+    /// Refused for good (a 4xx other than 429).
+    Rejected(u16),
+    /// Try again, after at least this long if the server said.
+    Retry(Option<Duration>),
+}
+
+async fn attempt(client: &reqwest::Client, url: &str, body: &Value) -> Attempt {
+    match client.post(url).json(body).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match status {
+                200..=299 => Attempt::Delivered,
+                429 | 500..=599 => Attempt::Retry(retry_after),
+                other => Attempt::Rejected(other),
+            }
+        }
+        Err(_) => Attempt::Retry(None),
+    }
+}
+
+/// A little jitter (0–25%) so that many doraflows do not retry in step.
+fn jittered(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    delay + delay.mul_f64(f64::from(nanos % 1_000) / 4_000.0)
+}
+
+async fn deliver(
+    config: PagerDutyConfig,
+    mut rx: mpsc::Receiver<Transition>,
+    stop: CancellationToken,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "pagerduty exporter: cannot build an HTTP client");
+            return;
+        }
+    };
+    let mut consecutive_failures = 0u32;
+    loop {
+        let t = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let Some(body) = event(&config, &t) else {
+            continue;
+        };
+        let mut backoff = config.initial_backoff.get();
+        let mut delivered = false;
+        for attempt_number in 1..=config.max_attempts {
+            if consecutive_failures >= config.circuit_breaker_threshold {
+                // Open circuit: wait out the cool-down, then this attempt is the probe.
+                tracing::warn!(
+                    failures = consecutive_failures,
+                    "pagerduty exporter: circuit open, probing after the cool-down"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(config.circuit_breaker_cooldown.get()) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            match attempt(&client, &config.url, &body).await {
+                Attempt::Delivered => {
+                    consecutive_failures = 0;
+                    delivered = true;
+                    counter!(instruments::EXPORTER_SENT, "exporter" => "pagerduty").increment(1);
+                    break;
+                }
+                Attempt::Rejected(status) => {
+                    consecutive_failures = 0;
+                    tracing::error!(
+                        status,
+                        alertname = t.alertname,
+                        dedup_key = dedup_key(&t),
+                        "pagerduty exporter: event refused, not retried"
+                    );
+                    counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "rejected").increment(1);
+                    break;
+                }
+                Attempt::Retry(retry_after) => {
+                    consecutive_failures += 1;
+                    counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "retryable").increment(1);
+                    if attempt_number == config.max_attempts {
+                        break;
+                    }
+                    let delay = retry_after.unwrap_or(backoff).max(jittered(backoff));
+                    backoff = (backoff * 2).min(config.max_backoff.get());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        if !delivered {
+            tracing::error!(
+                alertname = t.alertname,
+                dedup_key = dedup_key(&t),
+                "pagerduty exporter: event dropped after {} attempts",
+                config.max_attempts
+            );
+            counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "retries_exhausted")
+                .increment(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_key_never_shows_in_debug_output() {
+        let config: PagerDutyConfig =
+            serde_json::from_value(json!({"routing_key": "s3cr3t-routing-key"})).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

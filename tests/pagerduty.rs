@@ -1,0 +1,339 @@
+//! The PagerDuty exporter against a local endpoint that implements the Events
+//! API v2 strictly (anything off the spec gets 400): one trigger and one
+//! resolve per episode with a stable dedup_key; 429 then 500 then success
+//! delivers once; an outage longer than the retry budget is counted as dropped.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use common::{Doraflow, free_port};
+use doraflow::otlp::synth::{resource, span, trace_request};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
+use serde_json::{Value, json};
+
+const ROUTING_KEY: &str = "R0UT1NGK3Y0123456789abcdefABCDEF";
+
+#[derive(Default)]
+struct Endpoint {
+    /// Statuses to answer with before answering 202.
+    script: VecDeque<u16>,
+    /// Every request that reached the endpoint.
+    attempts: usize,
+    /// Events accepted (202).
+    accepted: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Endpoint>>;
+
+/// Checks a body against the Events API v2; the problems found.
+fn problems(body: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(event) = body.as_object() else {
+        return vec!["the body is not a JSON object".into()];
+    };
+    for key in event.keys() {
+        if ![
+            "routing_key",
+            "event_action",
+            "dedup_key",
+            "payload",
+            "client",
+            "client_url",
+            "links",
+            "images",
+        ]
+        .contains(&key.as_str())
+        {
+            problems.push(format!("unknown field {key}"));
+        }
+    }
+    if event
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .is_none_or(|k| k.len() != 32)
+    {
+        problems.push("routing_key must be a 32-character string".into());
+    }
+    let action = event
+        .get("event_action")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !["trigger", "acknowledge", "resolve"].contains(&action) {
+        problems.push(format!("event_action `{action}` is invalid"));
+    }
+    match event.get("dedup_key").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() && k.len() <= 255 => {}
+        Some(_) => problems.push("dedup_key must be 1 to 255 characters".into()),
+        None if action != "trigger" => problems.push("dedup_key is required".into()),
+        None => {}
+    }
+    if action == "trigger" {
+        let Some(payload) = event.get("payload").and_then(Value::as_object) else {
+            problems.push("payload is required for trigger".into());
+            return problems;
+        };
+        for key in payload.keys() {
+            if ![
+                "summary",
+                "source",
+                "severity",
+                "timestamp",
+                "component",
+                "group",
+                "class",
+                "custom_details",
+            ]
+            .contains(&key.as_str())
+            {
+                problems.push(format!("unknown payload field {key}"));
+            }
+        }
+        match payload.get("summary").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() && s.len() <= 1024 => {}
+            _ => problems.push("payload.summary must be 1 to 1024 characters".into()),
+        }
+        if payload
+            .get("source")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            problems.push("payload.source is required".into());
+        }
+        let severity = payload
+            .get("severity")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !["critical", "error", "warning", "info"].contains(&severity) {
+            problems.push(format!("payload.severity `{severity}` is invalid"));
+        }
+        if let Some(ts) = payload.get("timestamp")
+            && ts
+                .as_str()
+                .is_none_or(|t| chrono::DateTime::parse_from_rfc3339(t).is_err())
+        {
+            problems.push("payload.timestamp must be ISO 8601".into());
+        }
+        if payload
+            .get("custom_details")
+            .is_some_and(|d| !d.is_object())
+        {
+            problems.push("payload.custom_details must be an object".into());
+        }
+    }
+    problems
+}
+
+async fn enqueue(State(endpoint): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let mut endpoint = endpoint.lock().unwrap();
+    endpoint.attempts += 1;
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "invalid event", "errors": ["content-type"]})),
+        )
+            .into_response();
+    }
+    let Ok(event) = serde_json::from_str::<Value>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"status": "invalid event", "errors": ["not JSON"]})),
+        )
+            .into_response();
+    };
+    let problems = problems(&event);
+    if !problems.is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"status": "invalid event", "message": "Event object is invalid", "errors": problems}))).into_response();
+    }
+    if let Some(status) = endpoint.script.pop_front() {
+        let mut response = (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"status": "throttled"})),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", "0".parse().unwrap());
+        return response;
+    }
+    let dedup_key = event["dedup_key"].clone();
+    endpoint.accepted.push(event);
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key})),
+    )
+        .into_response()
+}
+
+/// Starts the endpoint; returns its URL and state.
+async fn pagerduty(script: &[u16]) -> (String, Shared) {
+    let state: Shared = Arc::new(Mutex::new(Endpoint {
+        script: script.iter().copied().collect(),
+        ..Endpoint::default()
+    }));
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/v2/enqueue", axum::routing::post(enqueue))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}/v2/enqueue"), state)
+}
+
+fn start(url: &str, max_attempts: u32) -> Doraflow {
+    Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { enabled: false }",
+        "interval: 100ms",
+        256,
+        &format!(
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    max_attempts: {max_attempts}\n    dashboard_url: \"http://127.0.0.1:9464/\"\n"
+        ),
+    )
+}
+
+async fn send_spans(doraflow: &Doraflow, ok: usize, errors: usize) {
+    let t0 = 1_764_000_000_000_000_000u64;
+    let spans = (0..ok + errors)
+        .map(|i| {
+            let status = if i < errors {
+                SpanStatus::Error
+            } else {
+                SpanStatus::Ok
+            };
+            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
+        })
+        .collect();
+    let mut client = TraceServiceClient::connect(doraflow.grpc_url())
+        .await
+        .unwrap();
+    client
+        .export(trace_request(vec![(
+            resource(Some("checkout"), Some("production")),
+            spans,
+        )]))
+        .await
+        .unwrap();
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_episode_is_one_trigger_and_one_resolve_with_one_dedup_key() {
+    let (url, endpoint) = pagerduty(&[]).await;
+    let doraflow = start(&url, 6);
+    send_spans(&doraflow, 197, 3).await;
+    wait_until("the trigger", || {
+        endpoint.lock().unwrap().accepted.len() == 1
+    })
+    .await;
+    send_spans(&doraflow, 100, 0).await;
+    wait_until("the resolve", || {
+        endpoint.lock().unwrap().accepted.len() == 2
+    })
+    .await;
+    // Several more evaluations: nothing else is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 2);
+    let (trigger, resolve) = (&endpoint.accepted[0], &endpoint.accepted[1]);
+    assert_eq!(trigger["event_action"], "trigger");
+    assert_eq!(resolve["event_action"], "resolve");
+    assert_eq!(
+        trigger["dedup_key"],
+        "doraflow/HighErrorRate/checkout/production"
+    );
+    assert_eq!(resolve["dedup_key"], trigger["dedup_key"]);
+    let payload = &trigger["payload"];
+    assert_eq!(
+        payload["summary"],
+        "checkout (production): error ratio 1.50% > 1.00%"
+    );
+    assert_eq!(payload["severity"], "critical");
+    assert_eq!(payload["component"], "checkout");
+    assert_eq!(payload["group"], "production");
+    assert_eq!(payload["class"], "HighErrorRate");
+    assert_eq!(payload["custom_details"]["value"], 0.015);
+    assert_eq!(payload["custom_details"]["threshold"], 0.01);
+    assert_eq!(
+        payload["custom_details"]["dashboard"],
+        "http://127.0.0.1:9464/"
+    );
+}
+
+#[tokio::test]
+async fn throttling_then_a_server_error_then_success_delivers_exactly_once() {
+    let (url, endpoint) = pagerduty(&[429, 500]).await;
+    let doraflow = start(&url, 6);
+    send_spans(&doraflow, 197, 3).await;
+    wait_until("the trigger", || {
+        endpoint.lock().unwrap().accepted.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 3);
+    assert_eq!(endpoint.accepted.len(), 1);
+    let m = doraflow.metrics();
+    assert_eq!(
+        m.get("doraflow_exporter_sent_total", &[("exporter", "pagerduty")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "doraflow_exporter_failed_total",
+            &[("exporter", "pagerduty"), ("reason", "retryable")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_the_retry_budget_is_counted_as_dropped() {
+    let (url, endpoint) = pagerduty(&[503; 10]).await;
+    let doraflow = start(&url, 3);
+    send_spans(&doraflow, 197, 3).await;
+    wait_until("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
+    let dropped = [("exporter", "pagerduty"), ("reason", "retries_exhausted")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while doraflow
+        .metrics()
+        .get("doraflow_exporter_dropped_total", &dropped)
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the drop was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(endpoint.lock().unwrap().accepted.len(), 0);
+}
+
+#[test]
+fn the_strict_endpoint_refuses_what_the_spec_does_not_allow() {
+    let good = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "k",
+        "payload": {"summary": "s", "source": "x", "severity": "critical"}});
+    assert!(problems(&good).is_empty());
+    let mut bad = good.clone();
+    bad["payload"]["severity"] = json!("fatal");
+    bad["extra"] = json!(1);
+    assert_eq!(problems(&bad).len(), 2);
+    assert!(!problems(&json!({"routing_key": ROUTING_KEY, "event_action": "resolve"})).is_empty());
+}
