@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::exporters::pagerduty::{self, PagerDutySink};
+use crate::exporters::AlertSink;
 use crate::exporters::prometheus::{self, PrometheusExporter};
+use crate::exporters::{alertmanager, pagerduty};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::processors::Applied;
@@ -129,7 +130,7 @@ struct Engine {
     dora: Option<DoraProcessor>,
     alerts: Option<(AlertsProcessor, std::time::Duration)>,
     /// Where alert transitions go besides the log and the gauge.
-    pagerduty: Option<PagerDutySink>,
+    alert_sinks: Vec<AlertSink>,
     default_environment: String,
     clock: Arc<dyn Clock>,
 }
@@ -245,8 +246,8 @@ impl Engine {
             }
         }
         for t in alerts.evaluate(&facts, now as i64) {
-            if let Some(pagerduty) = &self.pagerduty {
-                pagerduty.send(&t);
+            for sink in &self.alert_sinks {
+                sink.send(&t);
             }
             let firing = gauge!(
                 instruments::ALERTS_FIRING,
@@ -406,25 +407,51 @@ pub async fn run_with_clock(
             )
         });
     let exporters_stop = CancellationToken::new();
-    let pagerduty = config
+    let mut alert_sinks = Vec::new();
+    let mut alert_tasks = Vec::new();
+    if let Some(c) = config
         .exporters
         .pagerduty
         .as_ref()
         .filter(|_| uses(&pipeline.exporters, "pagerduty"))
-        .map(|c| {
-            tracing::info!(pipeline = name, "PagerDuty exporter started");
-            pagerduty::start(c.clone(), exporters_stop.clone())
-        });
-    let (pagerduty_sink, pagerduty_task) = match pagerduty {
-        Some((sink, task)) => (Some(sink), Some(task)),
-        None => (None, None),
-    };
+    {
+        tracing::info!(pipeline = name, "PagerDuty exporter started");
+        let (sink, task) = pagerduty::start(c.clone(), exporters_stop.clone());
+        alert_sinks.push(sink);
+        alert_tasks.push(task);
+    }
+    if let Some(c) = config
+        .exporters
+        .alertmanager
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "alertmanager"))
+    {
+        tracing::info!(
+            pipeline = name,
+            url = c.url,
+            "Alertmanager exporter started"
+        );
+        let (sink, task) = alertmanager::start_alertmanager(c.clone(), exporters_stop.clone());
+        alert_sinks.push(sink);
+        alert_tasks.push(task);
+    }
+    if let Some(c) = config
+        .exporters
+        .webhook
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "webhook"))
+    {
+        tracing::info!(pipeline = name, "webhook alert exporter started");
+        let (sink, task) = alertmanager::start_webhook(c.clone(), exporters_stop.clone());
+        alert_sinks.push(sink);
+        alert_tasks.push(task);
+    }
     let engine = tokio::spawn(
         Engine {
             red,
             dora,
             alerts,
-            pagerduty: pagerduty_sink,
+            alert_sinks,
             default_environment,
             clock,
         }
@@ -489,14 +516,13 @@ pub async fn run_with_clock(
     if let Err(e) = engine.await {
         tracing::error!(error = %e, "pipeline engine failed");
     }
-    if let Some(task) = pagerduty_task {
-        // The engine is gone, so the queue only drains now; give it a while.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("PagerDuty exporter still retrying at shutdown; stopping it");
-        }
+    // The engine is gone, so the alert queues only drain now; give them a while.
+    let drained = wait_all(alert_tasks);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("alert exporters still retrying at shutdown; stopping them");
     }
     exporters_stop.cancel();
     if let Some(exporter) = exporter {
@@ -517,4 +543,11 @@ async fn bind(component: &str, endpoint: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{component}: cannot listen on {addr}"))
+}
+
+/// Waits for every task.
+async fn wait_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
 }

@@ -27,7 +27,17 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 13] = [
+    let sections: [(&str, String, &[&str]); 15] = [
+        (
+            "exporters.alertmanager",
+            format!("exporters:\n  alertmanager: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "exporters.webhook",
+            format!("exporters:\n  webhook: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
         (
             "exporters.pagerduty",
             format!("exporters:\n  pagerduty: {{ routing_key: x, __probe__: 1 }}\n{PIPELINE}"),

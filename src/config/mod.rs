@@ -429,10 +429,10 @@ pub struct Exporters {
     pub prometheus: Option<PrometheusConfig>,
     /// PagerDuty Events API v2.
     pub pagerduty: Option<crate::exporters::pagerduty::PagerDutyConfig>,
-    /// Alertmanager (not available yet).
-    pub alertmanager: Option<NotYetAvailable>,
-    /// Alertmanager-style webhook (not available yet).
-    pub webhook: Option<NotYetAvailable>,
+    /// Alertmanager's `/api/v2/alerts`.
+    pub alertmanager: Option<crate::exporters::alertmanager::AlertmanagerConfig>,
+    /// Alertmanager webhook (version 4) payloads to any URL.
+    pub webhook: Option<crate::exporters::alertmanager::WebhookExporterConfig>,
     /// Kafka producer (not available yet).
     pub kafka: Option<NotYetAvailable>,
     /// OTLP metrics push (not available yet).
@@ -445,6 +445,8 @@ impl Exporters {
         [
             self.prometheus.is_some().then_some("prometheus"),
             self.pagerduty.is_some().then_some("pagerduty"),
+            self.alertmanager.is_some().then_some("alertmanager"),
+            self.webhook.is_some().then_some("webhook"),
         ]
         .into_iter()
         .flatten()
@@ -584,6 +586,12 @@ impl Config {
         }
         if let Some(pagerduty) = &self.exporters.pagerduty {
             pagerduty.validate("exporters.pagerduty", &mut errors);
+        }
+        if let Some(alertmanager) = &self.exporters.alertmanager {
+            alertmanager.validate("exporters.alertmanager", &mut errors);
+        }
+        if let Some(webhook) = &self.exporters.webhook {
+            webhook.validate("exporters.webhook", &mut errors);
         }
         if let Some(prometheus) = &self.exporters.prometheus {
             check_endpoint(

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigDuration;
+use crate::exporters::AlertSink;
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
 
@@ -153,34 +154,15 @@ pub fn event(config: &PagerDutyConfig, t: &Transition) -> Option<Value> {
     Some(body)
 }
 
-/// The queue end the pipeline sends transitions to.
-#[derive(Clone)]
-pub struct PagerDutySink {
-    tx: mpsc::Sender<Transition>,
-}
-
-impl PagerDutySink {
-    /// Queues a transition; counts it as dropped when the queue is full.
-    pub fn send(&self, t: &Transition) {
-        if t.state == State::Pending {
-            return;
-        }
-        if self.tx.try_send(t.clone()).is_err() {
-            counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "queue_full")
-                .increment(1);
-        }
-    }
-}
-
 /// Starts the delivery task; it ends once the sink is dropped and the queue
 /// is drained, or when `stop` is cancelled.
 pub fn start(
     config: PagerDutyConfig,
     stop: CancellationToken,
-) -> (PagerDutySink, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(config.queue_size.max(1));
+) -> (AlertSink, tokio::task::JoinHandle<()>) {
+    let (sink, rx) = AlertSink::new("pagerduty", config.queue_size);
     let task = tokio::spawn(deliver(config, rx, stop));
-    (PagerDutySink { tx }, task)
+    (sink, task)
 }
 
 enum Attempt {
