@@ -40,6 +40,8 @@ pub const EXPORTER_SENT: &str = "doraflow_exporter_sent_total";
 pub const EXPORTER_FAILED: &str = "doraflow_exporter_failed_total";
 /// Events an exporter gave up on, by reason (`queue_full`, `retries_exhausted`).
 pub const EXPORTER_DROPPED: &str = "doraflow_exporter_dropped_total";
+/// Times an exporter's circuit breaker opened.
+pub const EXPORTER_CIRCUIT_OPENED: &str = "doraflow_exporter_circuit_opened_total";
 /// Scrapes served.
 pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 
@@ -94,6 +96,10 @@ pub fn describe() {
     );
     describe_counter!(EXPORTER_SCRAPES, "Scrapes of /metrics served.");
     describe_counter!(EXPORTER_SENT, "Events an exporter delivered.");
+    describe_counter!(
+        EXPORTER_CIRCUIT_OPENED,
+        "Attempts an exporter made after waiting out an open circuit breaker."
+    );
     describe_counter!(
         EXPORTER_FAILED,
         "Failed delivery attempts, by reason (retryable, rejected)."

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::exporters::AlertSink;
+use crate::exporters::pagerduty::{ChangeEvent, ChangeSink};
 use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::exporters::{alertmanager, pagerduty};
 use crate::instruments;
@@ -131,6 +132,8 @@ struct Engine {
     alerts: Option<(AlertsProcessor, std::time::Duration)>,
     /// Where alert transitions go besides the log and the gauge.
     alert_sinks: Vec<AlertSink>,
+    /// Where production deployments go as PagerDuty change events.
+    change_sink: Option<ChangeSink>,
     default_environment: String,
     clock: Arc<dyn Clock>,
 }
@@ -184,6 +187,32 @@ impl Engine {
     }
 
     fn apply(&mut self, item: &Telemetry, now: u64) -> Applied {
+        let applied = self.apply_to_processors(item, now);
+        self.send_change_events(now as i64);
+        applied
+    }
+
+    /// Production deployments of the last day, as PagerDuty change events
+    /// (older ones are backfill: nobody needs to hear of them now).
+    fn send_change_events(&mut self, now: i64) {
+        let (Some(sink), Some(dora)) = (&self.change_sink, self.dora.as_mut()) else {
+            return;
+        };
+        const DAY: i64 = 86_400_000_000_000;
+        for (d, at) in dora.take_production_deployments() {
+            if now - at <= DAY {
+                sink.send(ChangeEvent {
+                    service: d.service,
+                    environment: d.environment,
+                    at,
+                    outcome: d.outcome.as_str(),
+                    artifact: d.artifact,
+                });
+            }
+        }
+    }
+
+    fn apply_to_processors(&mut self, item: &Telemetry, now: u64) -> Applied {
         if let Telemetry::Delivery(events) = item {
             return self
                 .dora
@@ -408,6 +437,7 @@ pub async fn run_with_clock(
         });
     let exporters_stop = CancellationToken::new();
     let mut alert_sinks = Vec::new();
+    let mut change_sink = None;
     let mut alert_tasks = Vec::new();
     if let Some(c) = config
         .exporters
@@ -415,10 +445,22 @@ pub async fn run_with_clock(
         .as_ref()
         .filter(|_| uses(&pipeline.exporters, "pagerduty"))
     {
-        tracing::info!(pipeline = name, "PagerDuty exporter started");
-        let (sink, task) = pagerduty::start(c.clone(), exporters_stop.clone());
-        alert_sinks.push(sink);
-        alert_tasks.push(task);
+        tracing::info!(
+            pipeline = name,
+            change_events = c.change_events,
+            "PagerDuty exporter started"
+        );
+        if c.change_events {
+            let (sink, changes, task) =
+                pagerduty::start_with_changes(c.clone(), exporters_stop.clone());
+            alert_sinks.push(sink);
+            change_sink = Some(changes);
+            alert_tasks.push(task);
+        } else {
+            let (sink, task) = pagerduty::start(c.clone(), exporters_stop.clone());
+            alert_sinks.push(sink);
+            alert_tasks.push(task);
+        }
     }
     if let Some(c) = config
         .exporters
@@ -446,12 +488,17 @@ pub async fn run_with_clock(
         alert_sinks.push(sink);
         alert_tasks.push(task);
     }
+    let mut dora = dora;
+    if let (Some(_), Some(dora)) = (&change_sink, dora.as_mut()) {
+        dora.keep_production_deployments();
+    }
     let engine = tokio::spawn(
         Engine {
             red,
             dora,
             alerts,
             alert_sinks,
+            change_sink,
             default_environment,
             clock,
         }

@@ -337,3 +337,86 @@ fn the_strict_endpoint_refuses_what_the_spec_does_not_allow() {
     assert_eq!(problems(&bad).len(), 2);
     assert!(!problems(&json!({"routing_key": ROUTING_KEY, "event_action": "resolve"})).is_empty());
 }
+
+/// A local Change Events endpoint: keeps what it gets, answers 202.
+async fn change_endpoint() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/v2/change/enqueue",
+            axum::routing::post(
+                |State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
+                    let ok = v["routing_key"] == ROUTING_KEY
+                        && v["payload"]["summary"]
+                            .as_str()
+                            .is_some_and(|s| !s.is_empty())
+                        && v["payload"]["source"]
+                            .as_str()
+                            .is_some_and(|s| !s.is_empty());
+                    r.lock().unwrap().push(v);
+                    if ok {
+                        StatusCode::ACCEPTED
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    }
+                },
+            ),
+        )
+        .with_state(received.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (
+        format!("http://127.0.0.1:{port}/v2/change/enqueue"),
+        received,
+    )
+}
+
+#[tokio::test]
+async fn production_deployments_become_change_events_and_backfill_does_not() {
+    let (url, _) = pagerduty(&[]).await;
+    let (change_url, changes) = change_endpoint().await;
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "windows: [7d]",
+        "interval: 1s",
+        256,
+        &format!(
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    change_events: true\n    change_url: \"{change_url}\"\n"
+        ),
+    );
+    let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let deployed = |id: &str, env: &str, at: chrono::DateTime<chrono::Utc>| {
+        json!({"context": {"specversion": "0.5.1", "id": id, "source": "/cd",
+            "type": "dev.cdevents.service.deployed.0.3.0", "timestamp": at.to_rfc3339()},
+          "subject": {"id": "checkout", "source": "/cd",
+            "content": {"environment": {"id": env}, "artifactId": "pkg:oci/checkout@sha256:9"}}})
+    };
+    let batch = json!([
+        deployed("now-prod", "production", now - chrono::Duration::minutes(2)),
+        deployed("now-staging", "staging", now - chrono::Duration::minutes(1)),
+        deployed("old-prod", "production", now - chrono::Duration::days(3)),
+    ]);
+    let response = reqwest::Client::new()
+        .post(doraflow.webhook_url())
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    wait_until("the change event", || changes.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let changes = changes.lock().unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        changes[0]["payload"]["summary"],
+        "checkout deployed pkg:oci/checkout@sha256:9 to production"
+    );
+    assert_eq!(
+        changes[0]["payload"]["custom_details"]["outcome"],
+        "success"
+    );
+}

@@ -52,6 +52,13 @@ pub struct PagerDutyConfig {
     /// A link put in `custom_details.dashboard` (e.g. doraflow's own `/`).
     #[serde(default)]
     pub dashboard_url: Option<String>,
+    /// Send every production deployment of the last 24 hours as a PagerDuty
+    /// change event too. Default false.
+    #[serde(default)]
+    pub change_events: bool,
+    /// The Change Events endpoint; default `url` with `/v2/change/enqueue`.
+    #[serde(default)]
+    pub change_url: Option<String>,
 }
 
 /// A secret from the config: usable, never shown by `Debug`.
@@ -202,9 +209,91 @@ fn jittered(delay: Duration) -> Duration {
     delay + delay.mul_f64(f64::from(nanos % 1_000) / 4_000.0)
 }
 
-async fn deliver(
+/// A deployment for PagerDuty's Change Events API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The service deployed.
+    pub service: String,
+    /// The (production) environment.
+    pub environment: String,
+    /// When, ns since the epoch.
+    pub at: i64,
+    /// `success`, `failure` or `rollback`.
+    pub outcome: &'static str,
+    /// The artifact deployed, if known.
+    pub artifact: Option<String>,
+}
+
+/// The queue end for change events.
+#[derive(Clone)]
+pub struct ChangeSink {
+    tx: mpsc::Sender<ChangeEvent>,
+}
+
+impl ChangeSink {
+    /// Queues a change event; counts it as dropped when the queue is full.
+    pub fn send(&self, change: ChangeEvent) {
+        if self.tx.try_send(change).is_err() {
+            counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "queue_full")
+                .increment(1);
+        }
+    }
+}
+
+/// The Change Events API body of a deployment.
+pub fn change_event(config: &PagerDutyConfig, change: &ChangeEvent) -> Value {
+    let verb = match change.outcome {
+        "failure" => "failed to deploy",
+        "rollback" => "rolled back",
+        _ => "deployed",
+    };
+    let artifact = change.artifact.as_deref().unwrap_or("an unnamed artifact");
+    json!({
+        "routing_key": config.routing_key.expose(),
+        "payload": {
+            "summary": format!("{} {verb} {artifact} to {}", change.service, change.environment)
+                .chars().take(1024).collect::<String>(),
+            "timestamp": chrono::DateTime::from_timestamp_nanos(change.at).to_rfc3339(),
+            "source": format!("doraflow/{}/{}", change.service, change.environment),
+            "custom_details": {
+                "service": change.service,
+                "environment": change.environment,
+                "outcome": change.outcome,
+                "artifact": change.artifact,
+            },
+        },
+    })
+}
+
+impl PagerDutyConfig {
+    /// Where change events go: `change_url`, else `url` with
+    /// `/v2/enqueue` replaced by `/v2/change/enqueue`.
+    pub fn change_url(&self) -> String {
+        self.change_url
+            .clone()
+            .unwrap_or_else(|| self.url.replace("/v2/enqueue", "/v2/change/enqueue"))
+    }
+}
+
+/// Starts the delivery task with a change-event queue as well.
+pub fn start_with_changes(
+    config: PagerDutyConfig,
+    stop: CancellationToken,
+) -> (AlertSink, ChangeSink, tokio::task::JoinHandle<()>) {
+    let (sink, rx) = AlertSink::new("pagerduty", config.queue_size);
+    let (tx, changes) = mpsc::channel(config.queue_size.max(1));
+    let task = tokio::spawn(deliver_all(config, rx, Some(changes), stop));
+    (sink, ChangeSink { tx }, task)
+}
+
+async fn deliver(config: PagerDutyConfig, rx: mpsc::Receiver<Transition>, stop: CancellationToken) {
+    deliver_all(config, rx, None, stop).await
+}
+
+async fn deliver_all(
     config: PagerDutyConfig,
     mut rx: mpsc::Receiver<Transition>,
+    mut changes: Option<mpsc::Receiver<ChangeEvent>>,
     stop: CancellationToken,
 ) {
     let client = match reqwest::Client::builder()
@@ -217,73 +306,93 @@ async fn deliver(
             return;
         }
     };
-    let mut consecutive_failures = 0u32;
+    let change_url = config.change_url();
+    let mut failures = 0u32;
     loop {
-        let t = tokio::select! {
-            t = rx.recv() => match t { Some(t) => t, None => return },
+        let (url, body, what) = tokio::select! {
+            t = rx.recv() => {
+                let Some(t) = t else { return };
+                let Some(body) = event(&config, &t) else { continue };
+                (config.url.as_str(), body, dedup_key(&t))
+            }
+            Some(change) = async { match changes.as_mut() { Some(c) => c.recv().await, None => None } } => {
+                let what = format!("change event {}/{}", change.service, change.environment);
+                (change_url.as_str(), change_event(&config, &change), what)
+            }
             _ = stop.cancelled() => return,
         };
-        let Some(body) = event(&config, &t) else {
-            continue;
-        };
-        let mut backoff = config.initial_backoff.get();
-        let mut delivered = false;
-        for attempt_number in 1..=config.max_attempts {
-            if consecutive_failures >= config.circuit_breaker_threshold {
-                // Open circuit: wait out the cool-down, then this attempt is the probe.
-                tracing::warn!(
-                    failures = consecutive_failures,
-                    "pagerduty exporter: circuit open, probing after the cool-down"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(config.circuit_breaker_cooldown.get()) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            match attempt(&client, &config.url, &body).await {
-                Attempt::Delivered => {
-                    consecutive_failures = 0;
-                    delivered = true;
-                    counter!(instruments::EXPORTER_SENT, "exporter" => "pagerduty").increment(1);
-                    break;
-                }
-                Attempt::Rejected(status) => {
-                    consecutive_failures = 0;
-                    tracing::error!(
-                        status,
-                        alertname = t.alertname,
-                        dedup_key = dedup_key(&t),
-                        "pagerduty exporter: event refused, not retried"
-                    );
-                    counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "rejected").increment(1);
-                    break;
-                }
-                Attempt::Retry(retry_after) => {
-                    consecutive_failures += 1;
-                    counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "retryable").increment(1);
-                    if attempt_number == config.max_attempts {
-                        break;
-                    }
-                    let delay = retry_after.unwrap_or(backoff).max(jittered(backoff));
-                    backoff = (backoff * 2).min(config.max_backoff.get());
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-        }
-        if !delivered {
-            tracing::error!(
-                alertname = t.alertname,
-                dedup_key = dedup_key(&t),
-                "pagerduty exporter: event dropped after {} attempts",
-                config.max_attempts
-            );
-            counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "retries_exhausted")
-                .increment(1);
+        if send(&client, &config, url, &body, &what, &mut failures, &stop)
+            .await
+            .is_none()
+        {
+            return;
         }
     }
+}
+
+/// Sends one event with retries; `Some(delivered)`, or `None` if stopped.
+async fn send(
+    client: &reqwest::Client,
+    config: &PagerDutyConfig,
+    url: &str,
+    body: &Value,
+    what: &str,
+    failures: &mut u32,
+    stop: &CancellationToken,
+) -> Option<bool> {
+    let mut backoff = config.initial_backoff.get();
+    for attempt_number in 1..=config.max_attempts {
+        if *failures >= config.circuit_breaker_threshold {
+            // Open circuit: wait out the cool-down, then this attempt is the probe.
+            tracing::warn!(
+                failures = *failures,
+                "pagerduty exporter: circuit open, probing after the cool-down"
+            );
+            counter!(instruments::EXPORTER_CIRCUIT_OPENED, "exporter" => "pagerduty").increment(1);
+            tokio::select! {
+                _ = tokio::time::sleep(config.circuit_breaker_cooldown.get()) => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+        match attempt(client, url, body).await {
+            Attempt::Delivered => {
+                *failures = 0;
+                counter!(instruments::EXPORTER_SENT, "exporter" => "pagerduty").increment(1);
+                return Some(true);
+            }
+            Attempt::Rejected(status) => {
+                *failures = 0;
+                tracing::error!(
+                    status,
+                    what,
+                    "pagerduty exporter: event refused, not retried"
+                );
+                counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "rejected").increment(1);
+                return Some(false);
+            }
+            Attempt::Retry(retry_after) => {
+                *failures += 1;
+                counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "retryable").increment(1);
+                if attempt_number == config.max_attempts {
+                    break;
+                }
+                let delay = retry_after.unwrap_or(backoff).max(jittered(backoff));
+                backoff = (backoff * 2).min(config.max_backoff.get());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return None,
+                }
+            }
+        }
+    }
+    tracing::error!(
+        what,
+        "pagerduty exporter: event dropped after {} attempts",
+        config.max_attempts
+    );
+    counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "retries_exhausted")
+        .increment(1);
+    Some(false)
 }
 
 #[cfg(test)]

@@ -368,6 +368,8 @@ pub struct DoraProcessor {
     baselines: HashMap<(String, String), Baseline>,
     /// Events older than this are dropped: their ids may have been pruned.
     horizon: Nanos,
+    /// Production deployments applied since the last take, when asked to keep them.
+    new_production: Option<Vec<(Deployment, Nanos)>>,
     expired: u64,
     series: BTreeMap<(String, String), Vec<DeploymentRecord>>,
     incidents: KeyMap<Incident>,
@@ -410,6 +412,7 @@ impl DoraProcessor {
             artifact_changes: KeyMap::default(),
             baselines: HashMap::new(),
             horizon: Nanos::MIN,
+            new_production: None,
             expired: 0,
             series: BTreeMap::new(),
             incidents: KeyMap::default(),
@@ -537,7 +540,27 @@ impl DoraProcessor {
         }
     }
 
+    /// Keeps the production deployments applied from now on, for
+    /// [`DoraProcessor::take_production_deployments`].
+    pub fn keep_production_deployments(&mut self) {
+        self.new_production.get_or_insert_with(Vec::new);
+    }
+
+    /// The production deployments applied since the last call (and since
+    /// [`DoraProcessor::keep_production_deployments`]), with their times.
+    pub fn take_production_deployments(&mut self) -> Vec<(Deployment, Nanos)> {
+        self.new_production
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     fn add_deployment(&mut self, id: &str, time: Nanos, d: &Deployment) {
+        if let Some(kept) = self.new_production.as_mut()
+            && self.settings.production.contains(&d.environment)
+        {
+            kept.push((d.clone(), time));
+        }
         let series_key = (d.service.clone(), d.environment.clone());
         let history = self.series.entry(series_key).or_default();
         let record = DeploymentRecord {
