@@ -424,6 +424,11 @@ pub async fn run_with_clock(
         .as_ref()
         .filter(|_| uses(&pipeline.processors, "dora"))
         .map(DoraProcessor::new);
+    let red_window = config
+        .processors
+        .red
+        .as_ref()
+        .map(|r| r.window.as_str().to_string());
     let alerts = config
         .processors
         .alerts
@@ -431,7 +436,9 @@ pub async fn run_with_clock(
         .filter(|_| uses(&pipeline.processors, "alerts"))
         .map(|c| {
             (
-                AlertsProcessor::new(c).with_default_environment(&default_environment),
+                AlertsProcessor::new(c)
+                    .with_default_environment(&default_environment)
+                    .with_red_window(red_window.as_deref().unwrap_or("5m")),
                 c.interval.get(),
             )
         });

@@ -191,13 +191,17 @@ async fn pagerduty(script: &[u16]) -> (String, Shared) {
 }
 
 fn start(url: &str, max_attempts: u32) -> Doraflow {
+    start_with(url, max_attempts, "")
+}
+
+fn start_with(url: &str, max_attempts: u32, extra: &str) -> Doraflow {
     Doraflow::start_exporting(
         "window: 5m, slice: 10s",
         "derived_incidents: { enabled: false }",
         "interval: 100ms",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    max_attempts: {max_attempts}\n    dashboard_url: \"http://127.0.0.1:9464/\"\n"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    max_attempts: {max_attempts}\n    dashboard_url: \"http://127.0.0.1:9464/\"\n{extra}"
         ),
     )
 }
@@ -274,6 +278,7 @@ async fn an_episode_is_one_trigger_and_one_resolve_with_one_dedup_key() {
     assert_eq!(payload["class"], "HighErrorRate");
     assert_eq!(payload["custom_details"]["value"], 0.015);
     assert_eq!(payload["custom_details"]["threshold"], 0.01);
+    assert_eq!(payload["custom_details"]["window"], "5m");
     assert_eq!(
         payload["custom_details"]["dashboard"],
         "http://127.0.0.1:9464/"
@@ -419,4 +424,74 @@ async fn production_deployments_become_change_events_and_backfill_does_not() {
         changes[0]["payload"]["custom_details"]["outcome"],
         "success"
     );
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
+    // Three failures: the trigger's two attempts, then its third after the
+    // circuit opened; the resolve waits out the cool-down, probes, succeeds.
+    let (url, endpoint) = pagerduty(&[503, 503, 503]).await;
+    let doraflow = start_with(
+        &url,
+        3,
+        "    circuit_breaker_threshold: 2\n    circuit_breaker_cooldown: 200ms\n",
+    );
+    send_spans(&doraflow, 197, 3).await;
+    wait_until("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
+    send_spans(&doraflow, 100, 0).await;
+    wait_until("the resolve", || {
+        endpoint.lock().unwrap().accepted.len() == 1
+    })
+    .await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 4);
+    assert_eq!(endpoint.accepted[0]["event_action"], "resolve");
+    let m = doraflow.metrics();
+    let pd = [("exporter", "pagerduty")];
+    assert_eq!(
+        m.get("doraflow_exporter_circuit_opened_total", &pd),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get(
+            "doraflow_exporter_dropped_total",
+            &[("exporter", "pagerduty"), ("reason", "retries_exhausted")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.get("doraflow_exporter_sent_total", &pd), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_event_the_api_refuses_is_logged_and_counted_not_retried() {
+    let (url, endpoint) = pagerduty(&[]).await;
+    // A routing key of the wrong length: the strict endpoint answers 400.
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { enabled: false }",
+        "interval: 100ms",
+        256,
+        &format!(
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"too-short\"\n    initial_backoff: 10ms\n"
+        ),
+    );
+    send_spans(&doraflow, 197, 3).await;
+    wait_until("the refused attempt", || {
+        endpoint.lock().unwrap().attempts == 1
+    })
+    .await;
+    let rejected = [("exporter", "pagerduty"), ("reason", "rejected")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while doraflow
+        .metrics()
+        .get("doraflow_exporter_failed_total", &rejected)
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the refusal was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 1, "a 400 is not retried");
+    assert!(endpoint.accepted.is_empty());
 }

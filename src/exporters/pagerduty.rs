@@ -154,6 +154,7 @@ pub fn event(config: &PagerDutyConfig, t: &Transition) -> Option<Value> {
             "custom_details": {
                 "value": t.value,
                 "threshold": t.threshold,
+                "window": t.window,
                 "dashboard": config.dashboard_url,
             },
         });

@@ -211,6 +211,8 @@ pub struct Rule {
     /// The severity.
     pub severity: Severity,
     min_requests: u64,
+    /// The window the rule looks over, as written (`5m`), if it has one.
+    pub window: Option<String>,
 }
 
 impl AlertsConfig {
@@ -247,10 +249,22 @@ impl AlertsConfig {
                     name: d.name,
                     check: d.check,
                     threshold: o.threshold.map_or(d.threshold, |t| t.value()),
-                    lookback: o.window.map_or(d.window, |w| w.get().as_nanos() as Nanos),
+                    lookback: o
+                        .window
+                        .as_ref()
+                        .map_or(d.window, |w| w.get().as_nanos() as Nanos),
                     hold: o.for_.map_or(d.hold, |f| f.get().as_nanos() as Nanos),
                     severity: o.severity.unwrap_or(d.severity),
                     min_requests: o.min_requests.unwrap_or(d.min_requests),
+                    window: match (&o.window, d.window) {
+                        (Some(w), _) => Some(w.as_str().to_string()),
+                        (None, 0) => None,
+                        (None, ns) => Some(
+                            ConfigDuration::from_secs((ns / 1_000_000_000) as u64)
+                                .as_str()
+                                .to_string(),
+                        ),
+                    },
                 })
             })
             .collect()
@@ -308,6 +322,8 @@ pub struct Transition {
     pub severity: Severity,
     /// One line for people.
     pub summary: String,
+    /// The window the rule looked over (`5m`), if it has one.
+    pub window: Option<String>,
 }
 
 /// An alert that is pending or firing.
@@ -354,6 +370,17 @@ impl AlertsProcessor {
             readings: BTreeMap::new(),
             default_environment: "unknown".to_string(),
         }
+    }
+
+    /// The `red` window (e.g. `5m`), which the error-rate and latency rules
+    /// look over.
+    pub fn with_red_window(mut self, window: &str) -> Self {
+        for rule in &mut self.rules {
+            if matches!(rule.check, Check::ErrorRate | Check::LatencyP95) {
+                rule.window = Some(window.to_string());
+            }
+        }
+        self
     }
 
     /// Resources without an environment get `environment`.
@@ -571,6 +598,7 @@ fn step(
             threshold: rule.threshold,
             severity: rule.severity,
             summary: text.clone(),
+            window: rule.window.clone(),
         })
     };
     match (active.get_mut(&key), holds) {
