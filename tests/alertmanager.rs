@@ -10,10 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Doraflow, TempDir, free_port, say_skipped};
-use doraflow::otlp::synth::{resource, span, trace_request};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::Value;
 
 struct Alertmanager {
@@ -86,41 +82,6 @@ fn alerts_in(alertmanager: &Alertmanager) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn send_spans(doraflow: &Doraflow, ok: usize, errors: usize) {
-    let t0 = 1_764_000_000_000_000_000u64;
-    let spans = (0..ok + errors)
-        .map(|i| {
-            let status = if i < errors {
-                StatusCode::Error
-            } else {
-                StatusCode::Ok
-            };
-            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
-        })
-        .collect();
-    let mut client = TraceServiceClient::connect(doraflow.grpc_url())
-        .await
-        .unwrap();
-    client
-        .export(trace_request(vec![(
-            resource(Some("checkout"), Some("production")),
-            spans,
-        )]))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
     let Some(binary) = binary() else {
@@ -162,8 +123,8 @@ async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
             alertmanager.port
         ),
     );
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("the alert in Alertmanager", || {
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the alert in Alertmanager", || {
         alerts_in(&alertmanager).len() == 1
     })
     .await;
@@ -178,13 +139,13 @@ async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
         "checkout (production): error ratio 1.50% > 1.00%"
     );
 
-    send_spans(&doraflow, 100, 0).await;
-    wait_until("the alert resolved in Alertmanager", || {
+    common::send_checkout_spans(&doraflow, 100, 0).await;
+    common::eventually("the alert resolved in Alertmanager", || {
         alerts_in(&alertmanager).is_empty()
     })
     .await;
 
-    wait_until("two webhook payloads", || {
+    common::eventually("two webhook payloads", || {
         received.lock().unwrap().len() == 2
     })
     .await;

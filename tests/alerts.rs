@@ -4,52 +4,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::Doraflow;
-use doraflow::otlp::synth::{resource, span, trace_request};
+use doraflow::otlp::synth::resource;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::{Value, json};
-
-fn spans(
-    ok: usize,
-    errors: usize,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    let t0 = 1_764_000_000_000_000_000u64;
-    let spans = (0..ok + errors)
-        .map(|i| {
-            let status = if i < errors {
-                StatusCode::Error
-            } else {
-                StatusCode::Ok
-            };
-            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
-        })
-        .collect();
-    trace_request(vec![(
-        resource(Some("checkout"), Some("production")),
-        spans,
-    )])
-}
 
 fn alerts(doraflow: &Doraflow) -> Vec<Value> {
     let (status, body) = common::get(doraflow.prometheus, "/api/v1/alerts").unwrap();
     assert_eq!(status, 200);
     let body: Value = serde_json::from_str(&body).unwrap();
     body["alerts"].as_array().cloned().unwrap_or_default()
-}
-
-fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn firing_gauge(doraflow: &Doraflow, alertname: &str) -> Option<f64> {
@@ -76,10 +40,11 @@ async fn high_error_rate_fires_and_resolves() {
         .await
         .unwrap();
     // 3 errors in 200 requests: 1.5% > 1%.
-    client.export(spans(197, 3)).await.unwrap();
-    wait_until("HighErrorRate firing", || {
+    client.export(common::checkout_spans(197, 3)).await.unwrap();
+    common::eventually("HighErrorRate firing", || {
         firing_gauge(&doraflow, "HighErrorRate") == Some(1.0)
-    });
+    })
+    .await;
     let active = alerts(&doraflow);
     assert_eq!(active.len(), 1, "{active:?}");
     assert_eq!(active[0]["alertname"], "HighErrorRate");
@@ -90,10 +55,11 @@ async fn high_error_rate_fires_and_resolves() {
         "checkout (production): error ratio 1.50% > 1.00%"
     );
     // 300 requests, 3 errors: exactly 1%, not above.
-    client.export(spans(100, 0)).await.unwrap();
-    wait_until("HighErrorRate resolved", || {
+    client.export(common::checkout_spans(100, 0)).await.unwrap();
+    common::eventually("HighErrorRate resolved", || {
         firing_gauge(&doraflow, "HighErrorRate") == Some(0.0)
-    });
+    })
+    .await;
     assert!(alerts(&doraflow).is_empty());
 }
 
@@ -124,9 +90,10 @@ async fn a_failed_deploy_pipeline_fires_deployment_failed_until_the_next_success
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    wait_until("DeploymentFailed firing", || {
+    common::eventually("DeploymentFailed firing", || {
         firing_gauge(&doraflow, "DeploymentFailed") == Some(1.0)
-    });
+    })
+    .await;
     assert_eq!(alerts(&doraflow)[0]["alertname"], "DeploymentFailed");
     let fixed = event(
         "deploy-2",
@@ -141,9 +108,10 @@ async fn a_failed_deploy_pipeline_fires_deployment_failed_until_the_next_success
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    wait_until("DeploymentFailed resolved", || {
+    common::eventually("DeploymentFailed resolved", || {
         firing_gauge(&doraflow, "DeploymentFailed") == Some(0.0)
-    });
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -183,9 +151,10 @@ async fn cpu_utilization_from_otlp_metrics_fires_high_cpu_usage() {
         }],
     };
     client.export(request).await.unwrap();
-    wait_until("HighCpuUsage firing", || {
+    common::eventually("HighCpuUsage firing", || {
         firing_gauge(&doraflow, "HighCpuUsage") == Some(1.0)
-    });
+    })
+    .await;
     let active = alerts(&doraflow);
     assert_eq!(active[0]["alertname"], "HighCpuUsage");
     assert_eq!(active[0]["value"], 0.93);

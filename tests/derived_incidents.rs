@@ -7,31 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Doraflow;
-use doraflow::otlp::synth::{resource, span, trace_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-
-fn requests(
-    ok: usize,
-    errors: usize,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    let t0 = 1_764_000_000_000_000_000u64;
-    let spans = (0..ok + errors)
-        .map(|i| {
-            let status = if i < errors {
-                StatusCode::Error
-            } else {
-                StatusCode::Ok
-            };
-            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
-        })
-        .collect();
-    trace_request(vec![(
-        resource(Some("checkout"), Some("production")),
-        spans,
-    )])
-}
 
 fn wait_for(
     doraflow: &Doraflow,
@@ -65,12 +41,12 @@ async fn an_error_ratio_over_the_threshold_opens_and_then_resolves_an_incident()
         .await
         .unwrap();
     // 5 errors in 100 requests: 5% > 1%.
-    client.export(requests(95, 5)).await.unwrap();
+    client.export(common::checkout_spans(95, 5)).await.unwrap();
     wait_for(&doraflow, "an open incident", |m| {
         m.get("dora_incidents_open", &l) == Some(1.0)
     });
     // 900 more good requests: 5 in 1000 = 0.5%.
-    client.export(requests(900, 0)).await.unwrap();
+    client.export(common::checkout_spans(900, 0)).await.unwrap();
     let m = wait_for(&doraflow, "the incident's resolution", |m| {
         m.get("dora_incidents_open", &l) == Some(0.0)
     });

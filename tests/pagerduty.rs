@@ -14,10 +14,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::{Doraflow, free_port};
-use doraflow::otlp::synth::{resource, span, trace_request};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use serde_json::{Value, json};
 
 const ROUTING_KEY: &str = "R0UT1NGK3Y0123456789abcdefABCDEF";
@@ -206,52 +202,17 @@ fn start_with(url: &str, max_attempts: u32, extra: &str) -> Doraflow {
     )
 }
 
-async fn send_spans(doraflow: &Doraflow, ok: usize, errors: usize) {
-    let t0 = 1_764_000_000_000_000_000u64;
-    let spans = (0..ok + errors)
-        .map(|i| {
-            let status = if i < errors {
-                SpanStatus::Error
-            } else {
-                SpanStatus::Ok
-            };
-            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
-        })
-        .collect();
-    let mut client = TraceServiceClient::connect(doraflow.grpc_url())
-        .await
-        .unwrap();
-    client
-        .export(trace_request(vec![(
-            resource(Some("checkout"), Some("production")),
-            spans,
-        )]))
-        .await
-        .unwrap();
-}
-
-async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_episode_is_one_trigger_and_one_resolve_with_one_dedup_key() {
     let (url, endpoint) = pagerduty(&[]).await;
     let doraflow = start(&url, 6);
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("the trigger", || {
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the trigger", || {
         endpoint.lock().unwrap().accepted.len() == 1
     })
     .await;
-    send_spans(&doraflow, 100, 0).await;
-    wait_until("the resolve", || {
+    common::send_checkout_spans(&doraflow, 100, 0).await;
+    common::eventually("the resolve", || {
         endpoint.lock().unwrap().accepted.len() == 2
     })
     .await;
@@ -289,8 +250,8 @@ async fn an_episode_is_one_trigger_and_one_resolve_with_one_dedup_key() {
 async fn throttling_then_a_server_error_then_success_delivers_exactly_once() {
     let (url, endpoint) = pagerduty(&[429, 500]).await;
     let doraflow = start(&url, 6);
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("the trigger", || {
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the trigger", || {
         endpoint.lock().unwrap().accepted.len() == 1
     })
     .await;
@@ -316,8 +277,8 @@ async fn throttling_then_a_server_error_then_success_delivers_exactly_once() {
 async fn an_outage_longer_than_the_retry_budget_is_counted_as_dropped() {
     let (url, endpoint) = pagerduty(&[503; 10]).await;
     let doraflow = start(&url, 3);
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
     let dropped = [("exporter", "pagerduty"), ("reason", "retries_exhausted")];
     let deadline = Instant::now() + Duration::from_secs(10);
     while doraflow
@@ -412,7 +373,7 @@ async fn production_deployments_become_change_events_and_backfill_does_not() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    wait_until("the change event", || changes.lock().unwrap().len() == 1).await;
+    common::eventually("the change event", || changes.lock().unwrap().len() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let changes = changes.lock().unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
@@ -436,10 +397,10 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
         3,
         "    circuit_breaker_threshold: 2\n    circuit_breaker_cooldown: 200ms\n",
     );
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
-    send_spans(&doraflow, 100, 0).await;
-    wait_until("the resolve", || {
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("three attempts", || endpoint.lock().unwrap().attempts == 3).await;
+    common::send_checkout_spans(&doraflow, 100, 0).await;
+    common::eventually("the resolve", || {
         endpoint.lock().unwrap().accepted.len() == 1
     })
     .await;
@@ -475,8 +436,8 @@ async fn an_event_the_api_refuses_is_logged_and_counted_not_retried() {
             "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"too-short\"\n    initial_backoff: 10ms\n"
         ),
     );
-    send_spans(&doraflow, 197, 3).await;
-    wait_until("the refused attempt", || {
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the refused attempt", || {
         endpoint.lock().unwrap().attempts == 1
     })
     .await;

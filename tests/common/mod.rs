@@ -301,3 +301,53 @@ pub fn say_skipped(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// checkout/production: `ok` successful and `errors` failed SERVER spans of 1 ms.
+pub fn checkout_spans(
+    ok: usize,
+    errors: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use doraflow::otlp::synth::{resource, span, trace_request};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let t0 = 1_764_000_000_000_000_000u64;
+    let spans = (0..ok + errors)
+        .map(|i| {
+            let status = if i < errors {
+                StatusCode::Error
+            } else {
+                StatusCode::Ok
+            };
+            span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
+        })
+        .collect();
+    trace_request(vec![(
+        resource(Some("checkout"), Some("production")),
+        spans,
+    )])
+}
+
+/// Sends [`checkout_spans`] to `doraflow` over OTLP gRPC.
+pub async fn send_checkout_spans(doraflow: &Doraflow, ok: usize, errors: usize) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let mut client = TraceServiceClient::connect(doraflow.grpc_url())
+        .await
+        .expect("connect");
+    client
+        .export(checkout_spans(ok, errors))
+        .await
+        .expect("export");
+}
+
+/// Polls `check` every 50 ms, for at most 20 s, without blocking the
+/// runtime (tests serve mock endpoints on it).
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
