@@ -456,3 +456,81 @@ async fn an_event_the_api_refuses_is_logged_and_counted_not_retried() {
     assert_eq!(endpoint.attempts, 1, "a 400 is not retried");
     assert!(endpoint.accepted.is_empty());
 }
+
+#[tokio::test]
+async fn backfilling_a_month_of_failures_and_incidents_pages_nobody() {
+    let (url, endpoint) = pagerduty(&[]).await;
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "deploy_pipelines: [{ pipeline: deploy-checkout, service: checkout, environment: production }]",
+        "interval: 100ms",
+        256,
+        &format!(
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    change_events: true\n"
+        ),
+    );
+    let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let event = |id: String, kind: &str, subject: Value, days_ago: i64, hours: i64| {
+        let at = now - chrono::Duration::days(days_ago) + chrono::Duration::hours(hours);
+        json!({"context": {"specversion": "0.5.1", "id": id, "source": "/backfill",
+            "type": format!("dev.cdevents.{kind}.0.3.0"), "timestamp": at.to_rfc3339()},
+          "subject": subject})
+    };
+    let mut events = Vec::new();
+    for day in (3..33).rev() {
+        let failed = day % 4 == 0;
+        events.push(if failed {
+            event(format!("run-{day}"), "pipelinerun.finished",
+                json!({"id": format!("run-{day}"), "source": "/cd",
+                       "content": {"pipelineName": "deploy-checkout", "outcome": "failure"}}), day, 0)
+        } else {
+            event(format!("deploy-{day}"), "service.deployed",
+                json!({"id": "checkout", "source": "/cd", "content": {"environment": {"id": "production"}}}), day, 0)
+        });
+        let incident = json!({"id": format!("inc-{day}"), "source": "/mon",
+            "content": {"service": {"id": "checkout"}, "environment": {"id": "production"}}});
+        events.push(event(
+            format!("open-{day}"),
+            "incident.detected",
+            incident.clone(),
+            day,
+            1,
+        ));
+        events.push(event(
+            format!("resolve-{day}"),
+            "incident.resolved",
+            incident,
+            day,
+            4,
+        ));
+    }
+    // The last deployment, two days ago, succeeded: nothing is failing now.
+    events.push(event("deploy-latest".into(), "service.deployed",
+        json!({"id": "checkout", "source": "/cd", "content": {"environment": {"id": "production"}}}), 2, 0));
+    let response = reqwest::Client::new()
+        .post(doraflow.webhook_url())
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Value::Array(events).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // Twenty evaluations later: no page, no alert, no change event.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(endpoint.lock().unwrap().attempts, 0);
+    let (_, alerts) = common::get(doraflow.prometheus, "/api/v1/alerts").unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&alerts).unwrap()["alerts"],
+        json!([])
+    );
+    // The history is there all the same.
+    let failed = doraflow.metrics().get(
+        "dora_deployments_total",
+        &[
+            ("service", "checkout"),
+            ("environment", "production"),
+            ("outcome", "failure"),
+        ],
+    );
+    assert_eq!(failed, Some(8.0));
+}
