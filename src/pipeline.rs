@@ -457,17 +457,10 @@ pub async fn run_with_clock(
             change_events = c.change_events,
             "PagerDuty exporter started"
         );
-        if c.change_events {
-            let (sink, changes, task) =
-                pagerduty::start_with_changes(c.clone(), exporters_stop.clone());
-            alert_sinks.push(sink);
-            change_sink = Some(changes);
-            alert_tasks.push(task);
-        } else {
-            let (sink, task) = pagerduty::start(c.clone(), exporters_stop.clone());
-            alert_sinks.push(sink);
-            alert_tasks.push(task);
-        }
+        let (sink, changes, task) = pagerduty::start(c.clone(), exporters_stop.clone());
+        alert_sinks.push(sink);
+        change_sink = changes;
+        alert_tasks.push(task);
     }
     if let Some(c) = config
         .exporters

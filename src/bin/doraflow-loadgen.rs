@@ -157,11 +157,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = latencies.lock().await.add(&local);
         }));
     }
-    for worker in workers {
-        worker.await?;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let latencies = latencies.lock().await;
+    let (elapsed, latency) = finish(workers, start, &latencies).await?;
     let accepted = totals.accepted_spans.load(Ordering::Relaxed);
     let report = serde_json::json!({
         "seconds": elapsed,
@@ -175,11 +171,7 @@ async fn main() -> anyhow::Result<()> {
         "accepted_spans_per_second": accepted as f64 / elapsed,
         "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
         "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
-        "export_latency_us": {
-            "p50": latencies.value_at_quantile(0.5),
-            "p99": latencies.value_at_quantile(0.99),
-            "max": latencies.max(),
-        },
+        "export_latency_us": latency,
     });
     if args.json {
         println!("{report}");
@@ -187,6 +179,25 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Waits for the workers; the run's seconds and its latency figures (µs).
+async fn finish(
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    start: Instant,
+    latencies: &Mutex<Histogram<u64>>,
+) -> anyhow::Result<(f64, serde_json::Value)> {
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let latencies = latencies.lock().await;
+    let figures = serde_json::json!({
+        "p50": latencies.value_at_quantile(0.5),
+        "p99": latencies.value_at_quantile(0.99),
+        "max": latencies.max(),
+    });
+    Ok((elapsed, figures))
 }
 
 /// A batch of `events` CDEvents (a multiple of 3) starting at deployment `n`.
@@ -289,11 +300,7 @@ async fn cdevents(args: Args) -> anyhow::Result<()> {
             let _ = latencies.lock().await.add(&local);
         }));
     }
-    for worker in workers {
-        worker.await?;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let latencies = latencies.lock().await;
+    let (elapsed, latency) = finish(workers, start, &latencies).await?;
     let accepted = totals.accepted_spans.load(Ordering::Relaxed);
     let report = serde_json::json!({
         "mode": "cdevents",
@@ -305,11 +312,7 @@ async fn cdevents(args: Args) -> anyhow::Result<()> {
         "accepted_events_per_second": accepted as f64 / elapsed,
         "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
         "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
-        "request_latency_us": {
-            "p50": latencies.value_at_quantile(0.5),
-            "p99": latencies.value_at_quantile(0.99),
-            "max": latencies.max(),
-        },
+        "request_latency_us": latency,
     });
     if args.json {
         println!("{report}");

@@ -10,6 +10,7 @@ use std::fmt::Write;
 use crate::processors::dora::levels::Level;
 use crate::processors::dora::{
     DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
+    WindowFigures,
 };
 
 fn escape(value: &str) -> String {
@@ -128,75 +129,63 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
         );
     }
 
-    type Windowed = (&'static str, &'static str, &'static str);
-    let gauges: [Windowed; 3] = [
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&WindowFigures) -> Option<f64>,
+    );
+    let gauges: [Gauge; 3] = [
         (
             "dora_deployment_frequency_per_day",
-            "gauge",
             "Successful deployments per day over the window.",
+            |f| Some(f.deployment_frequency_per_day),
         ),
         (
             "dora_change_failure_ratio",
-            "gauge",
             "Failed changes / deployments over the window; NaN without deployments.",
+            |f| f.change_failure_ratio,
         ),
         (
             "dora_mean_time_to_restore_seconds",
-            "gauge",
             "Mean time to restore over the window; NaN without resolved incidents.",
+            |f| f.time_to_restore.mean,
         ),
     ];
-    for (name, kind, help) in gauges {
-        w.family(name, kind, help);
+    for (name, help, value) in gauges {
+        w.family(name, "gauge", help);
         for s in series {
             let [a, b] = ids(s);
             for f in &s.windows {
-                let value = match name {
-                    "dora_deployment_frequency_per_day" => Some(f.deployment_frequency_per_day),
-                    "dora_change_failure_ratio" => f.change_failure_ratio,
-                    _ => f.time_to_restore.mean,
-                };
-                w.sample(
-                    name,
-                    &[(a.0, &a.1), (b.0, &b.1), ("window", &f.window)],
-                    value,
-                );
+                let pairs = [(a.0, a.1.as_str()), (b.0, &b.1), ("window", &f.window)];
+                w.sample(name, &pairs, value(f));
             }
         }
     }
-    let quantiled: [Windowed; 3] = [
+    type Quantiled = (&'static str, &'static str, fn(&WindowFigures) -> &Quantiles);
+    let quantiled: [Quantiled; 3] = [
         (
             "dora_lead_time_seconds",
-            "gauge",
-            "Lead time for changes over the window (HDR quantiles); NaN without changes.",
+            "Lead time for changes over the window (exact nearest-rank quantiles); NaN without changes.",
+            |f| &f.lead_time,
         ),
         (
             "dora_time_to_restore_seconds",
-            "gauge",
-            "Time to restore over the window (HDR quantiles); NaN without resolved incidents.",
+            "Time to restore over the window (exact nearest-rank quantiles); NaN without resolved incidents.",
+            |f| &f.time_to_restore,
         ),
         (
             "dora_failed_deployment_recovery_seconds",
-            "gauge",
-            "Failed deployment recovery time over the window (HDR quantiles).",
+            "Failed deployment recovery time over the window (exact nearest-rank quantiles).",
+            |f| &f.failed_deployment_recovery,
         ),
     ];
-    for (name, kind, help) in quantiled {
-        w.family(name, kind, help);
+    for (name, help, quantiles) in quantiled {
+        w.family(name, "gauge", help);
         for s in series {
             let [a, b] = ids(s);
             for f in &s.windows {
-                let q = match name {
-                    "dora_lead_time_seconds" => &f.lead_time,
-                    "dora_time_to_restore_seconds" => &f.time_to_restore,
-                    _ => &f.failed_deployment_recovery,
-                };
-                quantile_samples(
-                    &mut w,
-                    name,
-                    &[(a.0, &a.1), (b.0, &b.1), ("window", &f.window)],
-                    q,
-                );
+                let pairs = [(a.0, a.1.as_str()), (b.0, &b.1), ("window", &f.window)];
+                quantile_samples(&mut w, name, &pairs, quantiles(f));
             }
         }
     }

@@ -162,17 +162,6 @@ pub fn event(config: &PagerDutyConfig, t: &Transition) -> Option<Value> {
     Some(body)
 }
 
-/// Starts the delivery task; it ends once the sink is dropped and the queue
-/// is drained, or when `stop` is cancelled.
-pub fn start(
-    config: PagerDutyConfig,
-    stop: CancellationToken,
-) -> (AlertSink, tokio::task::JoinHandle<()>) {
-    let (sink, rx) = AlertSink::new("pagerduty", config.queue_size);
-    let task = tokio::spawn(deliver(config, rx, stop));
-    (sink, task)
-}
-
 enum Attempt {
     Delivered,
     /// Refused for good (a 4xx other than 429).
@@ -276,22 +265,25 @@ impl PagerDutyConfig {
     }
 }
 
-/// Starts the delivery task with a change-event queue as well.
-pub fn start_with_changes(
+/// Starts the delivery task, with a change-event queue when
+/// `change_events` is on; the task ends once the sinks are dropped and the
+/// queues drained, or when `stop` is cancelled.
+pub fn start(
     config: PagerDutyConfig,
     stop: CancellationToken,
-) -> (AlertSink, ChangeSink, tokio::task::JoinHandle<()>) {
+) -> (AlertSink, Option<ChangeSink>, tokio::task::JoinHandle<()>) {
     let (sink, rx) = AlertSink::new("pagerduty", config.queue_size);
-    let (tx, changes) = mpsc::channel(config.queue_size.max(1));
-    let task = tokio::spawn(deliver_all(config, rx, Some(changes), stop));
-    (sink, ChangeSink { tx }, task)
+    let (changes, change_rx) = if config.change_events {
+        let (tx, rx) = mpsc::channel(config.queue_size.max(1));
+        (Some(ChangeSink { tx }), Some(rx))
+    } else {
+        (None, None)
+    };
+    let task = tokio::spawn(deliver(config, rx, change_rx, stop));
+    (sink, changes, task)
 }
 
-async fn deliver(config: PagerDutyConfig, rx: mpsc::Receiver<Transition>, stop: CancellationToken) {
-    deliver_all(config, rx, None, stop).await
-}
-
-async fn deliver_all(
+async fn deliver(
     config: PagerDutyConfig,
     mut rx: mpsc::Receiver<Transition>,
     mut changes: Option<mpsc::Receiver<ChangeEvent>>,

@@ -184,7 +184,7 @@ fn utilization(
             };
             let cpu = ["cpu.logical_number", "cpu"]
                 .iter()
-                .find_map(|k| any_attribute(&point.attributes, k))
+                .find_map(|k| attribute_text(&point.attributes, k, true))
                 .unwrap_or_default();
             let entry = by_time.entry(point.time_unix_nano).or_default();
             entry.1.insert(cpu);
@@ -208,33 +208,29 @@ fn utilization(
     }
 }
 
-fn string_attribute(
+/// The value of attribute `key` (the last one, if repeated) as text, when it
+/// is a string or, with `ints`, an integer.
+fn attribute_text(
     attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
     key: &str,
+    ints: bool,
 ) -> Option<String> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     attributes.iter().rev().find_map(|kv| match &kv.value {
         Some(v) if kv.key == key => match &v.value {
             Some(Value::StringValue(s)) => Some(s.clone()),
+            Some(Value::IntValue(i)) if ints => Some(i.to_string()),
             _ => None,
         },
         _ => None,
     })
 }
 
-fn any_attribute(
+fn string_attribute(
     attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
     key: &str,
 ) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    attributes.iter().rev().find_map(|kv| match &kv.value {
-        Some(v) if kv.key == key => match &v.value {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            Some(Value::IntValue(i)) => Some(i.to_string()),
-            _ => None,
-        },
-        _ => None,
-    })
+    attribute_text(attributes, key, false)
 }
 
 /// Service identity from full-decoded resource attributes (same rules as the
