@@ -283,25 +283,165 @@ pub enum BodyError {
 /// Decodes a whole body: a single event, or a batch when `batch` is set or
 /// the body is an array. All or nothing: one bad event refuses the body.
 pub fn decode_body(body: &[u8], batch: bool) -> Result<Vec<DeliveryEvent>, BodyError> {
+    decode_values(&parse_body(body, batch)?)
+}
+
+/// Parses a body into its events' JSON, checking the batch shape only.
+pub fn parse_body(body: &[u8], batch: bool) -> Result<Vec<Value>, BodyError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
     match value {
-        Value::Array(events) => {
-            if events.is_empty() {
-                return Err(BodyError::Empty);
-            }
-            events
-                .iter()
-                .enumerate()
-                .map(|(index, event)| {
-                    decode_event(event).map_err(|error| BodyError::Event { index, error })
-                })
-                .collect()
-        }
+        Value::Array(events) if events.is_empty() => Err(BodyError::Empty),
+        Value::Array(events) => Ok(events),
         other if batch => Err(BodyError::NotABatch(kind_of(&other))),
-        other => decode_event(&other)
-            .map(|e| vec![e])
-            .map_err(|error| BodyError::Event { index: 0, error }),
+        other => Ok(vec![other]),
     }
+}
+
+/// Decodes parsed events, all or nothing.
+pub fn decode_values(values: &[Value]) -> Result<Vec<DeliveryEvent>, BodyError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            decode_event(event).map_err(|error| BodyError::Event { index, error })
+        })
+        .collect()
+}
+
+/// The CloudEvents attributes of a binary-mode message (HTTP `ce-*` or Kafka
+/// `ce_*` headers), as a CDEvent `context`.
+#[derive(Debug, Clone, Default)]
+pub struct BinaryContext {
+    /// `ce-id`.
+    pub id: Option<String>,
+    /// `ce-type`.
+    pub event_type: Option<String>,
+    /// `ce-source`.
+    pub source: Option<String>,
+    /// `ce-time`.
+    pub time: Option<String>,
+}
+
+/// Decodes a binary-mode event: the CDEvent in the body, its context from
+/// the CloudEvents attributes when the body has none. Returns the event in
+/// structured form too (for forwarding).
+pub fn decode_binary(
+    body: &[u8],
+    context: &BinaryContext,
+) -> Result<(DeliveryEvent, Value), BodyError> {
+    let mut event: Value =
+        serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+    if let Value::Object(map) = &mut event
+        && !map.contains_key("context")
+    {
+        let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
+        map.insert(
+            "context".to_string(),
+            serde_json::json!({
+                "id": text(&context.id),
+                "type": text(&context.event_type),
+                "source": text(&context.source),
+                "timestamp": text(&context.time),
+            }),
+        );
+    }
+    let decoded = decode_cdevent(&event).map_err(|error| BodyError::Event { index: 0, error })?;
+    Ok((decoded, event))
+}
+
+/// The partition key of an event when forwarded: its service, so one
+/// service's deployments and incidents land on one partition, hence one
+/// replica of a cluster tier. An event that names no service (a change, an
+/// artifact) is keyed by its subject id, which keeps its own lifecycle
+/// (created, merged) together.
+pub fn forward_key(value: &Value, event: &DeliveryEvent) -> String {
+    match &event.kind {
+        DeliveryKind::Deployment(d) => return d.service.clone(),
+        DeliveryKind::IncidentOpened { service, .. } if !service.is_empty() => {
+            return service.clone();
+        }
+        DeliveryKind::PipelineFailed {
+            service: Some(service),
+            ..
+        } => return service_name(service).to_string(),
+        _ => {}
+    }
+    // A CloudEvents envelope carries the CDEvent in `data`.
+    let cdevent = match value.get("context") {
+        Some(_) => value,
+        None => value.get("data").unwrap_or(value),
+    };
+    let named = [
+        "/subject/content/service/id",
+        "/customData/service",
+        "/subject/id",
+    ];
+    named
+        .iter()
+        .find_map(|pointer| cdevent.pointer(pointer).and_then(Value::as_str))
+        .map(|s| service_name(s).to_string())
+        .unwrap_or_else(|| event.id.clone())
+}
+
+/// An incident doraflow derived from a service's error ratio, with the
+/// series it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedIncident {
+    /// The event applied (`IncidentOpened` or `IncidentResolved`).
+    pub event: DeliveryEvent,
+    /// The service whose error ratio crossed the threshold.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+}
+
+impl DerivedIncident {
+    /// The event as a CDEvent v0.5 (`incident.detected` or
+    /// `incident.resolved`), so a downstream doraflow or any CDEvents
+    /// consumer reads it like one from a monitoring tool.
+    pub fn to_cdevent(&self) -> Value {
+        let (kind, incident, description) = match &self.event.kind {
+            DeliveryKind::IncidentResolved { incident } => (
+                "dev.cdevents.incident.resolved.0.3.0",
+                incident.as_str(),
+                "error ratio back at or below the threshold",
+            ),
+            DeliveryKind::IncidentOpened { incident, .. } => (
+                "dev.cdevents.incident.detected.0.3.0",
+                incident.as_str(),
+                "error ratio above the threshold",
+            ),
+            _ => (
+                "dev.cdevents.incident.detected.0.3.0",
+                self.event.id.as_str(),
+                "",
+            ),
+        };
+        serde_json::json!({
+            "context": {
+                "specversion": "0.5.1",
+                "id": self.event.id,
+                "source": "/doraflow/derived-incidents",
+                "type": kind,
+                "timestamp": format_timestamp(self.event.time),
+            },
+            "subject": {
+                "id": incident,
+                "source": "/doraflow/derived-incidents",
+                "content": {
+                    "description": description,
+                    "environment": { "id": self.environment },
+                    "service": { "id": self.service },
+                },
+            },
+        })
+    }
+}
+
+/// RFC 3339 with nanoseconds, UTC.
+fn format_timestamp(nanos: Nanos) -> String {
+    chrono::DateTime::from_timestamp_nanos(nanos)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 #[cfg(test)]
@@ -432,5 +572,75 @@ mod tests {
         assert_eq!(decode_body(&single, false).unwrap().len(), 1);
         assert_eq!(decode_body(b"[]", true), Err(BodyError::Empty));
         assert!(matches!(decode_body(b"{", false), Err(BodyError::Json(_))));
+    }
+
+    #[test]
+    fn forwarded_events_are_keyed_by_their_service() {
+        let deployment = deployed(
+            "e1",
+            "/cluster/ns/checkout",
+            "production",
+            "2024-05-01T12:00:00Z",
+        );
+        let key = |v: &Value| forward_key(v, &decode_event(v).unwrap());
+        assert_eq!(key(&deployment), "checkout");
+        let envelope = json!({"specversion": "1.0", "id": "x", "source": "/ci", "type": "t", "data": deployment});
+        assert_eq!(key(&envelope), "checkout");
+        let resolved = json!({
+            "context": {"specversion": "0.5.1", "id": "r1", "source": "/mon", "type": "dev.cdevents.incident.resolved.0.3.0", "timestamp": "2024-05-01T12:00:00Z"},
+            "subject": {"id": "inc-7", "content": {"environment": {"id": "production"}, "service": {"id": "service/payments"}}}
+        });
+        assert_eq!(key(&resolved), "payments");
+        let change = json!({
+            "context": {"specversion": "0.5.1", "id": "c1", "source": "/scm", "type": "dev.cdevents.change.merged.0.3.0", "timestamp": "2024-05-01T12:00:00Z"},
+            "subject": {"id": "pr-42", "content": {"repository": {"id": "app"}}}
+        });
+        assert_eq!(key(&change), "pr-42");
+    }
+
+    #[test]
+    fn derived_incidents_become_cdevents_that_decode_back() {
+        let opened = DerivedIncident {
+            event: DeliveryEvent {
+                id: "derived:checkout:production:5:opened".into(),
+                time: 1_714_564_800_123_456_789,
+                kind: DeliveryKind::IncidentOpened {
+                    incident: "derived:checkout:production:5".into(),
+                    service: "checkout".into(),
+                    environment: "production".into(),
+                    artifact: None,
+                },
+            },
+            service: "checkout".into(),
+            environment: "production".into(),
+        };
+        let json = opened.to_cdevent();
+        assert_eq!(
+            json["context"]["type"],
+            "dev.cdevents.incident.detected.0.3.0"
+        );
+        assert_eq!(
+            json["context"]["timestamp"],
+            "2024-05-01T12:00:00.123456789Z"
+        );
+        assert_eq!(decode_event(&json).unwrap(), opened.event);
+
+        let resolved = DerivedIncident {
+            event: DeliveryEvent {
+                id: "derived:checkout:production:5:resolved".into(),
+                time: 1_714_564_900_000_000_000,
+                kind: DeliveryKind::IncidentResolved {
+                    incident: "derived:checkout:production:5".into(),
+                },
+            },
+            ..opened
+        };
+        let json = resolved.to_cdevent();
+        assert_eq!(
+            json["context"]["type"],
+            "dev.cdevents.incident.resolved.0.3.0"
+        );
+        assert_eq!(decode_event(&json).unwrap(), resolved.event);
+        assert_eq!(forward_key(&json, &resolved.event), "checkout");
     }
 }

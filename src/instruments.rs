@@ -42,6 +42,21 @@ pub const EXPORTER_FAILED: &str = "doraflow_exporter_failed_total";
 pub const EXPORTER_DROPPED: &str = "doraflow_exporter_dropped_total";
 /// Times an exporter's circuit breaker opened.
 pub const EXPORTER_CIRCUIT_OPENED: &str = "doraflow_exporter_circuit_opened_total";
+/// Kafka messages consumed, per topic.
+pub const KAFKA_CONSUMED: &str = "doraflow_kafka_consumed_messages_total";
+/// Undecodable Kafka messages, by what became of them (`sent` to the
+/// dead-letter topic, `skipped` without one, `failed`).
+pub const KAFKA_DEAD_LETTERS: &str = "doraflow_kafka_dead_letter_messages_total";
+/// Dead-letter messages the broker did not acknowledge.
+pub const KAFKA_DEAD_LETTER_FAILED: &str = "doraflow_kafka_dead_letter_failed_total";
+/// Partitions this member owns.
+pub const KAFKA_PARTITIONS: &str = "doraflow_kafka_assigned_partitions";
+/// Consumer group rebalances seen.
+pub const KAFKA_REBALANCES: &str = "doraflow_kafka_rebalances_total";
+/// Times the consumer paused its partitions because the pipeline was full.
+pub const KAFKA_PAUSES: &str = "doraflow_kafka_pauses_total";
+/// Consumer errors (broker down, fetch failures).
+pub const KAFKA_ERRORS: &str = "doraflow_kafka_consumer_errors_total";
 /// Scrapes served.
 pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 
@@ -107,6 +122,28 @@ pub fn describe() {
     describe_counter!(
         EXPORTER_DROPPED,
         "Events an exporter gave up on, by reason (queue_full, retries_exhausted)."
+    );
+    describe_counter!(KAFKA_CONSUMED, "Kafka messages consumed, per topic.");
+    describe_counter!(
+        KAFKA_DEAD_LETTERS,
+        "Undecodable Kafka messages, by result (sent to the dead-letter topic, skipped without one, failed)."
+    );
+    describe_counter!(
+        KAFKA_DEAD_LETTER_FAILED,
+        "Dead-letter messages the broker did not acknowledge."
+    );
+    describe_gauge!(
+        KAFKA_PARTITIONS,
+        "Kafka partitions this consumer group member owns."
+    );
+    describe_counter!(KAFKA_REBALANCES, "Consumer group rebalances seen.");
+    describe_counter!(
+        KAFKA_PAUSES,
+        "Times the Kafka consumer paused its partitions because the pipeline queue was full."
+    );
+    describe_counter!(
+        KAFKA_ERRORS,
+        "Kafka consumer errors (broker unreachable, fetch failures)."
     );
     describe_gauge!(
         ALERTS_FIRING,

@@ -11,6 +11,7 @@
 //! - [`receivers`]: OTLP over gRPC and HTTP.
 //! - [`processors`]: `red` (requests, errors, duration per service).
 //! - [`exporters`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
+//! - [`kafka`]: the Kafka receiver (consumer group) and exporter (producer).
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod exporters;
 pub mod instruments;
+pub mod kafka;
 pub mod model;
 pub mod otlp;
 pub mod pipeline;

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use metrics::gauge;
+use bytes::Bytes;
+use metrics::{counter, gauge};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ use crate::exporters::pagerduty::{ChangeEvent, ChangeSink};
 use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::exporters::{alertmanager, pagerduty};
 use crate::instruments;
-use crate::model::Telemetry;
+use crate::model::{Signal, Telemetry};
 use crate::processors::Applied;
 use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState};
 use crate::processors::dora::{DoraProcessor, DoraSnapshot};
@@ -40,6 +41,33 @@ use crate::receivers::{otlp_grpc, otlp_http, webhook};
 struct Envelope {
     item: Telemetry,
     ack: oneshot::Sender<Applied>,
+    /// The batch as it is forwarded, with its reserved place in the
+    /// forwarding queue: sent once the batch is applied.
+    forward: Option<(mpsc::OwnedPermit<Forward>, Forward)>,
+}
+
+/// A batch as a forwarding exporter (Kafka) sends it on: the bytes as
+/// received, not the summary the processors read.
+#[derive(Debug, Clone)]
+pub enum Forward {
+    /// An OTLP export request, protobuf-encoded.
+    Otlp {
+        /// Its signal.
+        signal: Signal,
+        /// The request.
+        body: Bytes,
+    },
+    /// CDEvents, each structured JSON with its partition key.
+    Events(Vec<ForwardEvent>),
+}
+
+/// One CDEvent to forward.
+#[derive(Debug, Clone)]
+pub struct ForwardEvent {
+    /// The partition key: the event's service (see [`crate::cdevents::forward_key`]).
+    pub key: String,
+    /// The event, structured-mode JSON.
+    pub json: Bytes,
 }
 
 /// Why a batch was not accepted into the pipeline.
@@ -57,20 +85,61 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct PipelineSink {
     tx: mpsc::Sender<Envelope>,
+    forward: Option<mpsc::Sender<Forward>>,
 }
 
 impl PipelineSink {
     /// Queues a batch and waits until it is applied. Refuses at once when the
     /// queue is full.
     pub async fn submit(&self, item: Telemetry) -> Result<Applied, SubmitError> {
+        self.submit_forwarding(item, None).await
+    }
+
+    /// Whether the pipeline forwards what it receives (a Kafka exporter):
+    /// receivers then keep the bytes as received for [`Self::submit_forwarding`].
+    pub fn forwards(&self) -> bool {
+        self.forward.is_some()
+    }
+
+    /// As [`Self::submit`], and once applied the batch is forwarded as
+    /// `forward`. A full forwarding queue refuses the batch like a full
+    /// pipeline queue: nothing is applied, the client retries.
+    pub async fn submit_forwarding(
+        &self,
+        item: Telemetry,
+        forward: Option<Forward>,
+    ) -> Result<Applied, SubmitError> {
+        let applied = self.enqueue(item, forward).map_err(|(e, _)| e)?;
+        applied.await.map_err(|_| SubmitError::Closed)
+    }
+
+    /// Queues a batch without waiting: the receiver gets the batch back when
+    /// the queue is full, to retry, and otherwise a receiver for the
+    /// acknowledgement. For receivers that pipeline their batches (Kafka).
+    #[allow(clippy::result_large_err)]
+    pub fn enqueue(
+        &self,
+        item: Telemetry,
+        forward: Option<Forward>,
+    ) -> Result<oneshot::Receiver<Applied>, (SubmitError, Telemetry)> {
+        let forward = match (&self.forward, forward) {
+            (Some(tx), Some(f)) => match tx.clone().try_reserve_owned() {
+                Ok(permit) => Some((permit, f)),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err((SubmitError::Full, item)),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err((SubmitError::Closed, item));
+                }
+            },
+            _ => None,
+        };
         let (ack, applied) = oneshot::channel();
         self.tx
-            .try_send(Envelope { item, ack })
+            .try_send(Envelope { item, ack, forward })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Full,
-                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+                mpsc::error::TrySendError::Full(e) => (SubmitError::Full, e.item),
+                mpsc::error::TrySendError::Closed(e) => (SubmitError::Closed, e.item),
             })?;
-        applied.await.map_err(|_| SubmitError::Closed)
+        Ok(applied)
     }
 }
 
@@ -84,7 +153,17 @@ pub struct PipelineQueue {
 /// pipeline, which is how tests exercise back-pressure.
 pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (PipelineSink { tx }, PipelineQueue { rx })
+    (PipelineSink { tx, forward: None }, PipelineQueue { rx })
+}
+
+/// As [`queue`], with applied batches forwarded into `forward`.
+pub fn forwarding_queue(
+    capacity: usize,
+    forward: mpsc::Sender<Forward>,
+) -> (PipelineSink, PipelineQueue) {
+    let (mut sink, queue) = queue(capacity);
+    sink.forward = Some(forward);
+    (sink, queue)
 }
 
 enum Query {
@@ -136,6 +215,8 @@ struct Engine {
     change_sink: Option<ChangeSink>,
     default_environment: String,
     clock: Arc<dyn Clock>,
+    /// Where derived incidents are forwarded (a Kafka exporter), if anywhere.
+    forward: Option<mpsc::Sender<Forward>>,
 }
 
 impl Engine {
@@ -173,10 +254,13 @@ impl Engine {
                     }
                 }
                 envelope = data.recv() => {
-                    let Some(Envelope { item, ack }) = envelope else { break };
+                    let Some(Envelope { item, ack, forward }) = envelope else { break };
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
                     let applied = self.apply(&item, now);
+                    if let Some((permit, forward)) = forward {
+                        permit.send(forward);
+                    }
                     // The client may have gone; its data is applied all the same.
                     let _ = ack.send(applied);
                 }
@@ -245,9 +329,25 @@ impl Engine {
     fn derive_incidents(&mut self) {
         if let (Some(red), Some(dora)) = (&self.red, &mut self.dora) {
             let now = self.clock.now_ns();
-            let events = dora.observe_errors(&red.error_counts(now), now as i64);
-            for event in events {
-                tracing::info!(incident = event.id, "derived incident event");
+            let derived = dora.observe_errors(&red.error_counts(now), now as i64);
+            for incident in derived {
+                tracing::info!(
+                    incident = incident.event.id,
+                    service = incident.service,
+                    environment = incident.environment,
+                    "derived incident event"
+                );
+                if let Some(forward) = &self.forward {
+                    let json = Bytes::from(incident.to_cdevent().to_string());
+                    let event = ForwardEvent {
+                        key: incident.service.clone(),
+                        json,
+                    };
+                    if forward.try_send(Forward::Events(vec![event])).is_err() {
+                        counter!(instruments::EXPORTER_DROPPED, "exporter" => "kafka", "reason" => "queue_full")
+                            .increment(1);
+                    }
+                }
             }
         }
     }
@@ -415,7 +515,28 @@ pub async fn run_with_clock(
         None => None,
     };
 
-    let (sink, data) = queue(pipeline.queue_size);
+    // The Kafka exporter first: the queue forwards into it.
+    let kafka_exporter = match config
+        .exporters
+        .kafka
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "kafka"))
+    {
+        Some(c) => {
+            tracing::info!(
+                pipeline = name,
+                brokers = c.brokers,
+                "Kafka exporter started"
+            );
+            Some(crate::kafka::producer::start(c.clone())?)
+        }
+        None => None,
+    };
+    let forward = kafka_exporter.as_ref().map(|(tx, _)| tx.clone());
+    let (sink, data) = match &forward {
+        Some(tx) => forwarding_queue(pipeline.queue_size, tx.clone()),
+        None => queue(pipeline.queue_size),
+    };
     let (query_tx, query_rx) = mpsc::channel(16);
     gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
     let dora = config
@@ -501,6 +622,7 @@ pub async fn run_with_clock(
             change_sink,
             default_environment,
             clock,
+            forward,
         }
         .run(data, query_rx),
     );
@@ -536,6 +658,21 @@ pub async fn run_with_clock(
             receivers_stop.clone(),
         )));
     }
+    if let Some(c) = config
+        .receivers
+        .kafka
+        .as_ref()
+        .filter(|_| uses(&pipeline.receivers, "kafka"))
+    {
+        tracing::info!(
+            pipeline = name,
+            brokers = c.brokers,
+            group = c.group_id,
+            "Kafka receiver started"
+        );
+        let task = crate::kafka::consumer::start(c.clone(), sink.clone(), receivers_stop.clone())?;
+        receivers.push(task);
+    }
     drop(sink);
 
     let exporter = prometheus_listener.map(|listener| {
@@ -562,6 +699,13 @@ pub async fn run_with_clock(
     tracing::info!("draining the pipeline");
     if let Err(e) = engine.await {
         tracing::error!(error = %e, "pipeline engine failed");
+    }
+    if let Some((tx, task)) = kafka_exporter {
+        // Every sender is gone with the receivers and the engine: the
+        // exporter sends what is queued, flushes and ends.
+        drop(tx);
+        tracing::info!("flushing the Kafka exporter");
+        let _ = task.await;
     }
     // The engine is gone, so the alert queues only drain now; give them a while.
     let drained = wait_all(alert_tasks);

@@ -66,8 +66,8 @@ pub struct Receivers {
     pub otlp: Option<OtlpReceiverConfig>,
     /// CDEvents webhook.
     pub webhook: Option<WebhookReceiverConfig>,
-    /// Kafka consumer (not available yet).
-    pub kafka: Option<NotYetAvailable>,
+    /// Kafka consumer group member.
+    pub kafka: Option<crate::kafka::KafkaReceiverConfig>,
 }
 
 impl Receivers {
@@ -76,6 +76,7 @@ impl Receivers {
         [
             self.otlp.is_some().then_some("otlp"),
             self.webhook.is_some().then_some("webhook"),
+            self.kafka.is_some().then_some("kafka"),
         ]
         .into_iter()
         .flatten()
@@ -433,8 +434,8 @@ pub struct Exporters {
     pub alertmanager: Option<crate::exporters::alertmanager::AlertmanagerConfig>,
     /// Alertmanager webhook (version 4) payloads to any URL.
     pub webhook: Option<crate::exporters::alertmanager::WebhookExporterConfig>,
-    /// Kafka producer (not available yet).
-    pub kafka: Option<NotYetAvailable>,
+    /// Kafka producer: forwards OTLP and CDEvents keyed by service.
+    pub kafka: Option<crate::kafka::KafkaExporterConfig>,
     /// OTLP metrics push (not available yet).
     pub otlp: Option<NotYetAvailable>,
 }
@@ -447,6 +448,7 @@ impl Exporters {
             self.pagerduty.is_some().then_some("pagerduty"),
             self.alertmanager.is_some().then_some("alertmanager"),
             self.webhook.is_some().then_some("webhook"),
+            self.kafka.is_some().then_some("kafka"),
         ]
         .into_iter()
         .flatten()
@@ -574,6 +576,21 @@ impl Config {
                 webhook.max_request_body_size_mib,
                 &mut errors,
             );
+        }
+        if let Some(kafka) = &self.receivers.kafka {
+            kafka.validate("receivers.kafka", &mut errors);
+        }
+        if let Some(kafka) = &self.exporters.kafka {
+            kafka.validate("exporters.kafka", &mut errors);
+        }
+        if let (Some(receiver), Some(exporter)) = (&self.receivers.kafka, &self.exporters.kafka) {
+            for topic in exporter.written_topics() {
+                if receiver.topic(topic).is_some() {
+                    errors.push(format!(
+                        "exporters.kafka.topics: `{topic}` is also read by receivers.kafka; forwarding into it would loop"
+                    ));
+                }
+            }
         }
         if let Some(red) = &self.processors.red {
             red.validate("processors.red", &mut errors);

@@ -71,6 +71,25 @@ pub fn decode(signal: Signal, encoding: Encoding, body: Bytes) -> Result<Telemet
     }
 }
 
+/// The request as protobuf, for forwarding: a protobuf body as it is, an
+/// OTLP/JSON one re-encoded. `None` if it does not parse (then it is not
+/// applied either).
+pub fn to_protobuf(signal: Signal, encoding: Encoding, body: &Bytes) -> Option<Bytes> {
+    let encoded = match (encoding, signal) {
+        (Encoding::Protobuf, _) => return Some(body.clone()),
+        (Encoding::Json, Signal::Traces) => json::<ExportTraceServiceRequest>(body)
+            .ok()?
+            .encode_to_vec(),
+        (Encoding::Json, Signal::Logs) => {
+            json::<ExportLogsServiceRequest>(body).ok()?.encode_to_vec()
+        }
+        (Encoding::Json, Signal::Metrics) => json::<ExportMetricsServiceRequest>(body)
+            .ok()?
+            .encode_to_vec(),
+    };
+    Some(Bytes::from(encoded))
+}
+
 /// Reads an `ExportTraceServiceRequest` body.
 pub fn traces_protobuf(body: &Bytes) -> Result<TraceSummary, DecodeError> {
     let mut summary = TraceSummary::default();

@@ -462,3 +462,102 @@ fn utilization_gauges_become_busy_shares() {
         ]
     );
 }
+
+#[test]
+fn requests_split_by_service_into_valid_requests_byte_for_byte() {
+    let req = request(vec![
+        (
+            resource(Some("checkout"), Some("production")),
+            vec![span(SERVER, 1, 2, OK, None), span(CLIENT, 1, 3, OK, None)],
+        ),
+        (
+            resource(Some("payments"), None),
+            vec![span(SERVER, 1, 5, ERROR, None)],
+        ),
+        (
+            resource(Some("checkout"), Some("production")),
+            vec![span(SERVER, 2, 9, OK, None)],
+        ),
+        (resource(None, None), vec![span(INTERNAL, 1, 2, OK, None)]),
+    ]);
+    let body = Bytes::from(req.encode_to_vec());
+    let parts = wire::split_by_service(&body).unwrap();
+    let names: Vec<&[u8]> = parts.iter().map(|(s, _)| s.as_ref()).collect();
+    assert_eq!(names, [&b"checkout"[..], b"payments", b"unknown_service"]);
+    let decoded: Vec<ExportTraceServiceRequest> = parts
+        .iter()
+        .map(|(_, part)| ExportTraceServiceRequest::decode(part.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        decoded[0].resource_spans,
+        vec![req.resource_spans[0].clone(), req.resource_spans[2].clone()]
+    );
+    assert_eq!(
+        decoded[1].resource_spans,
+        vec![req.resource_spans[1].clone()]
+    );
+    assert_eq!(
+        decoded[2].resource_spans,
+        vec![req.resource_spans[3].clone()]
+    );
+    // Nothing lost, nothing added.
+    let total: usize = parts.iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(total, body.len());
+}
+
+#[test]
+fn a_request_of_one_service_is_forwarded_without_a_copy() {
+    let req = request(vec![
+        (
+            resource(Some("checkout"), None),
+            vec![span(SERVER, 1, 2, OK, None)],
+        ),
+        (
+            resource(Some("checkout"), None),
+            vec![span(SERVER, 1, 3, OK, None)],
+        ),
+    ]);
+    let body = Bytes::from(req.encode_to_vec());
+    let parts = wire::split_by_service(&body).unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].1, body);
+    // Two entries are concatenated, which here is the whole body again.
+    let single = request(vec![(
+        resource(Some("a"), None),
+        vec![span(SERVER, 1, 2, OK, None)],
+    )]);
+    let single = Bytes::from(single.encode_to_vec());
+    let parts = wire::split_by_service(&single).unwrap();
+    assert_eq!(parts[0].1.as_ptr(), single.as_ptr(), "no copy");
+}
+
+#[test]
+fn logs_and_metrics_split_too_and_garbage_is_an_error() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![
+            ResourceLogs {
+                resource: Some(resource(Some("a"), None)),
+                ..Default::default()
+            },
+            ResourceLogs {
+                resource: Some(resource(Some("b"), None)),
+                ..Default::default()
+            },
+        ],
+    };
+    let parts = wire::split_by_service(&Bytes::from(logs.encode_to_vec())).unwrap();
+    assert_eq!(parts.len(), 2);
+    let b = ExportLogsServiceRequest::decode(parts[1].1.clone()).unwrap();
+    assert_eq!(b.resource_logs, vec![logs.resource_logs[1].clone()]);
+    let metrics = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource(Some("m"), None)),
+            ..Default::default()
+        }],
+    };
+    let parts = wire::split_by_service(&Bytes::from(metrics.encode_to_vec())).unwrap();
+    assert_eq!(parts[0].0.as_ref(), b"m");
+    assert!(wire::split_by_service(&Bytes::from_static(&[0x0a, 0xff, 0x01])).is_err());
+}

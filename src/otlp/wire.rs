@@ -412,6 +412,49 @@ pub fn summarize_traces(body: &Bytes, out: &mut TraceSummary) -> Result<(), Wire
     Ok(())
 }
 
+/// Splits an export request of any signal (`ExportTraceServiceRequest`,
+/// `ExportLogsServiceRequest`, `ExportMetricsServiceRequest`: all hold their
+/// resources in field 1) by `service.name`: one request per service, made of
+/// that service's resource entries copied byte for byte, in order. A request
+/// of one service comes back whole, without a copy.
+pub fn split_by_service(body: &Bytes) -> Result<Vec<(Bytes, Bytes)>, WireError> {
+    const REQ: &str = "export request";
+    let mut parts: Vec<(Bytes, Vec<std::ops::Range<usize>>)> = Vec::new();
+    let mut fields = Fields::new(body, REQ);
+    loop {
+        let start = body.len() - fields.buf.len();
+        let Some(field) = fields.next_field() else {
+            break;
+        };
+        let end = body.len() - fields.buf.len();
+        // Export requests have no other fields; anything else is dropped.
+        let (1, v) = field? else { continue };
+        let service = find_resource(body, expect_bytes(v, REQ)?, "resource entry")?.service;
+        match parts.iter_mut().find(|(s, _)| *s == service) {
+            Some((_, ranges)) => ranges.push(start..end),
+            // A list of byte ranges, starting with this one.
+            #[allow(clippy::single_range_in_vec_init)]
+            None => parts.push((service, vec![start..end])),
+        }
+    }
+    if let [(service, ranges)] = parts.as_slice()
+        && ranges.len() == 1
+        && ranges[0] == (0..body.len())
+    {
+        return Ok(vec![(service.clone(), body.clone())]);
+    }
+    Ok(parts
+        .into_iter()
+        .map(|(service, ranges)| {
+            let mut part = Vec::with_capacity(ranges.iter().map(|r| r.len()).sum());
+            for range in ranges {
+                part.extend_from_slice(&body[range]);
+            }
+            (service, Bytes::from(part))
+        })
+        .collect())
+}
+
 /// Reduces an `ExportLogsServiceRequest` body to per-resource error counts.
 pub fn summarize_logs(body: &Bytes, out: &mut LogSummary) -> Result<(), WireError> {
     const REQ: &str = "ExportLogsServiceRequest";

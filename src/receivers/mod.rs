@@ -26,7 +26,7 @@ use prost::Message;
 use crate::instruments;
 use crate::model::{Signal, Telemetry};
 use crate::otlp::DecodeError;
-use crate::pipeline::{PipelineSink, SubmitError};
+use crate::pipeline::{Forward, PipelineSink, SubmitError};
 
 /// Serves `app` over HTTP/1 on `listener` until `stop` is cancelled, with
 /// TCP_NODELAY on every connection: without it small responses wait for
@@ -67,12 +67,14 @@ pub enum ExportOutcome {
     Unavailable,
 }
 
-/// Submits a decoded request and counts what happened.
+/// Submits a decoded request (and, when the pipeline forwards, the request
+/// as forwarded) and counts what happened.
 pub async fn export(
     sink: &PipelineSink,
     signal: Signal,
     transport: &'static str,
     decoded: Result<Telemetry, DecodeError>,
+    forward: Option<Forward>,
 ) -> ExportOutcome {
     let labels = [
         ("receiver", "otlp"),
@@ -96,7 +98,7 @@ pub async fn export(
                 _ => (0, None),
             };
             let items = item.items();
-            match sink.submit(item).await {
+            match sink.submit_forwarding(item, forward).await {
                 Ok(applied) => {
                     counter!(instruments::RECEIVER_ACCEPTED, &labels)
                         .increment(items - applied.refused);

@@ -26,7 +26,7 @@ use super::{ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
 use crate::config::GrpcServerConfig;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
-use crate::pipeline::PipelineSink;
+use crate::pipeline::{Forward, PipelineSink};
 
 /// Passes message bytes through: requests arrive as the raw body, responses
 /// leave pre-encoded.
@@ -160,8 +160,12 @@ impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
         let sink = self.sink.clone();
         Box::pin(async move {
             let body = request.into_inner();
+            let forward = sink.forwards().then(|| Forward::Otlp {
+                signal: S::SIGNAL,
+                body: body.clone(),
+            });
             let decoded = otlp::decode(S::SIGNAL, Encoding::Protobuf, body);
-            match export(&sink, S::SIGNAL, "grpc", decoded).await {
+            match export(&sink, S::SIGNAL, "grpc", decoded, forward).await {
                 ExportOutcome::Accepted { rejected, message } => Ok(tonic::Response::new(
                     Bytes::from(response_protobuf(S::SIGNAL, rejected, &message)),
                 )),

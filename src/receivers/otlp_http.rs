@@ -24,7 +24,7 @@ use super::{ExportOutcome, RETRY_AFTER_SECS, export, response_json, response_pro
 use crate::config::HttpServerConfig;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
-use crate::pipeline::PipelineSink;
+use crate::pipeline::{Forward, PipelineSink};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -118,8 +118,13 @@ async fn handle(
             );
         }
     };
+    let forward = if receiver.sink.forwards() {
+        otlp::to_protobuf(signal, encoding, &body).map(|body| Forward::Otlp { signal, body })
+    } else {
+        None
+    };
     let decoded = otlp::decode(signal, encoding, body);
-    match export(&receiver.sink, signal, "http", decoded).await {
+    match export(&receiver.sink, signal, "http", decoded, forward).await {
         ExportOutcome::Accepted { rejected, message } => {
             let (body, content_type) = match encoding {
                 Encoding::Protobuf => (response_protobuf(signal, rejected, &message), PROTOBUF),

@@ -14,17 +14,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::Bytes;
 use metrics::counter;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::RETRY_AFTER_SECS;
-use crate::cdevents::{self, BodyError};
+use crate::cdevents::{self, BinaryContext};
 use crate::config::WebhookReceiverConfig;
 use crate::instruments;
 use crate::model::Telemetry;
-use crate::pipeline::{PipelineSink, SubmitError};
+use crate::pipeline::{Forward, ForwardEvent, PipelineSink, SubmitError};
 
 #[derive(Clone)]
 struct Webhook {
@@ -89,15 +90,33 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
         );
     };
     let decoded = match binary_mode_context(&headers) {
-        Some(context) => decode_binary(&bytes, context),
-        None => cdevents::decode_body(&bytes, batch),
+        Some(context) => cdevents::decode_binary(&bytes, &context)
+            .map(|(event, value)| (vec![event], vec![value])),
+        None => cdevents::parse_body(&bytes, batch)
+            .and_then(|values| Ok((cdevents::decode_values(&values)?, values))),
     };
-    let events = match decoded {
-        Ok(events) => events,
+    let (events, values) = match decoded {
+        Ok(decoded) => decoded,
         Err(e) => return refuse("malformed", e.to_string()),
     };
+    let forward = webhook.sink.forwards().then(|| {
+        Forward::Events(
+            events
+                .iter()
+                .zip(&values)
+                .map(|(event, value)| ForwardEvent {
+                    key: cdevents::forward_key(value, event),
+                    json: Bytes::from(value.to_string()),
+                })
+                .collect(),
+        )
+    });
     let count = events.len() as u64;
-    match webhook.sink.submit(Telemetry::Delivery(events)).await {
+    match webhook
+        .sink
+        .submit_forwarding(Telemetry::Delivery(events), forward)
+        .await
+    {
         Ok(applied) => {
             counter!(instruments::RECEIVER_ACCEPTED, "receiver" => "webhook", "transport" => "http", "signal" => "events").increment(count - applied.refused);
             counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "success").increment(1);
@@ -125,35 +144,18 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
 }
 
 /// In binary mode the CloudEvents attributes come as `ce-*` headers.
-fn binary_mode_context(headers: &HeaderMap) -> Option<Value> {
+fn binary_mode_context(headers: &HeaderMap) -> Option<BinaryContext> {
     headers.get("ce-specversion")?;
     let get = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .map(|s| Value::String(s.to_string()))
-            .unwrap_or(Value::Null)
+            .map(str::to_string)
     };
-    Some(json!({
-        "id": get("ce-id"),
-        "type": get("ce-type"),
-        "source": get("ce-source"),
-        "timestamp": get("ce-time"),
-    }))
-}
-
-fn decode_binary(
-    body: &[u8],
-    context: Value,
-) -> Result<Vec<crate::model::delivery::DeliveryEvent>, BodyError> {
-    let mut event: Value =
-        serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
-    if let Value::Object(map) = &mut event
-        && !map.contains_key("context")
-    {
-        map.insert("context".to_string(), context);
-    }
-    cdevents::decode_cdevent(&event)
-        .map(|e| vec![e])
-        .map_err(|error| BodyError::Event { index: 0, error })
+    Some(BinaryContext {
+        id: get("ce-id"),
+        event_type: get("ce-type"),
+        source: get("ce-source"),
+        time: get("ce-time"),
+    })
 }

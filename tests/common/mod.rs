@@ -129,6 +129,58 @@ pipelines:
         doraflow
     }
 
+    /// Runs `config` (YAML), whose Prometheus exporter listens on
+    /// `prometheus`, and waits until it is ready. Other ports are as given
+    /// (0 where the config has no such listener).
+    pub fn start_yaml(config_text: &str, prometheus: u16, grpc: u16, webhook: u16) -> Doraflow {
+        let dir = TempDir::new("yaml");
+        let config = dir.0.join("doraflow.yaml");
+        std::fs::write(&config, config_text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("DORAFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn doraflow");
+        let doraflow = Doraflow {
+            child,
+            grpc,
+            http: 0,
+            webhook,
+            prometheus,
+            config,
+            _dir: dir,
+        };
+        wait_ready(prometheus);
+        doraflow
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for a clean exit.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "doraflow exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "doraflow did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc)
     }
@@ -342,11 +394,16 @@ pub async fn send_checkout_spans(doraflow: &Doraflow, ok: usize, errors: usize) 
 /// Polls `check` every 50 ms, for at most 20 s, without blocking the
 /// runtime (tests serve mock endpoints on it).
 pub async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    eventually_within(what, Duration::from_secs(20), check).await
+}
+
+/// As [`eventually`], with its own deadline.
+pub async fn eventually_within(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
     while !check() {
         assert!(
             Instant::now() < deadline,
-            "{what} did not happen within 20 s"
+            "{what} did not happen within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

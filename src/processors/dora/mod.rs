@@ -970,13 +970,18 @@ impl DoraProcessor {
     /// when a ratio exceeds the threshold (with enough requests), resolves it
     /// once the ratio has stayed at or below it for `resolve_after`, as of
     /// the moment it went back below. Returns the events applied.
-    pub fn observe_errors(&mut self, health: &[SeriesErrors], now: Nanos) -> Vec<DeliveryEvent> {
+    pub fn observe_errors(
+        &mut self,
+        health: &[SeriesErrors],
+        now: Nanos,
+    ) -> Vec<crate::cdevents::DerivedIncident> {
         let settings = &self.settings.derived;
         if !settings.enabled {
             return Vec::new();
         }
         let resolve_after = settings.resolve_after.get().as_nanos() as Nanos;
         let mut events = Vec::new();
+        let mut derived = Vec::new();
         for series in health {
             let breach = series.requests >= settings.min_requests
                 && series.errors as f64 > settings.error_ratio_threshold * series.requests as f64;
@@ -998,6 +1003,7 @@ impl DoraProcessor {
                     });
                     state.open = Some(incident);
                     state.below_since = None;
+                    derived.push(series);
                 }
                 (Some(_), true) => state.below_since = None,
                 (Some(incident), false) => {
@@ -1012,6 +1018,7 @@ impl DoraProcessor {
                         });
                         state.open = None;
                         state.below_since = None;
+                        derived.push(series);
                     }
                 }
                 (None, false) => {}
@@ -1019,6 +1026,14 @@ impl DoraProcessor {
         }
         self.apply(&events);
         events
+            .into_iter()
+            .zip(derived)
+            .map(|(event, series)| crate::cdevents::DerivedIncident {
+                event,
+                service: series.service.clone(),
+                environment: series.environment.clone(),
+            })
+            .collect()
     }
 
     /// Series with deployments.

@@ -384,7 +384,7 @@ fn incidents_are_derived_from_the_error_ratio() {
     // 2.5% > 1%: opens at 10 s.
     let opened = dora.observe_errors(&health(200, 5), T0 + 10 * s);
     assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0].time, T0 + 10 * s);
+    assert_eq!(opened[0].event.time, T0 + 10 * s);
     assert!(dora.observe_errors(&health(300, 5), T0 + 20 * s).is_empty());
     // Below at 30 s, above again at 40 s, below for good from 50 s.
     assert!(dora.observe_errors(&health(600, 5), T0 + 30 * s).is_empty());
@@ -400,7 +400,7 @@ fn incidents_are_derived_from_the_error_ratio() {
     let resolved = dora.observe_errors(&health(1000, 5), T0 + 350 * s);
     assert_eq!(resolved.len(), 1);
     // Resolved as of when the ratio went back below: 40 s after it opened.
-    assert_eq!(resolved[0].time, T0 + 50 * s);
+    assert_eq!(resolved[0].event.time, T0 + 50 * s);
     let snapshot = dora.snapshot(T0 + 400 * s);
     let prod = production(&snapshot);
     assert_eq!(prod.open_incidents, 0);

@@ -1,0 +1,700 @@
+//! `receivers.kafka`: a consumer group member that feeds the pipeline.
+//!
+//! At-least-once, in order per partition: a message's offset is stored for
+//! the next commit only once the pipeline has applied what it carried, and
+//! offsets are stored in the order the messages came. Batches are pipelined
+//! (up to `max_in_flight` handed over ahead of their acknowledgement), so the
+//! engine never idles waiting for the consumer.
+//!
+//! It runs on a thread of its own with librdkafka's `BaseConsumer`: the
+//! rebalance callback then runs on that thread too and can block until every
+//! batch in flight is applied and its offset committed, before the partitions
+//! go to another member. That is the clean hand-over that keeps counts exact
+//! across replicas.
+//!
+//! A message that cannot be decoded goes to the dead-letter topic with the
+//! error and its origin in headers, is counted, and consumption goes on. When
+//! the pipeline's queue is full the consumer pauses its partitions (librdkafka
+//! then stops fetching) and resumes once the queue takes the batch again, so
+//! memory stays bounded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{counter, gauge};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{KafkaFormat, KafkaReceiverConfig, StartFrom};
+use crate::cdevents::{self, BinaryContext};
+use crate::instruments;
+use crate::model::{Signal, Telemetry};
+use crate::otlp::{self, Encoding};
+use crate::pipeline::{PipelineSink, SubmitError};
+use crate::processors::Applied;
+
+/// How long one poll waits for a message; also how quickly a stop is seen.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Starts the consumer on a blocking thread; it runs until `stop` is
+/// cancelled, then hands everything in flight to the pipeline, commits and
+/// leaves the group.
+pub fn start(
+    config: KafkaReceiverConfig,
+    sink: PipelineSink,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let receiver = Receiver::new(config, sink)?;
+    Ok(tokio::task::spawn_blocking(move || receiver.run(&stop)))
+}
+
+/// A message handed to the pipeline, waiting for its acknowledgement.
+struct InFlight {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    ack: Ack,
+    /// Dead-lettered or skipped: nothing to wait for.
+    dead: bool,
+    items: u64,
+    signal: &'static str,
+}
+
+/// Where a batch in flight stands.
+#[derive(Default)]
+enum Ack {
+    /// Handed to the pipeline, not yet applied.
+    Pending(oneshot::Receiver<Applied>),
+    /// Nothing more to wait for.
+    #[default]
+    Done,
+}
+
+/// A decoded batch the pipeline's queue had no room for yet.
+struct Held {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    item: Telemetry,
+    items: u64,
+    signal: &'static str,
+}
+
+/// State the consumer loop shares with the rebalance callback (same thread).
+#[derive(Default)]
+struct Shared {
+    in_flight: Mutex<VecDeque<InFlight>>,
+    /// Set by a revocation: held batches of lost partitions must go.
+    revoked: AtomicBool,
+}
+
+impl Shared {
+    fn in_flight(&self) -> MutexGuard<'_, VecDeque<InFlight>> {
+        // A panic elsewhere cannot leave the queue half-updated: recover it.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// librdkafka callbacks: rebalances and logs.
+struct GroupContext {
+    shared: Arc<Shared>,
+    group: String,
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(group = self.group, error = %error, "Kafka consumer: {reason}");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            // Hand-over: everything consumed from these partitions is applied
+            // and committed before another member starts on them.
+            let settled = settle(consumer, &self.shared, Wait::All);
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+                && !is_no_offset(&e)
+            {
+                tracing::warn!(group = self.group, error = %e, "commit before hand-over failed");
+            }
+            self.shared.revoked.store(true, Ordering::Release);
+            tracing::info!(
+                group = self.group,
+                partitions = partitions.count(),
+                settled,
+                "partitions revoked"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        counter!(instruments::KAFKA_REBALANCES, "group" => self.group.clone()).increment(1);
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        gauge!(instruments::KAFKA_PARTITIONS, "group" => self.group.clone()).set(assigned as f64);
+        match rebalance {
+            Rebalance::Assign(partitions) => tracing::info!(
+                group = self.group,
+                assigned = partitions.count(),
+                "partitions assigned"
+            ),
+            Rebalance::Error(e) => {
+                tracing::warn!(group = self.group, error = %e, "rebalance failed")
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn is_no_offset(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+}
+
+/// How long [`settle`] waits for batches not yet applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Not at all: settle what is applied already.
+    No,
+    /// For the oldest one, then settle what is applied already.
+    Oldest,
+    /// For every one (hand-over and shutdown).
+    All,
+}
+
+/// Settles the batches in flight, oldest first: stores the offset of each
+/// one applied, in order. Returns how many were settled.
+fn settle<C: ConsumerContext>(consumer: &BaseConsumer<C>, shared: &Shared, wait: Wait) -> usize {
+    // Only the consumer thread touches the queue (the rebalance callback runs
+    // on it too), so waiting with the lock held blocks nobody.
+    let mut queue = shared.in_flight();
+    let mut settled = 0;
+    while let Some(front) = queue.front_mut() {
+        let block = wait == Wait::All || (wait == Wait::Oldest && settled == 0);
+        let applied = match std::mem::take(&mut front.ack) {
+            Ack::Done => Some(None),
+            Ack::Pending(ack) if block => Some(ack.blocking_recv().ok()),
+            Ack::Pending(mut ack) => match ack.try_recv() {
+                Ok(applied) => Some(Some(applied)),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    front.ack = Ack::Pending(ack);
+                    None
+                }
+                Err(oneshot::error::TryRecvError::Closed) => Some(None),
+            },
+        };
+        let Some(applied) = applied else { break };
+        let Some(done) = queue.pop_front() else { break };
+        if done.dead {
+            store(consumer, &done);
+            settled += 1;
+            continue;
+        }
+        let Some(applied) = applied else {
+            // The engine stopped without applying it: leave the offset
+            // uncommitted so it is read again.
+            tracing::warn!(
+                topic = %done.topic,
+                partition = done.partition,
+                offset = done.offset,
+                "pipeline stopped before applying a message; it will be read again"
+            );
+            queue.clear();
+            break;
+        };
+        counter!(instruments::RECEIVER_ACCEPTED, "receiver" => "kafka", "transport" => "kafka", "signal" => done.signal)
+            .increment(done.items.saturating_sub(applied.refused));
+        if applied.refused > 0 {
+            counter!(instruments::RECEIVER_REFUSED, "receiver" => "kafka", "reason" => "series_limit")
+                .increment(applied.refused);
+        }
+        store(consumer, &done);
+        settled += 1;
+    }
+    settled
+}
+
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, done: &InFlight) {
+    if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
+        tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "offset not stored");
+    }
+}
+
+/// What a topic carries.
+#[derive(Clone, Copy)]
+struct TopicFormat {
+    format: KafkaFormat,
+    signal: Option<Signal>,
+}
+
+/// Counts dead-letter deliveries.
+struct DeadLetterContext;
+
+impl ClientContext for DeadLetterContext {}
+
+impl ProducerContext for DeadLetterContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::error!(error = %e, "dead-letter message not delivered");
+            counter!(instruments::KAFKA_DEAD_LETTER_FAILED).increment(1);
+        }
+    }
+}
+
+struct Receiver {
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    shared: Arc<Shared>,
+    sink: PipelineSink,
+    topics: HashMap<String, TopicFormat>,
+    names: HashMap<String, Arc<str>>,
+    dead_letter: Option<(BaseProducer<DeadLetterContext>, String)>,
+    group: String,
+    max_in_flight: usize,
+    held: VecDeque<Held>,
+    paused: bool,
+}
+
+impl Receiver {
+    fn new(config: KafkaReceiverConfig, sink: PipelineSink) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let mut client = ClientConfig::new();
+        for (key, value) in &config.settings {
+            client.set(key, value);
+        }
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("client.id", &config.client_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                config.commit_interval.get().as_millis().to_string(),
+            )
+            .set(
+                "auto.offset.reset",
+                match config.start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.get().as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                config.heartbeat_interval.get().as_millis().to_string(),
+            )
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer<GroupContext> = client
+            .create_with_context(GroupContext {
+                shared: shared.clone(),
+                group: config.group_id.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("receivers.kafka: cannot create the consumer: {e}"))?;
+        let names: Vec<&str> = config.topics.iter().map(|t| t.topic.as_str()).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| anyhow::anyhow!("receivers.kafka: cannot subscribe to {names:?}: {e}"))?;
+        let dead_letter = match &config.dead_letter_topic {
+            Some(topic) => {
+                let mut producer = ClientConfig::new();
+                for (key, value) in &config.settings {
+                    producer.set(key, value);
+                }
+                let producer: BaseProducer<DeadLetterContext> = producer
+                    .set("bootstrap.servers", &config.brokers)
+                    .set("client.id", format!("{}-dead-letter", config.client_id))
+                    .set("enable.idempotence", "true")
+                    .create_with_context(DeadLetterContext)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "receivers.kafka.dead_letter_topic: cannot create the producer: {e}"
+                        )
+                    })?;
+                Some((producer, topic.clone()))
+            }
+            None => None,
+        };
+        Ok(Receiver {
+            consumer: Arc::new(consumer),
+            shared,
+            sink,
+            topics: config
+                .topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.topic.clone(),
+                        TopicFormat {
+                            format: t.format,
+                            signal: t.signal.map(Signal::from),
+                        },
+                    )
+                })
+                .collect(),
+            names: config
+                .topics
+                .iter()
+                .map(|t| (t.topic.clone(), Arc::from(t.topic.as_str())))
+                .collect(),
+            dead_letter,
+            group: config.group_id,
+            max_in_flight: config.max_in_flight,
+            held: VecDeque::new(),
+            paused: false,
+        })
+    }
+
+    fn run(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(group = self.group, topics = ?self.topics.keys().collect::<Vec<_>>(), "Kafka receiver started");
+        let result = self.consume(stop);
+        // Hand over cleanly: everything consumed is applied, stored and
+        // committed before the consumer leaves the group.
+        let settled = settle(&self.consumer, &self.shared, Wait::All);
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            Err(e) if is_no_offset(&e) => {}
+            Err(e) => tracing::warn!(group = self.group, error = %e, "final commit failed"),
+        }
+        if let Some((producer, _)) = &self.dead_letter {
+            let _ = producer.flush(Duration::from_secs(10));
+        }
+        tracing::info!(
+            group = self.group,
+            settled,
+            unapplied = self.held.len(),
+            "Kafka receiver stopped"
+        );
+        result
+    }
+
+    fn consume(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        // Messages borrow the consumer, not the receiver's other state.
+        let consumer = self.consumer.clone();
+        while !stop.is_cancelled() {
+            settle(&self.consumer, &self.shared, Wait::No);
+            if self.shared.revoked.swap(false, Ordering::AcqRel) {
+                self.drop_revoked();
+            }
+            if !self.held.is_empty() {
+                match self.offer_held() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        // Still full: keep the group alive, wait a little.
+                        self.pause();
+                        if let Some(message) = consumer.poll(Duration::from_millis(20)) {
+                            // Fetched before the pause took hold: queue it behind.
+                            match message {
+                                Ok(message) => self.handle(&message),
+                                Err(e) => poll_error(&e),
+                            }
+                        }
+                        continue;
+                    }
+                    Err(()) => return Ok(()),
+                }
+            }
+            if self.shared.in_flight().len() >= self.max_in_flight {
+                settle(&self.consumer, &self.shared, Wait::Oldest);
+                continue;
+            }
+            match consumer.poll(POLL) {
+                None => {}
+                Some(Ok(message)) => self.handle(&message),
+                Some(Err(e)) => poll_error(&e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Offers the held batches to the pipeline in order. `Ok(true)` once all
+    /// went, `Ok(false)` if the queue is still full, `Err` if it closed.
+    fn offer_held(&mut self) -> Result<bool, ()> {
+        while let Some(held) = self.held.pop_front() {
+            match self.sink.enqueue(held.item, None) {
+                Ok(ack) => {
+                    self.shared.in_flight().push_back(InFlight {
+                        topic: held.topic,
+                        partition: held.partition,
+                        offset: held.offset,
+                        ack: Ack::Pending(ack),
+                        dead: false,
+                        items: held.items,
+                        signal: held.signal,
+                    });
+                }
+                Err((SubmitError::Full, item)) => {
+                    self.held.push_front(Held { item, ..held });
+                    return Ok(false);
+                }
+                Err((SubmitError::Closed, _)) => return Err(()),
+            }
+        }
+        self.resume();
+        Ok(true)
+    }
+
+    fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        if let Ok(assignment) = self.consumer.assignment()
+            && self.consumer.pause(&assignment).is_ok()
+        {
+            self.paused = true;
+            counter!(instruments::KAFKA_PAUSES, "group" => self.group.clone()).increment(1);
+            tracing::debug!(group = self.group, "pipeline full: partitions paused");
+        }
+    }
+
+    fn resume(&mut self) {
+        if !self.paused {
+            return;
+        }
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.resume(&assignment);
+        }
+        self.paused = false;
+        tracing::debug!(group = self.group, "partitions resumed");
+    }
+
+    /// Drops held batches of partitions this member no longer owns: their
+    /// offsets were not stored, so the new owner reads them.
+    fn drop_revoked(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let owned: Vec<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        self.held.retain(|h| {
+            owned
+                .iter()
+                .any(|(t, p)| **t == *h.topic && *p == h.partition)
+        });
+        // A fresh assignment starts unpaused.
+        self.paused = false;
+    }
+
+    fn handle(&mut self, message: &BorrowedMessage<'_>) {
+        let topic_name = message.topic();
+        let Some(topic) = self.names.get(topic_name).cloned() else {
+            return;
+        };
+        let Some(format) = self.topics.get(topic_name).copied() else {
+            return;
+        };
+        counter!(instruments::KAFKA_CONSUMED, "topic" => topic.to_string()).increment(1);
+        let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        let signal = format.signal.map(Signal::as_str).unwrap_or("events");
+        let decoded = decode(format, payload, message.headers());
+        let item = match decoded {
+            Ok(item) => item,
+            Err(problem) => {
+                self.dead_letter(message, &problem);
+                self.shared.in_flight().push_back(InFlight {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    ack: Ack::Done,
+                    dead: true,
+                    items: 0,
+                    signal,
+                });
+                return;
+            }
+        };
+        if let Telemetry::Traces(t) = &item
+            && t.rejected_spans > 0
+        {
+            counter!(instruments::RECEIVER_REFUSED, "receiver" => "kafka", "reason" => "invalid")
+                .increment(t.rejected_spans);
+        }
+        let items = item.items();
+        if !self.held.is_empty() {
+            // Order per partition: nothing overtakes a held batch.
+            self.held.push_back(Held {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                item,
+                items,
+                signal,
+            });
+            return;
+        }
+        match self.sink.enqueue(item, None) {
+            Ok(ack) => self.shared.in_flight().push_back(InFlight {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                ack: Ack::Pending(ack),
+                dead: false,
+                items,
+                signal,
+            }),
+            Err((_, item)) => {
+                // Full (or closing, which the loop sees next): hold it, pause.
+                self.held.push_back(Held {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    item,
+                    items,
+                    signal,
+                });
+                self.pause();
+            }
+        }
+    }
+
+    /// Sends an undecodable message to the dead-letter topic, waiting for
+    /// the broker's acknowledgement so its offset is committed only after.
+    fn dead_letter(&self, message: &BorrowedMessage<'_>, problem: &str) {
+        counter!(instruments::RECEIVER_REFUSED, "receiver" => "kafka", "reason" => "malformed")
+            .increment(1);
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            error = problem,
+            "undecodable Kafka message"
+        );
+        let Some((producer, dead_letter_topic)) = &self.dead_letter else {
+            counter!(instruments::KAFKA_DEAD_LETTERS, "topic" => message.topic().to_string(), "result" => "skipped")
+                .increment(1);
+            return;
+        };
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let headers = headers
+            .insert(Header {
+                key: "doraflow.error",
+                value: Some(problem),
+            })
+            .insert(Header {
+                key: "doraflow.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "doraflow.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "doraflow.source.offset",
+                value: Some(&offset),
+            });
+        let payload = message.payload().unwrap_or_default();
+        let mut record = BaseRecord::to(dead_letter_topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        let mut attempt = record;
+        loop {
+            match producer.send(attempt) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(100));
+                    attempt = back;
+                }
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "cannot queue a dead-letter message");
+                    counter!(instruments::KAFKA_DEAD_LETTERS, "topic" => message.topic().to_string(), "result" => "failed")
+                        .increment(1);
+                    return;
+                }
+            }
+        }
+        match producer.flush(Duration::from_secs(30)) {
+            Ok(()) => {
+                counter!(instruments::KAFKA_DEAD_LETTERS, "topic" => message.topic().to_string(), "result" => "sent")
+                    .increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dead-letter message not confirmed in 30 s");
+                counter!(instruments::KAFKA_DEAD_LETTERS, "topic" => message.topic().to_string(), "result" => "failed")
+                    .increment(1);
+            }
+        }
+    }
+}
+
+fn poll_error(e: &KafkaError) {
+    tracing::warn!(error = %e, "Kafka consumer error");
+    counter!(instruments::KAFKA_ERRORS).increment(1);
+}
+
+/// Decodes one message by its topic's format.
+fn decode(
+    format: TopicFormat,
+    payload: Bytes,
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+) -> Result<Telemetry, String> {
+    if payload.is_empty() {
+        return Err("empty message".to_string());
+    }
+    match (format.format, format.signal) {
+        (KafkaFormat::Cdevents, _) => {
+            let events = match binary_context(headers) {
+                Some(context) => cdevents::decode_binary(&payload, &context)
+                    .map(|(event, _)| vec![event])
+                    .map_err(|e| e.to_string())?,
+                None => cdevents::decode_body(&payload, false).map_err(|e| e.to_string())?,
+            };
+            Ok(Telemetry::Delivery(events))
+        }
+        (KafkaFormat::OtlpProto, Some(signal)) => {
+            otlp::decode(signal, Encoding::Protobuf, payload).map_err(|e| e.to_string())
+        }
+        (KafkaFormat::OtlpJson, Some(signal)) => {
+            otlp::decode(signal, Encoding::Json, payload).map_err(|e| e.to_string())
+        }
+        (_, None) => Err("topic has no signal configured".to_string()),
+    }
+}
+
+/// Binary-mode CloudEvents attributes from Kafka headers (`ce_*`), if the
+/// message is in binary mode (it has `ce_specversion`).
+fn binary_context(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option<BinaryContext> {
+    let headers = headers?;
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+    };
+    get("ce_specversion")?;
+    Some(BinaryContext {
+        id: get("ce_id"),
+        event_type: get("ce_type"),
+        source: get("ce_source"),
+        time: get("ce_time"),
+    })
+}

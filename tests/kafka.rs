@@ -1,0 +1,714 @@
+//! The Kafka receiver and exporter against a real Kafka-protocol broker
+//! (Tansu, started by `scripts/test`, which sets `DORAFLOW_TEST_KAFKA`).
+//! Messages are produced and read back with librdkafka, the one the
+//! `rdkafka` crate builds. Every test makes its own topics and groups.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Doraflow, Metrics, free_port, say_skipped};
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Value, json};
+
+/// The test broker, or a plain note that the test skipped.
+fn broker(test: &str) -> Option<String> {
+    let broker = std::env::var("DORAFLOW_TEST_KAFKA").ok();
+    if broker.is_none() {
+        say_skipped(
+            test,
+            "no Kafka broker (DORAFLOW_TEST_KAFKA unset; scripts/test starts one)",
+        );
+    }
+    broker
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+fn unique(tag: &str) -> String {
+    format!("{tag}-{}-{}", std::process::id(), free_port())
+}
+
+async fn create_topic(broker: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// One message to produce.
+struct Record {
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn keyed(key: &str, payload: Vec<u8>) -> Record {
+    Record {
+        key: Some(key.to_string()),
+        payload,
+        headers: Vec::new(),
+    }
+}
+
+/// Produces `records` to `topic` in order, and waits for every acknowledgement.
+fn produce(broker: &str, topic: &str, records: &[Record]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &r.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
+        let mut record = BaseRecord::to(topic)
+            .payload(r.payload.as_slice())
+            .headers(headers);
+        if let Some(key) = &r.key {
+            record = record.key(key.as_str());
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A message read back.
+#[derive(Debug)]
+struct Read {
+    key: Option<String>,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+/// Reads `n` messages from `topic` with a fresh group, from the start.
+fn read(broker: &str, topic: &str, n: usize) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < n && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(Read {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+const HOUR: i64 = 3_600;
+
+fn timestamp(seconds_ago: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    chrono::DateTime::from_timestamp(now - seconds_ago, 0)
+        .expect("a valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A `service.deployed` CDEvent (v0.5) to production, an hour ago.
+fn deployed(id: &str, service: &str) -> Value {
+    json!({
+        "context": {"specversion": "0.5.1", "id": id, "source": "/ci", "type": "dev.cdevents.service.deployed.0.3.0", "timestamp": timestamp(HOUR)},
+        "subject": {"id": format!("service/{service}"), "content": {"environment": {"id": "production"}, "artifactId": format!("pkg:oci/{service}@sha256:1")}}
+    })
+}
+
+fn deployments(m: &Metrics, service: &str) -> f64 {
+    m.counter(
+        "dora_deployments_total",
+        &[
+            ("service", service),
+            ("environment", "production"),
+            ("outcome", "success"),
+        ],
+    )
+}
+
+fn requests(m: &Metrics, service: &str) -> f64 {
+    m.counter(
+        "dora_service_requests_total",
+        &[("service", service), ("environment", "production")],
+    )
+}
+
+/// Spans of `service` in production: `ok` fine and `errors` failed SERVER spans.
+fn spans(
+    service: &str,
+    ok: usize,
+    errors: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use doraflow::otlp::synth::{resource, span, trace_request};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let t0 = 1_764_000_000_000_000_000u64;
+    let spans = (0..ok + errors)
+        .map(|i| {
+            let status = if i < errors {
+                StatusCode::Error
+            } else {
+                StatusCode::Ok
+            };
+            span(SpanKind::Server, t0, t0 + 2_000_000, status, None)
+        })
+        .collect();
+    trace_request(vec![(resource(Some(service), Some("production")), spans)])
+}
+
+/// The `receivers.kafka` section (indented for `receivers:`), test timings.
+fn kafka_receiver(broker: &str, group: &str, topics: &str, extra: &str) -> String {
+    format!(
+        "  kafka:
+    brokers: \"{broker}\"
+    group_id: \"{group}\"
+    session_timeout: 6s
+    heartbeat_interval: 1s
+    topics: {topics}
+{extra}"
+    )
+}
+
+fn cluster_config(receiver: &str, prometheus: u16) -> String {
+    format!(
+        "receivers:
+{receiver}
+processors:
+  red: {{ window: 5m, slice: 10s }}
+  dora: {{ windows: [7d, 30d] }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [kafka], processors: [red, dora], exporters: [prometheus] }}
+"
+    )
+}
+
+fn start_cluster(receiver: &str) -> Doraflow {
+    let prometheus = free_port();
+    Doraflow::start_yaml(&cluster_config(receiver, prometheus), prometheus, 0, 0)
+}
+
+/// Polls `/metrics` of every process until `check` holds (60 s at most:
+/// joining a group takes a few seconds on the test broker).
+async fn until(what: &str, processes: &[&Doraflow], check: impl Fn(&[Metrics]) -> bool) {
+    common::eventually_within(what, Duration::from_secs(60), || {
+        let metrics: Vec<Metrics> = processes.iter().map(|p| p.metrics()).collect();
+        check(&metrics)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdevents_and_otlp_from_kafka_reach_metrics_exactly_and_broken_messages_are_dead_lettered()
+{
+    let Some(broker) = broker("kafka: cdevents and otlp") else {
+        return;
+    };
+    let (events, spans_topic, json_topic, dlq) = (
+        unique("events"),
+        unique("spans"),
+        unique("spans-json"),
+        unique("dlq"),
+    );
+    create_topic(&broker, &events, 3).await;
+    create_topic(&broker, &spans_topic, 3).await;
+    create_topic(&broker, &json_topic, 1).await;
+    create_topic(&broker, &dlq, 1).await;
+
+    // CDEvents, all keyed `checkout` (one partition, in order): two
+    // deployments, a broken message, then a batch of two and one in binary
+    // mode after it. `payments` gets one on its own key.
+    let binary = deployed("co-5", "checkout");
+    let mut binary_record = keyed(
+        "checkout",
+        json!({ "subject": binary["subject"] })
+            .to_string()
+            .into_bytes(),
+    );
+    binary_record.headers = vec![
+        ("ce_specversion", "1.0".to_string()),
+        ("ce_id", "co-5".to_string()),
+        ("ce_type", "dev.cdevents.service.deployed.0.3.0".to_string()),
+        ("ce_source", "/ci".to_string()),
+        ("ce_time", timestamp(HOUR)),
+    ];
+    let records = vec![
+        keyed(
+            "checkout",
+            deployed("co-1", "checkout").to_string().into_bytes(),
+        ),
+        keyed(
+            "checkout",
+            deployed("co-2", "checkout").to_string().into_bytes(),
+        ),
+        keyed("checkout", b"{\"context\": not json".to_vec()),
+        keyed(
+            "checkout",
+            json!([deployed("co-3", "checkout"), deployed("co-4", "checkout")])
+                .to_string()
+                .into_bytes(),
+        ),
+        binary_record,
+        keyed(
+            "payments",
+            deployed("pay-1", "payments").to_string().into_bytes(),
+        ),
+    ];
+    produce(&broker, &events, &records);
+    // OTLP protobuf: 5 requests of 20 checkout spans (2 errors each), and a
+    // malformed one between them; OTLP/JSON: 7 spans of payments.
+    let mut otlp: Vec<Record> = (0..5)
+        .map(|_| keyed("checkout", spans("checkout", 18, 2).encode_to_vec()))
+        .collect();
+    otlp.insert(2, keyed("checkout", vec![0x0a, 0xff, 0x01]));
+    produce(&broker, &spans_topic, &otlp);
+    let json_request = serde_json::to_vec(&spans("payments", 7, 0)).expect("OTLP/JSON");
+    produce(&broker, &json_topic, &[keyed("payments", json_request)]);
+
+    let topics = format!(
+        "[{{ topic: \"{events}\", format: cdevents }}, {{ topic: \"{spans_topic}\", format: otlp_proto, signal: traces }}, {{ topic: \"{json_topic}\", format: otlp_json, signal: traces }}]"
+    );
+    let receiver = kafka_receiver(
+        &broker,
+        &unique("group"),
+        &topics,
+        &format!("    dead_letter_topic: \"{dlq}\""),
+    );
+    let doraflow = start_cluster(&receiver);
+    until("every message applied", &[&doraflow], |m| {
+        deployments(&m[0], "checkout") == 5.0
+            && deployments(&m[0], "payments") == 1.0
+            && requests(&m[0], "checkout") == 100.0
+            && requests(&m[0], "payments") == 7.0
+    })
+    .await;
+    // Offsets are settled (and acceptance counted) just after the apply.
+    let accepted = |m: &Metrics, signal: &str| {
+        m.counter(
+            "doraflow_receiver_accepted_items_total",
+            &[
+                ("receiver", "kafka"),
+                ("transport", "kafka"),
+                ("signal", signal),
+            ],
+        )
+    };
+    until("acceptance counted", &[&doraflow], |m| {
+        accepted(&m[0], "traces") >= 107.0 && accepted(&m[0], "events") >= 6.0
+    })
+    .await;
+    let m = doraflow.metrics();
+    assert_eq!(accepted(&m, "traces"), 107.0);
+    assert_eq!(accepted(&m, "events"), 6.0);
+    assert_eq!(
+        m.counter(
+            "dora_service_errors_total",
+            &[("service", "checkout"), ("environment", "production")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        m.counter(
+            "doraflow_kafka_dead_letter_messages_total",
+            &[("topic", &events), ("result", "sent")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.counter(
+            "doraflow_kafka_dead_letter_messages_total",
+            &[("topic", &spans_topic), ("result", "sent")]
+        ),
+        1.0
+    );
+    // The dead letters, read back: the bytes as sent, the error and the origin.
+    let mut dead = read(&broker, &dlq, 2);
+    assert_eq!(dead.len(), 2, "dead letters: {dead:?}");
+    dead.sort_by_key(|d| d.payload.len());
+    let header = |d: &Read, key: &str| {
+        d.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no header {key} in {:?}", d.headers))
+    };
+    let otlp_dead = &dead[0];
+    assert_eq!(otlp_dead.payload, vec![0x0a, 0xff, 0x01]);
+    assert_eq!(header(otlp_dead, "doraflow.source.topic"), spans_topic);
+    assert_eq!(header(otlp_dead, "doraflow.source.offset"), "2");
+    assert!(
+        header(otlp_dead, "doraflow.error").contains("malformed protobuf"),
+        "{:?}",
+        otlp_dead.headers
+    );
+    let event_dead = &dead[1];
+    assert_eq!(event_dead.payload, b"{\"context\": not json".to_vec());
+    assert_eq!(event_dead.key.as_deref(), Some("checkout"));
+    assert_eq!(header(event_dead, "doraflow.source.topic"), events);
+    assert_eq!(header(event_dead, "doraflow.source.offset"), "2");
+    assert!(
+        header(event_dead, "doraflow.error").starts_with("malformed JSON"),
+        "{:?}",
+        event_dead.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_committing_rereads_and_counts_every_deployment_once() {
+    let Some(broker) = broker("kafka: crash before commit") else {
+        return;
+    };
+    let topic = unique("crash");
+    create_topic(&broker, &topic, 2).await;
+    // 20 deployments over 4 services, and 5 of them delivered twice (as a
+    // producer's retry would): 25 messages, 20 deployments.
+    let mut records: Vec<Record> = (0..20)
+        .map(|i| {
+            let service = format!("svc{}", i % 4);
+            keyed(
+                &service,
+                deployed(&format!("d{i}"), &service)
+                    .to_string()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    for i in 0..5 {
+        let service = format!("svc{}", i % 4);
+        records.push(keyed(
+            &service,
+            deployed(&format!("d{i}"), &service)
+                .to_string()
+                .into_bytes(),
+        ));
+    }
+    produce(&broker, &topic, &records);
+    let group = unique("crash-group");
+    // Commits only at shutdown: a SIGKILL leaves nothing committed.
+    let receiver = kafka_receiver(
+        &broker,
+        &group,
+        &format!("[{{ topic: \"{topic}\", format: cdevents }}]"),
+        "    commit_interval: 1h",
+    );
+    let consumed = |m: &Metrics| {
+        m.counter(
+            "doraflow_kafka_consumed_messages_total",
+            &[("topic", &topic)],
+        )
+    };
+    let total = |m: &Metrics| {
+        (0..4)
+            .map(|i| deployments(m, &format!("svc{i}")))
+            .sum::<f64>()
+    };
+
+    let mut first = start_cluster(&receiver);
+    until("all 25 messages consumed", &[&first], |m| {
+        consumed(&m[0]) == 25.0
+    })
+    .await;
+    assert_eq!(total(&first.metrics()), 20.0);
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+
+    // The restart reads all 25 again (nothing was committed); the duplicates
+    // are recognised by their event id.
+    let mut second = start_cluster(&receiver);
+    until("all 25 messages read again", &[&second], |m| {
+        consumed(&m[0]) == 25.0
+    })
+    .await;
+    let m = second.metrics();
+    for i in 0..4 {
+        assert_eq!(deployments(&m, &format!("svc{i}")), 5.0, "svc{i}");
+    }
+    // A clean stop commits: the next member starts after what was applied.
+    second.terminate();
+    let third = start_cluster(&receiver);
+    until("partitions assigned", &[&third], |m| {
+        m[0].counter("doraflow_kafka_assigned_partitions", &[("group", &group)]) == 2.0
+    })
+    .await;
+    produce(
+        &broker,
+        &topic,
+        &[keyed(
+            "svc0",
+            deployed("d-late", "svc0").to_string().into_bytes(),
+        )],
+    );
+    until("the new message consumed", &[&third], |m| {
+        consumed(&m[0]) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = third.metrics();
+    assert_eq!(
+        consumed(&m),
+        1.0,
+        "only the message after the commit is read"
+    );
+    assert_eq!(deployments(&m, "svc0"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_services_and_hand_over_on_stop() {
+    let Some(broker) = broker("kafka: scale-out") else {
+        return;
+    };
+    let topic = unique("scale");
+    create_topic(&broker, &topic, 4).await;
+    let group = unique("scale-group");
+    let receiver = kafka_receiver(
+        &broker,
+        &group,
+        &format!("[{{ topic: \"{topic}\", format: cdevents }}]"),
+        "",
+    );
+    let partitions =
+        |m: &Metrics| m.counter("doraflow_kafka_assigned_partitions", &[("group", &group)]);
+    let a = start_cluster(&receiver);
+    let mut b = start_cluster(&receiver);
+    until("the two members share the 4 partitions", &[&a, &b], |m| {
+        partitions(&m[0]) >= 1.0
+            && partitions(&m[1]) >= 1.0
+            && partitions(&m[0]) + partitions(&m[1]) == 4.0
+    })
+    .await;
+
+    // Service i gets i + 1 deployments, keyed by service.
+    let services: Vec<String> = (0..8).map(|i| format!("svc{i}")).collect();
+    let batch = |tag: &str, per: &dyn Fn(usize) -> usize| -> Vec<Record> {
+        services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                (0..per(i)).map(move |k| {
+                    keyed(
+                        s,
+                        deployed(&format!("{tag}-{s}-{k}"), s)
+                            .to_string()
+                            .into_bytes(),
+                    )
+                })
+            })
+            .collect()
+    };
+    produce(&broker, &topic, &batch("first", &|i| i + 1));
+    until(
+        "every deployment counted once across the two",
+        &[&a, &b],
+        |m| {
+            services
+                .iter()
+                .enumerate()
+                .all(|(i, s)| deployments(&m[0], s) + deployments(&m[1], s) == (i + 1) as f64)
+        },
+    )
+    .await;
+    let (ma, mb) = (a.metrics(), b.metrics());
+    let mut on_a = 0;
+    for (i, s) in services.iter().enumerate() {
+        let (x, y) = (deployments(&ma, s), deployments(&mb, s));
+        // Each service lives on exactly one replica.
+        assert!(x == 0.0 || y == 0.0, "{s} counted on both: {x} + {y}");
+        assert_eq!(x + y, (i + 1) as f64, "{s}");
+        on_a += usize::from(x > 0.0);
+    }
+    assert!(
+        on_a < services.len() && on_a > 0,
+        "one replica has every service ({on_a} on a)"
+    );
+
+    // Stopping b hands its partitions to a, from b's committed offsets.
+    b.terminate();
+    until("a owns all 4 partitions", &[&a], |m| {
+        partitions(&m[0]) == 4.0
+    })
+    .await;
+    produce(&broker, &topic, &batch("second", &|_| 2));
+    until("the second batch counted, nothing twice", &[&a], |m| {
+        services
+            .iter()
+            .enumerate()
+            .all(|(i, s)| deployments(&m[0], s) + deployments(&mb, s) == (i + 3) as f64)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ma = a.metrics();
+    for (i, s) in services.iter().enumerate() {
+        assert_eq!(
+            deployments(&ma, s) + deployments(&mb, s),
+            (i + 3) as f64,
+            "{s}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_events_sent_to_the_sidecar_show_up_on_the_cluster() {
+    let Some(broker) = broker("kafka: sidecar to cluster") else {
+        return;
+    };
+    let (spans_topic, events) = (unique("side-spans"), unique("side-events"));
+    create_topic(&broker, &spans_topic, 3).await;
+    create_topic(&broker, &events, 3).await;
+    let (grpc, webhook, sidecar_prometheus) = (free_port(), free_port(), free_port());
+    let sidecar = Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+  webhook: {{ endpoint: \"127.0.0.1:{webhook}\" }}
+exporters:
+  kafka:
+    brokers: \"{broker}\"
+    topics: {{ traces: \"{spans_topic}\", cdevents: \"{events}\" }}
+    compression: zstd
+  prometheus: {{ endpoint: \"127.0.0.1:{sidecar_prometheus}\" }}
+pipelines:
+  sidecar: {{ receivers: [otlp, webhook], exporters: [kafka, prometheus] }}
+"
+        ),
+        sidecar_prometheus,
+        grpc,
+        webhook,
+    );
+    let cluster = start_cluster(&kafka_receiver(
+        &broker,
+        &unique("cluster"),
+        &format!(
+            "[{{ topic: \"{spans_topic}\", format: otlp_proto, signal: traces }}, {{ topic: \"{events}\", format: cdevents }}]"
+        ),
+        "",
+    ));
+
+    // One request with two services: the sidecar splits it by service.
+    use doraflow::otlp::synth::{resource, span, trace_request};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let t0 = 1_764_000_000_000_000_000u64;
+    let server = |status| span(SpanKind::Server, t0, t0 + 3_000_000, status, None);
+    let request = trace_request(vec![
+        (
+            resource(Some("checkout"), Some("production")),
+            vec![
+                server(StatusCode::Ok),
+                server(StatusCode::Error),
+                server(StatusCode::Ok),
+            ],
+        ),
+        (
+            resource(Some("payments"), Some("production")),
+            vec![server(StatusCode::Ok); 4],
+        ),
+        (
+            resource(Some("checkout"), Some("production")),
+            vec![server(StatusCode::Ok)],
+        ),
+    ]);
+    let mut client = TraceServiceClient::connect(sidecar.grpc_url())
+        .await
+        .expect("connect");
+    client.export(request).await.expect("export");
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(sidecar.webhook_url())
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(json!([deployed("s-1", "checkout"), deployed("s-2", "payments")]).to_string())
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(answer.status(), 202);
+
+    until(
+        "the cluster counted what the sidecar got",
+        &[&cluster],
+        |m| {
+            requests(&m[0], "checkout") == 4.0
+                && requests(&m[0], "payments") == 4.0
+                && deployments(&m[0], "checkout") == 1.0
+                && deployments(&m[0], "payments") == 1.0
+        },
+    )
+    .await;
+    let m = cluster.metrics();
+    assert_eq!(
+        m.counter(
+            "dora_service_errors_total",
+            &[("service", "checkout"), ("environment", "production")]
+        ),
+        1.0
+    );
+    // Delivery reports: 2 OTLP parts (one per service) and 2 events.
+    let s = sidecar.metrics();
+    assert_eq!(
+        s.counter("doraflow_exporter_sent_total", &[("exporter", "kafka")]),
+        4.0
+    );
+    // The parts are keyed by service, each a valid request of its own.
+    let parts = read(&broker, &spans_topic, 2);
+    let mut keys: Vec<_> = parts.iter().filter_map(|p| p.key.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, ["checkout", "payments"]);
+    for part in &parts {
+        let decoded =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                part.payload.as_slice(),
+            )
+            .expect("a valid request");
+        let spans: usize = decoded
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        assert_eq!(spans, 4, "{:?}", part.key);
+    }
+}
