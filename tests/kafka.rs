@@ -497,31 +497,23 @@ async fn killed_before_committing_rereads_and_counts_every_deployment_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_split_the_services_and_hand_over_on_stop() {
+async fn two_replicas_split_the_services_and_hand_over_on_join_and_on_stop() {
     let Some(broker) = broker("kafka: scale-out") else {
         return;
     };
     let topic = unique("scale");
     create_topic(&broker, &topic, 4).await;
     let group = unique("scale-group");
+    // Offsets are committed only at hand-overs (a revocation, a stop): any
+    // message read twice across the replicas shows in the sums.
     let receiver = kafka_receiver(
         &broker,
         &group,
         &format!("[{{ topic: \"{topic}\", format: cdevents }}]"),
-        "",
+        "    commit_interval: 1h",
     );
     let partitions =
         |m: &Metrics| m.counter("doraflow_kafka_assigned_partitions", &[("group", &group)]);
-    let a = start_cluster(&receiver);
-    let mut b = start_cluster(&receiver);
-    until("the two members share the 4 partitions", &[&a, &b], |m| {
-        partitions(&m[0]) >= 1.0
-            && partitions(&m[1]) >= 1.0
-            && partitions(&m[0]) + partitions(&m[1]) == 4.0
-    })
-    .await;
-
-    // Service i gets i + 1 deployments, keyed by service.
     let services: Vec<String> = (0..8).map(|i| format!("svc{i}")).collect();
     let batch = |tag: &str, per: &dyn Fn(usize) -> usize| -> Vec<Record> {
         services
@@ -539,55 +531,126 @@ async fn two_replicas_split_the_services_and_hand_over_on_stop() {
             })
             .collect()
     };
+    let sum = |ms: &[&Metrics], s: &str| ms.iter().map(|m| deployments(m, s)).sum::<f64>();
+
+    // a alone reads the first batch: service i has i + 1 deployments.
+    let a = start_cluster(&receiver);
     produce(&broker, &topic, &batch("first", &|i| i + 1));
+    until("a counted the first batch", &[&a], |m| {
+        services
+            .iter()
+            .enumerate()
+            .all(|(i, s)| deployments(&m[0], s) == (i + 1) as f64)
+    })
+    .await;
+
+    // b joins: a hands over half the partitions, committed first, so b
+    // does not read the first batch again.
+    let mut b = start_cluster(&receiver);
+    until("the two members share the 4 partitions", &[&a, &b], |m| {
+        partitions(&m[0]) >= 1.0
+            && partitions(&m[1]) >= 1.0
+            && partitions(&m[0]) + partitions(&m[1]) == 4.0
+    })
+    .await;
+    produce(&broker, &topic, &batch("second", &|_| 3));
     until(
-        "every deployment counted once across the two",
+        "the second batch counted once across the two",
         &[&a, &b],
         |m| {
             services
                 .iter()
                 .enumerate()
-                .all(|(i, s)| deployments(&m[0], s) + deployments(&m[1], s) == (i + 1) as f64)
+                .all(|(i, s)| sum(&[&m[0], &m[1]], s) == (i + 4) as f64)
         },
     )
     .await;
     let (ma, mb) = (a.metrics(), b.metrics());
-    let mut on_a = 0;
+    let mut on_b = 0;
     for (i, s) in services.iter().enumerate() {
-        let (x, y) = (deployments(&ma, s), deployments(&mb, s));
-        // Each service lives on exactly one replica.
-        assert!(x == 0.0 || y == 0.0, "{s} counted on both: {x} + {y}");
-        assert_eq!(x + y, (i + 1) as f64, "{s}");
-        on_a += usize::from(x > 0.0);
+        assert_eq!(sum(&[&ma, &mb], s), (i + 4) as f64, "{s}");
+        // A service of b's has only the second batch there: 3.
+        let on_b_count = deployments(&mb, s);
+        assert!(
+            on_b_count == 0.0 || on_b_count == 3.0,
+            "{s}: {on_b_count} on b"
+        );
+        on_b += usize::from(on_b_count > 0.0);
     }
     assert!(
-        on_a < services.len() && on_a > 0,
-        "one replica has every service ({on_a} on a)"
+        on_b > 0 && on_b < services.len(),
+        "one replica has every service ({on_b} of 8 on b)"
     );
 
-    // Stopping b hands its partitions to a, from b's committed offsets.
+    // Stopping b hands its partitions back to a, from b's committed offsets.
     b.terminate();
     until("a owns all 4 partitions", &[&a], |m| {
         partitions(&m[0]) == 4.0
     })
     .await;
-    produce(&broker, &topic, &batch("second", &|_| 2));
-    until("the second batch counted, nothing twice", &[&a], |m| {
+    produce(&broker, &topic, &batch("third", &|_| 2));
+    until("the third batch counted, nothing twice", &[&a], |m| {
         services
             .iter()
             .enumerate()
-            .all(|(i, s)| deployments(&m[0], s) + deployments(&mb, s) == (i + 3) as f64)
+            .all(|(i, s)| sum(&[&m[0], &mb], s) == (i + 6) as f64)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ma = a.metrics();
     for (i, s) in services.iter().enumerate() {
-        assert_eq!(
-            deployments(&ma, s) + deployments(&mb, s),
-            (i + 3) as f64,
-            "{s}"
-        );
+        assert_eq!(sum(&[&ma, &mb], s), (i + 6) as f64, "{s}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
+    let Some(broker) = broker("kafka: back-pressure") else {
+        return;
+    };
+    let topic = unique("pressure");
+    create_topic(&broker, &topic, 2).await;
+    // 400 requests of 25 spans each into a pipeline that queues one batch.
+    let records: Vec<Record> = (0..400)
+        .map(|i| {
+            let service = format!("svc{}", i % 2);
+            keyed(&service, spans(&service, 24, 1).encode_to_vec())
+        })
+        .collect();
+    produce(&broker, &topic, &records);
+    let prometheus = free_port();
+    let receiver = kafka_receiver(
+        &broker,
+        &unique("pressure-group"),
+        &format!("[{{ topic: \"{topic}\", format: otlp_proto, signal: traces }}]"),
+        "",
+    );
+    let config = cluster_config(&receiver, prometheus).replace(
+        "exporters: [prometheus] }",
+        "exporters: [prometheus], queue_size: 1 }",
+    );
+    let doraflow = Doraflow::start_yaml(&config, prometheus, 0, 0);
+    until("every span counted", &[&doraflow], |m| {
+        requests(&m[0], "svc0") + requests(&m[0], "svc1") >= 10_000.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = doraflow.metrics();
+    assert_eq!(requests(&m, "svc0"), 5_000.0);
+    assert_eq!(requests(&m, "svc1"), 5_000.0);
+    assert_eq!(
+        m.counter(
+            "dora_service_errors_total",
+            &[("service", "svc0"), ("environment", "production")]
+        ),
+        200.0
+    );
+    let pauses: f64 = m
+        .samples("doraflow_kafka_pauses_total")
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(pauses > 0.0, "the consumer never paused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
