@@ -11,6 +11,7 @@
 //! doraflow-loadgen --endpoint http://127.0.0.1:4317 --connections 4 --batch 1000 --duration 20
 //! doraflow-loadgen --rate 100000 --duration 30 --gzip
 //! doraflow-loadgen --cdevents --endpoint http://127.0.0.1:8088/cdevents --batch 100
+//! doraflow-loadgen --kafka 127.0.0.1:9092 --topic otlp_spans --messages 20000 --batch 100
 //! ```
 //!
 //! CDEvents batches are built as they are sent, every event with a fresh id
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use doraflow::otlp::synth::realistic_batch;
+use doraflow::otlp::synth::realistic_batch_of;
 use doraflow::receivers::otlp_grpc::RawCodec;
 use hdrhistogram::Histogram;
 use prost::Message;
@@ -54,6 +55,10 @@ struct Args {
     /// Compress requests with gzip.
     #[arg(long)]
     gzip: bool,
+    /// Services per OTLP batch (one `ResourceSpans` each); 1 is what a
+    /// sidecar beside one service sees.
+    #[arg(long, default_value_t = 50)]
+    services: usize,
     /// Distinct pre-built batches to cycle through.
     #[arg(long, default_value_t = 16)]
     distinct: usize,
@@ -64,6 +69,17 @@ struct Args {
     /// then events per request.
     #[arg(long)]
     cdevents: bool,
+    /// Produce OTLP trace requests (protobuf, `--batch` spans each) to Kafka
+    /// at these brokers instead, as the OpenTelemetry Collector's Kafka
+    /// exporter writes them, with an idempotent producer.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// The topic for `--kafka`.
+    #[arg(long, default_value = "otlp_spans")]
+    topic: String,
+    /// Messages to produce with `--kafka` (then `--duration` is not used).
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
 }
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -86,9 +102,16 @@ async fn main() -> anyhow::Result<()> {
     if args.cdevents {
         return cdevents(args).await;
     }
+    if let Some(brokers) = args.kafka.clone() {
+        return kafka(args, &brokers);
+    }
     let batches: Arc<Vec<Bytes>> = Arc::new(
         (0..args.distinct.max(1))
-            .map(|seed| Bytes::from(realistic_batch(args.batch, seed as u64).encode_to_vec()))
+            .map(|seed| {
+                Bytes::from(
+                    realistic_batch_of(args.batch, seed as u64, args.services).encode_to_vec(),
+                )
+            })
             .collect(),
     );
     let bytes_per_span = batches[0].len() as f64 / args.batch as f64;
@@ -163,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         "seconds": elapsed,
         "connections": args.connections,
         "batch": args.batch,
+        "services": args.services,
         "gzip": args.gzip,
         "bytes_per_span": bytes_per_span,
         "target_spans_per_second": args.rate,
@@ -313,6 +337,59 @@ async fn cdevents(args: Args) -> anyhow::Result<()> {
         "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
         "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
         "request_latency_us": latency,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Produces `--messages` OTLP trace requests to Kafka and waits until the
+/// broker acknowledged every one.
+fn kafka(args: Args, brokers: &str) -> anyhow::Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::types::RDKafkaErrorCode;
+    let batches: Vec<Vec<u8>> = (0..args.distinct.max(1))
+        .map(|seed| realistic_batch_of(args.batch, seed as u64, args.services).encode_to_vec())
+        .collect();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..args.messages {
+        let payload = &batches[i as usize % batches.len()];
+        bytes += payload.len() as u64;
+        let mut record = BaseRecord::<(), [u8]>::to(&args.topic).payload(payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => anyhow::bail!("produce failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "mode": "kafka",
+        "seconds": elapsed,
+        "messages": args.messages,
+        "spans_per_message": args.batch,
+        "messages_per_second": args.messages as f64 / elapsed,
+        "spans_per_second": (args.messages * args.batch as u64) as f64 / elapsed,
+        "mib_per_second": bytes as f64 / elapsed / 1_048_576.0,
     });
     if args.json {
         println!("{report}");

@@ -259,7 +259,7 @@ pub struct KafkaExporterConfig {
     #[serde(default)]
     pub compression: Compression,
     /// Requests waiting for the producer; beyond it receivers push back.
-    /// Default 1024.
+    /// Default 256 (with librdkafka's own buffer of at most 64 MiB behind it).
     #[serde(default = "default_exporter_queue")]
     pub queue_size: usize,
     /// How long the producer keeps trying to deliver a message before it is
@@ -333,7 +333,7 @@ fn default_events_topic() -> String {
     "dora.events".to_string()
 }
 const fn default_exporter_queue() -> usize {
-    1024
+    256
 }
 fn default_delivery_timeout() -> ConfigDuration {
     ConfigDuration::from_secs(120)
@@ -506,7 +506,7 @@ pipelines:
             ["otlp_spans", "otlp_logs", "otlp_metrics", "dora.events"]
         );
         assert_eq!(kafka.compression, super::Compression::None);
-        assert_eq!(kafka.queue_size, 1024);
+        assert_eq!(kafka.queue_size, 256);
 
         let err = parse(
             "receivers:

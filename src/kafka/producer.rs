@@ -54,6 +54,15 @@ pub fn start(
     config: KafkaExporterConfig,
 ) -> anyhow::Result<(mpsc::Sender<Forward>, tokio::task::JoinHandle<()>)> {
     let mut client = ClientConfig::new();
+    // Defaults `settings` may change: batches fill for up to 50 ms. With
+    // librdkafka's 5 ms its broker thread spent most of a core polling at
+    // 100K spans/s (BENCHMARKS.md); 50 ms cuts that by a third for 50 ms
+    // more latency on the way to the cluster tier. librdkafka buffers at most 64 MiB
+    // (its default is 1 GiB) before `send` waits, which backs up into the
+    // bounded queue and from there to the receivers.
+    client
+        .set("linger.ms", "50")
+        .set("queue.buffering.max.kbytes", "65536");
     for (key, value) in &config.settings {
         client.set(key, value);
     }

@@ -102,7 +102,13 @@ pub const ROUTES: usize = 20;
 /// them) and [`ROUTES`] routes, a third of them SERVER spans, 2% errors,
 /// 10 attributes each, about 800 bytes a span.
 pub fn realistic_batch(spans: usize, seed: u64) -> ExportTraceServiceRequest {
-    let services = SERVICES.min(spans.max(1));
+    realistic_batch_of(spans, seed, SERVICES)
+}
+
+/// As [`realistic_batch`], over `services` services (1: what a sidecar
+/// beside one service sees).
+pub fn realistic_batch_of(spans: usize, seed: u64, services: usize) -> ExportTraceServiceRequest {
+    let services = services.clamp(1, spans.max(1));
     let mut groups: Vec<(Resource, Vec<Span>)> = (0..services)
         .map(|s| {
             let name = format!("service-{s:02}");
