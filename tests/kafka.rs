@@ -775,3 +775,60 @@ pipelines:
         assert_eq!(spans, 4, "{:?}", part.key);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_doraflow_derives_are_forwarded_as_cdevents_keyed_by_service() {
+    let Some(broker) = broker("kafka: derived incidents forwarded") else {
+        return;
+    };
+    let (spans_topic, events) = (unique("derived-spans"), unique("derived-events"));
+    create_topic(&broker, &spans_topic, 1).await;
+    create_topic(&broker, &events, 1).await;
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { evaluation_interval: 100ms, resolve_after: 1h }",
+        "interval: 5s",
+        256,
+        &format!(
+            "  kafka:\n    brokers: \"{broker}\"\n    topics: {{ traces: \"{spans_topic}\", cdevents: \"{events}\" }}\n"
+        ),
+    );
+    // 10 errors in 110 requests: 9% > 1%, over the 100 requests needed.
+    common::send_checkout_spans(&doraflow, 100, 10).await;
+    let forwarded = read(&broker, &events, 1);
+    assert_eq!(forwarded.len(), 1, "no derived incident on {events}");
+    let incident = &forwarded[0];
+    assert_eq!(incident.key.as_deref(), Some("checkout"));
+    assert!(
+        incident.headers.contains(&(
+            "content-type".to_string(),
+            "application/cloudevents+json".to_string()
+        )),
+        "{:?}",
+        incident.headers
+    );
+    let event: Value = serde_json::from_slice(&incident.payload).expect("JSON");
+    assert_eq!(
+        event["context"]["type"],
+        "dev.cdevents.incident.detected.0.3.0"
+    );
+    assert_eq!(event["subject"]["content"]["service"]["id"], "checkout");
+    assert_eq!(
+        event["subject"]["content"]["environment"]["id"],
+        "production"
+    );
+    // It decodes as the incident it is, so a cluster tier counts it.
+    let decoded = doraflow::cdevents::decode_event(&event).expect("a valid CDEvent");
+    assert!(matches!(
+        decoded.kind,
+        doraflow::model::delivery::DeliveryKind::IncidentOpened { ref service, .. } if service == "checkout"
+    ));
+    // The spans went on as one request of one service.
+    let spans = read(&broker, &spans_topic, 1);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].key.as_deref(), Some("checkout"));
+    assert_eq!(
+        spans[0].payload,
+        common::checkout_spans(100, 10).encode_to_vec()
+    );
+}

@@ -27,7 +27,7 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 15] = [
+    let sections: [(&str, String, &[&str]); 19] = [
         (
             "exporters.alertmanager",
             format!("exporters:\n  alertmanager: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
@@ -58,6 +58,30 @@ fn every_config_key_is_in_the_readme() {
         (
             "processors.dora.derived_incidents",
             format!("processors:\n  dora: {{ derived_incidents: {{ __probe__: 1 }} }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "receivers.kafka",
+            format!("receivers:\n  kafka: {{ brokers: k, topics: [], __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "receivers.kafka.topics[]",
+            format!(
+                "receivers:\n  kafka: {{ brokers: k, topics: [{{ __probe__: 1 }}] }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "exporters.kafka.topics",
+            format!(
+                "exporters:\n  kafka: {{ brokers: k, topics: {{ __probe__: 1 }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "exporters.kafka",
+            format!("exporters:\n  kafka: {{ brokers: k, __probe__: 1 }}\n{PIPELINE}"),
             &[],
         ),
         (
