@@ -166,6 +166,9 @@ pub struct WindowFigures {
     pub failed_deployment_recovery: Quantiles,
     /// Level per metric (absent where there is nothing to classify).
     pub levels: MetricLevels,
+    /// The same figures over the window before this one (the trend), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<WindowFigures>>,
 }
 
 /// Levels per metric.
@@ -306,6 +309,10 @@ pub struct SeriesFigures {
     pub windows: Vec<WindowFigures>,
     /// Incidents open now.
     pub open_incidents: u64,
+    /// When the oldest incident open now opened (ns since the epoch).
+    pub oldest_open_incident: Option<Nanos>,
+    /// The latest failed changes in the longest window, newest first (at most 10).
+    pub recent_failed_changes: Vec<FailedChange>,
     /// All deployments ever applied, by outcome.
     pub deployments_total: BTreeMap<&'static str, u64>,
     /// All failed changes ever found.
@@ -323,6 +330,10 @@ pub struct SeriesFigures {
 pub struct DoraSnapshot {
     /// When, in nanoseconds since the epoch.
     pub at: Nanos,
+    /// Every production series pooled, per window: the organisation's figures
+    /// (quantiles over all the production lead and restore times, not an
+    /// average of per-service ones).
+    pub production: Vec<WindowFigures>,
     /// Every series, ordered by service then environment.
     pub series: Vec<SeriesFigures>,
     /// Events applied (after de-duplication).
@@ -333,6 +344,40 @@ pub struct DoraSnapshot {
     pub ignored: u64,
     /// Events dropped as older than the retention.
     pub expired: u64,
+}
+
+/// A deployment that was a failed change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedChange {
+    /// When it was deployed (ns since the epoch).
+    pub at: Nanos,
+    /// Its own outcome (`success` when an incident or rollback made it fail).
+    pub outcome: &'static str,
+    /// What made it a failed change: `deployment failed`, `rolled back` or `incident`.
+    pub cause: &'static str,
+}
+
+/// How many failed changes a series lists.
+const RECENT_FAILED_CHANGES: usize = 10;
+
+/// One series' history reduced to what windows are computed from.
+struct History {
+    deployments: Vec<Deployed>,
+    /// (first deployed, lead time) per change.
+    lead_times: Vec<(Nanos, Nanos)>,
+    /// (resolved, duration) per incident.
+    incident_durations: Vec<(Nanos, Nanos)>,
+    /// (deployed, time to recovery) per failed deployment.
+    recovery: Vec<(Nanos, Nanos)>,
+}
+
+/// A deployment, judged.
+struct Deployed {
+    time: Nanos,
+    outcome: DeploymentOutcome,
+    /// A failed change (rollbacks never are: they are the fix).
+    failed: bool,
+    cause: &'static str,
 }
 
 /// Derived-incident state of one series.
@@ -582,6 +627,17 @@ impl DoraProcessor {
 
     /// Every series' figures at `now`.
     pub fn snapshot(&self, now: Nanos) -> DoraSnapshot {
+        self.snapshot_with(now, false)
+    }
+
+    /// As [`Self::snapshot`], with every window's figures for the window
+    /// before it too (`previous`): the trend the report shows. About twice
+    /// the work of a snapshot.
+    pub fn snapshot_with_trend(&self, now: Nanos) -> DoraSnapshot {
+        self.snapshot_with(now, true)
+    }
+
+    fn snapshot_with(&self, now: Nanos, trend: bool) -> DoraSnapshot {
         let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
         for incident in self.incidents.values() {
             if let Some((service, environment)) = &incident.series {
@@ -606,6 +662,7 @@ impl DoraProcessor {
         }
         keys.sort_unstable();
         let empty = Vec::new();
+        let mut production = Vec::new();
         let series = keys
             .into_iter()
             .map(|(service, environment)| {
@@ -617,11 +674,30 @@ impl DoraProcessor {
                     .get(&(service, environment))
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                self.series_figures(service, environment, deployments, incidents, now)
+                let history = self.history(deployments, incidents);
+                let figures = self.series_figures(
+                    (service, environment),
+                    deployments,
+                    incidents,
+                    &history,
+                    now,
+                    trend,
+                );
+                if figures.production {
+                    production.push(history);
+                }
+                figures
             })
             .collect();
+        let pooled: Vec<&History> = production.iter().collect();
         DoraSnapshot {
             at: now,
+            production: self
+                .settings
+                .windows
+                .iter()
+                .map(|(label, length)| self.window_figures(&pooled, label, *length, now, trend))
+                .collect(),
             series,
             events_applied: self.applied,
             duplicates: self.duplicates,
@@ -630,14 +706,8 @@ impl DoraProcessor {
         }
     }
 
-    fn series_figures(
-        &self,
-        service: &str,
-        environment: &str,
-        deployments: &[DeploymentRecord],
-        incidents: &[&Incident],
-        now: Nanos,
-    ) -> SeriesFigures {
+    /// What one series' history says, before any window is applied.
+    fn history(&self, deployments: &[DeploymentRecord], incidents: &[&Incident]) -> History {
         let counted = |d: &DeploymentRecord| d.outcome != DeploymentOutcome::Rollback;
         let failure_window = self.settings.failure_window;
 
@@ -646,10 +716,20 @@ impl DoraProcessor {
             .iter()
             .map(|d| d.outcome == DeploymentOutcome::Failure)
             .collect();
+        let mut causes: Vec<&'static str> = deployments
+            .iter()
+            .map(|d| match d.outcome {
+                DeploymentOutcome::Failure => "deployment failed",
+                _ => "",
+            })
+            .collect();
         let mut failing_incidents: Vec<Vec<&Incident>> = vec![Vec::new(); deployments.len()];
         for (i, d) in deployments.iter().enumerate().skip(1) {
             if d.outcome == DeploymentOutcome::Rollback && counted(&deployments[i - 1]) {
                 failed[i - 1] = true;
+                if causes[i - 1].is_empty() {
+                    causes[i - 1] = "rolled back";
+                }
             }
         }
         for incident in incidents {
@@ -671,6 +751,9 @@ impl DoraProcessor {
             {
                 failed[i] = true;
                 failing_incidents[i].push(incident);
+                if causes[i].is_empty() {
+                    causes[i] = "incident";
+                }
             }
         }
 
@@ -712,10 +795,10 @@ impl DoraProcessor {
         incident_durations.sort_unstable();
 
         // Restore time of each failed deployment.
-        let recovery: Vec<Option<(Nanos, Nanos)>> = deployments
+        let recovery: Vec<(Nanos, Nanos)> = deployments
             .iter()
             .enumerate()
-            .map(|(i, d)| {
+            .filter_map(|(i, d)| {
                 if !(failed[i] && counted(d)) {
                     return None;
                 }
@@ -739,76 +822,125 @@ impl DoraProcessor {
                 Some((d.time, (restored - d.time).max(0)))
             })
             .collect();
+        History {
+            deployments: deployments
+                .iter()
+                .zip(failed.iter().zip(causes))
+                .map(|(d, (&failed, cause))| Deployed {
+                    time: d.time,
+                    outcome: d.outcome,
+                    failed: failed && counted(d),
+                    cause,
+                })
+                .collect(),
+            lead_times,
+            incident_durations,
+            recovery,
+        }
+    }
 
+    /// The figures of `histories` pooled (one series, or every production
+    /// series) over the window `(now - length, now]`, and with `trend` the
+    /// window before it too.
+    fn window_figures(
+        &self,
+        histories: &[&History],
+        label: &str,
+        length: Nanos,
+        now: Nanos,
+        trend: bool,
+    ) -> WindowFigures {
+        let start = now - length;
+        let inside = |t: Nanos| t > start && t <= now;
+        let mut deployed = 0;
+        let mut failed_deployments = 0;
+        let mut rollbacks = 0;
+        let mut counted_in = 0;
+        let mut failed_in = 0;
+        for d in histories.iter().flat_map(|h| &h.deployments) {
+            if !inside(d.time) {
+                continue;
+            }
+            match d.outcome {
+                DeploymentOutcome::Success => deployed += 1,
+                DeploymentOutcome::Failure => failed_deployments += 1,
+                DeploymentOutcome::Rollback => rollbacks += 1,
+            }
+            if d.outcome != DeploymentOutcome::Rollback {
+                counted_in += 1;
+                failed_in += u64::from(d.failed);
+            }
+        }
+        let pooled = |pick: fn(&History) -> &[(Nanos, Nanos)]| {
+            quantiles(
+                histories
+                    .iter()
+                    .flat_map(|h| pick(h))
+                    .filter(|(t, _)| inside(*t))
+                    .map(|&(_, l)| l),
+            )
+        };
+        let days = length as f64 / (86_400.0 * NS_PER_SEC);
+        let frequency = deployed as f64 / days;
+        let lead_time = pooled(|h| &h.lead_times);
+        let time_to_restore = pooled(|h| &h.incident_durations);
+        let failed_deployment_recovery = pooled(|h| &h.recovery);
+        let change_failure_ratio = (counted_in > 0).then(|| failed_in as f64 / counted_in as f64);
+        let cutoffs = &self.settings.cutoffs;
+        WindowFigures {
+            window: label.to_string(),
+            deployments: deployed,
+            failed_deployments,
+            rollbacks,
+            deployment_frequency_per_day: frequency,
+            levels: MetricLevels {
+                deployment_frequency: Some(cutoffs.deployment_frequency(frequency)),
+                lead_time: lead_time.p50.map(|s| cutoffs.lead_time(s)),
+                change_failure_rate: change_failure_ratio.map(|r| cutoffs.change_failure_rate(r)),
+                time_to_restore: time_to_restore.p50.map(|s| cutoffs.time_to_restore(s)),
+            },
+            lead_time,
+            change_failure_ratio,
+            failed_changes: failed_in,
+            time_to_restore,
+            failed_deployment_recovery,
+            previous: trend
+                .then(|| Box::new(self.window_figures(histories, label, length, start, false))),
+        }
+    }
+
+    fn series_figures(
+        &self,
+        (service, environment): (&str, &str),
+        deployments: &[DeploymentRecord],
+        incidents: &[&Incident],
+        history: &History,
+        now: Nanos,
+        trend: bool,
+    ) -> SeriesFigures {
         let windows = self
             .settings
             .windows
             .iter()
-            .map(|(label, length)| {
-                let start = now - length;
-                let inside = |t: Nanos| t > start && t <= now;
-                let mut deployed = 0;
-                let mut failed_deployments = 0;
-                let mut rollbacks = 0;
-                let mut counted_in = 0;
-                let mut failed_in = 0;
-                for (i, d) in deployments.iter().enumerate() {
-                    if !inside(d.time) {
-                        continue;
-                    }
-                    match d.outcome {
-                        DeploymentOutcome::Success => deployed += 1,
-                        DeploymentOutcome::Failure => failed_deployments += 1,
-                        DeploymentOutcome::Rollback => rollbacks += 1,
-                    }
-                    if counted(d) {
-                        counted_in += 1;
-                        failed_in += u64::from(failed[i]);
-                    }
-                }
-                let days = *length as f64 / (86_400.0 * NS_PER_SEC);
-                let frequency = deployed as f64 / days;
-                let lead_time = quantiles(
-                    lead_times
-                        .iter()
-                        .filter(|(t, _)| inside(*t))
-                        .map(|&(_, l)| l),
-                );
-                let time_to_restore = quantiles(
-                    incident_durations
-                        .iter()
-                        .filter(|(t, _)| inside(*t))
-                        .map(|&(_, l)| l),
-                );
-                let failed_deployment_recovery = quantiles(
-                    recovery
-                        .iter()
-                        .flatten()
-                        .filter(|(t, _)| inside(*t))
-                        .map(|&(_, l)| l),
-                );
-                let change_failure_ratio =
-                    (counted_in > 0).then(|| failed_in as f64 / counted_in as f64);
-                let cutoffs = &self.settings.cutoffs;
-                WindowFigures {
-                    window: label.clone(),
-                    deployments: deployed,
-                    failed_deployments,
-                    rollbacks,
-                    deployment_frequency_per_day: frequency,
-                    levels: MetricLevels {
-                        deployment_frequency: Some(cutoffs.deployment_frequency(frequency)),
-                        lead_time: lead_time.p50.map(|s| cutoffs.lead_time(s)),
-                        change_failure_rate: change_failure_ratio
-                            .map(|r| cutoffs.change_failure_rate(r)),
-                        time_to_restore: time_to_restore.p50.map(|s| cutoffs.time_to_restore(s)),
-                    },
-                    lead_time,
-                    change_failure_ratio,
-                    failed_changes: failed_in,
-                    time_to_restore,
-                    failed_deployment_recovery,
-                }
+            .map(|(label, length)| self.window_figures(&[history], label, *length, now, trend))
+            .collect();
+        let longest = self
+            .settings
+            .windows
+            .iter()
+            .map(|(_, l)| *l)
+            .max()
+            .unwrap_or(0);
+        let recent_failed_changes = history
+            .deployments
+            .iter()
+            .rev()
+            .filter(|d| d.failed && d.time > now - longest && d.time <= now)
+            .take(RECENT_FAILED_CHANGES)
+            .map(|d| FailedChange {
+                at: d.time,
+                outcome: d.outcome.as_str(),
+                cause: d.cause,
             })
             .collect();
 
@@ -831,38 +963,40 @@ impl DoraProcessor {
             );
         }
         let mut lead_histogram = HistogramCounts::new(&LEAD_TIME_BUCKETS);
-        for &(_, lead) in &lead_times {
+        for &(_, lead) in &history.lead_times {
             lead_histogram.observe(&LEAD_TIME_BUCKETS, lead as f64 / NS_PER_SEC);
         }
         let mut incident_histogram = HistogramCounts::new(&INCIDENT_BUCKETS);
-        for &(_, duration) in &incident_durations {
+        for &(_, duration) in &history.incident_durations {
             incident_histogram.observe(&INCIDENT_BUCKETS, duration as f64 / NS_PER_SEC);
         }
         if let Some(b) = baseline {
             lead_histogram.add(&b.lead_times);
             incident_histogram.add(&b.incident_durations);
         }
+        let open: Vec<Nanos> = incidents
+            .iter()
+            .filter(|i| i.opened.is_some_and(|o| o <= now) && i.resolved.is_none_or(|r| r > now))
+            .filter_map(|i| i.opened)
+            .collect();
         SeriesFigures {
             service: service.to_string(),
             environment: environment.to_string(),
-            production: self.settings.production.iter().any(|p| p == environment),
+            production: self.is_production(environment),
             windows,
-            open_incidents: incidents
-                .iter()
-                .filter(|i| {
-                    i.opened.is_some_and(|o| o <= now) && i.resolved.is_none_or(|r| r > now)
-                })
-                .count() as u64,
+            open_incidents: open.len() as u64,
+            oldest_open_incident: open.iter().min().copied(),
+            recent_failed_changes,
             deployments_total,
             failed_changes_total: baseline.map_or(0, |b| b.failed_changes)
-                + deployments
-                    .iter()
-                    .zip(&failed)
-                    .filter(|(d, f)| **f && counted(d))
-                    .count() as u64,
+                + history.deployments.iter().filter(|d| d.failed).count() as u64,
             lead_times: lead_histogram,
             incident_durations: incident_histogram,
         }
+    }
+
+    fn is_production(&self, environment: &str) -> bool {
+        self.settings.production.iter().any(|p| p == environment)
     }
 
     /// Forgets history older than the retention (`now - retention`):

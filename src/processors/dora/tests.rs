@@ -491,3 +491,99 @@ fn the_earliest_open_event_says_what_an_incident_affects() {
     assert_eq!(a.snapshot(t(3, 0)).series, b.snapshot(t(3, 0)).series);
     assert_eq!(production(&a.snapshot(t(3, 0))).open_incidents, 1);
 }
+
+/// A deployment of `service` to production with its change started `lead` earlier.
+fn deploy_of(
+    id: &str,
+    service: &str,
+    time: Nanos,
+    lead: Nanos,
+    outcome: DeploymentOutcome,
+) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::Deployment(Deployment {
+            service: service.into(),
+            environment: "production".into(),
+            artifact: Some(format!("{id}-artifact")),
+            outcome,
+            changes: vec![LinkedChange {
+                id: format!("{id}-change"),
+                time: Some(time - lead),
+            }],
+        }),
+    )
+}
+
+#[test]
+fn production_figures_pool_every_production_series_and_carry_the_previous_window() {
+    use DeploymentOutcome::{Failure, Success};
+    let config = DoraConfig {
+        windows: vec!["7d".parse().unwrap()],
+        ..DoraConfig::default()
+    };
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&[
+        // This week: checkout leads of 1, 2, 3 h; payments 10 h and a failure.
+        deploy_of("c1", "checkout", t(10, 0), HOUR, Success),
+        deploy_of("c2", "checkout", t(11, 0), 2 * HOUR, Success),
+        deploy_of("c3", "checkout", t(12, 0), 3 * HOUR, Success),
+        deploy_of("p1", "payments", t(12, 6), 10 * HOUR, Success),
+        deploy_of("p2", "payments", t(12, 8), 5 * HOUR, Failure),
+        // The week before: one checkout deployment, lead 4 h.
+        deploy_of("c0", "checkout", t(4, 0), 4 * HOUR, Success),
+        // Staging does not count for production.
+        event(
+            "s1",
+            t(12, 0),
+            DeliveryKind::Deployment(Deployment {
+                service: "checkout".into(),
+                environment: "staging".into(),
+                artifact: None,
+                outcome: Success,
+                changes: Vec::new(),
+            }),
+        ),
+    ]);
+    let now = t(13, 0);
+    let plain = dora.snapshot(now);
+    assert_eq!(plain.production.len(), 1);
+    assert!(plain.production[0].previous.is_none());
+    let snapshot = dora.snapshot_with_trend(now);
+    let week = &snapshot.production[0];
+    assert_eq!(week.deployments, 4);
+    assert_eq!(week.failed_deployments, 1);
+    assert_eq!(week.deployment_frequency_per_day, 4.0 / 7.0);
+    // Pooled lead times 1, 2, 3, 10 h: nearest-rank p50 is 2 h, p95 10 h.
+    assert_eq!(week.lead_time.count, 4);
+    assert_eq!(week.lead_time.p50, Some(2.0 * 3_600.0));
+    assert_eq!(week.lead_time.p95, Some(10.0 * 3_600.0));
+    assert_eq!(week.change_failure_ratio, Some(1.0 / 5.0));
+    let before = week.previous.as_deref().expect("the week before");
+    assert_eq!(before.deployments, 1);
+    assert_eq!(before.lead_time.p50, Some(4.0 * 3_600.0));
+    assert!(before.previous.is_none());
+    // Per series: the failure is payments' latest failed change.
+    let payments = snapshot
+        .series
+        .iter()
+        .find(|s| s.service == "payments")
+        .unwrap();
+    assert_eq!(
+        payments.recent_failed_changes,
+        vec![FailedChange {
+            at: t(12, 8),
+            outcome: "failure",
+            cause: "deployment failed"
+        }]
+    );
+    assert_eq!(
+        payments.windows[0].previous.as_ref().unwrap().deployments,
+        0
+    );
+    // The plain snapshot's figures are the same, without the trend.
+    let mut without = snapshot.production[0].clone();
+    without.previous = None;
+    assert_eq!(plain.production[0], without);
+}
