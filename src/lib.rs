@@ -12,6 +12,7 @@
 //! - [`processors`]: `red` (requests, errors, duration per service).
 //! - [`exporters`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`kafka`]: the Kafka receiver (consumer group) and exporter (producer).
+//! - [`report`]: the DORA assessment report (Markdown, JSON, HTML).
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
@@ -28,6 +29,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod processors;
 pub mod receivers;
+pub mod report;
 pub mod window;
 
 /// doraflow's own protobuf messages, generated from `proto/doraflow/v1/`.

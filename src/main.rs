@@ -48,6 +48,32 @@ enum Command {
     },
     /// Print the embedded default pipeline's configuration.
     DefaultConfig,
+    /// Fetch the DORA assessment report from a running doraflow.
+    Report {
+        /// The doraflow's Prometheus exporter, e.g. `http://127.0.0.1:9464`.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Markdown, JSON or HTML.
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Json,
+    Html,
+}
+
+impl ReportFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportFormat::Markdown => "markdown",
+            ReportFormat::Json => "json",
+            ReportFormat::Html => "html",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,9 +99,43 @@ fn main() -> ExitCode {
             print!("{DEFAULT_PIPELINE_YAML}");
             ExitCode::SUCCESS
         }
+        Some(Command::Report { url, format }) => match fetch_report(&url, format) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("doraflow report: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Run { config }) => run(&cli.log_format, &cli.log_level, config.as_ref()),
         None => run(&cli.log_format, &cli.log_level, None),
     }
+}
+
+/// `GET {url}/report?format=...`.
+fn fetch_report(url: &str, format: ReportFormat) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let endpoint = format!(
+            "{}/report?format={}",
+            url.trim_end_matches('/'),
+            format.as_str()
+        );
+        let response = reqwest::Client::new()
+            .get(&endpoint)
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {endpoint}"))?;
+        let status = response.status();
+        let body = response.text().await?;
+        anyhow::ensure!(status.is_success(), "{endpoint} answered {status}: {body}");
+        Ok(body)
+    })
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {

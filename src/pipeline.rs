@@ -167,6 +167,7 @@ pub fn forwarding_queue(
 }
 
 enum Query {
+    Report(oneshot::Sender<crate::report::ReportInputs>),
     Red(oneshot::Sender<Option<RedSnapshot>>),
     Dora(oneshot::Sender<Option<DoraSnapshot>>),
     Alerts(oneshot::Sender<Option<Vec<ActiveAlert>>>),
@@ -193,6 +194,14 @@ impl PipelineReader {
         let (reply, alerts) = oneshot::channel();
         self.tx.send(Query::Alerts(reply)).await.ok()?;
         alerts.await.ok().flatten()
+    }
+
+    /// Everything the report is made of, at one instant; `None` if the
+    /// pipeline has stopped.
+    pub async fn report_inputs(&self) -> Option<crate::report::ReportInputs> {
+        let (reply, inputs) = oneshot::channel();
+        self.tx.send(Query::Report(reply)).await.ok()?;
+        inputs.await.ok()
     }
 
     /// The `dora` processor's figures now, `None` if the pipeline has no
@@ -425,6 +434,26 @@ impl Engine {
 
     fn answer(&mut self, query: Query) {
         match query {
+            Query::Report(reply) => {
+                let now = self.clock.now_ns();
+                let _ = reply.send(crate::report::ReportInputs {
+                    dora: self
+                        .dora
+                        .as_ref()
+                        .map(|d| d.snapshot_with_trend(now as i64)),
+                    red: self.red.as_mut().map(|red| red.snapshot(now)),
+                    rules: self
+                        .alerts
+                        .as_ref()
+                        .map(|(a, _)| a.rule_table())
+                        .unwrap_or_default(),
+                    active: self
+                        .alerts
+                        .as_ref()
+                        .map(|(a, _)| a.active())
+                        .unwrap_or_default(),
+                });
+            }
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
                 let _ = reply.send(self.red.as_mut().map(|red| red.snapshot(now)));

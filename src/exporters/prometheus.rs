@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -56,7 +56,8 @@ impl PrometheusExporter {
         }
     }
 
-    /// The routes: `/metrics`, `/healthz`, `/readyz`.
+    /// The routes: `/metrics`, `/healthz`, `/readyz`, `/api/v1/dora`,
+    /// `/api/v1/alerts`, `/report`.
     pub fn router(self) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
@@ -64,6 +65,7 @@ impl PrometheusExporter {
             .route("/readyz", get(ready))
             .route("/api/v1/dora", get(api_dora))
             .route("/api/v1/alerts", get(api_alerts))
+            .route("/report", get(report))
             .with_state(self)
     }
 
@@ -140,11 +142,62 @@ async fn api_alerts(State(exporter): State<PrometheusExporter>) -> Response {
     axum::Json(serde_json::json!({ "alerts": alerts })).into_response()
 }
 
-/// `GET /api/v1/dora`: the service-health and DORA figures as JSON.
-async fn api_dora(State(exporter): State<PrometheusExporter>) -> Response {
+/// Query of `/report` and `/api/v1/dora`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Format {
+    /// `/report`: `markdown` (default), `json` or `html`.
+    format: Option<String>,
+    /// `/api/v1/dora`: also the figures of the window before each window.
+    trend: Option<bool>,
+}
+
+/// `GET /api/v1/dora`: the service-health and DORA figures as JSON;
+/// `?trend=true` adds each window's previous one (as the report shows).
+async fn api_dora(
+    State(exporter): State<PrometheusExporter>,
+    Query(query): Query<Format>,
+) -> Response {
+    if query.trend == Some(true) {
+        let inputs = exporter.reader.report_inputs().await.unwrap_or_default();
+        return axum::Json(
+            serde_json::json!({ "service_health": inputs.red, "dora": inputs.dora }),
+        )
+        .into_response();
+    }
     let red = exporter.reader.red_snapshot().await;
     let dora = exporter.reader.dora_snapshot().await;
     axum::Json(serde_json::json!({ "service_health": red, "dora": dora })).into_response()
+}
+
+/// `GET /report`: the DORA assessment, Markdown by default, `?format=json`
+/// or `?format=html`.
+async fn report(
+    State(exporter): State<PrometheusExporter>,
+    Query(query): Query<Format>,
+) -> Response {
+    let Some(inputs) = exporter.reader.report_inputs().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let now = crate::clock::Clock::now_ns(&crate::clock::SystemClock) as i64;
+    let report = crate::report::build(&inputs, inputs.dora.as_ref().map_or(now, |d| d.at));
+    match query.format.as_deref().unwrap_or("markdown") {
+        "markdown" | "md" => (
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            crate::report::markdown(&report),
+        )
+            .into_response(),
+        "json" => axum::Json(report).into_response(),
+        "html" => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::report::html(&report),
+        )
+            .into_response(),
+        other => (
+            StatusCode::BAD_REQUEST,
+            format!("unknown format `{other}`: use markdown, json or html\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(exporter): State<PrometheusExporter>) -> Response {

@@ -349,6 +349,23 @@ pub struct ActiveAlert {
     pub summary: String,
 }
 
+/// A rule as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleInfo {
+    /// The `alertname`.
+    pub alertname: &'static str,
+    /// The threshold, in `unit`.
+    pub threshold: f64,
+    /// `ratio`, `seconds` or `failed deployments`.
+    pub unit: &'static str,
+    /// The window the rule looks over, if it has one.
+    pub window: Option<String>,
+    /// How long the condition must hold before firing, seconds.
+    pub for_seconds: f64,
+    /// The severity.
+    pub severity: Severity,
+}
+
 /// The `alerts` processor's state: the active alerts.
 pub struct AlertsProcessor {
     rules: Vec<Rule>,
@@ -459,6 +476,25 @@ impl AlertsProcessor {
     /// The alerts pending or firing now.
     pub fn active(&self) -> Vec<ActiveAlert> {
         self.active.values().cloned().collect()
+    }
+
+    /// The rules in force, with their thresholds, for the report.
+    pub fn rule_table(&self) -> Vec<RuleInfo> {
+        self.rules
+            .iter()
+            .map(|r| RuleInfo {
+                alertname: r.name,
+                threshold: r.threshold,
+                unit: match r.check {
+                    Check::ErrorRate | Check::Utilization(_) => "ratio",
+                    Check::LatencyP95 | Check::SlowRecovery => "seconds",
+                    Check::DeploymentFailed => "failed deployments",
+                },
+                window: r.window.clone(),
+                for_seconds: r.hold as f64 / 1e9,
+                severity: r.severity,
+            })
+            .collect()
     }
 
     /// Evaluates every rule on `facts` at `now`; returns the transitions.

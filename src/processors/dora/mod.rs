@@ -334,6 +334,8 @@ pub struct DoraSnapshot {
     /// (quantiles over all the production lead and restore times, not an
     /// average of per-service ones).
     pub production: Vec<WindowFigures>,
+    /// The level cut-offs in force (elite, high, medium per metric).
+    pub cutoffs: levels::Cutoffs,
     /// Every series, ordered by service then environment.
     pub series: Vec<SeriesFigures>,
     /// Events applied (after de-duplication).
@@ -692,6 +694,7 @@ impl DoraProcessor {
         let pooled: Vec<&History> = production.iter().collect();
         DoraSnapshot {
             at: now,
+            cutoffs: self.settings.cutoffs,
             production: self
                 .settings
                 .windows
