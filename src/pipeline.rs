@@ -167,7 +167,7 @@ pub fn forwarding_queue(
 }
 
 enum Query {
-    Report(oneshot::Sender<crate::report::ReportInputs>),
+    Report(oneshot::Sender<crate::report::ReportInputs>, usize),
     Red(oneshot::Sender<Option<RedSnapshot>>),
     Dora(oneshot::Sender<Option<DoraSnapshot>>),
     Alerts(oneshot::Sender<Option<Vec<ActiveAlert>>>),
@@ -199,8 +199,17 @@ impl PipelineReader {
     /// Everything the report is made of, at one instant; `None` if the
     /// pipeline has stopped.
     pub async fn report_inputs(&self) -> Option<crate::report::ReportInputs> {
+        self.report_inputs_with_days(0).await
+    }
+
+    /// As [`Self::report_inputs`], with the production figures of each of
+    /// the last `days` days (the dashboard's trend).
+    pub async fn report_inputs_with_days(
+        &self,
+        days: usize,
+    ) -> Option<crate::report::ReportInputs> {
         let (reply, inputs) = oneshot::channel();
-        self.tx.send(Query::Report(reply)).await.ok()?;
+        self.tx.send(Query::Report(reply, days)).await.ok()?;
         inputs.await.ok()
     }
 
@@ -434,9 +443,13 @@ impl Engine {
 
     fn answer(&mut self, query: Query) {
         match query {
-            Query::Report(reply) => {
+            Query::Report(reply, days) => {
                 let now = self.clock.now_ns();
                 let _ = reply.send(crate::report::ReportInputs {
+                    trend: match (&self.dora, days) {
+                        (Some(dora), 1..) => dora.daily_trend(now as i64, days),
+                        _ => Vec::new(),
+                    },
                     dora: self
                         .dora
                         .as_ref()

@@ -57,7 +57,7 @@ impl PrometheusExporter {
     }
 
     /// The routes: `/metrics`, `/healthz`, `/readyz`, `/api/v1/dora`,
-    /// `/api/v1/alerts`, `/report`.
+    /// `/api/v1/alerts`, `/report`, `/` (the dashboard), `/api/v1/dashboard`.
     pub fn router(self) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
@@ -66,6 +66,8 @@ impl PrometheusExporter {
             .route("/api/v1/dora", get(api_dora))
             .route("/api/v1/alerts", get(api_alerts))
             .route("/report", get(report))
+            .route("/", get(dashboard_page))
+            .route("/api/v1/dashboard", get(api_dashboard))
             .with_state(self)
     }
 
@@ -167,6 +169,37 @@ async fn api_dora(
     let red = exporter.reader.red_snapshot().await;
     let dora = exporter.reader.dora_snapshot().await;
     axum::Json(serde_json::json!({ "service_health": red, "dora": dora })).into_response()
+}
+
+/// `GET /`: the dashboard, one self-contained page.
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+        ],
+        crate::report::dashboard::PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/dashboard`: what the dashboard draws.
+async fn api_dashboard(State(exporter): State<PrometheusExporter>) -> Response {
+    let Some(inputs) = exporter
+        .reader
+        .report_inputs_with_days(crate::report::dashboard::TREND_DAYS)
+        .await
+    else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let now = inputs.dora.as_ref().map_or_else(
+        || crate::clock::Clock::now_ns(&crate::clock::SystemClock) as i64,
+        |d| d.at,
+    );
+    axum::Json(crate::report::dashboard::build_dashboard(&inputs, now)).into_response()
 }
 
 /// `GET /report`: the DORA assessment, Markdown by default, `?format=json`

@@ -6,13 +6,14 @@
 //! (so the two agree number for number), and rendered through one document
 //! model ([`Block`]) to Markdown or HTML.
 
+pub mod dashboard;
 mod render;
 
 use serde::Serialize;
 
 use crate::processors::alerts::{ActiveAlert, RuleInfo, State};
 use crate::processors::dora::levels::{Cutoffs, Level};
-use crate::processors::dora::{DoraSnapshot, FailedChange, WindowFigures};
+use crate::processors::dora::{DayFigures, DoraSnapshot, FailedChange, WindowFigures};
 use crate::processors::red::RedSnapshot;
 
 pub use render::{
@@ -30,6 +31,8 @@ pub struct ReportInputs {
     pub rules: Vec<RuleInfo>,
     /// The alerts pending or firing.
     pub active: Vec<ActiveAlert>,
+    /// Production figures per day, oldest first (only when asked for).
+    pub trend: Vec<DayFigures>,
 }
 
 /// The assessment.

@@ -359,6 +359,23 @@ pub struct FailedChange {
     pub cause: &'static str,
 }
 
+/// Production figures of one day (the dashboard's trend).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct DayFigures {
+    /// The day's end (ns since the epoch); it covers the 24 hours before.
+    pub end: Nanos,
+    /// Successful deployments.
+    pub deployments: u64,
+    /// Deployments that were failed changes.
+    pub failed_changes: u64,
+    /// Failed changes / deployments (successful and failed).
+    pub change_failure_ratio: Option<f64>,
+    /// Median lead time of the changes first deployed that day, seconds.
+    pub lead_time_p50: Option<f64>,
+    /// Median duration of the incidents resolved that day, seconds.
+    pub time_to_restore_p50: Option<f64>,
+}
+
 /// How many failed changes a series lists.
 const RECENT_FAILED_CHANGES: usize = 10;
 
@@ -707,6 +724,95 @@ impl DoraProcessor {
             ignored: self.ignored,
             expired: self.expired,
         }
+    }
+
+    /// Production figures per day for the last `days` days, oldest first:
+    /// day `k` back covers `(now - (k + 1) days, now - k days]`. For the
+    /// dashboard's trend charts.
+    pub fn daily_trend(&self, now: Nanos, days: usize) -> Vec<DayFigures> {
+        let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
+        for incident in self.incidents.values() {
+            if let Some((service, environment)) = &incident.series
+                && self.is_production(environment)
+            {
+                incidents_by_series
+                    .entry((service.as_str(), environment.as_str()))
+                    .or_default()
+                    .push(incident);
+            }
+        }
+        let empty = Vec::new();
+        let mut keys: Vec<(&str, &str)> = self
+            .series
+            .keys()
+            .filter(|(_, e)| self.is_production(e))
+            .map(|(s, e)| (s.as_str(), e.as_str()))
+            .collect();
+        keys.extend(incidents_by_series.keys().copied());
+        keys.sort_unstable();
+        keys.dedup();
+        let histories: Vec<History> = keys
+            .iter()
+            .map(|&(s, e)| {
+                let deployments = self
+                    .series
+                    .get(&(s.to_string(), e.to_string()))
+                    .unwrap_or(&empty);
+                let incidents = incidents_by_series
+                    .get(&(s, e))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                self.history(deployments, incidents)
+            })
+            .collect();
+        let day = 86_400 * NS_PER_SEC as Nanos;
+        // Which day back a time falls on, if within `days`.
+        let slot = |t: Nanos| -> Option<usize> {
+            if t > now {
+                return None;
+            }
+            // `(now - (k+1)d, now - kd]` holds the times k ≤ (now - t)/d < k + 1.
+            let back = ((now - t) / day) as usize;
+            (back < days).then(|| days - 1 - back)
+        };
+        let mut out: Vec<DayFigures> = (0..days)
+            .map(|i| DayFigures {
+                end: now - (days - 1 - i) as Nanos * day,
+                ..Default::default()
+            })
+            .collect();
+        let mut leads: Vec<Vec<Nanos>> = vec![Vec::new(); days];
+        let mut restores: Vec<Vec<Nanos>> = vec![Vec::new(); days];
+        let mut counted = vec![0u64; days];
+        for h in &histories {
+            for d in &h.deployments {
+                let Some(i) = slot(d.time) else { continue };
+                if d.outcome == DeploymentOutcome::Success {
+                    out[i].deployments += 1;
+                }
+                if d.outcome != DeploymentOutcome::Rollback {
+                    counted[i] += 1;
+                    out[i].failed_changes += u64::from(d.failed);
+                }
+            }
+            for &(t, l) in &h.lead_times {
+                if let Some(i) = slot(t) {
+                    leads[i].push(l);
+                }
+            }
+            for &(t, l) in &h.incident_durations {
+                if let Some(i) = slot(t) {
+                    restores[i].push(l);
+                }
+            }
+        }
+        for (i, f) in out.iter_mut().enumerate() {
+            f.change_failure_ratio =
+                (counted[i] > 0).then(|| f.failed_changes as f64 / counted[i] as f64);
+            f.lead_time_p50 = quantiles(leads[i].drain(..)).p50;
+            f.time_to_restore_p50 = quantiles(restores[i].drain(..)).p50;
+        }
+        out
     }
 
     /// What one series' history says, before any window is applied.

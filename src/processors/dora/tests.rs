@@ -587,3 +587,38 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
     without.previous = None;
     assert_eq!(plain.production[0], without);
 }
+
+#[test]
+fn the_daily_trend_buckets_production_days_back_from_now() {
+    use DeploymentOutcome::{Failure, Success};
+    let config = DoraConfig {
+        windows: vec!["7d".parse().unwrap()],
+        ..DoraConfig::default()
+    };
+    let mut dora = DoraProcessor::new(&config);
+    let now = t(10, 0);
+    dora.apply(&[
+        // Today (the last 24 h): two, leads 1 h and 3 h, and a failure.
+        deploy_of("a", "checkout", now - HOUR, HOUR, Success),
+        deploy_of("b", "payments", now - 2 * HOUR, 3 * HOUR, Success),
+        deploy_of("c", "checkout", now - 3 * HOUR, HOUR, Failure),
+        // Exactly one day back belongs to the day before today's window.
+        deploy_of("d", "checkout", now - DAY, 5 * HOUR, Success),
+        // Three days back; and 40 days back, outside.
+        deploy_of("e", "checkout", now - 3 * DAY + HOUR, 2 * HOUR, Success),
+        deploy_of("f", "checkout", now - 40 * DAY, HOUR, Success),
+    ]);
+    let trend = dora.daily_trend(now, 5);
+    assert_eq!(trend.len(), 5);
+    assert_eq!(trend[4].end, now);
+    assert_eq!(trend[0].end, now - 4 * DAY);
+    let deployments: Vec<u64> = trend.iter().map(|d| d.deployments).collect();
+    assert_eq!(deployments, [0, 0, 1, 1, 2]);
+    assert_eq!(trend[4].failed_changes, 1);
+    assert_eq!(trend[4].change_failure_ratio, Some(1.0 / 3.0));
+    // Leads 1 h and 3 h: nearest-rank median 1 h.
+    assert_eq!(trend[4].lead_time_p50, Some(3_600.0));
+    assert_eq!(trend[3].lead_time_p50, Some(5.0 * 3_600.0));
+    assert_eq!(trend[1].lead_time_p50, None);
+    assert_eq!(trend[1].change_failure_ratio, None);
+}

@@ -1,0 +1,228 @@
+//! The dashboard: `GET /` serves one self-contained page (no external
+//! assets: it works air-gapped), which reads `GET /api/v1/dashboard` and
+//! redraws itself every 15 seconds. The figures arrive formatted by the
+//! report's own helpers, so the tiles say exactly what the report says.
+
+use serde::Serialize;
+
+use super::{ReportInputs, build, format_duration, format_frequency, format_ratio, rfc3339};
+use crate::processors::alerts::State;
+use crate::processors::dora::levels::Level;
+
+/// The page.
+pub const PAGE: &str = include_str!("dashboard.html");
+
+/// Days of trend the dashboard shows.
+pub const TREND_DAYS: usize = 30;
+
+/// What the page draws.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dashboard {
+    /// When, RFC 3339.
+    pub generated_at: String,
+    /// The tiles' window (the longest configured).
+    pub window: Option<String>,
+    /// The four keys for every production service pooled.
+    pub tiles: Vec<Tile>,
+    /// Production per day, oldest first.
+    pub trend: Vec<TrendDay>,
+    /// Every service's health and alerts.
+    pub services: Vec<ServiceRow>,
+    /// Alerts pending or firing.
+    pub alerts: Vec<AlertRow>,
+}
+
+/// One of the four keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tile {
+    /// `deployment_frequency`, `lead_time`, `change_failure_rate`, `time_to_restore`.
+    pub key: &'static str,
+    /// Its name for people.
+    pub title: &'static str,
+    /// The value, formatted.
+    pub value: String,
+    /// Its level, if there is data.
+    pub level: Option<Level>,
+    /// One line of context.
+    pub detail: String,
+}
+
+/// One day of the trend, in the charts' units.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrendDay {
+    /// The day (its end), `YYYY-MM-DD`.
+    pub day: String,
+    /// Successful deployments.
+    pub deployments: u64,
+    /// Median lead time, hours.
+    pub lead_time_hours: Option<f64>,
+    /// Change failure rate, percent.
+    pub change_failure_percent: Option<f64>,
+    /// Median time to restore, hours.
+    pub time_to_restore_hours: Option<f64>,
+}
+
+/// A service in the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRow {
+    /// The service.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// Requests in the `red` window.
+    pub requests: Option<u64>,
+    /// Error ratio, formatted.
+    pub errors: String,
+    /// p95 latency, formatted.
+    pub p95: String,
+    /// Deployments over the tiles' window.
+    pub deployments: Option<u64>,
+    /// Alerts pending or firing for it.
+    pub alerts: Vec<String>,
+}
+
+/// An alert in the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRow {
+    /// The rule.
+    pub alertname: &'static str,
+    /// `firing` or `pending`.
+    pub state: &'static str,
+    /// The service.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// Since when, RFC 3339.
+    pub since: String,
+    /// One line.
+    pub summary: String,
+}
+
+/// Builds what the page draws.
+pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
+    let report = build(inputs, now);
+    let tiles = match &report.production {
+        None => Vec::new(),
+        Some(p) => vec![
+            Tile {
+                key: "deployment_frequency",
+                title: "Deployment frequency",
+                value: format_frequency(p.deployment_frequency_per_day),
+                level: p.levels.deployment_frequency,
+                detail: format!("{} deployments", p.deployments),
+            },
+            Tile {
+                key: "lead_time",
+                title: "Lead time for changes",
+                value: format_duration(p.lead_time.p50),
+                level: p.levels.lead_time,
+                detail: format!(
+                    "median of {} changes; p95 {}",
+                    p.lead_time.count,
+                    format_duration(p.lead_time.p95)
+                ),
+            },
+            Tile {
+                key: "change_failure_rate",
+                title: "Change failure rate",
+                value: format_ratio(p.change_failure_ratio),
+                level: p.levels.change_failure_rate,
+                detail: format!("{} failed changes", p.failed_changes),
+            },
+            Tile {
+                key: "time_to_restore",
+                title: "Time to restore",
+                value: format_duration(p.time_to_restore.p50),
+                level: p.levels.time_to_restore,
+                detail: format!("median of {} incidents", p.time_to_restore.count),
+            },
+        ],
+    };
+    let hours = |s: Option<f64>| s.map(|s| s / 3_600.0);
+    let trend = inputs
+        .trend
+        .iter()
+        .map(|d| TrendDay {
+            day: rfc3339(d.end).chars().take(10).collect(),
+            deployments: d.deployments,
+            lead_time_hours: hours(d.lead_time_p50),
+            change_failure_percent: d.change_failure_ratio.map(|r| r * 100.0),
+            time_to_restore_hours: hours(d.time_to_restore_p50),
+        })
+        .collect();
+    let state = |s: State| match s {
+        State::Firing => "firing",
+        _ => "pending",
+    };
+    let mut services: Vec<ServiceRow> = report
+        .services
+        .iter()
+        .map(|s| ServiceRow {
+            service: s.service.clone(),
+            environment: s.environment.clone(),
+            requests: s.health.as_ref().map(|h| h.requests),
+            errors: s
+                .health
+                .as_ref()
+                .map_or_else(|| "—".into(), |h| format_ratio(h.error_ratio)),
+            p95: s
+                .health
+                .as_ref()
+                .map_or_else(|| "—".into(), |h| format_duration(h.p95_seconds)),
+            deployments: s
+                .windows
+                .iter()
+                .find(|w| Some(&w.window) == report.summary_window.as_ref())
+                .map(|w| w.deployments),
+            alerts: Vec::new(),
+        })
+        .collect();
+    // Services with health but no delivery history yet.
+    if let Some(red) = &inputs.red {
+        for h in &red.series {
+            if !services
+                .iter()
+                .any(|s| s.service == h.service && s.environment == h.environment)
+            {
+                services.push(ServiceRow {
+                    service: h.service.clone(),
+                    environment: h.environment.clone(),
+                    requests: Some(h.stats.requests),
+                    errors: format_ratio(h.stats.error_ratio()),
+                    p95: format_duration(h.stats.quantiles_us.map(|q| q[1] as f64 / 1e6)),
+                    deployments: None,
+                    alerts: Vec::new(),
+                });
+            }
+        }
+    }
+    for a in &inputs.active {
+        if let Some(row) = services
+            .iter_mut()
+            .find(|s| s.service == a.service && s.environment == a.environment)
+        {
+            row.alerts
+                .push(format!("{} ({})", a.alertname, state(a.state)));
+        }
+    }
+    services.sort_by(|a, b| (&a.service, &a.environment).cmp(&(&b.service, &b.environment)));
+    Dashboard {
+        generated_at: report.generated_at.clone(),
+        window: report.summary_window.clone(),
+        tiles,
+        trend,
+        services,
+        alerts: inputs
+            .active
+            .iter()
+            .map(|a| AlertRow {
+                alertname: a.alertname,
+                state: state(a.state),
+                service: a.service.clone(),
+                environment: a.environment.clone(),
+                since: rfc3339(a.since),
+                summary: a.summary.clone(),
+            })
+            .collect(),
+    }
+}
