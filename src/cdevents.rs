@@ -7,6 +7,8 @@
 //! binary mode) a body that is the CDEvent with `ce-*` headers. Every error
 //! names the field path and what was wrong, so a producer can fix it.
 
+pub mod synth;
+
 use chrono::DateTime;
 use serde_json::Value;
 

@@ -12,6 +12,7 @@
 //! - [`processors`]: `red` (requests, errors, duration per service).
 //! - [`exporters`]: Prometheus `/metrics`, `/healthz`, `/readyz`.
 //! - [`kafka`]: the Kafka receiver (consumer group) and exporter (producer).
+//! - [`replay`]: `doraflow replay`, backfill from files.
 //! - [`report`]: the DORA assessment report (Markdown, JSON, HTML).
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
@@ -29,6 +30,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod processors;
 pub mod receivers;
+pub mod replay;
 pub mod report;
 pub mod window;
 

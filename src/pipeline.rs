@@ -482,6 +482,99 @@ impl Engine {
     }
 }
 
+/// The processors of a configuration's pipeline, run in-process over
+/// recorded data: `doraflow replay`. No receivers, no exporters: nothing
+/// pages, nothing is forwarded. Alerts are evaluated once, at the end, for
+/// the report.
+pub struct Replayer {
+    engine: Engine,
+}
+
+impl Replayer {
+    /// The processors `config`'s pipeline names, as `run` would build them.
+    pub fn new(config: &Config) -> anyhow::Result<Replayer> {
+        let (_, pipeline) = config.pipeline().context("no pipeline configured")?;
+        let (red, dora, alerts, default_environment) = processors(config, pipeline);
+        Ok(Replayer {
+            engine: Engine {
+                red,
+                dora,
+                alerts,
+                alert_sinks: Vec::new(),
+                change_sink: None,
+                default_environment,
+                clock: Arc::new(SystemClock),
+                forward: None,
+            },
+        })
+    }
+
+    /// Applies one batch, as the engine applies a received one.
+    pub fn apply(&mut self, item: &Telemetry) -> Applied {
+        let now = self.engine.clock.now_ns();
+        self.engine.apply(item, now)
+    }
+
+    /// Evaluates the alert rules once and returns what the report is made of.
+    pub fn finish(&mut self) -> crate::report::ReportInputs {
+        self.engine.evaluate_alerts();
+        let (reply, mut inputs) = oneshot::channel();
+        self.engine.answer(Query::Report(reply, 0));
+        inputs.try_recv().unwrap_or_default()
+    }
+}
+
+/// The processors a pipeline names, and its default environment.
+fn processors(
+    config: &Config,
+    pipeline: &crate::config::PipelineConfig,
+) -> (
+    Option<RedProcessor>,
+    Option<DoraProcessor>,
+    Option<(AlertsProcessor, std::time::Duration)>,
+    String,
+) {
+    let uses = |list: &[String], kind: &str| list.iter().any(|c| c == kind);
+    let default_environment = config
+        .receivers
+        .otlp
+        .as_ref()
+        .filter(|_| uses(&pipeline.receivers, "otlp"))
+        .map(|o| o.default_environment.clone())
+        .unwrap_or_else(|| "unknown".to_string());
+    let red = config
+        .processors
+        .red
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "red"))
+        .map(|c| RedProcessor::new(c, &default_environment));
+    let dora = config
+        .processors
+        .dora
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "dora"))
+        .map(DoraProcessor::new);
+    let red_window = config
+        .processors
+        .red
+        .as_ref()
+        .map(|r| r.window.as_str().to_string());
+    let alerts = config
+        .processors
+        .alerts
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "alerts"))
+        .map(|c| {
+            (
+                AlertsProcessor::new(c)
+                    .with_default_environment(&default_environment)
+                    .with_red_window(red_window.as_deref().unwrap_or("5m")),
+                c.interval.get(),
+            )
+        });
+    (red, dora, alerts, default_environment)
+}
+
 /// Whether every component has started.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -519,15 +612,7 @@ pub async fn run_with_clock(
         .otlp
         .as_ref()
         .filter(|_| uses(&pipeline.receivers, "otlp"));
-    let default_environment = otlp
-        .map(|o| o.default_environment.clone())
-        .unwrap_or_else(|| "unknown".to_string());
-    let red = config
-        .processors
-        .red
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "red"))
-        .map(|c| RedProcessor::new(c, &default_environment));
+    let (red, dora, alerts, default_environment) = processors(&config, pipeline);
 
     // Bind every listener before serving anything: a taken port fails startup.
     let grpc = match otlp.and_then(|o| o.grpc.as_ref()) {
@@ -581,30 +666,6 @@ pub async fn run_with_clock(
     };
     let (query_tx, query_rx) = mpsc::channel(16);
     gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
-    let dora = config
-        .processors
-        .dora
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "dora"))
-        .map(DoraProcessor::new);
-    let red_window = config
-        .processors
-        .red
-        .as_ref()
-        .map(|r| r.window.as_str().to_string());
-    let alerts = config
-        .processors
-        .alerts
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "alerts"))
-        .map(|c| {
-            (
-                AlertsProcessor::new(c)
-                    .with_default_environment(&default_environment)
-                    .with_red_window(red_window.as_deref().unwrap_or("5m")),
-                c.interval.get(),
-            )
-        });
     let exporters_stop = CancellationToken::new();
     let mut alert_sinks = Vec::new();
     let mut change_sink = None;
