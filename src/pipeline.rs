@@ -494,7 +494,12 @@ impl Replayer {
     /// The processors `config`'s pipeline names, as `run` would build them.
     pub fn new(config: &Config) -> anyhow::Result<Replayer> {
         let (_, pipeline) = config.pipeline().context("no pipeline configured")?;
-        let (red, dora, alerts, default_environment) = processors(config, pipeline);
+        let Processors {
+            red,
+            dora,
+            alerts,
+            default_environment,
+        } = processors(config, pipeline);
         Ok(Replayer {
             engine: Engine {
                 red,
@@ -525,15 +530,14 @@ impl Replayer {
 }
 
 /// The processors a pipeline names, and its default environment.
-fn processors(
-    config: &Config,
-    pipeline: &crate::config::PipelineConfig,
-) -> (
-    Option<RedProcessor>,
-    Option<DoraProcessor>,
-    Option<(AlertsProcessor, std::time::Duration)>,
-    String,
-) {
+struct Processors {
+    red: Option<RedProcessor>,
+    dora: Option<DoraProcessor>,
+    alerts: Option<(AlertsProcessor, std::time::Duration)>,
+    default_environment: String,
+}
+
+fn processors(config: &Config, pipeline: &crate::config::PipelineConfig) -> Processors {
     let uses = |list: &[String], kind: &str| list.iter().any(|c| c == kind);
     let default_environment = config
         .receivers
@@ -572,7 +576,12 @@ fn processors(
                 c.interval.get(),
             )
         });
-    (red, dora, alerts, default_environment)
+    Processors {
+        red,
+        dora,
+        alerts,
+        default_environment,
+    }
 }
 
 /// Whether every component has started.
@@ -612,7 +621,12 @@ pub async fn run_with_clock(
         .otlp
         .as_ref()
         .filter(|_| uses(&pipeline.receivers, "otlp"));
-    let (red, dora, alerts, default_environment) = processors(&config, pipeline);
+    let Processors {
+        red,
+        dora,
+        alerts,
+        default_environment,
+    } = processors(&config, pipeline);
 
     // Bind every listener before serving anything: a taken port fails startup.
     let grpc = match otlp.and_then(|o| o.grpc.as_ref()) {
