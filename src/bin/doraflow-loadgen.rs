@@ -80,6 +80,20 @@ struct Args {
     /// Messages to produce with `--kafka` (then `--duration` is not used).
     #[arg(long, default_value_t = 10_000)]
     messages: u64,
+    /// Write a synthetic delivery history of `--events` CDEvents to this
+    /// JSON-lines file (for `doraflow replay`) and exit.
+    #[arg(long)]
+    write_history: Option<std::path::PathBuf>,
+    /// Send a JSON-lines file of CDEvents to the webhook (`--endpoint`) in
+    /// batches of `--batch`, one request at a time per connection, and exit.
+    #[arg(long)]
+    send_history: Option<std::path::PathBuf>,
+    /// Events for `--write-history`.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// The history's end, Unix seconds (default: now).
+    #[arg(long)]
+    now: Option<i64>,
 }
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -99,6 +113,12 @@ async fn main() -> anyhow::Result<()> {
         args.connections > 0 && args.batch > 0,
         "connections and batch must be > 0"
     );
+    if let Some(path) = args.write_history.clone() {
+        return write_history(&args, &path);
+    }
+    if let Some(path) = args.send_history.clone() {
+        return send_history(&args, &path).await;
+    }
     if args.cdevents {
         return cdevents(args).await;
     }
@@ -396,5 +416,86 @@ fn kafka(args: Args, brokers: &str) -> anyhow::Result<()> {
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+fn write_history(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let now = match args.now {
+        Some(now) => now,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64,
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for event in doraflow::cdevents::synth::history(args.events, now) {
+        writeln!(file, "{event}")?;
+    }
+    file.flush()?;
+    println!(
+        "{}",
+        serde_json::json!({"written": args.events, "now": now, "path": path})
+    );
+    Ok(())
+}
+
+/// Sends the lines of `path` as batches to the webhook, `--connections` requests in flight.
+async fn send_history(args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let bodies: Vec<String> = lines
+        .chunks(args.batch.max(1))
+        .map(|chunk| format!("[{}]", chunk.join(",")))
+        .collect();
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let (client, bodies, next, endpoint) = (
+            client.clone(),
+            bodies.clone(),
+            next.clone(),
+            args.endpoint.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(body) = bodies.get(i) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                loop {
+                    let response = client
+                        .post(&endpoint)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    match response.status().as_u16() {
+                        202 => break,
+                        // Back-pressure: wait as told, then send it again.
+                        429 | 503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        other => {
+                            anyhow::bail!("webhook answered {other}: {}", response.text().await?)
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "send_history",
+            "events": lines.len(),
+            "seconds": seconds,
+            "events_per_second": lines.len() as f64 / seconds,
+        })
+    );
     Ok(())
 }
