@@ -71,6 +71,8 @@ pub struct ServiceRow {
     pub environment: String,
     /// Requests in the `red` window.
     pub requests: Option<u64>,
+    /// Requests per second over the `red` window, formatted.
+    pub rate: String,
     /// Error ratio, formatted.
     pub errors: String,
     /// p95 latency, formatted.
@@ -96,6 +98,19 @@ pub struct AlertRow {
     pub since: String,
     /// One line.
     pub summary: String,
+}
+
+/// Requests per second over a window given as written (`5m`).
+fn rate(requests: u64, window: &str) -> String {
+    let seconds = window
+        .parse::<crate::config::ConfigDuration>()
+        .map(|d| d.get().as_secs_f64())
+        .unwrap_or(0.0);
+    if seconds <= 0.0 {
+        return "—".into();
+    }
+    let per_second = requests as f64 / seconds;
+    format!("{per_second:.2}/s")
 }
 
 /// Builds what the page draws.
@@ -161,6 +176,10 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
             service: s.service.clone(),
             environment: s.environment.clone(),
             requests: s.health.as_ref().map(|h| h.requests),
+            rate: s
+                .health
+                .as_ref()
+                .map_or_else(|| "—".into(), |h| rate(h.requests, &h.window)),
             errors: s
                 .health
                 .as_ref()
@@ -188,6 +207,7 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
                     service: h.service.clone(),
                     environment: h.environment.clone(),
                     requests: Some(h.stats.requests),
+                    rate: rate(h.stats.requests, &red.window),
                     errors: format_ratio(h.stats.error_ratio()),
                     p95: format_duration(h.stats.quantiles_us.map(|q| q[1] as f64 / 1e6)),
                     deployments: None,
