@@ -192,8 +192,11 @@ async fn the_dashboard_shows_the_four_keys_in_a_real_browser() {
     assert_eq!(expect[2].1, "8.3%");
     assert_eq!(expect[3].1, "1.50 h");
     // The services table and the trend charts are there too.
+    // 100 requests in the 5-minute window: 0.33 a second.
     assert!(
-        dom.contains("<td>checkout</td><td>production</td><td>100</td><td>10.0%</td>"),
+        dom.contains(
+            "<td>checkout</td><td>production</td><td>100</td><td>0.33/s</td><td>10.0%</td><td>1.00 ms</td>"
+        ),
         "{dom}"
     );
     assert_eq!(dom.matches("<svg").count(), 4);
