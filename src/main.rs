@@ -68,6 +68,13 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Exit 0 if a running doraflow answers `/healthz` (for container
+    /// health checks: the image needs no curl).
+    Healthcheck {
+        /// The doraflow's Prometheus exporter.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+    },
     /// Fetch the DORA assessment report from a running doraflow.
     Report {
         /// The doraflow's Prometheus exporter, e.g. `http://127.0.0.1:9464`.
@@ -118,6 +125,15 @@ fn main() -> ExitCode {
         Some(Command::DefaultConfig) => {
             print!("{DEFAULT_PIPELINE_YAML}");
             ExitCode::SUCCESS
+        }
+        Some(Command::Healthcheck { url }) => {
+            match get(&format!("{}/healthz", url.trim_end_matches('/'))) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("doraflow healthcheck: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::Report { url, format }) => match fetch_report(&url, format) {
             Ok(text) => {
@@ -217,17 +233,21 @@ fn replay(
 
 /// `GET {url}/report?format=...`.
 fn fetch_report(url: &str, format: ReportFormat) -> anyhow::Result<String> {
+    get(&format!(
+        "{}/report?format={}",
+        url.trim_end_matches('/'),
+        format.as_str()
+    ))
+}
+
+/// The body of `GET endpoint`, an error unless it answers 2xx.
+fn get(endpoint: &str) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let endpoint = format!(
-            "{}/report?format={}",
-            url.trim_end_matches('/'),
-            format.as_str()
-        );
         let response = reqwest::Client::new()
-            .get(&endpoint)
+            .get(endpoint)
             .timeout(std::time::Duration::from_secs(60))
             .send()
             .await

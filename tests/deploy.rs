@@ -122,6 +122,46 @@ async fn query(port: u16, promql: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The status of a query (`success`, or the error type).
+async fn query_status(port: u16, promql: &str) -> String {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
+    let body: Value = match reqwest::get(url).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(e) => return e.to_string(),
+    };
+    match body["status"].as_str() {
+        Some("success") => "success".to_string(),
+        _ => body.to_string(),
+    }
+}
+
+/// Every `expr` in a Grafana dashboard (panels' targets, templating queries).
+fn grafana_exprs(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+                    _ => out.extend(grafana_exprs(v)),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| out.extend(grafana_exprs(v))),
+        _ => {}
+    }
+    out
+}
+
 /// The value of the one sample of `promql`, once there is one.
 async fn value_of(port: u16, promql: &str) -> Option<f64> {
     query(port, promql)
@@ -311,8 +351,30 @@ async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
             &std::fs::read_to_string(deploy("prometheus/rules").join(file)).expect("rules"),
         );
     }
+    // And every name the Grafana dashboard uses; its queries run on the
+    // real Prometheus.
+    let grafana: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/doraflow.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let exprs = grafana_exprs(&grafana);
+    assert!(exprs.len() >= 13, "{exprs:?}");
+    for expr in &exprs {
+        let mut promql = expr.replace("$environment", "production");
+        // Grafana's `label_values(metric, label)` is not PromQL: run the metric.
+        if let Some(inner) = promql.strip_prefix("label_values(") {
+            promql = inner.split(',').next().unwrap_or_default().to_string();
+        }
+        let status = query_status(port, &promql).await;
+        assert_eq!(
+            status, "success",
+            "Grafana query fails on Prometheus: {promql}"
+        );
+        rules.push('\n');
+        rules.push_str(expr);
+    }
     let names = metric_names(&rules);
-    assert!(names.len() >= 10, "{names:?}");
+    assert!(names.len() >= 15, "{names:?}");
     for name in &names {
         assert!(
             live.lines().any(|l| !l.starts_with('#')
@@ -321,4 +383,298 @@ async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
             "the rules use {name}, which /metrics does not have"
         );
     }
+}
+
+fn tools(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DORAFLOW_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/tools/bin"));
+    Some(dir.join(name)).filter(|p| p.exists())
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_matches_the_binary() {
+    let dockerfile = std::fs::read_to_string(deploy("docker/Dockerfile")).expect("Dockerfile");
+    // Ports and config cross-checked with the pipeline it runs.
+    let config_path = "/etc/doraflow/container.yaml";
+    assert!(
+        dockerfile.contains(&format!("\"{config_path}\"")),
+        "CMD runs {config_path}"
+    );
+    assert!(dockerfile.contains("COPY pipelines/ /etc/doraflow/"));
+    let config = doraflow::config::Config::from_yaml(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/container.yaml"),
+        )
+        .expect("container.yaml"),
+    )
+    .expect("container.yaml validates");
+    let expose = dockerfile
+        .lines()
+        .find(|l| l.starts_with("EXPOSE"))
+        .expect("EXPOSE");
+    let otlp = config.receivers.otlp.as_ref().expect("otlp");
+    for endpoint in [
+        otlp.grpc.as_ref().expect("grpc").endpoint.as_str(),
+        otlp.http.as_ref().expect("http").endpoint.as_str(),
+        config
+            .receivers
+            .webhook
+            .as_ref()
+            .expect("webhook")
+            .endpoint
+            .as_str(),
+        config
+            .exporters
+            .prometheus
+            .as_ref()
+            .expect("prometheus")
+            .endpoint
+            .as_str(),
+    ] {
+        let (host, port) = endpoint.rsplit_once(':').expect("host:port");
+        assert_eq!(
+            host, "0.0.0.0",
+            "{endpoint}: a container listens on every interface"
+        );
+        assert!(
+            expose.split_whitespace().any(|p| p == port),
+            "{port} not in {expose}"
+        );
+    }
+    assert!(dockerfile.contains("USER 10001"), "runs as a non-root user");
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    assert!(dockerfile.contains("healthcheck\", \"--url\", \"http://127.0.0.1:9464\""));
+    let Some(hadolint) = tools("hadolint") else {
+        say_skipped(
+            "hadolint",
+            "no hadolint (scripts/setup installs it into .cache/tools)",
+        );
+        return;
+    };
+    run(
+        &hadolint,
+        &["deploy/docker/Dockerfile"],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+}
+
+#[test]
+fn the_alertmanager_route_checks() {
+    let Some(amtool) = tool("amtool") else {
+        say_skipped(
+            "amtool",
+            "no amtool (scripts/setup installs prometheus-alertmanager)",
+        );
+        return;
+    };
+    let out = run(
+        &amtool,
+        &["check-config", "alertmanager/alertmanager.yml"],
+        &deploy(""),
+    );
+    assert!(
+        out.contains("SUCCESS") && out.contains("3 receivers"),
+        "{out}"
+    );
+}
+
+/// A YAML file as JSON.
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Checks one tier's manifests against the binary: the config in the
+/// ConfigMap validates, the container runs it from where it is mounted, and
+/// ports and probes are the Prometheus exporter's.
+fn check_tier(dir: &str, container: &str) {
+    let base = deploy("kubernetes").join(dir);
+    let kustomization = yaml(&base.join("kustomization.yaml"));
+    let resources: Vec<String> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a file").to_string())
+        .collect();
+    let docs: Vec<Value> = resources.iter().map(|r| yaml(&base.join(r))).collect();
+    let of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {dir}"))
+    };
+    let configmap = of("ConfigMap");
+    let deployment = of("Deployment");
+    let (key, text) = configmap["data"]
+        .as_object()
+        .and_then(|d| d.iter().next())
+        .expect("the config");
+    let config =
+        doraflow::config::Config::from_yaml_with_env(text.as_str().expect("text"), |name| {
+            (name == "KAFKA_BROKERS").then(|| "kafka:9092".to_string())
+        })
+        .unwrap_or_else(|e| panic!("{dir}: the ConfigMap's config is invalid: {e}"));
+    let spec = &deployment["spec"]["template"]["spec"];
+    let c = spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == container)
+        .expect("the doraflow container");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let config_arg = args[args
+        .iter()
+        .position(|a| *a == "--config")
+        .expect("--config")
+        + 1];
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| config_arg.starts_with(m["mountPath"].as_str().unwrap_or("-")))
+        .expect("the config is mounted");
+    assert_eq!(
+        config_arg,
+        format!("{}/{key}", mount["mountPath"].as_str().unwrap())
+    );
+    let volume = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert_eq!(volume["configMap"]["name"], configmap["metadata"]["name"]);
+    // Ports and probes: the Prometheus exporter's port, on every interface.
+    let endpoint = &config
+        .exporters
+        .prometheus
+        .as_ref()
+        .expect("prometheus")
+        .endpoint;
+    let (host, port) = endpoint.rsplit_once(':').expect("host:port");
+    assert_eq!(
+        host, "0.0.0.0",
+        "{dir}: probes and scrapes come from outside the pod"
+    );
+    let metrics = c["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a metrics port");
+    assert_eq!(metrics["containerPort"].to_string(), port);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    // Restricted security context, requests and limits.
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert!(
+        c["resources"]["requests"]["memory"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    // The Kafka brokers the config reads come from the environment.
+    assert!(
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "KAFKA_BROKERS")
+    );
+    if let Some(service) = docs.iter().find(|d| d["kind"] == "Service") {
+        let port = &service["spec"]["ports"][0];
+        assert_eq!(port["targetPort"], "metrics");
+        if let Some(monitor) = docs.iter().find(|d| d["kind"] == "ServiceMonitor") {
+            assert_eq!(monitor["spec"]["endpoints"][0]["port"], port["name"]);
+            assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+        }
+    }
+    // Schemas, where the validator installs.
+    if let Some(validate) = tools("kubernetes-validate") {
+        let files: Vec<String> = resources.iter().map(|r| format!("{dir}/{r}")).collect();
+        let mut args = vec!["--strict"];
+        args.extend(files.iter().map(String::as_str));
+        let out = run(&validate, &args, &deploy("kubernetes"));
+        for r in &resources {
+            let kind = yaml(&base.join(r))["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if kind != "ServiceMonitor" {
+                assert!(
+                    out.contains(&format!("{dir}/{r} passed")),
+                    "{r} not validated:\n{out}"
+                );
+            }
+        }
+    } else {
+        say_skipped(
+            "kubernetes-validate",
+            "no validator (scripts/setup installs it into .cache/tools)",
+        );
+    }
+}
+
+#[test]
+fn the_cluster_tier_manifests_match_the_binary() {
+    check_tier("cluster", "doraflow");
+    let deployment = yaml(&deploy("kubernetes/cluster/deployment.yaml"));
+    assert!(deployment["spec"]["replicas"].as_u64() >= Some(2));
+    let pdb = yaml(&deploy("kubernetes/cluster/poddisruptionbudget.yaml"));
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let configmap = yaml(&deploy("kubernetes/cluster/configmap.yaml"));
+    // The same topics as pipelines/cluster.yaml.
+    let text = configmap["data"]["doraflow.yaml"].as_str().expect("config");
+    let ours = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/cluster.yaml"),
+    )
+    .expect("cluster.yaml");
+    for topic in [
+        "dora.events",
+        "otlp_spans",
+        "otlp_logs",
+        "otlp_metrics",
+        "doraflow.dlq",
+    ] {
+        assert!(text.contains(topic) && ours.contains(topic), "{topic}");
+    }
+}
+
+#[test]
+fn the_sidecar_manifests_match_the_binary() {
+    check_tier("sidecar", "doraflow");
+    let configmap = yaml(&deploy("kubernetes/sidecar/configmap.yaml"));
+    let config = doraflow::config::Config::from_yaml_with_env(
+        configmap["data"]["doraflow.yaml"].as_str().expect("config"),
+        |_| Some("kafka:9092".into()),
+    )
+    .expect("valid");
+    // OTLP only on the pod's loopback, where the application's SDK sends it.
+    let grpc = config
+        .receivers
+        .otlp
+        .as_ref()
+        .and_then(|o| o.grpc.as_ref())
+        .expect("grpc");
+    assert_eq!(grpc.endpoint, "127.0.0.1:4317");
+    let deployment = yaml(&deploy("kubernetes/sidecar/deployment.yaml"));
+    let app = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        app["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
+                && e["value"] == "http://127.0.0.1:4317"),
+        "the application exports to the sidecar"
+    );
+    assert!(config.exporters.kafka.is_some());
 }
