@@ -57,6 +57,14 @@ pub const KAFKA_REBALANCES: &str = "doraflow_kafka_rebalances_total";
 pub const KAFKA_PAUSES: &str = "doraflow_kafka_pauses_total";
 /// Consumer errors (broker down, fetch failures).
 pub const KAFKA_ERRORS: &str = "doraflow_kafka_consumer_errors_total";
+/// Resident memory of the process, bytes (with a memory limiter).
+pub const MEMORY_RESIDENT: &str = "doraflow_memory_resident_bytes";
+/// The memory limiter's hard limit, bytes.
+pub const MEMORY_LIMIT: &str = "doraflow_memory_limit_bytes";
+/// 1 while the memory limiter refuses new data.
+pub const MEMORY_LIMITER_REFUSING: &str = "doraflow_memory_limiter_refusing";
+/// Batches refused by the memory limiter.
+pub const MEMORY_LIMITER_REFUSED: &str = "doraflow_memory_limiter_refused_total";
 /// Scrapes served.
 pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 
@@ -122,6 +130,24 @@ pub fn describe() {
     describe_counter!(
         EXPORTER_DROPPED,
         "Events an exporter gave up on, by reason (queue_full, retries_exhausted)."
+    );
+    describe_gauge!(
+        MEMORY_RESIDENT,
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!(
+        MEMORY_LIMIT,
+        Unit::Bytes,
+        "The memory limiter's hard limit."
+    );
+    describe_gauge!(
+        MEMORY_LIMITER_REFUSING,
+        "1 while memory is above the soft limit and new data is refused."
+    );
+    describe_counter!(
+        MEMORY_LIMITER_REFUSED,
+        "Batches refused by the memory limiter."
     );
     describe_counter!(KAFKA_CONSUMED, "Kafka messages consumed, per topic.");
     describe_counter!(

@@ -14,6 +14,7 @@
 //! - [`kafka`]: the Kafka receiver (consumer group) and exporter (producer).
 //! - [`replay`]: `doraflow replay`, backfill from files.
 //! - [`report`]: the DORA assessment report (Markdown, JSON, HTML).
+//! - [`memory`]: the memory limiter.
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod exporters;
 pub mod instruments;
 pub mod kafka;
+pub mod memory;
 pub mod model;
 pub mod otlp;
 pub mod pipeline;

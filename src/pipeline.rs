@@ -86,6 +86,8 @@ pub enum SubmitError {
 pub struct PipelineSink {
     tx: mpsc::Sender<Envelope>,
     forward: Option<mpsc::Sender<Forward>>,
+    /// The memory limiter, if the pipeline has one.
+    memory: Option<crate::memory::MemoryGate>,
 }
 
 impl PipelineSink {
@@ -122,6 +124,10 @@ impl PipelineSink {
         item: Telemetry,
         forward: Option<Forward>,
     ) -> Result<oneshot::Receiver<Applied>, (SubmitError, Telemetry)> {
+        // Above the memory limiter's soft limit, push back like a full queue.
+        if self.memory.as_ref().is_some_and(|m| m.refusing()) {
+            return Err((SubmitError::Full, item));
+        }
         let forward = match (&self.forward, forward) {
             (Some(tx), Some(f)) => match tx.clone().try_reserve_owned() {
                 Ok(permit) => Some((permit, f)),
@@ -153,7 +159,14 @@ pub struct PipelineQueue {
 /// pipeline, which is how tests exercise back-pressure.
 pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (PipelineSink { tx, forward: None }, PipelineQueue { rx })
+    (
+        PipelineSink {
+            tx,
+            forward: None,
+            memory: None,
+        },
+        PipelineQueue { rx },
+    )
 }
 
 /// As [`queue`], with applied batches forwarded into `forward`.
@@ -674,10 +687,27 @@ pub async fn run_with_clock(
         None => None,
     };
     let forward = kafka_exporter.as_ref().map(|(tx, _)| tx.clone());
-    let (sink, data) = match &forward {
+    let (mut sink, data) = match &forward {
         Some(tx) => forwarding_queue(pipeline.queue_size, tx.clone()),
         None => queue(pipeline.queue_size),
     };
+    let limiter_stop = CancellationToken::new();
+    let limiter = config
+        .processors
+        .memory_limiter
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "memory_limiter"))
+        .map(|c| {
+            tracing::info!(
+                pipeline = name,
+                limit_mib = c.limit_mib,
+                soft_limit_mib = c.soft_bytes() / 1_048_576,
+                "memory limiter started"
+            );
+            let (gate, task) = crate::memory::start(c.clone(), limiter_stop.clone());
+            sink.memory = Some(gate);
+            task
+        });
     let (query_tx, query_rx) = mpsc::channel(16);
     gauge!(instruments::QUEUE_CAPACITY).set(pipeline.queue_size as f64);
     let exporters_stop = CancellationToken::new();
@@ -812,6 +842,10 @@ pub async fn run_with_clock(
             Ok(Err(e)) => tracing::error!(error = %e, "receiver stopped with an error"),
             Err(e) => tracing::error!(error = %e, "receiver task failed"),
         }
+    }
+    limiter_stop.cancel();
+    if let Some(limiter) = limiter {
+        let _ = limiter.await;
     }
     tracing::info!("draining the pipeline");
     if let Err(e) = engine.await {

@@ -27,7 +27,7 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 19] = [
+    let sections: [(&str, String, &[&str]); 20] = [
         (
             "exporters.alertmanager",
             format!("exporters:\n  alertmanager: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
@@ -58,6 +58,11 @@ fn every_config_key_is_in_the_readme() {
         (
             "processors.dora.derived_incidents",
             format!("processors:\n  dora: {{ derived_incidents: {{ __probe__: 1 }} }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "processors.memory_limiter",
+            format!("processors:\n  memory_limiter: {{ limit_mib: 1, __probe__: 1 }}\n{PIPELINE}"),
             &[],
         ),
         (

@@ -164,6 +164,8 @@ pub struct Processors {
     pub dora: Option<DoraConfig>,
     /// Alert rules on the current state.
     pub alerts: Option<crate::processors::alerts::AlertsConfig>,
+    /// Refuse new data above a memory limit.
+    pub memory_limiter: Option<crate::memory::MemoryLimiterConfig>,
 }
 
 impl Processors {
@@ -173,6 +175,7 @@ impl Processors {
             self.red.is_some().then_some("red"),
             self.dora.is_some().then_some("dora"),
             self.alerts.is_some().then_some("alerts"),
+            self.memory_limiter.is_some().then_some("memory_limiter"),
         ]
         .into_iter()
         .flatten()
@@ -600,6 +603,9 @@ impl Config {
         }
         if let Some(alerts) = &self.processors.alerts {
             alerts.validate("processors.alerts", &mut errors);
+        }
+        if let Some(limiter) = &self.processors.memory_limiter {
+            limiter.validate("processors.memory_limiter", &mut errors);
         }
         if let Some(pagerduty) = &self.exporters.pagerduty {
             pagerduty.validate("exporters.pagerduty", &mut errors);

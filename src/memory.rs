@@ -1,0 +1,170 @@
+//! `processors.memory_limiter`: refuse new data before the process runs out
+//! of memory, as the OpenTelemetry Collector's memory limiter does.
+//!
+//! A task reads the process's resident memory every `check_interval`. At or
+//! above the soft limit (`limit_mib - spike_limit_mib`) the pipeline refuses
+//! every new batch with back-pressure (RESOURCE_EXHAUSTED with `RetryInfo`,
+//! 429 with `Retry-After`; the Kafka receiver pauses its partitions), so what
+//! was accepted is never dropped and the client retries later; below it,
+//! batches are taken again. Above the hard limit the state is logged as an
+//! error: only refusing is possible in a process without a garbage
+//! collector, which is why the soft limit leaves room for a spike.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigDuration;
+use crate::instruments;
+
+/// `processors.memory_limiter`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryLimiterConfig {
+    /// The hard limit of resident memory, MiB.
+    pub limit_mib: u64,
+    /// Room kept for a spike: refusing starts at `limit_mib -
+    /// spike_limit_mib`. Default a fifth of `limit_mib`.
+    #[serde(default)]
+    pub spike_limit_mib: Option<u64>,
+    /// How often resident memory is read. Default `1s`.
+    #[serde(default = "default_check_interval")]
+    pub check_interval: ConfigDuration,
+}
+
+fn default_check_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+
+impl MemoryLimiterConfig {
+    /// Cross-field checks, each problem prefixed with its key path.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        if self.limit_mib == 0 {
+            errors.push(format!("{path}.limit_mib: must be at least 1"));
+        }
+        if self.spike_limit_mib.is_some_and(|s| s >= self.limit_mib) {
+            errors.push(format!(
+                "{path}.spike_limit_mib: must be below limit_mib ({})",
+                self.limit_mib
+            ));
+        }
+        if self.check_interval.get().is_zero() {
+            errors.push(format!("{path}.check_interval: must be longer than 0"));
+        }
+    }
+
+    /// The soft limit, bytes.
+    pub fn soft_bytes(&self) -> u64 {
+        let spike = self.spike_limit_mib.unwrap_or(self.limit_mib / 5);
+        self.limit_mib.saturating_sub(spike) * 1_048_576
+    }
+
+    /// The hard limit, bytes.
+    pub fn hard_bytes(&self) -> u64 {
+        self.limit_mib * 1_048_576
+    }
+}
+
+/// What receivers consult before handing over a batch.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryGate {
+    refusing: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+}
+
+impl MemoryGate {
+    /// True while memory is at or above the soft limit: refuse new data.
+    pub fn refusing(&self) -> bool {
+        let refusing = self.refusing.load(Ordering::Relaxed);
+        if refusing {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            counter!(instruments::MEMORY_LIMITER_REFUSED).increment(1);
+        }
+        refusing
+    }
+}
+
+/// The process's resident memory in bytes (Linux: `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1_024)
+}
+
+/// Starts the limiter; it reads memory until `stop` is cancelled.
+pub fn start(
+    config: MemoryLimiterConfig,
+    stop: CancellationToken,
+) -> (MemoryGate, tokio::task::JoinHandle<()>) {
+    let gate = MemoryGate::default();
+    let refusing = gate.refusing.clone();
+    let (soft, hard) = (config.soft_bytes(), config.hard_bytes());
+    gauge!(instruments::MEMORY_LIMIT).set(hard as f64);
+    let task = tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(config.check_interval.get().max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(rss) = resident_bytes() else {
+                continue;
+            };
+            gauge!(instruments::MEMORY_RESIDENT).set(rss as f64);
+            let above = rss >= soft;
+            let was = refusing.swap(above, Ordering::Relaxed);
+            gauge!(instruments::MEMORY_LIMITER_REFUSING).set(if above { 1.0 } else { 0.0 });
+            match (was, above) {
+                (false, true) => tracing::warn!(
+                    resident_mib = rss / 1_048_576,
+                    soft_limit_mib = soft / 1_048_576,
+                    "memory above the soft limit: refusing new data"
+                ),
+                (true, false) => tracing::info!(
+                    resident_mib = rss / 1_048_576,
+                    "memory below the soft limit: taking data again"
+                ),
+                _ => {}
+            }
+            if rss >= hard {
+                tracing::error!(
+                    resident_mib = rss / 1_048_576,
+                    limit_mib = hard / 1_048_576,
+                    "memory above the hard limit"
+                );
+            }
+        }
+    });
+    (gate, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_validation() {
+        let config: MemoryLimiterConfig = serde_saphyr::from_str("limit_mib: 500").expect("parses");
+        assert_eq!(config.hard_bytes(), 500 * 1_048_576);
+        assert_eq!(config.soft_bytes(), 400 * 1_048_576);
+        let mut errors = Vec::new();
+        MemoryLimiterConfig {
+            limit_mib: 100,
+            spike_limit_mib: Some(100),
+            check_interval: ConfigDuration::from_secs(1),
+        }
+        .validate("processors.memory_limiter", &mut errors);
+        assert_eq!(
+            errors,
+            ["processors.memory_limiter.spike_limit_mib: must be below limit_mib (100)"]
+        );
+        assert!(resident_bytes().is_some_and(|b| b > 1_000_000));
+    }
+}
