@@ -77,11 +77,7 @@ fn tile_level(dom: &str, key: &str) -> String {
     tile[at..at + tile[at..].find('"').expect("quote")].to_string()
 }
 
-fn ts(at: i64) -> String {
-    chrono::DateTime::from_timestamp(at, 0)
-        .expect("a valid time")
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use common::rfc3339 as ts;
 
 #[tokio::test]
 async fn the_dashboard_shows_the_four_keys_in_a_real_browser() {
@@ -101,10 +97,7 @@ async fn the_dashboard_shows_the_four_keys_in_a_real_browser() {
     // 12 deployments over three services in 30 days, each of a change
     // started 1 to 3 hours before; one incident of 90 minutes after the
     // newest payments deployment.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64;
+    let now = common::unix_now();
     let mut events: Vec<Value> = (0..12)
         .map(|i| {
             let at = now - 3_600 - i * 2 * 86_400;

@@ -101,7 +101,8 @@ impl Drop for Prometheus {
     }
 }
 
-async fn query(port: u16, promql: &str) -> Vec<Value> {
+/// The answer of Prometheus' query API to `promql`, or why there is none.
+async fn query_body(port: u16, promql: &str) -> Result<Value, String> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -112,35 +113,24 @@ async fn query(port: u16, promql: &str) -> Vec<Value> {
         })
         .collect();
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
-    let Ok(response) = reqwest::get(url).await else {
-        return Vec::new();
-    };
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    body["data"]["result"]
-        .as_array()
-        .cloned()
+    let response = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    response.json().await.map_err(|e| e.to_string())
+}
+
+async fn query(port: u16, promql: &str) -> Vec<Value> {
+    query_body(port, promql)
+        .await
+        .ok()
+        .and_then(|body| body["data"]["result"].as_array().cloned())
         .unwrap_or_default()
 }
 
-/// The status of a query (`success`, or the error type).
+/// The status of a query (`success`, or the error).
 async fn query_status(port: u16, promql: &str) -> String {
-    let encoded: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
-    let body: Value = match reqwest::get(url).await {
-        Ok(r) => r.json().await.unwrap_or(Value::Null),
-        Err(e) => return e.to_string(),
-    };
-    match body["status"].as_str() {
-        Some("success") => "success".to_string(),
-        _ => body.to_string(),
+    match query_body(port, promql).await {
+        Ok(body) if body["status"] == "success" => "success".to_string(),
+        Ok(body) => body.to_string(),
+        Err(e) => e,
     }
 }
 
@@ -171,11 +161,7 @@ async fn value_of(port: u16, promql: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn ts(at: i64) -> String {
-    chrono::DateTime::from_timestamp(at, 0)
-        .expect("a valid time")
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use common::rfc3339 as ts;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
@@ -194,10 +180,7 @@ async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
     );
     // checkout: 3 deployments this week, the newest followed by an incident
     // of 30 minutes; 100 requests, 5 of them errors (HighErrorRate fires).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64;
+    let now = common::unix_now();
     let mut events: Vec<Value> = (0..3)
         .map(|i| {
             let at = now - 3_600 - i * 86_400;

@@ -176,29 +176,6 @@ fn requests(m: &Metrics, service: &str) -> f64 {
     )
 }
 
-/// Spans of `service` in production: `ok` fine and `errors` failed SERVER spans.
-fn spans(
-    service: &str,
-    ok: usize,
-    errors: usize,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    use doraflow::otlp::synth::{resource, span, trace_request};
-    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-    let t0 = 1_764_000_000_000_000_000u64;
-    let spans = (0..ok + errors)
-        .map(|i| {
-            let status = if i < errors {
-                StatusCode::Error
-            } else {
-                StatusCode::Ok
-            };
-            span(SpanKind::Server, t0, t0 + 2_000_000, status, None)
-        })
-        .collect();
-    trace_request(vec![(resource(Some(service), Some("production")), spans)])
-}
-
 /// The `receivers.kafka` section (indented for `receivers:`), test timings.
 fn kafka_receiver(broker: &str, group: &str, topics: &str, extra: &str) -> String {
     format!(
@@ -302,11 +279,17 @@ async fn cdevents_and_otlp_from_kafka_reach_metrics_exactly_and_broken_messages_
     // OTLP protobuf: 5 requests of 20 checkout spans (2 errors each), and a
     // malformed one between them; OTLP/JSON: 7 spans of payments.
     let mut otlp: Vec<Record> = (0..5)
-        .map(|_| keyed("checkout", spans("checkout", 18, 2).encode_to_vec()))
+        .map(|_| {
+            keyed(
+                "checkout",
+                common::service_spans("checkout", 18, 2).encode_to_vec(),
+            )
+        })
         .collect();
     otlp.insert(2, keyed("checkout", vec![0x0a, 0xff, 0x01]));
     produce(&broker, &spans_topic, &otlp);
-    let json_request = serde_json::to_vec(&spans("payments", 7, 0)).expect("OTLP/JSON");
+    let json_request =
+        serde_json::to_vec(&common::service_spans("payments", 7, 0)).expect("OTLP/JSON");
     produce(&broker, &json_topic, &[keyed("payments", json_request)]);
 
     let topics = format!(
@@ -614,7 +597,10 @@ async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
     let records: Vec<Record> = (0..400)
         .map(|i| {
             let service = format!("svc{}", i % 2);
-            keyed(&service, spans(&service, 24, 1).encode_to_vec())
+            keyed(
+                &service,
+                common::service_spans(&service, 24, 1).encode_to_vec(),
+            )
         })
         .collect();
     produce(&broker, &topic, &records);

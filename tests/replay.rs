@@ -12,12 +12,7 @@ use serde_json::Value;
 
 const EVENTS: usize = 30_000;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
+use common::unix_now as now;
 
 /// What must agree between two reports (not when they were made, nor the
 /// service health, which replayed CDEvents do not have).

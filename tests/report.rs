@@ -13,18 +13,9 @@ use serde_json::{Value, json};
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
+use common::unix_now as now;
 
-fn ts(at: i64) -> String {
-    chrono::DateTime::from_timestamp(at, 0)
-        .expect("a valid time")
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use common::rfc3339 as ts;
 
 fn cdevent(id: &str, kind: &str, at: i64, subject: Value, custom: Value) -> Value {
     json!({

@@ -528,41 +528,38 @@ impl Receiver {
                 .increment(t.rejected_spans);
         }
         let items = item.items();
-        if !self.held.is_empty() {
-            // Order per partition: nothing overtakes a held batch.
-            self.held.push_back(Held {
-                topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                item,
-                items,
-                signal,
-            });
-            return;
-        }
-        match self.sink.enqueue(item, None) {
-            Ok(ack) => self.shared.in_flight().push_back(InFlight {
-                topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                ack: Ack::Pending(ack),
-                dead: false,
-                items,
-                signal,
-            }),
-            Err((_, item)) => {
+        // Order per partition: nothing overtakes a held batch.
+        let item = if self.held.is_empty() {
+            match self.sink.enqueue(item, None) {
+                Ok(ack) => {
+                    self.shared.in_flight().push_back(InFlight {
+                        topic,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        ack: Ack::Pending(ack),
+                        dead: false,
+                        items,
+                        signal,
+                    });
+                    return;
+                }
                 // Full (or closing, which the loop sees next): hold it, pause.
-                self.held.push_back(Held {
-                    topic,
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    item,
-                    items,
-                    signal,
-                });
-                self.pause();
+                Err((_, item)) => {
+                    self.pause();
+                    item
+                }
             }
-        }
+        } else {
+            item
+        };
+        self.held.push_back(Held {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            item,
+            items,
+            signal,
+        });
     }
 
     /// Sends an undecodable message to the dead-letter topic, waiting for

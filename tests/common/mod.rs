@@ -359,6 +359,15 @@ pub fn checkout_spans(
     ok: usize,
     errors: usize,
 ) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    service_spans("checkout", ok, errors)
+}
+
+/// `service` in production: `ok` successful and `errors` failed SERVER spans of 1 ms.
+pub fn service_spans(
+    service: &str,
+    ok: usize,
+    errors: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
     use doraflow::otlp::synth::{resource, span, trace_request};
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -373,10 +382,22 @@ pub fn checkout_spans(
             span(SpanKind::Server, t0, t0 + 1_000_000, status, None)
         })
         .collect();
-    trace_request(vec![(
-        resource(Some("checkout"), Some("production")),
-        spans,
-    )])
+    trace_request(vec![(resource(Some(service), Some("production")), spans)])
+}
+
+/// Unix time now, seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+/// RFC 3339 (seconds, UTC) of Unix seconds.
+pub fn rfc3339(at: i64) -> String {
+    chrono::DateTime::from_timestamp(at, 0)
+        .expect("a valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Sends [`checkout_spans`] to `doraflow` over OTLP gRPC.
