@@ -84,11 +84,8 @@ impl Doraflow {
             .collect();
         let (grpc, http, prometheus) = (free_port(), free_port(), free_port());
         let webhook = free_port();
-        let dir = TempDir::new("run");
-        let config = dir.0.join("doraflow.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let text =
+                format!(
                 "receivers:
   otlp:
     grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
@@ -105,27 +102,9 @@ exporters:
 pipelines:
   main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus{extra}], queue_size: {queue_size} }}
 "
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("DORAFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn doraflow");
-        let doraflow = Doraflow {
-            child,
-            grpc,
-            http,
-            webhook,
-            prometheus,
-            config,
-            _dir: dir,
-        };
-        wait_ready(prometheus);
+            );
+        let mut doraflow = Self::start_yaml(&text, prometheus, grpc, webhook);
+        doraflow.http = http;
         doraflow
     }
 
