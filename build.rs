@@ -3,7 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["proto/doraflow/v1/window.proto"], ["proto"])?;
+    let files = protox::compile(
+        [
+            "proto/doraflow/v1/window.proto",
+            "proto/doraflow/v1/checkpoint.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)

@@ -27,6 +27,7 @@
 //!   resolution of the incidents that failed them.
 
 pub mod levels;
+pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
 

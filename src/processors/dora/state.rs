@@ -1,0 +1,486 @@
+//! The `dora` processor's state as a checkpoint (`proto/doraflow/v1/checkpoint.proto`)
+//! and the delivery events of the log, both ways.
+//!
+//! Restoring validates everything it reads (ids, outcomes, histogram
+//! shapes, ordering) and fails as a whole: a processor is either restored
+//! entirely or left as it was.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{
+    Baseline, ChangeTimes, DeploymentRecord, DerivedState, DoraProcessor, HistogramCounts,
+    INCIDENT_BUCKETS, Incident, Key, KeyMap, LEAD_TIME_BUCKETS,
+};
+use crate::model::delivery::{
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
+};
+use crate::proto::{self, event_record::Kind};
+
+fn to_key(key: Key) -> proto::Key128 {
+    proto::Key128 {
+        hi: (key >> 64) as u64,
+        lo: key as u64,
+    }
+}
+
+fn from_key(key: Option<&proto::Key128>, what: &str) -> Result<Key, String> {
+    key.map(|k| (u128::from(k.hi) << 64) | u128::from(k.lo))
+        .ok_or_else(|| format!("{what} without its id"))
+}
+
+fn to_outcome(outcome: DeploymentOutcome) -> i32 {
+    (match outcome {
+        DeploymentOutcome::Success => proto::Outcome::Success,
+        DeploymentOutcome::Failure => proto::Outcome::Failure,
+        DeploymentOutcome::Rollback => proto::Outcome::Rollback,
+    }) as i32
+}
+
+fn from_outcome(outcome: i32) -> Result<DeploymentOutcome, String> {
+    match proto::Outcome::try_from(outcome) {
+        Ok(proto::Outcome::Success) => Ok(DeploymentOutcome::Success),
+        Ok(proto::Outcome::Failure) => Ok(DeploymentOutcome::Failure),
+        Ok(proto::Outcome::Rollback) => Ok(DeploymentOutcome::Rollback),
+        _ => Err(format!("unknown deployment outcome {outcome}")),
+    }
+}
+
+fn outcome_label(label: &str) -> Result<&'static str, String> {
+    [
+        DeploymentOutcome::Success,
+        DeploymentOutcome::Failure,
+        DeploymentOutcome::Rollback,
+    ]
+    .into_iter()
+    .map(DeploymentOutcome::as_str)
+    .find(|l| *l == label)
+    .ok_or_else(|| format!("unknown deployment outcome `{label}`"))
+}
+
+fn to_histogram(h: &HistogramCounts) -> proto::HistogramRecord {
+    proto::HistogramRecord {
+        buckets: h.buckets.clone(),
+        sum: h.sum,
+        count: h.count,
+    }
+}
+
+fn from_histogram(
+    h: Option<&proto::HistogramRecord>,
+    bounds: &[f64],
+    what: &str,
+) -> Result<HistogramCounts, String> {
+    let Some(h) = h else {
+        return Ok(HistogramCounts::new(bounds));
+    };
+    if h.buckets.len() != bounds.len() + 1 {
+        return Err(format!(
+            "{what}: {} buckets where this version has {}",
+            h.buckets.len(),
+            bounds.len() + 1
+        ));
+    }
+    if h.buckets.iter().sum::<u64>() != h.count {
+        return Err(format!("{what}: the buckets do not add up to the count"));
+    }
+    Ok(HistogramCounts {
+        buckets: h.buckets.clone(),
+        sum: h.sum,
+        count: h.count,
+    })
+}
+
+impl DoraProcessor {
+    /// The state to checkpoint: the whole delivery history and the counters.
+    pub fn to_state(&self) -> proto::DoraState {
+        proto::DoraState {
+            seen: self
+                .seen
+                .iter()
+                .map(|(id, time)| proto::SeenEvent {
+                    id: Some(to_key(*id)),
+                    time_ns: *time,
+                })
+                .collect(),
+            changes: self
+                .changes
+                .iter()
+                .map(|(change, times)| proto::ChangeRecord {
+                    change: Some(to_key(*change)),
+                    created_ns: times.created,
+                    merged_ns: times.merged,
+                })
+                .collect(),
+            artifacts: self
+                .artifact_changes
+                .iter()
+                .map(|(artifact, (linked, changes))| proto::ArtifactRecord {
+                    artifact: Some(to_key(*artifact)),
+                    linked_ns: *linked,
+                    changes: changes.iter().map(|c| to_key(*c)).collect(),
+                })
+                .collect(),
+            baselines: self
+                .baselines
+                .iter()
+                .map(|((service, environment), b)| proto::BaselineRecord {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    deployments: b
+                        .deployments
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                    failed_changes: b.failed_changes,
+                    lead_times: Some(to_histogram(&b.lead_times)),
+                    incident_durations: Some(to_histogram(&b.incident_durations)),
+                })
+                .collect(),
+            horizon_ns: (self.horizon != i64::MIN).then_some(self.horizon),
+            series: self
+                .series
+                .iter()
+                .map(
+                    |((service, environment), deployments)| proto::SeriesRecord {
+                        service: service.clone(),
+                        environment: environment.clone(),
+                        deployments: deployments
+                            .iter()
+                            .map(|d| proto::DeploymentRecord {
+                                time_ns: d.time,
+                                order: d.order,
+                                outcome: to_outcome(d.outcome),
+                                artifact: d.artifact.map(to_key),
+                                changes: d
+                                    .changes
+                                    .iter()
+                                    .map(|(change, time)| proto::LinkedChangeRecord {
+                                        change: Some(to_key(*change)),
+                                        time_ns: *time,
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
+                    },
+                )
+                .collect(),
+            incidents: self
+                .incidents
+                .iter()
+                .map(|(incident, i)| proto::IncidentRecord {
+                    incident: Some(to_key(*incident)),
+                    service: i.series.as_ref().map(|s| s.0.clone()),
+                    environment: i.series.as_ref().map(|s| s.1.clone()),
+                    artifact: i.artifact.map(to_key),
+                    opened_by_time_ns: i.opened_by.map(|b| b.0),
+                    opened_by_event: i.opened_by.map(|b| to_key(b.1)),
+                    opened_ns: i.opened,
+                    resolved_ns: i.resolved,
+                })
+                .collect(),
+            derived: self
+                .derived
+                .iter()
+                .map(|((service, environment), d)| proto::DerivedRecord {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    open_incident: d.open.clone(),
+                    below_since_ns: d.below_since,
+                })
+                .collect(),
+            applied: self.applied,
+            duplicates: self.duplicates,
+            ignored: self.ignored,
+            expired: self.expired,
+        }
+    }
+
+    /// Replaces the history with a checkpointed one. On error nothing changed.
+    pub fn restore(&mut self, state: &proto::DoraState) -> Result<(), String> {
+        let mut seen = KeyMap::default();
+        seen.reserve(state.seen.len());
+        for s in &state.seen {
+            seen.insert(from_key(s.id.as_ref(), "a seen event")?, s.time_ns);
+        }
+        let mut changes = KeyMap::default();
+        for c in &state.changes {
+            changes.insert(
+                from_key(c.change.as_ref(), "a change")?,
+                ChangeTimes {
+                    created: c.created_ns,
+                    merged: c.merged_ns,
+                },
+            );
+        }
+        let mut artifact_changes = KeyMap::default();
+        for a in &state.artifacts {
+            let linked = a
+                .changes
+                .iter()
+                .map(|c| from_key(Some(c), "an artifact's change"))
+                .collect::<Result<Vec<_>, _>>()?;
+            artifact_changes.insert(
+                from_key(a.artifact.as_ref(), "an artifact")?,
+                (a.linked_ns, linked),
+            );
+        }
+        let mut baselines = HashMap::new();
+        for b in &state.baselines {
+            let what = format!("the baseline of {} ({})", b.service, b.environment);
+            let mut deployments = BTreeMap::new();
+            for (label, count) in &b.deployments {
+                deployments.insert(outcome_label(label)?, *count);
+            }
+            baselines.insert(
+                (b.service.clone(), b.environment.clone()),
+                Baseline {
+                    deployments,
+                    failed_changes: b.failed_changes,
+                    lead_times: from_histogram(
+                        b.lead_times.as_ref(),
+                        &LEAD_TIME_BUCKETS,
+                        &format!("{what}: lead times"),
+                    )?,
+                    incident_durations: from_histogram(
+                        b.incident_durations.as_ref(),
+                        &INCIDENT_BUCKETS,
+                        &format!("{what}: incident durations"),
+                    )?,
+                },
+            );
+        }
+        let mut series = BTreeMap::new();
+        for s in &state.series {
+            let mut records = Vec::with_capacity(s.deployments.len());
+            for d in &s.deployments {
+                let record = DeploymentRecord {
+                    time: d.time_ns,
+                    order: d.order,
+                    outcome: from_outcome(d.outcome)?,
+                    artifact: d
+                        .artifact
+                        .as_ref()
+                        .map(|a| from_key(Some(a), ""))
+                        .transpose()?,
+                    changes: d
+                        .changes
+                        .iter()
+                        .map(|c| Ok((from_key(c.change.as_ref(), "a linked change")?, c.time_ns)))
+                        .collect::<Result<Vec<_>, String>>()?
+                        .into_boxed_slice(),
+                };
+                if records.last().is_some_and(|p: &DeploymentRecord| {
+                    (p.time, p.order) > (record.time, record.order)
+                }) {
+                    return Err(format!(
+                        "the deployments of {} ({}) are out of order",
+                        s.service, s.environment
+                    ));
+                }
+                records.push(record);
+            }
+            if series
+                .insert((s.service.clone(), s.environment.clone()), records)
+                .is_some()
+            {
+                return Err(format!("{} ({}) twice", s.service, s.environment));
+            }
+        }
+        let mut incidents = KeyMap::default();
+        for i in &state.incidents {
+            let series = match (&i.service, &i.environment) {
+                (Some(s), Some(e)) => Some((s.clone(), e.clone())),
+                (None, None) => None,
+                _ => return Err("an incident with a service and no environment".into()),
+            };
+            let opened_by = match (i.opened_by_time_ns, &i.opened_by_event) {
+                (Some(time), Some(event)) => Some((time, from_key(Some(event), "")?)),
+                (None, None) => None,
+                _ => return Err("an incident's opening event half recorded".into()),
+            };
+            incidents.insert(
+                from_key(i.incident.as_ref(), "an incident")?,
+                Incident {
+                    series,
+                    artifact: i
+                        .artifact
+                        .as_ref()
+                        .map(|a| from_key(Some(a), ""))
+                        .transpose()?,
+                    opened_by,
+                    opened: i.opened_ns,
+                    resolved: i.resolved_ns,
+                },
+            );
+        }
+        let derived = state
+            .derived
+            .iter()
+            .map(|d| {
+                (
+                    (d.service.clone(), d.environment.clone()),
+                    DerivedState {
+                        open: d.open_incident.clone(),
+                        below_since: d.below_since_ns,
+                    },
+                )
+            })
+            .collect();
+        self.seen = seen;
+        self.changes = changes;
+        self.artifact_changes = artifact_changes;
+        self.baselines = baselines;
+        self.horizon = state.horizon_ns.unwrap_or(i64::MIN);
+        self.series = series;
+        self.incidents = incidents;
+        self.derived = derived;
+        self.applied = state.applied;
+        self.duplicates = state.duplicates;
+        self.ignored = state.ignored;
+        self.expired = state.expired;
+        Ok(())
+    }
+
+    /// Applies events read back from the log, as [`Self::apply`] did when
+    /// they came, and brings the derived-incident state along with the
+    /// derived events among them.
+    pub fn replay(&mut self, events: &[DeliveryEvent]) {
+        self.apply(events);
+        for event in events {
+            let Some(rest) = event.id.strip_prefix("derived:") else {
+                continue;
+            };
+            match &event.kind {
+                DeliveryKind::IncidentOpened {
+                    incident,
+                    service,
+                    environment,
+                    ..
+                } if rest.ends_with(":opened") => {
+                    let state = self
+                        .derived
+                        .entry((service.clone(), environment.clone()))
+                        .or_default();
+                    state.open = Some(incident.clone());
+                    state.below_since = None;
+                }
+                DeliveryKind::IncidentResolved { incident } => {
+                    for state in self.derived.values_mut() {
+                        if state.open.as_deref() == Some(incident) {
+                            *state = DerivedState::default();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A delivery event as a log record.
+pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
+    let kind = match &event.kind {
+        DeliveryKind::Deployment(d) => Kind::Deployment(proto::DeploymentEvent {
+            service: d.service.clone(),
+            environment: d.environment.clone(),
+            artifact: d.artifact.clone(),
+            outcome: to_outcome(d.outcome),
+            changes: d
+                .changes
+                .iter()
+                .map(|c| proto::LinkedChangeEvent {
+                    id: c.id.clone(),
+                    time_ns: c.time,
+                })
+                .collect(),
+        }),
+        DeliveryKind::Change { change, stage } => Kind::Change(proto::ChangeEvent {
+            change: change.clone(),
+            merged: *stage == ChangeStage::Merged,
+        }),
+        DeliveryKind::ArtifactLink { artifact, change } => {
+            Kind::ArtifactLink(proto::ArtifactLinkEvent {
+                artifact: artifact.clone(),
+                change: change.clone(),
+            })
+        }
+        DeliveryKind::IncidentOpened {
+            incident,
+            service,
+            environment,
+            artifact,
+        } => Kind::IncidentOpened(proto::IncidentOpenedEvent {
+            incident: incident.clone(),
+            service: service.clone(),
+            environment: environment.clone(),
+            artifact: artifact.clone(),
+        }),
+        DeliveryKind::IncidentResolved { incident } => Kind::IncidentResolved(incident.clone()),
+        DeliveryKind::PipelineFailed {
+            pipeline,
+            service,
+            environment,
+        } => Kind::PipelineFailed(proto::PipelineFailedEvent {
+            pipeline: pipeline.clone(),
+            service: service.clone(),
+            environment: environment.clone(),
+        }),
+        DeliveryKind::Other { event_type } => Kind::Other(event_type.clone()),
+    };
+    proto::EventRecord {
+        id: event.id.clone(),
+        time_ns: event.time,
+        kind: Some(kind),
+    }
+}
+
+/// A log record back as a delivery event.
+pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, String> {
+    let kind = match record.kind {
+        Some(Kind::Deployment(d)) => DeliveryKind::Deployment(Deployment {
+            service: d.service,
+            environment: d.environment,
+            artifact: d.artifact,
+            outcome: from_outcome(d.outcome)?,
+            changes: d
+                .changes
+                .into_iter()
+                .map(|c| LinkedChange {
+                    id: c.id,
+                    time: c.time_ns,
+                })
+                .collect(),
+        }),
+        Some(Kind::Change(c)) => DeliveryKind::Change {
+            change: c.change,
+            stage: if c.merged {
+                ChangeStage::Merged
+            } else {
+                ChangeStage::Created
+            },
+        },
+        Some(Kind::ArtifactLink(a)) => DeliveryKind::ArtifactLink {
+            artifact: a.artifact,
+            change: a.change,
+        },
+        Some(Kind::IncidentOpened(i)) => DeliveryKind::IncidentOpened {
+            incident: i.incident,
+            service: i.service,
+            environment: i.environment,
+            artifact: i.artifact,
+        },
+        Some(Kind::IncidentResolved(incident)) => DeliveryKind::IncidentResolved { incident },
+        Some(Kind::PipelineFailed(p)) => DeliveryKind::PipelineFailed {
+            pipeline: p.pipeline,
+            service: p.service,
+            environment: p.environment,
+        },
+        Some(Kind::Other(event_type)) => DeliveryKind::Other { event_type },
+        None => return Err(format!("event {}: no kind", record.id)),
+    };
+    Ok(DeliveryEvent {
+        id: record.id,
+        time: record.time_ns,
+        kind,
+    })
+}
