@@ -58,6 +58,23 @@ pub const KAFKA_PAUSES: &str = "doraflow_kafka_pauses_total";
 /// Consumer errors (broker down, fetch failures).
 pub const KAFKA_ERRORS: &str = "doraflow_kafka_consumer_errors_total";
 /// Resident memory of the process, bytes (with a memory limiter).
+/// Components that failed (ended before a stop was asked for), by component.
+pub const COMPONENT_FAILURES: &str = "doraflow_component_failures_total";
+/// Bytes appended to the delivery-event log.
+pub const STORAGE_LOG_BYTES: &str = "doraflow_storage_log_bytes_total";
+/// fsyncs of the delivery-event log (each acknowledges everything queued).
+pub const STORAGE_LOG_SYNCS: &str = "doraflow_storage_log_syncs_total";
+/// Size of the latest checkpoint.
+pub const STORAGE_CHECKPOINT_BYTES: &str = "doraflow_storage_checkpoint_bytes";
+/// When the latest durable checkpoint was taken (seconds since the epoch).
+pub const STORAGE_CHECKPOINT_TIME: &str = "doraflow_storage_checkpoint_timestamp_seconds";
+/// How long writing the latest checkpoint took.
+pub const STORAGE_CHECKPOINT_SECONDS: &str = "doraflow_storage_checkpoint_duration_seconds";
+/// Failed storage writes, by operation (`log`, `checkpoint`).
+pub const STORAGE_ERRORS: &str = "doraflow_storage_errors_total";
+/// Kafka messages skipped at start because the checkpoint already held them.
+pub const KAFKA_SKIPPED: &str = "doraflow_kafka_skipped_messages_total";
+/// Resident memory of the process.
 pub const MEMORY_RESIDENT: &str = "doraflow_memory_resident_bytes";
 /// The memory limiter's hard limit, bytes.
 pub const MEMORY_LIMIT: &str = "doraflow_memory_limit_bytes";
@@ -130,6 +147,42 @@ pub fn describe() {
     describe_counter!(
         EXPORTER_DROPPED,
         "Events an exporter gave up on, by reason (queue_full, retries_exhausted)."
+    );
+    describe_counter!(
+        COMPONENT_FAILURES,
+        "Components that failed (ended before a stop was asked for); doraflow then stops."
+    );
+    describe_counter!(
+        STORAGE_LOG_BYTES,
+        Unit::Bytes,
+        "Bytes appended to the delivery-event log."
+    );
+    describe_counter!(
+        STORAGE_LOG_SYNCS,
+        "fsyncs of the delivery-event log (one acknowledges everything queued)."
+    );
+    describe_gauge!(
+        STORAGE_CHECKPOINT_BYTES,
+        Unit::Bytes,
+        "Size of the latest checkpoint."
+    );
+    describe_gauge!(
+        STORAGE_CHECKPOINT_TIME,
+        Unit::Seconds,
+        "When the latest durable checkpoint was taken, seconds since the epoch."
+    );
+    describe_gauge!(
+        STORAGE_CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "How long writing the latest checkpoint took."
+    );
+    describe_counter!(
+        STORAGE_ERRORS,
+        "Failed storage writes, by operation (log, checkpoint)."
+    );
+    describe_counter!(
+        KAFKA_SKIPPED,
+        "Kafka messages skipped at start because the checkpoint already held their effects."
     );
     describe_gauge!(
         MEMORY_RESIDENT,

@@ -15,6 +15,7 @@
 //! - [`replay`]: `doraflow replay`, backfill from files.
 //! - [`report`]: the DORA assessment report (Markdown, JSON, HTML).
 //! - [`memory`]: the memory limiter.
+//! - [`storage`]: checkpoints and the delivery-event log in `storage.dir`.
 //! - [`pipeline`]: builds components from config, wires channels, owns lifecycle.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
@@ -34,6 +35,7 @@ pub mod processors;
 pub mod receivers;
 pub mod replay;
 pub mod report;
+pub mod storage;
 pub mod window;
 
 /// doraflow's own protobuf messages, generated from `proto/doraflow/v1/`.

@@ -299,6 +299,8 @@ fn run(format: &LogFormat, level: &str, config: Option<&PathBuf>) -> ExitCode {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         doraflow::pipeline::run(config, shutdown).await
     });
+    // A component stuck past the shutdown timeout must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

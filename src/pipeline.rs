@@ -44,6 +44,19 @@ struct Envelope {
     /// The batch as it is forwarded, with its reserved place in the
     /// forwarding queue: sent once the batch is applied.
     forward: Option<(mpsc::OwnedPermit<Forward>, Forward)>,
+    /// The Kafka message it came from, for the checkpoint's offsets.
+    source: Option<KafkaSource>,
+}
+
+/// Where a batch read from Kafka came from.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+    /// The message's offset.
+    pub offset: i64,
 }
 
 /// A batch as a forwarding exporter (Kafka) sends it on: the bytes as
@@ -124,6 +137,18 @@ impl PipelineSink {
         item: Telemetry,
         forward: Option<Forward>,
     ) -> Result<oneshot::Receiver<Applied>, (SubmitError, Telemetry)> {
+        self.enqueue_from(item, forward, None)
+    }
+
+    /// As [`Self::enqueue`], for a batch read from a Kafka message: with
+    /// storage, the checkpoint records the partition's offset.
+    #[allow(clippy::result_large_err)]
+    pub fn enqueue_from(
+        &self,
+        item: Telemetry,
+        forward: Option<Forward>,
+        source: Option<KafkaSource>,
+    ) -> Result<oneshot::Receiver<Applied>, (SubmitError, Telemetry)> {
         // Above the memory limiter's soft limit, push back like a full queue.
         if self.memory.as_ref().is_some_and(|m| m.refusing()) {
             return Err((SubmitError::Full, item));
@@ -140,7 +165,12 @@ impl PipelineSink {
         };
         let (ack, applied) = oneshot::channel();
         self.tx
-            .try_send(Envelope { item, ack, forward })
+            .try_send(Envelope {
+                item,
+                ack,
+                forward,
+                source,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(e) => (SubmitError::Full, e.item),
                 mpsc::error::TrySendError::Closed(e) => (SubmitError::Closed, e.item),
@@ -248,11 +278,50 @@ struct Engine {
     clock: Arc<dyn Clock>,
     /// Where derived incidents are forwarded (a Kafka exporter), if anywhere.
     forward: Option<mpsc::Sender<Forward>>,
+    /// The storage writer and what checkpoints need, with `storage`.
+    storage: Option<EngineStorage>,
+}
+
+/// The engine's side of `storage`.
+struct EngineStorage {
+    writer: crate::storage::Writer,
+    /// The log segment being appended to.
+    segment: u64,
+    interval: std::time::Duration,
+    /// Per Kafka partition, the next offset to apply.
+    kafka_next: std::collections::HashMap<(Arc<str>, i32), i64>,
+    /// Checkpoints asked for (a Kafka hand-over), each told once durable.
+    requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
+}
+
+/// The next item of an optional channel; never, without one.
+async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Engine {
+    /// [`Self::run`], as a supervised component.
+    async fn run_to_end(
+        self,
+        queue: PipelineQueue,
+        queries: mpsc::Receiver<Query>,
+    ) -> anyhow::Result<()> {
+        self.run(queue, queries).await;
+        Ok(())
+    }
+
     async fn run(mut self, queue: PipelineQueue, mut queries: mpsc::Receiver<Query>) {
         let mut data = queue.rx;
+        let (mut requests, checkpoint_every) = match self.storage.as_mut() {
+            Some(s) => (s.requests.take(), Some(s.interval)),
+            None => (None, None),
+        };
+        let every = checkpoint_every.unwrap_or(std::time::Duration::from_secs(3_600));
+        let mut checkpoint = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let depth = gauge!(instruments::QUEUE_DEPTH);
         let interval = match (&self.red, &self.dora) {
             (Some(_), Some(dora)) => dora.derived_interval(),
@@ -273,6 +342,8 @@ impl Engine {
                 // Reads first: a scrape must not wait behind a full queue.
                 biased;
                 Some(query) = queries.recv() => self.answer(query),
+                Some(done) = recv_some(&mut requests) => self.checkpoint(vec![done]),
+                _ = checkpoint.tick(), if checkpoint_every.is_some() => self.checkpoint(Vec::new()),
                 _ = derive.tick(), if interval.is_some() => self.derive_incidents(),
                 _ = evaluate.tick(), if alert_interval.is_some() => self.evaluate_alerts(),
                 _ = prune.tick(), if self.dora.is_some() => {
@@ -285,20 +356,105 @@ impl Engine {
                     }
                 }
                 envelope = data.recv() => {
-                    let Some(Envelope { item, ack, forward }) = envelope else { break };
+                    let Some(Envelope { item, ack, forward, source }) = envelope else { break };
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
                     let applied = self.apply(&item, now);
                     if let Some((permit, forward)) = forward {
                         permit.send(forward);
                     }
-                    // The client may have gone; its data is applied all the same.
-                    let _ = ack.send(applied);
+                    match (self.log_record(&item), self.storage.as_mut()) {
+                        (Some(record), Some(storage)) => {
+                            // Acknowledged once the log holding it is durable.
+                            storage.writer.send(crate::storage::Command::Append {
+                                record,
+                                acks: vec![(ack, applied)],
+                            });
+                        }
+                        // The client may have gone; its data is applied all the same.
+                        _ => {
+                            let _ = ack.send(applied);
+                        }
+                    }
+                    if let (Some(source), Some(storage)) = (source, self.storage.as_mut()) {
+                        storage
+                            .kafka_next
+                            .insert((source.topic, source.partition), source.offset + 1);
+                    }
                 }
             }
         }
         depth.set(0.0);
         tracing::debug!("pipeline drained");
+        if self.storage.is_some() {
+            let (done, durable) = oneshot::channel();
+            self.checkpoint(vec![done]);
+            if let Some(storage) = self.storage.take() {
+                let _ = tokio::task::spawn_blocking(move || storage.writer.stop()).await;
+            }
+            if durable.await == Ok(true) {
+                tracing::info!("final checkpoint written");
+            } else {
+                tracing::error!(
+                    "the final checkpoint failed; the log still holds the delivery events"
+                );
+            }
+        }
+    }
+
+    /// The delivery events of `item` as a log record, when there is storage
+    /// and a `dora` processor that applied them.
+    fn log_record(&self, item: &Telemetry) -> Option<crate::proto::LogRecord> {
+        if self.storage.is_none() || self.dora.is_none() {
+            return None;
+        }
+        match item {
+            Telemetry::Delivery(events) if !events.is_empty() => {
+                Some(crate::storage::log_record(events))
+            }
+            Telemetry::Logs(logs) if !logs.deployments.is_empty() => {
+                let events: Vec<_> = logs
+                    .deployments
+                    .iter()
+                    .map(|d| d.to_event(&self.default_environment))
+                    .collect();
+                Some(crate::storage::log_record(&events))
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands the whole state to the storage writer as a checkpoint; `done`
+    /// hears whether it became durable.
+    fn checkpoint(&mut self, done: Vec<oneshot::Sender<bool>>) {
+        let Some(storage) = self.storage.as_mut() else {
+            for d in done {
+                let _ = d.send(false);
+            }
+            return;
+        };
+        storage.segment += 1;
+        let checkpoint = crate::proto::Checkpoint {
+            format_version: crate::storage::FORMAT_VERSION,
+            written_at_ns: self.clock.now_ns() as i64,
+            log_segment: storage.segment,
+            dora: self.dora.as_ref().map(DoraProcessor::to_state),
+            alerts: self.alerts.as_ref().map(|(a, _)| a.to_state()),
+            red: self.red.as_ref().map(RedProcessor::to_state),
+            kafka_offsets: storage
+                .kafka_next
+                .iter()
+                .map(|((topic, partition), next)| crate::proto::KafkaOffset {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    next_offset: *next,
+                })
+                .collect(),
+        };
+        storage.writer.send(crate::storage::Command::Checkpoint {
+            checkpoint: Box::new(checkpoint),
+            done,
+        });
     }
 
     fn apply(&mut self, item: &Telemetry, now: u64) -> Applied {
@@ -361,6 +517,15 @@ impl Engine {
         if let (Some(red), Some(dora)) = (&self.red, &mut self.dora) {
             let now = self.clock.now_ns();
             let derived = dora.observe_errors(&red.error_counts(now), now as i64);
+            if let Some(storage) = &self.storage
+                && !derived.is_empty()
+            {
+                let events: Vec<_> = derived.iter().map(|d| d.event.clone()).collect();
+                storage.writer.send(crate::storage::Command::Append {
+                    record: crate::storage::log_record(&events),
+                    acks: Vec::new(),
+                });
+            }
             for incident in derived {
                 tracing::info!(
                     incident = incident.event.id,
@@ -523,6 +688,7 @@ impl Replayer {
                 default_environment,
                 clock: Arc::new(SystemClock),
                 forward: None,
+                storage: None,
             },
         })
     }
@@ -635,11 +801,16 @@ pub async fn run_with_clock(
         .as_ref()
         .filter(|_| uses(&pipeline.receivers, "otlp"));
     let Processors {
-        red,
-        dora,
-        alerts,
+        mut red,
+        mut dora,
+        mut alerts,
         default_environment,
     } = processors(&config, pipeline);
+    // State first: a damaged checkpoint stops doraflow before it listens.
+    let restored = match &config.storage {
+        Some(c) => Some(restore(c, &mut red, &mut dora, &mut alerts)?),
+        None => None,
+    };
 
     // Bind every listener before serving anything: a taken port fails startup.
     let grpc = match otlp.and_then(|o| o.grpc.as_ref()) {
@@ -756,11 +927,55 @@ pub async fn run_with_clock(
         alert_sinks.push(sink);
         alert_tasks.push(task);
     }
-    let mut dora = dora;
     if let (Some(_), Some(dora)) = (&change_sink, dora.as_mut()) {
         dora.keep_production_deployments();
     }
-    let engine = tokio::spawn(
+    let (checkpoint_requests, requests) = mpsc::channel(4);
+    let (storage, kafka_durability) = match (restored, &config.storage) {
+        (Some((storage, segment, kafka_next)), Some(c)) => {
+            // What the restored checkpoint holds is durable already.
+            let durable = crate::storage::DurableOffsets::default();
+            durable.set(
+                &kafka_next
+                    .iter()
+                    .map(|((topic, partition), next)| crate::proto::KafkaOffset {
+                        topic: topic.to_string(),
+                        partition: *partition,
+                        next_offset: *next,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let resume = kafka_next
+                .iter()
+                .map(|((topic, partition), next)| ((topic.to_string(), *partition), *next))
+                .collect();
+            let writer = crate::storage::Writer::start(storage, segment, durable.clone())?;
+            tracing::info!(dir = %c.dir.display(), "storage open");
+            (
+                Some(EngineStorage {
+                    writer,
+                    segment,
+                    interval: c.checkpoint_interval.get(),
+                    kafka_next,
+                    requests: Some(requests),
+                }),
+                Some(crate::storage::KafkaDurability {
+                    durable,
+                    resume,
+                    checkpoint: checkpoint_requests,
+                }),
+            )
+        }
+        _ => (None, None),
+    };
+    // A component that ends before a stop was asked for fails doraflow:
+    // logged, counted, and the process stops (non-zero) rather than run half-dead.
+    let failed = CancellationToken::new();
+    let stopping = CancellationToken::new();
+    let engine = supervise(
+        "engine",
+        stopping.clone(),
+        failed.clone(),
         Engine {
             red,
             dora,
@@ -770,8 +985,9 @@ pub async fn run_with_clock(
             default_environment,
             clock,
             forward,
+            storage,
         }
-        .run(data, query_rx),
+        .run_to_end(data, query_rx),
     );
     let reader = PipelineReader { tx: query_tx };
     let readiness = Readiness::default();
@@ -780,30 +996,30 @@ pub async fn run_with_clock(
     let mut receivers = Vec::new();
     if let Some((listener, c)) = grpc {
         tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "OTLP gRPC receiver listening");
-        receivers.push(tokio::spawn(otlp_grpc::serve(
-            listener,
-            c,
-            sink.clone(),
-            receivers_stop.clone(),
-        )));
+        receivers.push(supervise(
+            "OTLP gRPC receiver",
+            stopping.clone(),
+            failed.clone(),
+            otlp_grpc::serve(listener, c, sink.clone(), receivers_stop.clone()),
+        ));
     }
     if let Some((listener, c)) = http {
         tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "OTLP HTTP receiver listening");
-        receivers.push(tokio::spawn(otlp_http::serve(
-            listener,
-            c,
-            sink.clone(),
-            receivers_stop.clone(),
-        )));
+        receivers.push(supervise(
+            "OTLP HTTP receiver",
+            stopping.clone(),
+            failed.clone(),
+            otlp_http::serve(listener, c, sink.clone(), receivers_stop.clone()),
+        ));
     }
     if let Some((listener, c)) = webhook {
         tracing::info!(pipeline = name, endpoint = %listener.local_addr()?, "CDEvents webhook receiver listening");
-        receivers.push(tokio::spawn(webhook::serve(
-            listener,
-            c,
-            sink.clone(),
-            receivers_stop.clone(),
-        )));
+        receivers.push(supervise(
+            "webhook receiver",
+            stopping.clone(),
+            failed.clone(),
+            webhook::serve(listener, c, sink.clone(), receivers_stop.clone()),
+        ));
     }
     if let Some(c) = config
         .receivers
@@ -817,14 +1033,27 @@ pub async fn run_with_clock(
             group = c.group_id,
             "Kafka receiver started"
         );
-        let task = crate::kafka::consumer::start(c.clone(), sink.clone(), receivers_stop.clone())?;
-        receivers.push(task);
+        let task = crate::kafka::consumer::start(
+            c.clone(),
+            sink.clone(),
+            receivers_stop.clone(),
+            kafka_durability,
+        )?;
+        receivers.push(supervise(
+            "Kafka receiver",
+            stopping.clone(),
+            failed.clone(),
+            async move { task.await.map_err(|e| anyhow::anyhow!("{e}"))? },
+        ));
     }
     drop(sink);
 
     let exporter = prometheus_listener.map(|listener| {
         tracing::info!(pipeline = name, endpoint = ?listener.local_addr().ok(), "Prometheus exporter listening");
-        tokio::spawn(
+        supervise(
+            "Prometheus exporter",
+            stopping.clone(),
+            failed.clone(),
             PrometheusExporter::new(handle, reader.clone(), readiness.clone())
                 .serve(listener, exporters_stop.clone()),
         )
@@ -832,50 +1061,178 @@ pub async fn run_with_clock(
     readiness.set(true);
     tracing::info!(pipeline = name, "doraflow is ready");
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: stopping receivers");
-    readiness.set(false);
-    receivers_stop.cancel();
-    for receiver in receivers {
-        match receiver.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "receiver stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "receiver task failed"),
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = failed.cancelled() => {}
+    }
+    stopping.cancel();
+    let timeout = pipeline.shutdown_timeout.clone();
+    let stop = async {
+        tracing::info!("shutting down: stopping receivers");
+        readiness.set(false);
+        receivers_stop.cancel();
+        for receiver in receivers {
+            if let Ok(Err(e)) = receiver.await {
+                tracing::error!(error = %e, "receiver stopped with an error");
+            }
         }
-    }
-    limiter_stop.cancel();
-    if let Some(limiter) = limiter {
-        let _ = limiter.await;
-    }
-    tracing::info!("draining the pipeline");
-    if let Err(e) = engine.await {
-        tracing::error!(error = %e, "pipeline engine failed");
-    }
-    if let Some((tx, task)) = kafka_exporter {
-        // Every sender is gone with the receivers and the engine: the
-        // exporter sends what is queued, flushes and ends.
-        drop(tx);
-        tracing::info!("flushing the Kafka exporter");
-        let _ = task.await;
-    }
-    // The engine is gone, so the alert queues only drain now; give them a while.
-    let drained = wait_all(alert_tasks);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
-        .await
-        .is_err()
-    {
-        tracing::warn!("alert exporters still retrying at shutdown; stopping them");
-    }
-    exporters_stop.cancel();
-    if let Some(exporter) = exporter {
-        match exporter.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "exporter stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "exporter task failed"),
+        limiter_stop.cancel();
+        if let Some(limiter) = limiter {
+            let _ = limiter.await;
         }
+        tracing::info!("draining the pipeline");
+        if let Ok(Err(e)) = engine.await {
+            tracing::error!(error = %e, "pipeline engine failed");
+        }
+        if let Some((tx, task)) = kafka_exporter {
+            // Every sender is gone with the receivers and the engine: the
+            // exporter sends what is queued, flushes and ends.
+            drop(tx);
+            tracing::info!("flushing the Kafka exporter");
+            let _ = task.await;
+        }
+        // The engine is gone, so the alert queues only drain now; give them a while.
+        let drained = wait_all(alert_tasks);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("alert exporters still retrying at shutdown; stopping them");
+        }
+        exporters_stop.cancel();
+        if let Some(exporter) = exporter
+            && let Ok(Err(e)) = exporter.await
+        {
+            tracing::error!(error = %e, "exporter stopped with an error");
+        }
+    };
+    if tokio::time::timeout(timeout.get(), stop).await.is_err() {
+        anyhow::bail!(
+            "the shutdown did not finish within {} (pipelines.{name}.shutdown_timeout); stopping anyway",
+            timeout.as_str()
+        );
+    }
+    if failed.is_cancelled() {
+        anyhow::bail!("a component failed (see above); doraflow stopped");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Spawns a component, watching it: if it ends (error, panic, or at all)
+/// before `stopping`, that is logged, counted, and `failed` is cancelled so
+/// doraflow stops instead of running half-dead.
+fn supervise<F>(
+    component: &'static str,
+    stopping: CancellationToken,
+    failed: CancellationToken,
+    run: F,
+) -> tokio::task::JoinHandle<anyhow::Result<()>>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let inner = tokio::spawn(run);
+    tokio::spawn(async move {
+        let result = match inner.await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("{component} panicked: {e}")),
+        };
+        if !stopping.is_cancelled() {
+            match &result {
+                Err(e) => {
+                    tracing::error!(component, error = %e, "component failed; stopping doraflow")
+                }
+                Ok(()) => tracing::error!(
+                    component,
+                    "component stopped unexpectedly; stopping doraflow"
+                ),
+            }
+            counter!(instruments::COMPONENT_FAILURES, "component" => component).increment(1);
+            failed.cancel();
+        }
+        result
+    })
+}
+
+/// The storage folder opened, its state restored into the processors.
+/// Returns the storage, the log segment to go on in, and the Kafka offsets
+/// the checkpoint holds.
+#[allow(clippy::type_complexity)]
+fn restore(
+    config: &crate::storage::StorageConfig,
+    red: &mut Option<RedProcessor>,
+    dora: &mut Option<DoraProcessor>,
+    alerts: &mut Option<(AlertsProcessor, std::time::Duration)>,
+) -> anyhow::Result<(
+    crate::storage::Storage,
+    u64,
+    std::collections::HashMap<(Arc<str>, i32), i64>,
+)> {
+    let storage = crate::storage::Storage::open(&config.dir)?;
+    let restored = storage.restore()?;
+    let refuse = |what: &str, e: String| {
+        anyhow::anyhow!(
+            "{}: the {what} state cannot be restored: {e}; refusing to start on a damaged state (move the file away to start empty)",
+            config.dir.join("checkpoint.pb").display()
+        )
+    };
+    let mut kafka_next = std::collections::HashMap::new();
+    if let Some(checkpoint) = &restored.checkpoint {
+        if let (Some(state), Some(dora)) = (&checkpoint.dora, dora.as_mut()) {
+            dora.restore(state).map_err(|e| refuse("dora", e))?;
+        }
+        if let (Some(state), Some((alerts, _))) = (&checkpoint.alerts, alerts.as_mut()) {
+            let dropped = alerts.restore(state).map_err(|e| refuse("alerts", e))?;
+            if !dropped.is_empty() {
+                tracing::warn!(
+                    ?dropped,
+                    "alerts of rules no longer configured were dropped"
+                );
+            }
+            for alert in alerts.active() {
+                if alert.state == AlertState::Firing {
+                    gauge!(
+                        instruments::ALERTS_FIRING,
+                        "alertname" => alert.alertname,
+                        "service" => alert.service,
+                        "environment" => alert.environment,
+                        "severity" => alert.severity.as_str()
+                    )
+                    .set(1.0);
+                }
+            }
+        }
+        if let (Some(state), Some(red)) = (&checkpoint.red, red.as_mut()) {
+            let reset = red.restore(state).map_err(|e| refuse("red", e))?;
+            if !reset.is_empty() {
+                tracing::warn!(
+                    ?reset,
+                    "red windows recorded with another window or precision start empty"
+                );
+            }
+        }
+        for o in &checkpoint.kafka_offsets {
+            kafka_next.insert((Arc::from(o.topic.as_str()), o.partition), o.next_offset);
+        }
+    }
+    let mut events = 0;
+    if let Some(dora) = dora.as_mut() {
+        for batch in &restored.batches {
+            events += batch.len();
+            dora.replay(batch);
+        }
+    }
+    tracing::info!(
+        dir = %config.dir.display(),
+        checkpoint = restored.checkpoint.is_some(),
+        checkpoint_age_s = restored.checkpoint.as_ref().map(|c| {
+            (SystemClock.now_ns() as i64 - c.written_at_ns) as f64 / 1e9
+        }),
+        log_events = events,
+        truncated_bytes = restored.truncated,
+        "state restored"
+    );
+    Ok((storage, restored.next_segment, kafka_next))
 }
 
 async fn bind(component: &str, endpoint: &str) -> anyhow::Result<TcpListener> {

@@ -818,3 +818,136 @@ async fn incidents_doraflow_derives_are_forwarded_as_cdevents_keyed_by_service()
         common::checkout_spans(100, 10).encode_to_vec()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_nothing_twice() {
+    let Some(broker) = broker("kafka: crash with storage") else {
+        return;
+    };
+    let events = unique("crash-storage-events");
+    let spans = unique("crash-storage-spans");
+    create_topic(&broker, &events, 2).await;
+    create_topic(&broker, &spans, 2).await;
+    let group = unique("crash-storage-group");
+    let dir = common::TempDir::new("kafka-storage");
+    let receiver = kafka_receiver(
+        &broker,
+        &group,
+        &format!(
+            "[{{ topic: \"{events}\", format: cdevents }}, {{ topic: \"{spans}\", format: otlp_proto, signal: traces }}]"
+        ),
+        "    commit_interval: 200ms",
+    );
+    let storage = format!(
+        "storage:\n  dir: \"{}\"\n  checkpoint_interval: 1s\n",
+        dir.0.join("state").display()
+    );
+    let start = || {
+        let prometheus = free_port();
+        let text = format!("{}{storage}", cluster_config(&receiver, prometheus));
+        Doraflow::start_yaml(&text, prometheus, 0, 0)
+    };
+    // Phase `p`: 40 deployments and 40 span messages of 10 spans (1 error)
+    // over 4 services; phase 1 also delivers 5 of its deployments twice.
+    let phase = |p: usize| -> (Vec<Record>, Vec<Record>) {
+        let mut e: Vec<Record> = (p * 40..p * 40 + 40)
+            .map(|i| {
+                let service = format!("svc{}", i % 4);
+                keyed(
+                    &service,
+                    deployed(&format!("d{i}"), &service)
+                        .to_string()
+                        .into_bytes(),
+                )
+            })
+            .collect();
+        if p == 1 {
+            for i in 40..45 {
+                let service = format!("svc{}", i % 4);
+                e.push(keyed(
+                    &service,
+                    deployed(&format!("d{i}"), &service)
+                        .to_string()
+                        .into_bytes(),
+                ));
+            }
+        }
+        let s = (0..40)
+            .map(|i| {
+                let service = format!("svc{}", i % 4);
+                keyed(
+                    &service,
+                    common::service_spans(&service, 9, 1).encode_to_vec(),
+                )
+            })
+            .collect();
+        (e, s)
+    };
+    let consumed = |m: &Metrics| {
+        m.counter(
+            "doraflow_kafka_consumed_messages_total",
+            &[("topic", &events)],
+        ) + m.counter(
+            "doraflow_kafka_consumed_messages_total",
+            &[("topic", &spans)],
+        )
+    };
+    let totals = |m: &Metrics| {
+        (
+            (0..4)
+                .map(|i| deployments(m, &format!("svc{i}")))
+                .sum::<f64>(),
+            (0..4).map(|i| requests(m, &format!("svc{i}"))).sum::<f64>(),
+        )
+    };
+
+    let mut first = start();
+    let (e, s) = phase(0);
+    produce(&broker, &events, &e);
+    produce(&broker, &spans, &s);
+    until("phase 1 applied", &[&first], |m| {
+        totals(&m[0]) == (40.0, 400.0)
+    })
+    .await;
+    // A checkpoint holds phase 1 (and its offsets get committed).
+    let applied_at = common::unix_now() as f64;
+    until("a checkpoint after phase 1", &[&first], |m| {
+        m[0].counter("doraflow_storage_checkpoint_timestamp_seconds", &[]) > applied_at + 1.0
+    })
+    .await;
+    let (e, s) = phase(1);
+    produce(&broker, &events, &e);
+    produce(&broker, &spans, &s);
+    until("phase 2 applied", &[&first], |m| {
+        consumed(&m[0]) == 165.0 && totals(&m[0]) == (80.0, 800.0)
+    })
+    .await;
+    // Killed before (or just after) the next checkpoint: some of phase 2 is
+    // applied, logged or checkpointed, and its offsets not all committed.
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+
+    let second = start();
+    until(
+        "every message accounted for after the restart",
+        &[&second],
+        |m| totals(&m[0]) == (80.0, 800.0),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = second.metrics();
+    assert_eq!(totals(&m), (80.0, 800.0), "nothing counted twice");
+    for i in 0..4 {
+        let service = format!("svc{i}");
+        assert_eq!(deployments(&m, &service), 20.0, "{service}");
+        assert_eq!(requests(&m, &service), 200.0, "{service}");
+        assert_eq!(
+            m.counter(
+                "dora_service_errors_total",
+                &[("service", &service), ("environment", "production")]
+            ),
+            20.0,
+            "{service}"
+        );
+    }
+}

@@ -27,7 +27,7 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 20] = [
+    let sections: [(&str, String, &[&str]); 21] = [
         (
             "exporters.alertmanager",
             format!("exporters:\n  alertmanager: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
@@ -127,6 +127,11 @@ fn every_config_key_is_in_the_readme() {
         (
             "exporters.prometheus",
             format!("exporters:\n  prometheus: {{ __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "storage",
+            format!("storage: {{ dir: /tmp/x, __probe__: 1 }}\n{PIPELINE}"),
             &[],
         ),
         (

@@ -51,9 +51,10 @@ pub struct Config {
     /// Where results go.
     #[serde(default)]
     pub exporters: Exporters,
-    /// Checkpointed state (not available yet).
+    /// Where the processors' state is checkpointed; without it, state
+    /// lives in memory only.
     #[serde(default)]
-    pub storage: Option<NotYetAvailable>,
+    pub storage: Option<crate::storage::StorageConfig>,
     /// Which receivers, processors and exporters run together.
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -486,6 +487,15 @@ pub struct PipelineConfig {
     /// Batches waiting for the processors before receivers push back. Default 256.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// How long a stop (SIGTERM, SIGINT) may take to drain the queue, flush
+    /// the exporters and write the last checkpoint before doraflow gives up
+    /// and exits non-zero. Default `30s`.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfigDuration,
+}
+
+fn default_shutdown_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
 }
 
 const fn default_queue_size() -> usize {
@@ -606,6 +616,9 @@ impl Config {
         }
         if let Some(limiter) = &self.processors.memory_limiter {
             limiter.validate("processors.memory_limiter", &mut errors);
+        }
+        if let Some(storage) = &self.storage {
+            storage.validate("storage", &mut errors);
         }
         if let Some(pagerduty) = &self.exporters.pagerduty {
             pagerduty.validate("exporters.pagerduty", &mut errors);
@@ -811,9 +824,9 @@ pipelines:
 
     #[test]
     fn not_yet_available_components_say_so() {
-        let text = format!("{MINIMAL}storage: {{ dir: /tmp/x }}\n");
+        let text = MINIMAL.replace("  prometheus: {}", "  prometheus: {}\n  otlp: {}");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("storage: "), "{err}");
+        assert!(err.starts_with("exporters.otlp: "), "{err}");
         assert!(err.contains("not available in this version"), "{err}");
     }
 

@@ -40,8 +40,9 @@ use crate::cdevents::{self, BinaryContext};
 use crate::instruments;
 use crate::model::{Signal, Telemetry};
 use crate::otlp::{self, Encoding};
-use crate::pipeline::{PipelineSink, SubmitError};
+use crate::pipeline::{KafkaSource, PipelineSink, SubmitError};
 use crate::processors::Applied;
+use crate::storage::{DurableOffsets, KafkaDurability};
 
 /// How long one poll waits for a message; also how quickly a stop is seen.
 const POLL: Duration = Duration::from_millis(100);
@@ -53,8 +54,9 @@ pub fn start(
     config: KafkaReceiverConfig,
     sink: PipelineSink,
     stop: CancellationToken,
+    durability: Option<KafkaDurability>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let receiver = Receiver::new(config, sink)?;
+    let receiver = Receiver::new(config, sink, durability)?;
     Ok(tokio::task::spawn_blocking(move || receiver.run(&stop)))
 }
 
@@ -96,12 +98,51 @@ struct Shared {
     in_flight: Mutex<VecDeque<InFlight>>,
     /// Set by a revocation: held batches of lost partitions must go.
     revoked: AtomicBool,
+    /// With storage: offsets are stored only as far as a checkpoint holds
+    /// their effects.
+    durable: Option<DurableOffsets>,
+    /// With storage: asks the engine for a checkpoint.
+    checkpoint: Option<tokio::sync::mpsc::Sender<oneshot::Sender<bool>>>,
+    /// With storage: per partition, what is settled and not yet stored.
+    progress: Mutex<HashMap<(Arc<str>, i32), Progress>>,
+}
+
+/// How far a partition's messages are settled, applied and stored.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The latest offset settled (applied, dead-lettered or skipped).
+    settled: i64,
+    /// The latest offset applied by the pipeline.
+    applied: i64,
+    /// The latest offset stored for the next commit.
+    stored: i64,
 }
 
 impl Shared {
     fn in_flight(&self) -> MutexGuard<'_, VecDeque<InFlight>> {
         // A panic elsewhere cannot leave the queue half-updated: recover it.
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn progress(&self) -> MutexGuard<'_, HashMap<(Arc<str>, i32), Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// With storage, asks for a checkpoint and waits until it is durable,
+    /// then stores what it covers. Before a hand-over and at shutdown.
+    fn checkpoint<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let Some(checkpoint) = &self.checkpoint else {
+            return;
+        };
+        let (done, durable) = oneshot::channel();
+        // Fails only if the engine is gone, and then the reply does too.
+        let _ = checkpoint.blocking_send(done);
+        if durable.blocking_recv() != Ok(true) {
+            tracing::warn!(
+                "no durable checkpoint before the commit; offsets stay where the last one left them"
+            );
+        }
+        store_durable(consumer, self);
     }
 }
 
@@ -123,6 +164,7 @@ impl ConsumerContext for GroupContext {
             // Hand-over: everything consumed from these partitions is applied
             // and committed before another member starts on them.
             let settled = settle(consumer, &self.shared, Wait::All);
+            self.shared.checkpoint(consumer);
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
                 && !is_no_offset(&e)
             {
@@ -195,7 +237,7 @@ fn settle<C: ConsumerContext>(consumer: &BaseConsumer<C>, shared: &Shared, wait:
         let Some(applied) = applied else { break };
         let Some(done) = queue.pop_front() else { break };
         if done.dead {
-            store(consumer, &done);
+            store(consumer, shared, &done);
             settled += 1;
             continue;
         }
@@ -217,15 +259,69 @@ fn settle<C: ConsumerContext>(consumer: &BaseConsumer<C>, shared: &Shared, wait:
             counter!(instruments::RECEIVER_REFUSED, "receiver" => "kafka", "reason" => "series_limit")
                 .increment(applied.refused);
         }
-        store(consumer, &done);
+        store(consumer, shared, &done);
         settled += 1;
+    }
+    drop(queue);
+    if settled > 0 || shared.durable.is_some() {
+        store_durable(consumer, shared);
     }
     settled
 }
 
-fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, done: &InFlight) {
-    if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
-        tracing::debug!(topic = %done.topic, partition = done.partition, error = %e, "offset not stored");
+/// Stores a settled message's offset for the next commit; with storage,
+/// notes it and leaves storing to [`store_durable`].
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, shared: &Shared, done: &InFlight) {
+    if shared.durable.is_some() {
+        let mut progress = shared.progress();
+        let p = progress
+            .entry((done.topic.clone(), done.partition))
+            .or_insert(Progress {
+                settled: -1,
+                applied: -1,
+                stored: -1,
+            });
+        p.settled = p.settled.max(done.offset);
+        if !done.dead {
+            p.applied = p.applied.max(done.offset);
+        }
+        return;
+    }
+    store_offset(consumer, &done.topic, done.partition, done.offset);
+}
+
+fn store_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    // librdkafka stores `offset + 1`: the next message to read.
+    if let Err(e) = consumer.store_offset(topic, partition, offset) {
+        tracing::debug!(topic, partition, error = %e, "offset not stored");
+    }
+}
+
+/// With storage: stores, per partition, the settled offsets a durable
+/// checkpoint covers. Messages applied after the checkpoint stay
+/// uncommitted, so a crash re-reads them; dead-lettered and skipped ones
+/// after the last applied one need no checkpoint.
+fn store_durable<C: ConsumerContext>(consumer: &BaseConsumer<C>, shared: &Shared) {
+    let Some(durable) = &shared.durable else {
+        return;
+    };
+    let mut progress = shared.progress();
+    for ((topic, partition), p) in progress.iter_mut() {
+        let next = durable.get(topic, *partition).unwrap_or(-1);
+        let storable = if p.applied < next {
+            p.settled
+        } else {
+            next - 1
+        };
+        if storable > p.stored {
+            store_offset(consumer, topic, *partition, storable);
+            p.stored = storable;
+        }
     }
 }
 
@@ -262,11 +358,28 @@ struct Receiver {
     max_in_flight: usize,
     held: VecDeque<Held>,
     paused: bool,
+    /// With storage: per partition, the first offset the checkpoint does not hold.
+    resume: HashMap<(String, i32), i64>,
 }
 
 impl Receiver {
-    fn new(config: KafkaReceiverConfig, sink: PipelineSink) -> anyhow::Result<Self> {
-        let shared = Arc::new(Shared::default());
+    fn new(
+        config: KafkaReceiverConfig,
+        sink: PipelineSink,
+        durability: Option<KafkaDurability>,
+    ) -> anyhow::Result<Self> {
+        let (shared, resume) = match durability {
+            Some(d) => (
+                Shared {
+                    durable: Some(d.durable),
+                    checkpoint: Some(d.checkpoint),
+                    ..Shared::default()
+                },
+                d.resume,
+            ),
+            None => (Shared::default(), HashMap::new()),
+        };
+        let shared = Arc::new(shared);
         let mut client = ClientConfig::new();
         // What librdkafka prefetches while the pipeline is busy or paused:
         // 16 MiB rather than its 64 MiB default. `settings` may change it.
@@ -357,6 +470,7 @@ impl Receiver {
             max_in_flight: config.max_in_flight,
             held: VecDeque::new(),
             paused: false,
+            resume,
         })
     }
 
@@ -366,6 +480,7 @@ impl Receiver {
         // Hand over cleanly: everything consumed is applied, stored and
         // committed before the consumer leaves the group.
         let settled = settle(&self.consumer, &self.shared, Wait::All);
+        self.shared.checkpoint(&*self.consumer);
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
             Err(e) if is_no_offset(&e) => {}
@@ -426,7 +541,12 @@ impl Receiver {
     /// went, `Ok(false)` if the queue is still full, `Err` if it closed.
     fn offer_held(&mut self) -> Result<bool, ()> {
         while let Some(held) = self.held.pop_front() {
-            match self.sink.enqueue(held.item, None) {
+            let source = KafkaSource {
+                topic: held.topic.clone(),
+                partition: held.partition,
+                offset: held.offset,
+            };
+            match self.sink.enqueue_from(held.item, None, Some(source)) {
                 Ok(ack) => {
                     self.shared.in_flight().push_back(InFlight {
                         topic: held.topic,
@@ -502,8 +622,26 @@ impl Receiver {
             return;
         };
         counter!(instruments::KAFKA_CONSUMED, "topic" => topic.to_string()).increment(1);
-        let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
         let signal = format.signal.map(Signal::as_str).unwrap_or("events");
+        if self
+            .resume
+            .get(&(topic_name.to_string(), message.partition()))
+            .is_some_and(|next| message.offset() < *next)
+        {
+            // Applied before the restart and in the checkpoint: not twice.
+            counter!(instruments::KAFKA_SKIPPED, "topic" => topic.to_string()).increment(1);
+            self.shared.in_flight().push_back(InFlight {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                ack: Ack::Done,
+                dead: true,
+                items: 0,
+                signal,
+            });
+            return;
+        }
+        let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
         let decoded = decode(format, payload, message.headers());
         let item = match decoded {
             Ok(item) => item,
@@ -530,7 +668,12 @@ impl Receiver {
         let items = item.items();
         // Order per partition: nothing overtakes a held batch.
         let item = if self.held.is_empty() {
-            match self.sink.enqueue(item, None) {
+            let source = KafkaSource {
+                topic: topic.clone(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            match self.sink.enqueue_from(item, None, Some(source)) {
                 Ok(ack) => {
                     self.shared.in_flight().push_back(InFlight {
                         topic,

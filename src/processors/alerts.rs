@@ -473,6 +473,107 @@ impl AlertsProcessor {
         out
     }
 
+    /// The state to checkpoint: the alerts pending or firing and the
+    /// utilization readings their rules look back over.
+    pub fn to_state(&self) -> crate::proto::AlertsState {
+        use crate::proto;
+        proto::AlertsState {
+            active: self
+                .active
+                .values()
+                .map(|a| proto::AlertRecord {
+                    alertname: a.alertname.to_string(),
+                    service: a.service.clone(),
+                    environment: a.environment.clone(),
+                    state: match a.state {
+                        State::Pending => proto::AlertStage::Pending,
+                        State::Firing | State::Resolved => proto::AlertStage::Firing,
+                    } as i32,
+                    since_ns: a.since,
+                    value: a.value,
+                })
+                .collect(),
+            readings: self
+                .readings
+                .iter()
+                .map(|((service, environment, instance, resource), series)| {
+                    proto::UtilizationRecord {
+                        service: service.clone(),
+                        environment: environment.clone(),
+                        instance: instance.clone(),
+                        resource: match resource {
+                            UtilizationResource::Cpu => proto::Resource::Cpu,
+                            UtilizationResource::Memory => proto::Resource::Memory,
+                        } as i32,
+                        times_ns: series.iter().map(|r| r.0).collect(),
+                        values: series.iter().map(|r| r.1).collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores checkpointed alerts and readings. Alerts of rules no longer
+    /// configured are dropped (and returned by name); thresholds, severities
+    /// and summaries come from the rules in force. On error nothing changed.
+    pub fn restore(&mut self, state: &crate::proto::AlertsState) -> Result<Vec<String>, String> {
+        use crate::proto;
+        let mut active = BTreeMap::new();
+        let mut dropped = Vec::new();
+        for a in &state.active {
+            let Some(rule) = self.rules.iter().find(|r| r.name == a.alertname) else {
+                dropped.push(a.alertname.clone());
+                continue;
+            };
+            let state = match proto::AlertStage::try_from(a.state) {
+                Ok(proto::AlertStage::Pending) => State::Pending,
+                Ok(proto::AlertStage::Firing) => State::Firing,
+                _ => return Err(format!("alert {}: unknown state {}", a.alertname, a.state)),
+            };
+            active.insert(
+                (rule.name, a.service.clone(), a.environment.clone()),
+                ActiveAlert {
+                    alertname: rule.name,
+                    service: a.service.clone(),
+                    environment: a.environment.clone(),
+                    state,
+                    since: a.since_ns,
+                    value: a.value,
+                    threshold: rule.threshold,
+                    severity: rule.severity,
+                    summary: summary(rule, &a.service, &a.environment, a.value),
+                },
+            );
+        }
+        let mut readings = BTreeMap::new();
+        for r in &state.readings {
+            let resource = match proto::Resource::try_from(r.resource) {
+                Ok(proto::Resource::Cpu) => UtilizationResource::Cpu,
+                Ok(proto::Resource::Memory) => UtilizationResource::Memory,
+                _ => return Err(format!("utilization of {}: unknown resource", r.service)),
+            };
+            if r.times_ns.len() != r.values.len() || r.times_ns.len() > MAX_READINGS {
+                return Err(format!("utilization of {}: malformed readings", r.service));
+            }
+            readings.insert(
+                (
+                    r.service.clone(),
+                    r.environment.clone(),
+                    r.instance.clone(),
+                    resource,
+                ),
+                r.times_ns
+                    .iter()
+                    .copied()
+                    .zip(r.values.iter().copied())
+                    .collect(),
+            );
+        }
+        self.active = active;
+        self.readings = readings;
+        Ok(dropped)
+    }
+
     /// The alerts pending or firing now.
     pub fn active(&self) -> Vec<ActiveAlert> {
         self.active.values().cloned().collect()

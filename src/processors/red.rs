@@ -26,6 +26,16 @@ struct Series {
     requests: Counter,
     errors: Counter,
     log_errors: Counter,
+    /// What the three counters hold, for checkpoints (a `Counter` cannot be read).
+    totals: Totals,
+}
+
+/// Cumulative requests, errors and error log records of a series.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    requests: u64,
+    errors: u64,
+    log_errors: u64,
 }
 
 /// The figures of one series at one instant.
@@ -118,6 +128,8 @@ impl RedProcessor {
             let series = &mut self.series[i];
             series.requests.increment(latencies.len() as u64);
             series.errors.increment(group.errors);
+            series.totals.requests += latencies.len() as u64;
+            series.totals.errors += group.errors;
             series.window.record(
                 &self.shape,
                 &self.layout,
@@ -136,7 +148,11 @@ impl RedProcessor {
                 continue;
             }
             match self.series_index(&group.identity) {
-                Some(i) => self.series[i].log_errors.increment(group.errors),
+                Some(i) => {
+                    let series = &mut self.series[i];
+                    series.log_errors.increment(group.errors);
+                    series.totals.log_errors += group.errors;
+                }
                 None => refused += group.records,
             }
         }
@@ -188,6 +204,7 @@ impl RedProcessor {
             service,
             environment,
             window: RollingHistogram::default(),
+            totals: Totals::default(),
         };
         self.series.push(series);
         self.index
@@ -234,6 +251,76 @@ impl RedProcessor {
                 }
             })
             .collect()
+    }
+
+    /// The state to checkpoint: every series' window and counters.
+    pub fn to_state(&self) -> crate::proto::RedState {
+        crate::proto::RedState {
+            series: self
+                .series
+                .iter()
+                .map(|s| crate::proto::RedSeriesRecord {
+                    service: s.service.clone(),
+                    environment: s.environment.clone(),
+                    window: Some(s.window.to_state(&self.shape, &self.layout)),
+                    requests_total: s.totals.requests,
+                    errors_total: s.totals.errors,
+                    log_errors_total: s.totals.log_errors,
+                })
+                .collect(),
+        }
+    }
+
+    /// Restores checkpointed series into an empty processor. A window
+    /// recorded with another shape or precision than configured starts
+    /// empty (its counters are kept) and is returned by name. On any other
+    /// error nothing changed.
+    pub fn restore(&mut self, state: &crate::proto::RedState) -> Result<Vec<String>, String> {
+        if !self.series.is_empty() {
+            return Err("the red processor already holds series".into());
+        }
+        let mut windows = Vec::with_capacity(state.series.len());
+        let mut reset = Vec::new();
+        for record in &state.series {
+            let window = match record.window.as_ref() {
+                None => RollingHistogram::default(),
+                Some(w) => match RollingHistogram::from_state(w, &self.shape, &self.layout) {
+                    Ok(window) => window,
+                    Err(crate::window::StateError::LayoutMismatch { .. }) => {
+                        reset.push(format!("{} ({})", record.service, record.environment));
+                        RollingHistogram::default()
+                    }
+                    Err(e) => {
+                        return Err(format!("{} ({}): {e}", record.service, record.environment));
+                    }
+                },
+            };
+            windows.push(window);
+        }
+        for (record, window) in state.series.iter().zip(windows) {
+            let identity = ResourceIdentity {
+                service: Bytes::copy_from_slice(record.service.as_bytes()),
+                environment: Bytes::copy_from_slice(record.environment.as_bytes()),
+            };
+            let Some(i) = self.series_index(&identity) else {
+                reset.push(format!(
+                    "{} ({}): beyond max_series",
+                    record.service, record.environment
+                ));
+                continue;
+            };
+            let series = &mut self.series[i];
+            series.window = window;
+            series.totals = Totals {
+                requests: record.requests_total,
+                errors: record.errors_total,
+                log_errors: record.log_errors_total,
+            };
+            series.requests.absolute(record.requests_total);
+            series.errors.absolute(record.errors_total);
+            series.log_errors.absolute(record.log_errors_total);
+        }
+        Ok(reset)
     }
 
     /// Series held.
