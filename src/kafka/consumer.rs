@@ -613,6 +613,20 @@ impl Receiver {
         self.paused = false;
     }
 
+    /// Queues a message that never goes to the pipeline (dead-lettered, or
+    /// skipped as already checkpointed): settled in its turn, nothing to wait for.
+    fn settled_here(&self, topic: Arc<str>, message: &BorrowedMessage<'_>, signal: &'static str) {
+        self.shared.in_flight().push_back(InFlight {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            ack: Ack::Done,
+            dead: true,
+            items: 0,
+            signal,
+        });
+    }
+
     fn handle(&mut self, message: &BorrowedMessage<'_>) {
         let topic_name = message.topic();
         let Some(topic) = self.names.get(topic_name).cloned() else {
@@ -630,15 +644,7 @@ impl Receiver {
         {
             // Applied before the restart and in the checkpoint: not twice.
             counter!(instruments::KAFKA_SKIPPED, "topic" => topic.to_string()).increment(1);
-            self.shared.in_flight().push_back(InFlight {
-                topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                ack: Ack::Done,
-                dead: true,
-                items: 0,
-                signal,
-            });
+            self.settled_here(topic, message, signal);
             return;
         }
         let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
@@ -647,15 +653,7 @@ impl Receiver {
             Ok(item) => item,
             Err(problem) => {
                 self.dead_letter(message, &problem);
-                self.shared.in_flight().push_back(InFlight {
-                    topic,
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    ack: Ack::Done,
-                    dead: true,
-                    items: 0,
-                    signal,
-                });
+                self.settled_here(topic, message, signal);
                 return;
             }
         };

@@ -7,12 +7,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound then released; the race is harmless in practice).
+/// A free loopback port, below the kernel's ephemeral range (32768 and up
+/// on Linux). Ports from `bind(0)` come from that range, which every
+/// outgoing connection of every test also draws from: a port picked there
+/// and released could be taken by a client socket before doraflow binds it
+/// (seen as `Address already in use`). Below it only listeners compete, and
+/// each candidate is bound once to check it is free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries run one after another, tests of one binary in parallel:
+    // start each process somewhere else and walk from there.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let candidate = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", candidate as u16)).is_ok() {
+            return candidate as u16;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
 }
 
 /// A running `doraflow run --config ...`, killed on drop.
