@@ -158,6 +158,17 @@ fn deployed(id: &str, service: &str) -> Value {
     })
 }
 
+/// Deployment `d{i}` of `svc{i % 4}`, keyed by its service.
+fn deployment_of(i: usize) -> Record {
+    let service = format!("svc{}", i % 4);
+    keyed(
+        &service,
+        deployed(&format!("d{i}"), &service)
+            .to_string()
+            .into_bytes(),
+    )
+}
+
 fn deployments(m: &Metrics, service: &str) -> f64 {
     m.counter(
         "dora_deployments_total",
@@ -389,25 +400,9 @@ async fn killed_before_committing_rereads_and_counts_every_deployment_once() {
     create_topic(&broker, &topic, 2).await;
     // 20 deployments over 4 services, and 5 of them delivered twice (as a
     // producer's retry would): 25 messages, 20 deployments.
-    let mut records: Vec<Record> = (0..20)
-        .map(|i| {
-            let service = format!("svc{}", i % 4);
-            keyed(
-                &service,
-                deployed(&format!("d{i}"), &service)
-                    .to_string()
-                    .into_bytes(),
-            )
-        })
-        .collect();
+    let mut records: Vec<Record> = (0..20).map(deployment_of).collect();
     for i in 0..5 {
-        let service = format!("svc{}", i % 4);
-        records.push(keyed(
-            &service,
-            deployed(&format!("d{i}"), &service)
-                .to_string()
-                .into_bytes(),
-        ));
+        records.push(deployment_of(i));
     }
     produce(&broker, &topic, &records);
     let group = unique("crash-group");
@@ -850,26 +845,10 @@ async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_noth
     // Phase `p`: 40 deployments and 40 span messages of 10 spans (1 error)
     // over 4 services; phase 1 also delivers 5 of its deployments twice.
     let phase = |p: usize| -> (Vec<Record>, Vec<Record>) {
-        let mut e: Vec<Record> = (p * 40..p * 40 + 40)
-            .map(|i| {
-                let service = format!("svc{}", i % 4);
-                keyed(
-                    &service,
-                    deployed(&format!("d{i}"), &service)
-                        .to_string()
-                        .into_bytes(),
-                )
-            })
-            .collect();
+        let mut e: Vec<Record> = (p * 40..p * 40 + 40).map(deployment_of).collect();
         if p == 1 {
             for i in 40..45 {
-                let service = format!("svc{}", i % 4);
-                e.push(keyed(
-                    &service,
-                    deployed(&format!("d{i}"), &service)
-                        .to_string()
-                        .into_bytes(),
-                ));
+                e.push(deployment_of(i));
             }
         }
         let s = (0..40)
