@@ -182,7 +182,7 @@ pub fn describe() {
     );
     describe_counter!(
         KAFKA_SKIPPED,
-        "Kafka messages skipped at start because the checkpoint already held their effects."
+        "Kafka messages delivered again and skipped: already applied, in the restored checkpoint or earlier in this run."
     );
     describe_gauge!(
         MEMORY_RESIDENT,

@@ -935,3 +935,213 @@ async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_noth
         );
     }
 }
+
+/// A Tansu of the test's own on S3 storage (moto's server, which
+/// `scripts/test` starts and names in `DORAFLOW_TEST_S3`): unlike the shared
+/// in-memory broker it can be killed and started again with its topics,
+/// messages and committed offsets, as a real broker restarts.
+struct OwnBroker {
+    tansu: String,
+    s3: String,
+    bucket: String,
+    address: String,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    /// The broker's own bucket, then the broker; `None` (said plainly) when
+    /// the S3 server or Tansu is not there.
+    async fn start(test: &str) -> Option<OwnBroker> {
+        let (Ok(tansu), Ok(s3)) = (
+            std::env::var("DORAFLOW_TEST_TANSU"),
+            std::env::var("DORAFLOW_TEST_S3"),
+        ) else {
+            say_skipped(
+                test,
+                "no Tansu or S3 server (DORAFLOW_TEST_TANSU or DORAFLOW_TEST_S3 unset; scripts/test starts them)",
+            );
+            return None;
+        };
+        let bucket = unique("doraflow-broker");
+        let created = reqwest::Client::new()
+            .put(format!("{s3}/{bucket}"))
+            .send()
+            .await
+            .expect("the S3 server answers");
+        assert!(
+            created.status().is_success(),
+            "bucket: {}",
+            created.status()
+        );
+        let mut broker = OwnBroker {
+            tansu,
+            s3,
+            bucket,
+            address: format!("127.0.0.1:{}", free_port()),
+            child: None,
+        };
+        broker.restart();
+        Some(broker)
+    }
+
+    /// Starts the broker on its address and bucket; returns once it listens.
+    fn restart(&mut self) {
+        let url = format!("tcp://{}", self.address);
+        let child = std::process::Command::new(&self.tansu)
+            .args(["broker", "--storage-engine"])
+            .arg(format!("s3://{}/", self.bucket))
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("AWS_ENDPOINT", &self.s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Tansu starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.address).is_err() {
+            assert!(std::time::Instant::now() < deadline, "Tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no goodbye to its clients.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_and_restarted_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let test = "kafka: broker restart";
+    if broker(test).is_none() {
+        return;
+    }
+    let Some(mut own) = OwnBroker::start(test).await else {
+        return;
+    };
+    let broker = own.address.clone();
+    let events = unique("restart-events");
+    let spans = unique("restart-spans");
+    create_topic(&broker, &events, 2).await;
+    create_topic(&broker, &spans, 2).await;
+    // A phase: 60 deployments and 300 span messages of 10 spans (1 error)
+    // over 4 services.
+    let phase = |p: usize| -> (Vec<Record>, Vec<Record>) {
+        let e = (p * 60..p * 60 + 60).map(deployment_of).collect();
+        let s = (0..300)
+            .map(|i| {
+                let service = format!("svc{}", i % 4);
+                keyed(
+                    &service,
+                    common::service_spans(&service, 9, 1).encode_to_vec(),
+                )
+            })
+            .collect();
+        (e, s)
+    };
+    let totals = |m: &Metrics| {
+        (
+            (0..4)
+                .map(|i| deployments(m, &format!("svc{i}")))
+                .sum::<f64>(),
+            (0..4).map(|i| requests(m, &format!("svc{i}"))).sum::<f64>(),
+        )
+    };
+    let receiver = kafka_receiver(
+        &broker,
+        &unique("restart-group"),
+        &format!(
+            "[{{ topic: \"{events}\", format: cdevents }}, {{ topic: \"{spans}\", format: otlp_proto, signal: traces }}]"
+        ),
+        "    commit_interval: 200ms",
+    );
+    let mut doraflow = start_cluster(&receiver);
+    let (e, s) = phase(0);
+    produce(&broker, &events, &e);
+    produce(&broker, &spans, &s);
+    until("phase 1 applied", &[&doraflow], |m| {
+        totals(&m[0]) == (60.0, 3000.0)
+    })
+    .await;
+    // Phase 2, then the broker killed as soon as it has acknowledged it:
+    // doraflow is then fetching and applying it, its offsets not yet
+    // committed.
+    let (e, s) = phase(1);
+    produce(&broker, &events, &e);
+    produce(&broker, &spans, &s);
+    own.kill();
+    let at_kill = totals(&doraflow.metrics());
+    eprintln!("broker killed with {at_kill:?} of (120, 6000) applied");
+    // Phase 3 is produced while the broker is down: the producer holds it
+    // and delivers it once the broker is back.
+    let (e, s) = phase(2);
+    let producer = {
+        let (broker, events, spans) = (broker.clone(), events.clone(), spans.clone());
+        std::thread::spawn(move || {
+            produce(&broker, &events, &e);
+            produce(&broker, &spans, &s);
+        })
+    };
+    // Down for longer than the session timeout (6 s): the member's session
+    // expires, its last offsets uncommitted, and it must join again;
+    // doraflow keeps running and serving meanwhile.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        doraflow.child.try_wait().expect("status").is_none(),
+        "doraflow exited while the broker was down"
+    );
+    assert!(
+        totals(&doraflow.metrics()).1 >= at_kill.1,
+        "/metrics answers while the broker is down"
+    );
+    own.restart();
+    until("all three phases applied", &[&doraflow], |m| {
+        totals(&m[0]) == (180.0, 9000.0)
+    })
+    .await;
+    producer.join().expect("phase 3 produced");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = doraflow.metrics();
+    assert_eq!(totals(&m), (180.0, 9000.0), "nothing counted twice");
+    for i in 0..4 {
+        let service = format!("svc{i}");
+        assert_eq!(deployments(&m, &service), 45.0, "{service}");
+        assert_eq!(requests(&m, &service), 2250.0, "{service}");
+        assert_eq!(
+            m.counter(
+                "dora_service_errors_total",
+                &[("service", &service), ("environment", "production")]
+            ),
+            225.0,
+            "{service}"
+        );
+    }
+    eprintln!(
+        "re-delivered and skipped: {}",
+        m.counter(
+            "doraflow_kafka_skipped_messages_total",
+            &[("topic", &spans)]
+        ) + m.counter(
+            "doraflow_kafka_skipped_messages_total",
+            &[("topic", &events)]
+        )
+    );
+    assert!(
+        m.samples("doraflow_component_failures_total").is_empty(),
+        "no component failed"
+    );
+    doraflow.terminate();
+}

@@ -358,8 +358,12 @@ struct Receiver {
     max_in_flight: usize,
     held: VecDeque<Held>,
     paused: bool,
-    /// With storage: per partition, the first offset the checkpoint does not hold.
-    resume: HashMap<(String, i32), i64>,
+    /// Per partition, the first offset not yet settled here: not handed to
+    /// the pipeline (or dead-lettered) in this run, nor held by the restored
+    /// checkpoint. A message below it is already applied: the broker
+    /// re-delivers such messages after a commit was lost (a broker outage, a
+    /// session that expired), and counting them again would count twice.
+    next: HashMap<(Arc<str>, i32), i64>,
 }
 
 impl Receiver {
@@ -368,7 +372,7 @@ impl Receiver {
         sink: PipelineSink,
         durability: Option<KafkaDurability>,
     ) -> anyhow::Result<Self> {
-        let (shared, resume) = match durability {
+        let (shared, restored) = match durability {
             Some(d) => (
                 Shared {
                     durable: Some(d.durable),
@@ -470,7 +474,10 @@ impl Receiver {
             max_in_flight: config.max_in_flight,
             held: VecDeque::new(),
             paused: false,
-            resume,
+            next: restored
+                .into_iter()
+                .map(|((topic, partition), next)| ((Arc::from(topic.as_str()), partition), next))
+                .collect(),
         })
     }
 
@@ -548,6 +555,7 @@ impl Receiver {
             };
             match self.sink.enqueue_from(held.item, None, Some(source)) {
                 Ok(ack) => {
+                    self.settled_up_to(&held.topic, held.partition, held.offset);
                     self.shared.in_flight().push_back(InFlight {
                         topic: held.topic,
                         partition: held.partition,
@@ -627,6 +635,12 @@ impl Receiver {
         });
     }
 
+    /// Notes that messages up to `offset` of a partition are settled here.
+    fn settled_up_to(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        let next = self.next.entry((topic.clone(), partition)).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+
     fn handle(&mut self, message: &BorrowedMessage<'_>) {
         let topic_name = message.topic();
         let Some(topic) = self.names.get(topic_name).cloned() else {
@@ -638,11 +652,12 @@ impl Receiver {
         counter!(instruments::KAFKA_CONSUMED, "topic" => topic.to_string()).increment(1);
         let signal = format.signal.map(Signal::as_str).unwrap_or("events");
         if self
-            .resume
-            .get(&(topic_name.to_string(), message.partition()))
+            .next
+            .get(&(topic.clone(), message.partition()))
             .is_some_and(|next| message.offset() < *next)
         {
-            // Applied before the restart and in the checkpoint: not twice.
+            // Applied already (in the restored checkpoint, or earlier in
+            // this run): not twice.
             counter!(instruments::KAFKA_SKIPPED, "topic" => topic.to_string()).increment(1);
             self.settled_here(topic, message, signal);
             return;
@@ -653,6 +668,7 @@ impl Receiver {
             Ok(item) => item,
             Err(problem) => {
                 self.dead_letter(message, &problem);
+                self.settled_up_to(&topic, message.partition(), message.offset());
                 self.settled_here(topic, message, signal);
                 return;
             }
@@ -673,6 +689,7 @@ impl Receiver {
             };
             match self.sink.enqueue_from(item, None, Some(source)) {
                 Ok(ack) => {
+                    self.settled_up_to(&topic, message.partition(), message.offset());
                     self.shared.in_flight().push_back(InFlight {
                         topic,
                         partition: message.partition(),
