@@ -1,7 +1,9 @@
 //! The PagerDuty exporter against a local endpoint that implements the Events
 //! API v2 strictly (anything off the spec gets 400): one trigger and one
 //! resolve per episode with a stable dedup_key; 429 then 500 then success
-//! delivers once; an outage longer than the retry budget is counted as dropped.
+//! delivers once; an endpoint down (nothing listening) then back gets the
+//! trigger and the resolve once each, in order; with a retry budget
+//! (`max_attempts`), an outage longer than it is counted as dropped.
 
 mod common;
 
@@ -171,11 +173,15 @@ async fn enqueue(State(endpoint): State<Shared>, headers: HeaderMap, body: Strin
 
 /// Starts the endpoint; returns its URL and state.
 async fn pagerduty(script: &[u16]) -> (String, Shared) {
+    pagerduty_on(free_port(), script).await
+}
+
+/// Starts the endpoint on `port`.
+async fn pagerduty_on(port: u16, script: &[u16]) -> (String, Shared) {
     let state: Shared = Arc::new(Mutex::new(Endpoint {
         script: script.iter().copied().collect(),
         ..Endpoint::default()
     }));
-    let port = free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -290,6 +296,56 @@ async fn an_outage_longer_than_the_retry_budget_is_counted_as_dropped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(endpoint.lock().unwrap().accepted.len(), 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_down_then_back_gets_the_trigger_and_the_resolve_once_each() {
+    // The endpoint's port, with nothing listening yet: every attempt is
+    // refused, as when PagerDuty cannot be reached.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/v2/enqueue");
+    // No `max_attempts`: the default retries until delivered.
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { enabled: false }",
+        "interval: 100ms",
+        256,
+        &format!(
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    circuit_breaker_cooldown: 100ms\n"
+        ),
+    );
+    let failed = |d: &Doraflow| {
+        d.metrics().counter(
+            "doraflow_exporter_failed_total",
+            &[("exporter", "pagerduty"), ("reason", "retryable")],
+        )
+    };
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    // Both transitions happen while the endpoint is down, well past what
+    // the old budget of 6 attempts allowed.
+    common::eventually("the trigger retried", || failed(&doraflow) >= 6.0).await;
+    common::send_checkout_spans(&doraflow, 100, 0).await;
+    common::eventually("more retries", || failed(&doraflow) >= 20.0).await;
+    let (_, endpoint) = pagerduty_on(port, &[]).await;
+    common::eventually("both delivered", || {
+        endpoint.lock().unwrap().accepted.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 2, "each sent once the endpoint was back");
+    assert_eq!(endpoint.accepted[0]["event_action"], "trigger");
+    assert_eq!(endpoint.accepted[1]["event_action"], "resolve");
+    assert_eq!(
+        endpoint.accepted[1]["dedup_key"],
+        endpoint.accepted[0]["dedup_key"]
+    );
+    let m = doraflow.metrics();
+    assert_eq!(
+        m.get("doraflow_exporter_sent_total", &[("exporter", "pagerduty")]),
+        Some(2.0)
+    );
+    assert!(m.samples("doraflow_exporter_dropped_total").is_empty());
 }
 
 #[test]

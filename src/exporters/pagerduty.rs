@@ -4,7 +4,9 @@
 //! same `dedup_key` per (alertname, service, environment), so PagerDuty keeps
 //! one incident per episode. Delivery runs in its own task behind a bounded
 //! queue: retries with exponential backoff and jitter on 429, 5xx and network
-//! errors (honouring `Retry-After`), no retry on other 4xx (logged and
+//! errors (honouring `Retry-After`), by default until the endpoint takes the
+//! event (one at a time, so a resolve never overtakes its trigger), no retry
+//! on other 4xx (logged and
 //! counted), and a circuit breaker that stops sending after repeated failures
 //! and lets one probe through after a cool-down. The routing key is never
 //! logged.
@@ -34,8 +36,10 @@ pub struct PagerDutyConfig {
     /// Transitions waiting to be sent; beyond it they are dropped and counted. Default 1024.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
-    /// Attempts per event before it is dropped and counted. Default 6.
-    #[serde(default = "default_max_attempts")]
+    /// Attempts per event before it is dropped and counted; 0 (the
+    /// default) retries until the endpoint takes it, so an outage of any
+    /// length delays a page but never loses it.
+    #[serde(default)]
     pub max_attempts: u32,
     /// First retry delay, doubled each time up to `max_backoff`. Default `1s`.
     #[serde(default = "default_initial_backoff")]
@@ -85,9 +89,6 @@ fn default_url() -> String {
 const fn default_queue_size() -> usize {
     1024
 }
-const fn default_max_attempts() -> u32 {
-    6
-}
 fn default_initial_backoff() -> ConfigDuration {
     ConfigDuration::from_secs(1)
 }
@@ -113,10 +114,8 @@ impl PagerDutyConfig {
         if self.routing_key.expose().trim().is_empty() {
             errors.push(format!("{path}.routing_key: must not be empty"));
         }
-        if self.queue_size == 0 || self.max_attempts == 0 {
-            errors.push(format!(
-                "{path}: queue_size and max_attempts must be at least 1"
-            ));
+        if self.queue_size == 0 {
+            errors.push(format!("{path}.queue_size: must be at least 1"));
         }
     }
 }
@@ -334,7 +333,9 @@ async fn send(
     stop: &CancellationToken,
 ) -> Option<bool> {
     let mut backoff = config.initial_backoff.get();
-    for attempt_number in 1..=config.max_attempts {
+    let mut attempt_number = 0u32;
+    loop {
+        attempt_number = attempt_number.saturating_add(1);
         if *failures >= config.circuit_breaker_threshold {
             // Open circuit: wait out the cool-down, then this attempt is the probe.
             tracing::warn!(
@@ -367,7 +368,14 @@ async fn send(
                 *failures += 1;
                 counter!(instruments::EXPORTER_FAILED, "exporter" => "pagerduty", "reason" => "retryable").increment(1);
                 if attempt_number == config.max_attempts {
-                    break;
+                    tracing::error!(
+                        what,
+                        "pagerduty exporter: event dropped after {} attempts",
+                        config.max_attempts
+                    );
+                    counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "retries_exhausted")
+                        .increment(1);
+                    return Some(false);
                 }
                 let delay = retry_after.unwrap_or(backoff).max(jittered(backoff));
                 backoff = (backoff * 2).min(config.max_backoff.get());
@@ -378,14 +386,6 @@ async fn send(
             }
         }
     }
-    tracing::error!(
-        what,
-        "pagerduty exporter: event dropped after {} attempts",
-        config.max_attempts
-    );
-    counter!(instruments::EXPORTER_DROPPED, "exporter" => "pagerduty", "reason" => "retries_exhausted")
-        .increment(1);
-    Some(false)
 }
 
 #[cfg(test)]
