@@ -74,9 +74,17 @@ impl MemoryLimiterConfig {
 pub struct MemoryGate {
     refusing: Arc<AtomicBool>,
     refused: Arc<AtomicU64>,
+    /// The room between the soft and the hard limit, bytes.
+    spike_bytes: u64,
 }
 
 impl MemoryGate {
+    /// The room between the soft and the hard limit: what requests in
+    /// flight may take before the limiter's next reading.
+    pub fn spike_bytes(&self) -> u64 {
+        self.spike_bytes
+    }
+
     /// True while memory is at or above the soft limit: refuse new data.
     pub fn refusing(&self) -> bool {
         let refusing = self.refusing.load(Ordering::Relaxed);
@@ -85,6 +93,25 @@ impl MemoryGate {
             counter!(instruments::MEMORY_LIMITER_REFUSED).increment(1);
         }
         refusing
+    }
+}
+
+/// Gives the memory the allocator holds but no longer uses back to the
+/// system; true if it could. glibc keeps freed memory in its arenas, so after
+/// a burst the resident size can stay above the soft limit with little of it
+/// in use, and the limiter would refuse for good. This is the analogue of the
+/// Collector's forced garbage collection above its soft limit.
+fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointer and only walks glibc's own
+        // arenas, under their locks; it is safe to call from any thread.
+        unsafe { libc::malloc_trim(0) };
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
     }
 }
 
@@ -101,9 +128,12 @@ pub fn start(
     config: MemoryLimiterConfig,
     stop: CancellationToken,
 ) -> (MemoryGate, tokio::task::JoinHandle<()>) {
-    let gate = MemoryGate::default();
-    let refusing = gate.refusing.clone();
     let (soft, hard) = (config.soft_bytes(), config.hard_bytes());
+    let gate = MemoryGate {
+        spike_bytes: hard - soft,
+        ..MemoryGate::default()
+    };
+    let refusing = gate.refusing.clone();
     gauge!(instruments::MEMORY_LIMIT).set(hard as f64);
     let task = tokio::spawn(async move {
         let mut tick =
@@ -114,9 +144,12 @@ pub fn start(
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let Some(rss) = resident_bytes() else {
+            let Some(mut rss) = resident_bytes() else {
                 continue;
             };
+            if rss >= soft && release_free_memory() {
+                rss = resident_bytes().unwrap_or(rss);
+            }
             gauge!(instruments::MEMORY_RESIDENT).set(rss as f64);
             let above = rss >= soft;
             let was = refusing.swap(above, Ordering::Relaxed);

@@ -110,6 +110,17 @@ impl PipelineSink {
         self.submit_forwarding(item, None).await
     }
 
+    /// True while the pipeline's memory limiter refuses new data: receivers
+    /// then refuse a request before reading its body.
+    pub fn memory_refusing(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.refusing())
+    }
+
+    /// The memory limiter's spike room, bytes, if the pipeline has one.
+    pub fn memory_spike_bytes(&self) -> Option<u64> {
+        self.memory.as_ref().map(|m| m.spike_bytes())
+    }
+
     /// Whether the pipeline forwards what it receives (a Kafka exporter):
     /// receivers then keep the bytes as received for [`Self::submit_forwarding`].
     pub fn forwards(&self) -> bool {

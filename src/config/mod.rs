@@ -113,6 +113,12 @@ pub struct WebhookReceiverConfig {
     /// Largest request body accepted, in MiB. Default 4, at most 256.
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_request_body_size_mib: usize,
+    /// Requests read and decoded at once on this listener; more are refused
+    /// before their body is read (429). Default: with a memory limiter, as
+    /// many largest bodies as its spike room holds (at least 2); without
+    /// one, no limit.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
 }
 
 fn default_webhook_endpoint() -> String {
@@ -129,6 +135,13 @@ pub struct GrpcServerConfig {
     /// Largest request accepted, in MiB after decompression. Default 4, at most 256.
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_recv_msg_size_mib: usize,
+    /// Requests read and decoded at once on this listener; more are refused
+    /// before their body is read (RESOURCE_EXHAUSTED). Default: with a
+    /// memory limiter, as many largest requests as its spike room holds (at
+    /// least 2), so that requests in flight cannot take the process over
+    /// the hard limit between two readings; without one, no limit.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
 }
 
 fn default_grpc_endpoint() -> String {
@@ -149,6 +162,12 @@ pub struct HttpServerConfig {
     /// Largest request body accepted, in MiB after decompression. Default 4, at most 256.
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_request_body_size_mib: usize,
+    /// Requests read and decoded at once on this listener; more are refused
+    /// before their body is read (429). Default: with a memory limiter, as
+    /// many largest bodies as its spike room holds (at least 2); without
+    /// one, no limit.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
 }
 
 fn default_http_endpoint() -> String {

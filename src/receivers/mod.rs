@@ -184,3 +184,54 @@ fn metrics_response(rejected: u64, message: &str) -> ExportMetricsServiceRespons
         }),
     }
 }
+
+/// Admission of a request before its body is read: refused at once while
+/// the memory limiter refuses, or while `max_concurrent_requests` requests
+/// are read and decoded on the listener. The limiter reads memory only every
+/// `check_interval` and refuses only what reaches the pipeline, so without
+/// this a burst of large requests could all be read in between and take the
+/// process past the hard limit.
+#[derive(Clone)]
+pub struct Admission {
+    sink: PipelineSink,
+    slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+}
+
+/// What an admitted request holds until it is answered.
+pub struct Admitted(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Admission {
+    /// `configured` requests at once, or by default as many requests of
+    /// `max_body` bytes as the memory limiter's spike room holds (at least
+    /// 2); no limit without either.
+    pub fn new(sink: PipelineSink, configured: Option<usize>, max_body: usize) -> Admission {
+        let limit = configured.or_else(|| {
+            sink.memory_spike_bytes()
+                .map(|spike| ((spike / max_body.max(1) as u64) as usize).max(2))
+        });
+        Admission {
+            sink,
+            slots: limit.map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+        }
+    }
+
+    /// The requests let in at once, if limited.
+    pub fn limit(&self) -> Option<usize> {
+        self.slots.as_ref().map(|s| s.available_permits())
+    }
+
+    /// `None`: refuse with back-pressure; the body is not read.
+    pub fn admit(&self) -> Option<Admitted> {
+        if self.sink.memory_refusing() {
+            return None;
+        }
+        match &self.slots {
+            None => Some(Admitted(None)),
+            Some(slots) => slots
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|p| Admitted(Some(p))),
+        }
+    }
+}

@@ -22,8 +22,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
+use metrics::counter;
+
+use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
 use crate::config::GrpcServerConfig;
+use crate::instruments;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
 use crate::pipeline::{Forward, PipelineSink};
@@ -111,6 +114,7 @@ impl OtlpService for MetricsService {
 /// The tower service of one OTLP gRPC service.
 pub struct OtlpGrpc<S> {
     sink: PipelineSink,
+    admission: Admission,
     max_decoding_message_size: usize,
     compression: EnabledCompressionEncodings,
     _service: PhantomData<S>,
@@ -120,6 +124,7 @@ impl<S> Clone for OtlpGrpc<S> {
     fn clone(&self) -> Self {
         OtlpGrpc {
             sink: self.sink.clone(),
+            admission: self.admission.clone(),
             max_decoding_message_size: self.max_decoding_message_size,
             compression: self.compression,
             _service: PhantomData,
@@ -129,13 +134,15 @@ impl<S> Clone for OtlpGrpc<S> {
 
 impl<S: OtlpService> OtlpGrpc<S> {
     /// Serves `S` into `sink`, refusing requests larger than
-    /// `max_decoding_message_size` bytes (after decompression).
-    pub fn new(sink: PipelineSink, max_decoding_message_size: usize) -> Self {
+    /// `max_decoding_message_size` bytes (after decompression), and any
+    /// request that `admission` does not let in before reading its body.
+    pub fn new(sink: PipelineSink, admission: Admission, max_decoding_message_size: usize) -> Self {
         let mut compression = EnabledCompressionEncodings::default();
         compression.enable(CompressionEncoding::Gzip);
         compression.enable(CompressionEncoding::Zstd);
         OtlpGrpc {
             sink,
+            admission,
             max_decoding_message_size,
             compression,
             _service: PhantomData,
@@ -145,6 +152,16 @@ impl<S: OtlpService> OtlpGrpc<S> {
 
 impl<S: OtlpService> NamedService for OtlpGrpc<S> {
     const NAME: &'static str = S::NAME;
+}
+
+/// RESOURCE_EXHAUSTED with `RetryInfo`: the pipeline is full or memory is
+/// short; retry later.
+fn backpressure() -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "the pipeline is full; retry later",
+        ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
+    )
 }
 
 struct ExportMethod<S> {
@@ -170,11 +187,7 @@ impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
                     Bytes::from(response_protobuf(S::SIGNAL, rejected, &message)),
                 )),
                 ExportOutcome::Malformed(message) => Err(Status::invalid_argument(message)),
-                ExportOutcome::Backpressure => Err(Status::with_error_details(
-                    Code::ResourceExhausted,
-                    "the pipeline is full; retry later",
-                    ErrorDetails::with_retry_info(Some(Duration::from_secs(RETRY_AFTER_SECS))),
-                )),
+                ExportOutcome::Backpressure => Err(backpressure()),
                 ExportOutcome::Unavailable => Err(Status::unavailable("doraflow is shutting down")),
             }
         })
@@ -199,6 +212,10 @@ where
         if request.uri().path() != S::EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
+        let Some(admitted) = self.admission.admit() else {
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "backpressure").increment(1);
+            return Box::pin(async { Ok(backpressure().into_http()) });
+        };
         let method = ExportMethod::<S> {
             sink: self.sink.clone(),
             _service: PhantomData,
@@ -209,7 +226,9 @@ where
             let mut grpc = Grpc::new(RawCodec)
                 .apply_compression_config(compression, compression)
                 .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(method, request).await)
+            let response = grpc.unary(method, request).await;
+            drop(admitted);
+            Ok(response)
         })
     }
 }
@@ -223,6 +242,10 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let max = config.max_recv_msg_size_mib * 1024 * 1024;
+    let admission = Admission::new(sink.clone(), config.max_concurrent_requests, max);
+    if let Some(limit) = admission.limit() {
+        tracing::info!(limit, "OTLP gRPC: concurrent requests limited");
+    }
     tonic::transport::Server::builder()
         // OTLP requests are often hundreds of KB: with HTTP/2's default 64 KB
         // windows a request stalls for a window update every 64 KB. A window
@@ -230,9 +253,17 @@ pub async fn serve(
         // by the message size limit per stream.
         .initial_stream_window_size(Some(max.min(16 << 20) as u32))
         .initial_connection_window_size(Some((max * 2).min(32 << 20) as u32))
-        .add_service(OtlpGrpc::<TraceService>::new(sink.clone(), max))
-        .add_service(OtlpGrpc::<LogsService>::new(sink.clone(), max))
-        .add_service(OtlpGrpc::<MetricsService>::new(sink, max))
+        .add_service(OtlpGrpc::<TraceService>::new(
+            sink.clone(),
+            admission.clone(),
+            max,
+        ))
+        .add_service(OtlpGrpc::<LogsService>::new(
+            sink.clone(),
+            admission.clone(),
+            max,
+        ))
+        .add_service(OtlpGrpc::<MetricsService>::new(sink, admission, max))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
             TcpIncoming::from(listener).with_nodelay(Some(true)),

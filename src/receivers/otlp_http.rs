@@ -20,8 +20,11 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{ExportOutcome, RETRY_AFTER_SECS, export, response_json, response_protobuf};
+use metrics::counter;
+
+use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, export, response_json, response_protobuf};
 use crate::config::HttpServerConfig;
+use crate::instruments;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
 use crate::pipeline::{Forward, PipelineSink};
@@ -32,12 +35,19 @@ const JSON: &str = "application/json";
 #[derive(Clone)]
 struct Receiver {
     sink: PipelineSink,
+    admission: Admission,
     max_body: usize,
 }
 
-/// The routes, for serving or for tests.
-pub fn router(sink: PipelineSink, max_body: usize) -> Router {
-    let state = Receiver { sink, max_body };
+/// The routes, for serving or for tests; at most `max_concurrent` requests
+/// read at once (see [`Admission`]).
+pub fn router(sink: PipelineSink, max_body: usize, max_concurrent: Option<usize>) -> Router {
+    let admission = Admission::new(sink.clone(), max_concurrent, max_body);
+    let state = Receiver {
+        sink,
+        admission,
+        max_body,
+    };
     Router::new()
         .route(
             "/v1/traces",
@@ -58,7 +68,11 @@ pub async fn serve(
     sink: PipelineSink,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(sink, config.max_request_body_size_mib * 1024 * 1024);
+    let app = router(
+        sink,
+        config.max_request_body_size_mib * 1024 * 1024,
+        config.max_concurrent_requests,
+    );
     super::serve_http(listener, app, stop).await
 }
 
@@ -87,6 +101,15 @@ async fn handle(
                 format!("unsupported content type `{content_type}`: send {PROTOBUF} or {JSON}"),
             );
         }
+    };
+    // Refused before the body is read: memory short, or enough in flight.
+    let Some(_admitted) = receiver.admission.admit() else {
+        counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "backpressure").increment(1);
+        return retry_later(
+            encoding,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests in flight or memory short; retry later",
+        );
     };
     let raw = match axum::body::to_bytes(body, receiver.max_body).await {
         Ok(raw) => raw,

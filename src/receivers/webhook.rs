@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::RETRY_AFTER_SECS;
+use super::{Admission, RETRY_AFTER_SECS};
 use crate::cdevents::{self, BinaryContext};
 use crate::config::WebhookReceiverConfig;
 use crate::instruments;
@@ -30,14 +30,21 @@ use crate::pipeline::{Forward, ForwardEvent, PipelineSink, SubmitError};
 #[derive(Clone)]
 struct Webhook {
     sink: PipelineSink,
+    admission: Admission,
     max_body: usize,
 }
 
-/// The routes, for serving or for tests.
-pub fn router(sink: PipelineSink, max_body: usize) -> Router {
+/// The routes, for serving or for tests; at most `max_concurrent` requests
+/// read at once (see [`Admission`]).
+pub fn router(sink: PipelineSink, max_body: usize, max_concurrent: Option<usize>) -> Router {
+    let admission = Admission::new(sink.clone(), max_concurrent, max_body);
     Router::new()
         .route("/cdevents", post(receive))
-        .with_state(Webhook { sink, max_body })
+        .with_state(Webhook {
+            sink,
+            admission,
+            max_body,
+        })
 }
 
 /// Serves `POST /cdevents` on `listener` until `stop` is cancelled.
@@ -47,7 +54,11 @@ pub async fn serve(
     sink: PipelineSink,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(sink, config.max_request_body_size_mib * 1024 * 1024);
+    let app = router(
+        sink,
+        config.max_request_body_size_mib * 1024 * 1024,
+        config.max_concurrent_requests,
+    );
     super::serve_http(listener, app, stop).await
 }
 
@@ -82,6 +93,19 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
                 ) }),
             );
         }
+    };
+    // Refused before the body is read: memory short, or enough in flight.
+    let Some(_admitted) = webhook.admission.admit() else {
+        counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "backpressure")
+            .increment(1);
+        let mut response = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "error": "too many requests in flight or memory short; retry later" }),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return response;
     };
     let Ok(bytes) = axum::body::to_bytes(body, webhook.max_body).await else {
         return answer(
