@@ -94,6 +94,12 @@ struct Args {
     /// The history's end, Unix seconds (default: now).
     #[arg(long)]
     now: Option<i64>,
+    /// With `--cdevents`: timestamp every event this many seconds before
+    /// the moment it is sent, instead of spreading them over the hour
+    /// before the start (a soak with a short `retention` then sees events
+    /// leave the history at the rate they come).
+    #[arg(long)]
+    cdevents_age: Option<i64>,
 }
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -244,16 +250,18 @@ async fn finish(
     Ok((elapsed, figures))
 }
 
-/// A batch of `events` CDEvents (a multiple of 3) starting at deployment `n`.
-fn cdevents_batch(n: u64, events: usize, now: i64) -> String {
+/// A batch of `events` CDEvents (a multiple of 3) starting at deployment
+/// `n`, timestamped in the hour before `now`, or all at `at`.
+fn cdevents_batch(n: u64, events: usize, now: i64, at: Option<i64>) -> String {
     let mut out = String::with_capacity(events * 420);
     out.push('[');
     for i in 0..(events as u64).div_ceil(3) {
         let d = n + i;
         let service = d % 500;
-        let time = chrono::DateTime::from_timestamp(now - 3_600 + (d % 3_000) as i64, 0)
-            .unwrap_or_default()
-            .to_rfc3339();
+        let time =
+            chrono::DateTime::from_timestamp(at.unwrap_or(now - 3_600 + (d % 3_000) as i64), 0)
+                .unwrap_or_default()
+                .to_rfc3339();
         if i > 0 {
             out.push(',');
         }
@@ -303,6 +311,7 @@ async fn cdevents(args: Args) -> anyhow::Result<()> {
             totals.clone(),
             latencies.clone(),
         );
+        let age = args.cdevents_age;
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut next = Instant::now();
@@ -313,7 +322,13 @@ async fn cdevents(args: Args) -> anyhow::Result<()> {
                     tokio::time::sleep_until(next.into()).await;
                     next += period;
                 }
-                let body = cdevents_batch(n, events, now);
+                let at = age.map(|age| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(now, |d| d.as_secs() as i64)
+                        - age
+                });
+                let body = cdevents_batch(n, events, now, at);
                 n += (events / 3) as u64;
                 let sent = Instant::now();
                 let result = client
