@@ -1261,3 +1261,53 @@ async fn wait_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
         let _ = task.await;
     }
 }
+
+#[cfg(test)]
+mod supervision_tests {
+    use super::*;
+
+    type Component = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+    #[tokio::test]
+    async fn a_component_that_fails_panics_or_ends_before_a_stop_stops_doraflow() {
+        let failing: [(&str, Component); 3] = [
+            (
+                "error",
+                Box::pin(async { anyhow::bail!("listener closed") }),
+            ),
+            ("panic", Box::pin(async { panic!("a bug") })),
+            ("ended", Box::pin(async { Ok(()) })),
+        ];
+        for (what, run) in failing {
+            let (stopping, failed) = (CancellationToken::new(), CancellationToken::new());
+            let result = supervise("test", stopping, failed.clone(), run)
+                .await
+                .expect("the supervisor itself never panics");
+            assert!(failed.is_cancelled(), "{what}: doraflow must stop");
+            match what {
+                "error" => assert_eq!(result.unwrap_err().to_string(), "listener closed"),
+                "panic" => assert!(
+                    result.unwrap_err().to_string().starts_with("test panicked"),
+                    "{what}"
+                ),
+                _ => assert!(result.is_ok()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_component_that_ends_after_the_stop_was_asked_is_no_failure() {
+        let (stopping, failed) = (CancellationToken::new(), CancellationToken::new());
+        let run = {
+            let stopping = stopping.clone();
+            async move {
+                stopping.cancelled().await;
+                Ok(())
+            }
+        };
+        let handle = supervise("test", stopping.clone(), failed.clone(), run);
+        stopping.cancel();
+        assert!(handle.await.expect("supervisor").is_ok());
+        assert!(!failed.is_cancelled());
+    }
+}

@@ -1145,3 +1145,71 @@ async fn the_broker_killed_and_restarted_mid_stream_loses_nothing_and_counts_not
     );
     doraflow.terminate();
 }
+
+/// SIGTERM drains within `pipelines.<name>.shutdown_timeout`; a drain that
+/// cannot finish (here the broker is gone, so the consumer's final commit
+/// and leaving the group hang) is cut off at the timeout and the exit
+/// status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stuck_past_shutdown_timeout_exits_non_zero() {
+    let test = "kafka: shutdown timeout";
+    if broker(test).is_none() {
+        return;
+    }
+    let Some(mut own) = OwnBroker::start(test).await else {
+        return;
+    };
+    let broker = own.address.clone();
+    let events = unique("stuck-events");
+    create_topic(&broker, &events, 1).await;
+    produce(
+        &broker,
+        &events,
+        &(0..8).map(deployment_of).collect::<Vec<_>>(),
+    );
+    let receiver = kafka_receiver(
+        &broker,
+        &unique("stuck-group"),
+        &format!("[{{ topic: \"{events}\", format: cdevents }}]"),
+        "",
+    );
+    let prometheus = free_port();
+    let config = cluster_config(&receiver, prometheus).replace(
+        "exporters: [prometheus] }",
+        "exporters: [prometheus], shutdown_timeout: 2s }",
+    );
+    let mut doraflow = Doraflow::start_yaml(&config, prometheus, 0, 0);
+    until("applied", &[&doraflow], |m| {
+        (0..4)
+            .map(|i| deployments(&m[0], &format!("svc{i}")))
+            .sum::<f64>()
+            == 8.0
+    })
+    .await;
+    // With the broker gone the consumer's final commit and leaving the
+    // group cannot finish.
+    own.kill();
+    let asked = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &doraflow.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let status = loop {
+        if let Some(status) = doraflow.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "doraflow did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = asked.elapsed();
+    eprintln!("exited with {status} after {took:?}");
+    // Not a clean stop: a supervisor must know (and restart it).
+    assert_eq!(status.code(), Some(1), "{status}");
+    // Bounded by the 2 s timeout (plus the runtime's 1 s for stuck
+    // threads), not by the broker's own timeouts.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+}
