@@ -345,8 +345,15 @@ impl Engine {
         let mut evaluate =
             tokio::time::interval(alert_interval.unwrap_or(std::time::Duration::from_secs(3_600)));
         evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Delivery history past the retention is forgotten once an hour.
-        let mut prune = tokio::time::interval(std::time::Duration::from_secs(3_600));
+        // Delivery history past the retention is forgotten regularly (once
+        // an hour on the default retention).
+        let mut prune = tokio::time::interval(
+            self.dora
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(3_600), |d| {
+                    d.prune_interval()
+                }),
+        );
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

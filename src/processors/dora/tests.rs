@@ -719,3 +719,23 @@ fn a_bad_state_is_refused_and_changes_nothing() {
     state.series[0].deployments[0].outcome = 9;
     assert!(target.restore(&state).unwrap_err().contains("outcome 9"));
 }
+
+#[test]
+fn history_is_pruned_every_sixtieth_of_the_retention_between_10_s_and_an_hour() {
+    use crate::config::ConfigDuration;
+    use std::time::Duration;
+    let every = |retention: u64| {
+        DoraProcessor::new(&DoraConfig {
+            retention: ConfigDuration::from_secs(retention),
+            ..DoraConfig::default()
+        })
+        .prune_interval()
+    };
+    // The default 90 days: hourly.
+    assert_eq!(
+        DoraProcessor::new(&DoraConfig::default()).prune_interval(),
+        Duration::from_secs(3_600)
+    );
+    assert_eq!(every(61 * 60), Duration::from_secs(61));
+    assert_eq!(every(300), Duration::from_secs(10));
+}
