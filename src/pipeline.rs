@@ -1018,7 +1018,13 @@ pub async fn run_with_clock(
             "OTLP gRPC receiver",
             stopping.clone(),
             failed.clone(),
-            otlp_grpc::serve(listener, c, sink.clone(), receivers_stop.clone()),
+            otlp_grpc::serve(
+                listener,
+                c,
+                otlp.and_then(|o| o.auth.clone()),
+                sink.clone(),
+                receivers_stop.clone(),
+            ),
         ));
     }
     if let Some((listener, c)) = http {
@@ -1027,7 +1033,13 @@ pub async fn run_with_clock(
             "OTLP HTTP receiver",
             stopping.clone(),
             failed.clone(),
-            otlp_http::serve(listener, c, sink.clone(), receivers_stop.clone()),
+            otlp_http::serve(
+                listener,
+                c,
+                otlp.and_then(|o| o.auth.clone()),
+                sink.clone(),
+                receivers_stop.clone(),
+            ),
         ));
     }
     if let Some((listener, c)) = webhook {

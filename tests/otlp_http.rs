@@ -233,12 +233,14 @@ async fn a_full_pipeline_answers_429_and_resource_exhausted() {
     tokio::spawn(otlp_http::serve(
         http_listener,
         http_config,
+        None,
         sink.clone(),
         stop.clone(),
     ));
     tokio::spawn(otlp_grpc::serve(
         grpc_listener,
         grpc_config,
+        None,
         sink,
         stop.clone(),
     ));

@@ -27,7 +27,28 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 21] = [
+    let sections: [(&str, String, &[&str]); 24] = [
+        (
+            "receivers.otlp.auth",
+            format!(
+                "receivers:\n  otlp:\n    auth: {{ bearer_token: t, __probe__: 1 }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.auth",
+            format!(
+                "receivers:\n  webhook: {{ auth: {{ bearer_token: t, __probe__: 1 }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.signature",
+            format!(
+                "receivers:\n  webhook: {{ signature: {{ secret: s, __probe__: 1 }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
         (
             "exporters.alertmanager",
             format!("exporters:\n  alertmanager: {{ url: x, __probe__: 1 }}\n{PIPELINE}"),
@@ -92,7 +113,7 @@ fn every_config_key_is_in_the_readme() {
         (
             "receivers.webhook",
             format!("receivers:\n  webhook: {{ __probe__: 1 }}\n{PIPELINE}"),
-            &[],
+            &["auth", "signature"],
         ),
         (
             "processors.dora",
@@ -107,7 +128,7 @@ fn every_config_key_is_in_the_readme() {
         (
             "receivers.otlp",
             format!("receivers:\n  otlp:\n    __probe__: 1\n{PIPELINE}"),
-            &["grpc", "http"],
+            &["grpc", "http", "auth"],
         ),
         (
             "receivers.otlp.grpc",

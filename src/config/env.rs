@@ -1,4 +1,7 @@
-//! `${env:NAME}` and `${env:NAME:-default}` substitution in config text.
+//! `${env:NAME}`, `${env:NAME:-default}` and `${file:PATH}` substitution in
+//! config text. `${file:PATH}` is the file's content without its trailing
+//! line break: the way to pass secrets mounted as files (Kubernetes,
+//! Docker secrets).
 //!
 //! Substitution happens on the raw text before YAML parsing, as in the
 //! OpenTelemetry Collector, so it works in any position. `$$` writes a literal `$`.
@@ -23,12 +26,22 @@ pub enum EnvError {
         line: usize,
     },
     #[error(
-        "line {line}: `${{{inner}}}` is not a supported reference: expected `${{env:NAME}}` or `${{env:NAME:-default}}`"
+        "line {line}: `${{{inner}}}` is not a supported reference: expected `${{env:NAME}}`, `${{env:NAME:-default}}` or `${{file:PATH}}`"
     )]
     /// A reference other than `env:NAME`.
     Unsupported {
         /// What stood between the braces.
         inner: String,
+        /// Line of the reference, from 1.
+        line: usize,
+    },
+    #[error("line {line}: cannot read `{path}` for `${{file:{path}}}`: {error}")]
+    /// A `${file:PATH}` that cannot be read.
+    File {
+        /// The path.
+        path: String,
+        /// Why (the I/O error; never the content).
+        error: String,
         /// Line of the reference, from 1.
         line: usize,
     },
@@ -54,6 +67,21 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         let line = text[..text.len() - rest.len() + pos].matches('\n').count() + 1;
         let end = body.find('}').ok_or(EnvError::Unclosed { line })?;
         let inner = &body[..end];
+        if let Some(path) = inner.strip_prefix("file:") {
+            let content = std::fs::read_to_string(path).map_err(|e| EnvError::File {
+                path: path.to_string(),
+                error: e.to_string(),
+                line,
+            })?;
+            out.push_str(
+                content
+                    .strip_suffix('\n')
+                    .unwrap_or(&content)
+                    .trim_end_matches('\r'),
+            );
+            rest = &body[end + 1..];
+            continue;
+        }
         let Some(reference) = inner.strip_prefix("env:") else {
             return Err(EnvError::Unsupported {
                 inner: inner.to_string(),
@@ -98,6 +126,21 @@ mod tests {
     }
 
     #[test]
+    fn a_file_reference_is_the_file_without_its_line_break() {
+        let path = std::env::temp_dir().join(format!("doraflow-secret-{}", std::process::id()));
+        std::fs::write(&path, "t0ken\n").unwrap();
+        let text = format!("a: \"${{file:{}}}\"", path.display());
+        assert_eq!(substitute(&text, lookup).unwrap(), "a: \"t0ken\"");
+        std::fs::remove_file(&path).unwrap();
+        let err = substitute("a: ${file:/nonexistent/doraflow}", lookup).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("line 1: cannot read `/nonexistent/doraflow`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn substitutes_set_variables_and_defaults() {
         let text = "a: ${env:KEY}\nb: ${env:MISSING:-127.0.0.1:4317}\nc: x${env:KEY}y";
         assert_eq!(
@@ -137,7 +180,7 @@ mod tests {
             Err(EnvError::Unclosed { line: 1 })
         ));
         assert!(matches!(
-            substitute("a: ${file:/x}", lookup),
+            substitute("a: ${vault:/x}", lookup),
             Err(EnvError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -7,6 +7,7 @@
 
 mod duration;
 mod env;
+mod secret;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use duration::{ConfigDuration, DurationError};
 pub use env::{EnvError, substitute};
+pub use secret::Secret;
 
 /// The embedded default pipeline, run by `doraflow` with no arguments.
 pub const DEFAULT_PIPELINE_YAML: &str = include_str!("../../pipelines/default.yaml");
@@ -97,6 +99,47 @@ pub struct OtlpReceiverConfig {
     /// nor `deployment.environment`. Default `unknown`.
     #[serde(default = "default_environment")]
     pub default_environment: String,
+    /// Require a bearer token on both listeners. Default: none required.
+    #[serde(default)]
+    pub auth: Option<ReceiverAuth>,
+}
+
+/// `auth` of a receiver: the bearer token a client must send
+/// (`authorization: Bearer <token>`, as an HTTP header or gRPC metadata).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverAuth {
+    /// The token, from `${env:NAME}` or `${file:PATH}`.
+    pub bearer_token: Secret,
+}
+
+/// `receivers.webhook.signature`: an HMAC-SHA256 of each request, keyed by
+/// a shared secret, as GitHub signs its webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSignature {
+    /// The shared key, from `${env:NAME}` or `${file:PATH}`.
+    pub secret: Secret,
+    /// The header with `sha256=<hex>`. Default `X-Hub-Signature-256`.
+    #[serde(default = "default_signature_header")]
+    pub header: String,
+    /// If set, the header with the Unix time (seconds) the sender signed at;
+    /// it is then required, the signature covers `<timestamp>.<body>`, and a
+    /// request older (or newer) than `max_age` is refused as a replay.
+    /// Default: none (the body alone is signed, GitHub's form).
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// How far the timestamp may be from now. Default `5m`.
+    #[serde(default = "default_signature_max_age")]
+    pub max_age: ConfigDuration,
+}
+
+fn default_signature_header() -> String {
+    "X-Hub-Signature-256".to_string()
+}
+
+fn default_signature_max_age() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
 }
 
 fn default_environment() -> String {
@@ -110,6 +153,12 @@ pub struct WebhookReceiverConfig {
     /// `host:port` to listen on. Default `127.0.0.1:8088`.
     #[serde(default = "default_webhook_endpoint")]
     pub endpoint: String,
+    /// Require a bearer token. Default: none required.
+    #[serde(default)]
+    pub auth: Option<ReceiverAuth>,
+    /// Require a valid HMAC-SHA256 signature of each request. Default: none.
+    #[serde(default)]
+    pub signature: Option<WebhookSignature>,
     /// Largest request body accepted, in MiB. Default 4, at most 256.
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_request_body_size_mib: usize,

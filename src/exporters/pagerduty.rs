@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConfigDuration;
+use crate::config::{ConfigDuration, Secret};
 use crate::exporters::AlertSink;
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
@@ -63,24 +63,6 @@ pub struct PagerDutyConfig {
     /// The Change Events endpoint; default `url` with `/v2/change/enqueue`.
     #[serde(default)]
     pub change_url: Option<String>,
-}
-
-/// A secret from the config: usable, never shown by `Debug`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 fn default_url() -> String {

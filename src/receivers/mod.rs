@@ -235,3 +235,25 @@ impl Admission {
         }
     }
 }
+
+/// Whether `headers` carry the bearer token `auth` asks for
+/// (`authorization: Bearer <token>`), compared in constant time; true when
+/// no token is configured.
+pub fn authorized(
+    auth: Option<&crate::config::ReceiverAuth>,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    let Some(auth) = auth else {
+        return true;
+    };
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+            auth.bearer_token.matches(token.trim_ascii())
+        }
+        _ => false,
+    }
+}

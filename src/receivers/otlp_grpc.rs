@@ -24,8 +24,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use metrics::counter;
 
-use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
-use crate::config::GrpcServerConfig;
+use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, response_protobuf};
+use crate::config::{GrpcServerConfig, ReceiverAuth};
 use crate::instruments;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
@@ -115,6 +115,7 @@ impl OtlpService for MetricsService {
 pub struct OtlpGrpc<S> {
     sink: PipelineSink,
     admission: Admission,
+    auth: Option<ReceiverAuth>,
     max_decoding_message_size: usize,
     compression: EnabledCompressionEncodings,
     _service: PhantomData<S>,
@@ -125,6 +126,7 @@ impl<S> Clone for OtlpGrpc<S> {
         OtlpGrpc {
             sink: self.sink.clone(),
             admission: self.admission.clone(),
+            auth: self.auth.clone(),
             max_decoding_message_size: self.max_decoding_message_size,
             compression: self.compression,
             _service: PhantomData,
@@ -135,14 +137,21 @@ impl<S> Clone for OtlpGrpc<S> {
 impl<S: OtlpService> OtlpGrpc<S> {
     /// Serves `S` into `sink`, refusing requests larger than
     /// `max_decoding_message_size` bytes (after decompression), and any
-    /// request that `admission` does not let in before reading its body.
-    pub fn new(sink: PipelineSink, admission: Admission, max_decoding_message_size: usize) -> Self {
+    /// request that `admission` does not let in before reading its body;
+    /// with `auth`, a request without the bearer token is refused first.
+    pub fn new(
+        sink: PipelineSink,
+        admission: Admission,
+        auth: Option<ReceiverAuth>,
+        max_decoding_message_size: usize,
+    ) -> Self {
         let mut compression = EnabledCompressionEncodings::default();
         compression.enable(CompressionEncoding::Gzip);
         compression.enable(CompressionEncoding::Zstd);
         OtlpGrpc {
             sink,
             admission,
+            auth,
             max_decoding_message_size,
             compression,
             _service: PhantomData,
@@ -212,6 +221,12 @@ where
         if request.uri().path() != S::EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
+        if !authorized(self.auth.as_ref(), request.headers()) {
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "unauthenticated").increment(1);
+            return Box::pin(async {
+                Ok(Status::unauthenticated("a valid bearer token is required").into_http())
+            });
+        }
         let Some(admitted) = self.admission.admit() else {
             counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "backpressure").increment(1);
             return Box::pin(async { Ok(backpressure().into_http()) });
@@ -238,6 +253,7 @@ where
 pub async fn serve(
     listener: TcpListener,
     config: GrpcServerConfig,
+    auth: Option<ReceiverAuth>,
     sink: PipelineSink,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -256,14 +272,16 @@ pub async fn serve(
         .add_service(OtlpGrpc::<TraceService>::new(
             sink.clone(),
             admission.clone(),
+            auth.clone(),
             max,
         ))
         .add_service(OtlpGrpc::<LogsService>::new(
             sink.clone(),
             admission.clone(),
+            auth.clone(),
             max,
         ))
-        .add_service(OtlpGrpc::<MetricsService>::new(sink, admission, max))
+        .add_service(OtlpGrpc::<MetricsService>::new(sink, admission, auth, max))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use metrics::counter;
 
-use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, export, response_json, response_protobuf};
-use crate::config::HttpServerConfig;
+use super::{
+    Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, response_json,
+    response_protobuf,
+};
+use crate::config::{HttpServerConfig, ReceiverAuth};
 use crate::instruments;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
@@ -36,16 +39,24 @@ const JSON: &str = "application/json";
 struct Receiver {
     sink: PipelineSink,
     admission: Admission,
+    auth: Option<ReceiverAuth>,
     max_body: usize,
 }
 
 /// The routes, for serving or for tests; at most `max_concurrent` requests
-/// read at once (see [`Admission`]).
-pub fn router(sink: PipelineSink, max_body: usize, max_concurrent: Option<usize>) -> Router {
+/// read at once (see [`Admission`]), and with `auth` only those with its
+/// bearer token.
+pub fn router(
+    sink: PipelineSink,
+    max_body: usize,
+    max_concurrent: Option<usize>,
+    auth: Option<ReceiverAuth>,
+) -> Router {
     let admission = Admission::new(sink.clone(), max_concurrent, max_body);
     let state = Receiver {
         sink,
         admission,
+        auth,
         max_body,
     };
     Router::new()
@@ -65,6 +76,7 @@ pub fn router(sink: PipelineSink, max_body: usize, max_concurrent: Option<usize>
 pub async fn serve(
     listener: TcpListener,
     config: HttpServerConfig,
+    auth: Option<ReceiverAuth>,
     sink: PipelineSink,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -72,6 +84,7 @@ pub async fn serve(
         sink,
         config.max_request_body_size_mib * 1024 * 1024,
         config.max_concurrent_requests,
+        auth,
     );
     super::serve_http(listener, app, stop).await
 }
@@ -102,6 +115,18 @@ async fn handle(
             );
         }
     };
+    if !authorized(receiver.auth.as_ref(), &headers) {
+        counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "unauthenticated").increment(1);
+        let mut response = status(
+            encoding,
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required".to_string(),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     // Refused before the body is read: memory short, or enough in flight.
     let Some(_admitted) = receiver.admission.admit() else {
         counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "backpressure").increment(1);
@@ -217,6 +242,7 @@ fn status(encoding: Encoding, code: StatusCode, message: String) -> Response {
     let grpc_code = match code {
         StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
         StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
         StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::InvalidArgument,
         _ => tonic::Code::Unavailable,
     } as i32;

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, RETRY_AFTER_SECS};
+use super::{Admission, RETRY_AFTER_SECS, authorized};
 use crate::cdevents::{self, BinaryContext};
-use crate::config::WebhookReceiverConfig;
+use crate::config::{ReceiverAuth, WebhookReceiverConfig, WebhookSignature};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::pipeline::{Forward, ForwardEvent, PipelineSink, SubmitError};
@@ -31,18 +31,22 @@ use crate::pipeline::{Forward, ForwardEvent, PipelineSink, SubmitError};
 struct Webhook {
     sink: PipelineSink,
     admission: Admission,
+    auth: Option<ReceiverAuth>,
+    signature: Option<WebhookSignature>,
     max_body: usize,
 }
 
-/// The routes, for serving or for tests; at most `max_concurrent` requests
-/// read at once (see [`Admission`]).
-pub fn router(sink: PipelineSink, max_body: usize, max_concurrent: Option<usize>) -> Router {
-    let admission = Admission::new(sink.clone(), max_concurrent, max_body);
+/// The routes, for serving or for tests: see [`WebhookReceiverConfig`].
+pub fn router(sink: PipelineSink, config: &WebhookReceiverConfig) -> Router {
+    let max_body = config.max_request_body_size_mib * 1024 * 1024;
+    let admission = Admission::new(sink.clone(), config.max_concurrent_requests, max_body);
     Router::new()
         .route("/cdevents", post(receive))
         .with_state(Webhook {
             sink,
             admission,
+            auth: config.auth.clone(),
+            signature: config.signature.clone(),
             max_body,
         })
 }
@@ -54,16 +58,84 @@ pub async fn serve(
     sink: PipelineSink,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(
-        sink,
-        config.max_request_body_size_mib * 1024 * 1024,
-        config.max_concurrent_requests,
-    );
+    let app = router(sink, &config);
     super::serve_http(listener, app, stop).await
 }
 
 fn answer(code: StatusCode, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
+}
+
+/// 401: nothing read is applied.
+fn unauthorized(problem: &str) -> Response {
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "unauthenticated")
+        .increment(1);
+    let mut response = answer(StatusCode::UNAUTHORIZED, json!({ "error": problem }));
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Checks the request's HMAC-SHA256 signature (`sha256=<hex>` in
+/// `signature.header`) over the body, or over `<timestamp>.<body>` when a
+/// timestamp header is configured, which must then be within `max_age` of
+/// `now`. The comparison is constant-time. The error says what is wrong,
+/// never what was expected.
+pub fn verify(
+    signature: &WebhookSignature,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<(), &'static str> {
+    use hmac::{KeyInit, Mac};
+    let given = headers
+        .get(signature.header.as_str())
+        .ok_or("the signature header is missing")?;
+    let given = given
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("sha256="))
+        .and_then(decode_hex)
+        .ok_or("the signature is not `sha256=<64 hex digits>`")?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(signature.secret.expose().as_bytes())
+        .map_err(|_| "the signing key is unusable")?;
+    if let Some(timestamp_header) = &signature.timestamp_header {
+        let timestamp = headers
+            .get(timestamp_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .ok_or("the timestamp header is missing")?;
+        let at: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| "the timestamp is not Unix seconds")?;
+        if now.abs_diff(at) > signature.max_age.get().as_secs() {
+            return Err("the timestamp is outside the replay window");
+        }
+        mac.update(timestamp.trim().as_bytes());
+        mac.update(b".");
+    }
+    mac.update(body);
+    mac.verify_slice(&given)
+        .map_err(|_| "the signature does not match")
+}
+
+/// 64 hex digits to 32 bytes.
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 fn refuse(reason: &'static str, message: String) -> Response {
@@ -94,6 +166,9 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
             );
         }
     };
+    if !authorized(webhook.auth.as_ref(), &headers) {
+        return unauthorized("a valid bearer token is required");
+    }
     // Refused before the body is read: memory short, or enough in flight.
     let Some(_admitted) = webhook.admission.admit() else {
         counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "backpressure")
@@ -113,6 +188,12 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
             json!({ "error": format!("body larger than {} bytes", webhook.max_body) }),
         );
     };
+    if let Some(signature) = &webhook.signature
+        && let Err(problem) = verify(signature, &headers, &bytes, unix_now())
+    {
+        tracing::debug!(problem, "webhook request with a bad signature refused");
+        return unauthorized(problem);
+    }
     let decoded = match binary_mode_context(&headers) {
         Some(context) => cdevents::decode_binary(&bytes, &context)
             .map(|(event, value)| (vec![event], vec![value])),

@@ -1,0 +1,255 @@
+//! Who may send: bearer tokens on the OTLP receivers (gRPC metadata and
+//! HTTP header) and on the webhook, HMAC-SHA256 signed webhooks with a
+//! replay window, secrets from files and the environment, and no secret in
+//! any log line.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Metrics, TempDir, free_port};
+use hmac::{KeyInit, Mac};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+
+const OTLP_TOKEN: &str = "otlp-t0ken-5f2b9c0e";
+const WEBHOOK_TOKEN: &str = "w3bhook-t0ken-77aa31";
+const SIGNING_KEY: &str = "s1gning-k3y-9d1e4f02";
+
+fn sign(timestamp: i64, body: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SIGNING_KEY.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+fn deployment(id: &str) -> String {
+    format!(
+        r#"{{"context":{{"specversion":"0.5.1","id":"{id}","source":"/ci","type":"dev.cdevents.service.deployed.0.3.0","timestamp":"{}"}},"subject":{{"id":"service/checkout","content":{{"environment":{{"id":"production"}}}}}}}}"#,
+        common::rfc3339(common::unix_now() - 60)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_with_the_token_and_a_valid_signature_get_in_and_no_secret_is_logged() {
+    let dir = TempDir::new("security");
+    let token_file = dir.0.join("otlp-token");
+    std::fs::write(&token_file, format!("{OTLP_TOKEN}\n")).unwrap();
+    let (grpc, http, webhook, prometheus) = (free_port(), free_port(), free_port(), free_port());
+    let config = dir.0.join("doraflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+    http: {{ endpoint: \"127.0.0.1:{http}\" }}
+    auth: {{ bearer_token: \"${{file:{}}}\" }}
+  webhook:
+    endpoint: \"127.0.0.1:{webhook}\"
+    auth: {{ bearer_token: \"${{env:DORAFLOW_TEST_WEBHOOK_TOKEN}}\" }}
+    signature:
+      secret: \"${{env:DORAFLOW_TEST_SIGNING_KEY}}\"
+      timestamp_header: X-Signature-Timestamp
+      max_age: 5m
+processors:
+  red: {{}}
+  dora: {{}}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus] }}
+",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    // Every log line, at debug, to a file.
+    let log = dir.0.join("doraflow.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DORAFLOW_LOG", "debug")
+        .env("DORAFLOW_TEST_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+        .env("DORAFLOW_TEST_SIGNING_KEY", SIGNING_KEY)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn doraflow");
+    common::wait_ready(prometheus);
+
+    // OTLP gRPC: the token as metadata.
+    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .expect("connect");
+    for token in [None, Some("wrong"), Some(&OTLP_TOKEN[..8])] {
+        let mut request = tonic::Request::new(common::checkout_spans(10, 0));
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let status = client.export(request).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+    }
+    let mut request = tonic::Request::new(common::checkout_spans(9, 1));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {OTLP_TOKEN}").parse().unwrap(),
+    );
+    client.export(request).await.expect("the right token");
+
+    // OTLP HTTP: the token as a header.
+    let http_client = reqwest::Client::new();
+    let body = common::checkout_spans(10, 0).encode_to_vec();
+    for token in [None, Some("wrong")] {
+        let mut request = http_client
+            .post(format!("http://127.0.0.1:{http}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 401, "{token:?}");
+        assert_eq!(answer.headers()["www-authenticate"], "Bearer");
+        let status = tonic_types::Status::decode(answer.bytes().await.unwrap()).unwrap();
+        assert_eq!(status.code, tonic::Code::Unauthenticated as i32);
+    }
+    let answer = http_client
+        .post(format!("http://127.0.0.1:{http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .bearer_auth(OTLP_TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // The webhook: token and signature both.
+    let now = common::unix_now();
+    let post = |token: &str, timestamp: Option<i64>, signature: Option<String>, body: String| {
+        let mut request = http_client
+            .post(format!("http://127.0.0.1:{webhook}/cdevents"))
+            .header("content-type", "application/json")
+            .bearer_auth(token)
+            .body(body);
+        if let Some(t) = timestamp {
+            request = request.header("X-Signature-Timestamp", t.to_string());
+        }
+        if let Some(s) = signature {
+            request = request.header("X-Hub-Signature-256", s);
+        }
+        request.send()
+    };
+    let d1 = deployment("d1");
+    let refused = [
+        (
+            "wrong token",
+            post("wrong", Some(now), Some(sign(now, &d1)), d1.clone()),
+        ),
+        (
+            "no signature",
+            post(WEBHOOK_TOKEN, Some(now), None, d1.clone()),
+        ),
+        (
+            "no timestamp",
+            post(WEBHOOK_TOKEN, None, Some(sign(now, &d1)), d1.clone()),
+        ),
+        (
+            "signature of another body",
+            post(
+                WEBHOOK_TOKEN,
+                Some(now),
+                Some(sign(now, &deployment("d2"))),
+                d1.clone(),
+            ),
+        ),
+        (
+            "signature of another time",
+            post(
+                WEBHOOK_TOKEN,
+                Some(now),
+                Some(sign(now - 1, &d1)),
+                d1.clone(),
+            ),
+        ),
+        (
+            "a replay from 10 minutes ago",
+            post(
+                WEBHOOK_TOKEN,
+                Some(now - 600),
+                Some(sign(now - 600, &d1)),
+                d1.clone(),
+            ),
+        ),
+        (
+            "not hex",
+            post(
+                WEBHOOK_TOKEN,
+                Some(now),
+                Some("sha256=zz".to_string()),
+                d1.clone(),
+            ),
+        ),
+    ];
+    for (what, answer) in refused {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 401, "{what}");
+    }
+    let answer = post(WEBHOOK_TOKEN, Some(now), Some(sign(now, &d1)), d1.clone())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+
+    // Only what got in is applied.
+    let m = Metrics(common::get(prometheus, "/metrics").expect("metrics").1);
+    let checkout = [("service", "checkout"), ("environment", "production")];
+    assert_eq!(m.get("dora_service_requests_total", &checkout), Some(20.0));
+    assert_eq!(m.get("dora_service_errors_total", &checkout), Some(1.0));
+    assert_eq!(
+        m.get(
+            "dora_deployments_total",
+            &[
+                ("service", "checkout"),
+                ("environment", "production"),
+                ("outcome", "success")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(
+            "doraflow_receiver_requests_total",
+            &[("receiver", "webhook"), ("result", "unauthenticated")]
+        ),
+        Some(7.0)
+    );
+
+    // Stop, then read every line it logged.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.lines().count() > 5, "too little logged:\n{logged}");
+    assert!(logged.contains("bad signature"), "the refusals are logged");
+    for secret in [OTLP_TOKEN, WEBHOOK_TOKEN, SIGNING_KEY] {
+        assert!(
+            !logged.contains(secret),
+            "a secret in the log:\n{}",
+            logged
+                .lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
