@@ -74,6 +74,8 @@ pub const STORAGE_CHECKPOINT_SECONDS: &str = "doraflow_storage_checkpoint_durati
 pub const STORAGE_ERRORS: &str = "doraflow_storage_errors_total";
 /// Kafka messages skipped at start because the checkpoint already held them.
 pub const KAFKA_SKIPPED: &str = "doraflow_kafka_skipped_messages_total";
+/// TLS handshakes that failed or timed out, by reason.
+pub const TLS_HANDSHAKE_FAILURES: &str = "doraflow_tls_handshake_failures_total";
 /// Resident memory of the process.
 pub const MEMORY_RESIDENT: &str = "doraflow_memory_resident_bytes";
 /// The memory limiter's hard limit, bytes.
@@ -179,6 +181,10 @@ pub fn describe() {
     describe_counter!(
         STORAGE_ERRORS,
         "Failed storage writes, by operation (log, checkpoint)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes refused (plaintext, an unknown client certificate) or timed out."
     );
     describe_counter!(
         KAFKA_SKIPPED,

@@ -36,6 +36,7 @@ pub mod receivers;
 pub mod replay;
 pub mod report;
 pub mod storage;
+pub mod tls;
 pub mod window;
 
 /// doraflow's own protobuf messages, generated from `proto/doraflow/v1/`.

@@ -1084,8 +1084,11 @@ pub async fn run_with_clock(
             "Prometheus exporter",
             stopping.clone(),
             failed.clone(),
-            PrometheusExporter::new(handle, reader.clone(), readiness.clone())
-                .serve(listener, exporters_stop.clone()),
+            PrometheusExporter::new(handle, reader.clone(), readiness.clone()).serve(
+                listener,
+                config.exporters.prometheus.as_ref().and_then(|p| p.tls.clone()),
+                exporters_stop.clone(),
+            ),
         )
     });
     readiness.set(true);

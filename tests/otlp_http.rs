@@ -224,11 +224,13 @@ async fn a_full_pipeline_answers_429_and_resource_exhausted() {
         endpoint: format!("127.0.0.1:{http_port}"),
         max_request_body_size_mib: 4,
         max_concurrent_requests: None,
+        tls: None,
     };
     let grpc_config = GrpcServerConfig {
         endpoint: format!("127.0.0.1:{grpc_port}"),
         max_recv_msg_size_mib: 4,
         max_concurrent_requests: None,
+        tls: None,
     };
     tokio::spawn(otlp_http::serve(
         http_listener,

@@ -27,7 +27,21 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 24] = [
+    let sections: [(&str, String, &[&str]); 26] = [
+        (
+            "receivers.otlp.grpc.tls",
+            format!(
+                "receivers:\n  otlp:\n    grpc: {{ tls: {{ cert_file: c, key_file: k, __probe__: 1 }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "exporters.pagerduty.tls",
+            format!(
+                "exporters:\n  pagerduty: {{ routing_key: r, tls: {{ __probe__: 1 }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
         (
             "receivers.otlp.auth",
             format!(

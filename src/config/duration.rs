@@ -40,8 +40,8 @@ impl ConfigDuration {
         &self.text
     }
 
-    /// Builds one from a literal known to be valid; for defaults.
-    pub(crate) fn from_secs(secs: u64) -> Self {
+    /// A whole number of seconds (written with the largest unit that fits).
+    pub fn from_secs(secs: u64) -> Self {
         let text = if secs.is_multiple_of(86_400) && secs > 0 {
             format!("{}d", secs / 86_400)
         } else if secs.is_multiple_of(3_600) && secs > 0 {

@@ -168,6 +168,10 @@ pub struct WebhookReceiverConfig {
     /// one, no limit.
     #[serde(default)]
     pub max_concurrent_requests: Option<usize>,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    /// Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 fn default_webhook_endpoint() -> String {
@@ -191,6 +195,10 @@ pub struct GrpcServerConfig {
     /// the hard limit between two readings; without one, no limit.
     #[serde(default)]
     pub max_concurrent_requests: Option<usize>,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    /// Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 fn default_grpc_endpoint() -> String {
@@ -217,6 +225,10 @@ pub struct HttpServerConfig {
     /// one, no limit.
     #[serde(default)]
     pub max_concurrent_requests: Option<usize>,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    /// Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 fn default_http_endpoint() -> String {
@@ -535,6 +547,10 @@ pub struct PrometheusConfig {
     /// `host:port` to listen on. Default `127.0.0.1:9464`.
     #[serde(default = "default_prometheus_endpoint")]
     pub endpoint: String,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    /// Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 fn default_prometheus_endpoint() -> String {
@@ -632,6 +648,9 @@ impl Config {
             }
             if let Some(grpc) = &otlp.grpc {
                 check_endpoint("receivers.otlp.grpc.endpoint", &grpc.endpoint, &mut errors);
+                if let Some(tls) = &grpc.tls {
+                    tls.validate("receivers.otlp.grpc.tls", &mut errors);
+                }
                 check_size(
                     "receivers.otlp.grpc.max_recv_msg_size_mib",
                     grpc.max_recv_msg_size_mib,
@@ -640,6 +659,9 @@ impl Config {
             }
             if let Some(http) = &otlp.http {
                 check_endpoint("receivers.otlp.http.endpoint", &http.endpoint, &mut errors);
+                if let Some(tls) = &http.tls {
+                    tls.validate("receivers.otlp.http.tls", &mut errors);
+                }
                 check_size(
                     "receivers.otlp.http.max_request_body_size_mib",
                     http.max_request_body_size_mib,
@@ -652,6 +674,9 @@ impl Config {
         }
         if let Some(webhook) = &self.receivers.webhook {
             check_endpoint("receivers.webhook.endpoint", &webhook.endpoint, &mut errors);
+            if let Some(tls) = &webhook.tls {
+                tls.validate("receivers.webhook.tls", &mut errors);
+            }
             check_size(
                 "receivers.webhook.max_request_body_size_mib",
                 webhook.max_request_body_size_mib,
@@ -703,6 +728,9 @@ impl Config {
                 &prometheus.endpoint,
                 &mut errors,
             );
+            if let Some(tls) = &prometheus.tls {
+                tls.validate("exporters.prometheus.tls", &mut errors);
+            }
         }
         self.validate_pipelines(&mut errors);
         if errors.is_empty() {

@@ -36,6 +36,9 @@ pub struct AlertmanagerConfig {
     /// `generatorURL` of every alert (e.g. doraflow's `/api/v1/alerts`).
     #[serde(default)]
     pub generator_url: Option<String>,
+    /// TLS for an `https://` URL: extra CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// `exporters.webhook`: Alertmanager webhook (version 4) payloads.
@@ -47,6 +50,9 @@ pub struct WebhookExporterConfig {
     /// Transitions waiting to be sent. Default 1024.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// TLS for an `https://` URL: extra CA, client certificate.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 fn default_resend() -> ConfigDuration {
@@ -66,6 +72,9 @@ impl AlertmanagerConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
         check_url(path, &self.url, errors);
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{path}.tls"), errors);
+        }
         if self.resend_interval.get().is_zero() {
             errors.push(format!("{path}.resend_interval: must be longer than 0"));
         }
@@ -76,6 +85,9 @@ impl WebhookExporterConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
         check_url(path, &self.url, errors);
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{path}.tls"), errors);
+        }
     }
 }
 
@@ -147,11 +159,10 @@ async fn post(client: &reqwest::Client, exporter: &'static str, url: &str, body:
     }
 }
 
-fn client() -> Option<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| tracing::error!(error = %e, "cannot build an HTTP client"))
+fn client(tls: Option<&crate::tls::ClientTls>) -> Option<reqwest::Client> {
+    // Validated at start, so this fails only if the files changed since.
+    crate::tls::http_client(tls, Duration::from_secs(10))
+        .map_err(|e| tracing::error!(error = %format!("{e:#}"), "cannot build an HTTP client"))
         .ok()
 }
 
@@ -160,7 +171,9 @@ async fn run_alertmanager(
     mut rx: mpsc::Receiver<Transition>,
     stop: CancellationToken,
 ) {
-    let Some(client) = client() else { return };
+    let Some(client) = client(config.tls.as_ref()) else {
+        return;
+    };
     let url = format!("{}/api/v2/alerts", config.url.trim_end_matches('/'));
     let resend = config.resend_interval.get();
     let ends_ahead = 4 * resend.as_nanos() as i64;
@@ -250,7 +263,9 @@ pub fn start_webhook(
 ) -> (AlertSink, tokio::task::JoinHandle<()>) {
     let (sink, mut rx) = AlertSink::new("webhook", config.queue_size);
     let task = tokio::spawn(async move {
-        let Some(client) = client() else { return };
+        let Some(client) = client(config.tls.as_ref()) else {
+            return;
+        };
         let mut started: BTreeMap<(&'static str, String, String), i64> = BTreeMap::new();
         loop {
             let t = tokio::select! {

@@ -63,6 +63,10 @@ pub struct PagerDutyConfig {
     /// The Change Events endpoint; default `url` with `/v2/change/enqueue`.
     #[serde(default)]
     pub change_url: Option<String>,
+    /// TLS: an extra CA (a proxy in front of PagerDuty), a client
+    /// certificate. The system's roots are always trusted.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 fn default_url() -> String {
@@ -98,6 +102,9 @@ impl PagerDutyConfig {
         }
         if self.queue_size == 0 {
             errors.push(format!("{path}.queue_size: must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{path}.tls"), errors);
         }
     }
 }
@@ -270,13 +277,11 @@ async fn deliver(
     mut changes: Option<mpsc::Receiver<ChangeEvent>>,
     stop: CancellationToken,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    // Validated at start, so this fails only if the files changed since.
+    let client = match crate::tls::http_client(config.tls.as_ref(), Duration::from_secs(10)) {
         Ok(client) => client,
         Err(e) => {
-            tracing::error!(error = %e, "pagerduty exporter: cannot build an HTTP client");
+            tracing::error!(error = %format!("{e:#}"), "pagerduty exporter: cannot build an HTTP client");
             return;
         }
     };

@@ -71,12 +71,14 @@ impl PrometheusExporter {
             .with_state(self)
     }
 
-    /// Serves until `stop` is cancelled.
-    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await?;
-        Ok(())
+    /// Serves, over TLS if `tls` is set, until `stop` is cancelled.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<crate::tls::ServerTls>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        crate::receivers::serve_http(listener, self.router(), tls.as_ref(), stop).await
     }
 
     /// Sets the windowed gauges from a fresh snapshot.

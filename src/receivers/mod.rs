@@ -28,15 +28,24 @@ use crate::model::{Signal, Telemetry};
 use crate::otlp::DecodeError;
 use crate::pipeline::{Forward, PipelineSink, SubmitError};
 
-/// Serves `app` over HTTP/1 on `listener` until `stop` is cancelled, with
-/// TCP_NODELAY on every connection: without it small responses wait for
-/// delayed ACKs (~40 ms).
+/// Serves `app` over HTTP/1 on `listener`, over TLS if `tls` is set, until
+/// `stop` is cancelled, with TCP_NODELAY on every connection: without it
+/// small responses wait for delayed ACKs (~40 ms).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    tls: Option<&crate::tls::ServerTls>,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
+    if let Some(tls) = tls {
+        let reloading = crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
+        let listener = crate::tls::TlsListener::new(listener, reloading, stop.clone())?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await?;
+        return Ok(());
+    }
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

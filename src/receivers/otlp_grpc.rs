@@ -262,13 +262,14 @@ pub async fn serve(
     if let Some(limit) = admission.limit() {
         tracing::info!(limit, "OTLP gRPC: concurrent requests limited");
     }
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder()
         // OTLP requests are often hundreds of KB: with HTTP/2's default 64 KB
         // windows a request stalls for a window update every 64 KB. A window
         // of one whole request lets it arrive in one go; memory stays bounded
         // by the message size limit per stream.
         .initial_stream_window_size(Some(max.min(16 << 20) as u32))
-        .initial_connection_window_size(Some((max * 2).min(32 << 20) as u32))
+        .initial_connection_window_size(Some((max * 2).min(32 << 20) as u32));
+    let router = server
         .add_service(OtlpGrpc::<TraceService>::new(
             sink.clone(),
             admission.clone(),
@@ -281,12 +282,28 @@ pub async fn serve(
             auth.clone(),
             max,
         ))
-        .add_service(OtlpGrpc::<MetricsService>::new(sink, admission, auth, max))
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.cancelled_owned(),
-        )
-        .await?;
+        .add_service(OtlpGrpc::<MetricsService>::new(sink, admission, auth, max));
+    match &config.tls {
+        Some(tls) => {
+            let reloading = crate::tls::Reloading::start(tls, crate::tls::ALPN_H2, stop.clone())?;
+            let connections = crate::tls::incoming(listener, reloading, stop.clone());
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(connections),
+                |(connection, _)| Ok::<_, std::io::Error>(connection),
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await?;
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.cancelled_owned(),
+                )
+                .await?;
+        }
+    }
     Ok(())
 }

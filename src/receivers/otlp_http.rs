@@ -86,7 +86,7 @@ pub async fn serve(
         config.max_concurrent_requests,
         auth,
     );
-    super::serve_http(listener, app, stop).await
+    super::serve_http(listener, app, config.tls.as_ref(), stop).await
 }
 
 async fn handle(

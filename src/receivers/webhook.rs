@@ -59,7 +59,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(sink, &config);
-    super::serve_http(listener, app, stop).await
+    super::serve_http(listener, app, config.tls.as_ref(), stop).await
 }
 
 fn answer(code: StatusCode, body: Value) -> Response {

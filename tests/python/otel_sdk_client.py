@@ -50,21 +50,32 @@ class Checked:
         return True
 
 
-def exporters(protocol, endpoint):
+def exporters(protocol, endpoint, ca=None, token=None):
+    headers = {"authorization": "Bearer " + token} if token else None
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
+        if ca:
+            # TLS, trusting only the test's CA.
+            import grpc
+
+            with open(ca, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            return (
+                OTLPSpanExporter(endpoint=endpoint, insecure=False, credentials=credentials, headers=headers),
+                OTLPLogExporter(endpoint=endpoint, insecure=False, credentials=credentials, headers=headers),
+            )
         return (
-            OTLPSpanExporter(endpoint=endpoint, insecure=True),
-            OTLPLogExporter(endpoint=endpoint, insecure=True),
+            OTLPSpanExporter(endpoint=endpoint, insecure=True, headers=headers),
+            OTLPLogExporter(endpoint=endpoint, insecure=True, headers=headers),
         )
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
     return (
-        OTLPSpanExporter(endpoint=endpoint + "/v1/traces"),
-        OTLPLogExporter(endpoint=endpoint + "/v1/logs"),
+        OTLPSpanExporter(endpoint=endpoint + "/v1/traces", certificate_file=ca, headers=headers),
+        OTLPLogExporter(endpoint=endpoint + "/v1/logs", certificate_file=ca, headers=headers),
     )
 
 
@@ -74,12 +85,14 @@ def main():
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--service", required=True)
     parser.add_argument("--env", required=True)
+    parser.add_argument("--ca", help="PEM CA file: connect over TLS, trusting it")
+    parser.add_argument("--token", help="bearer token to send")
     args = parser.parse_args()
 
     resource = Resource.create(
         {"service.name": args.service, "deployment.environment.name": args.env}
     )
-    span_exporter, log_exporter = exporters(args.protocol, args.endpoint)
+    span_exporter, log_exporter = exporters(args.protocol, args.endpoint, args.ca, args.token)
     spans = Checked(span_exporter)
     logs = Checked(log_exporter)
 
