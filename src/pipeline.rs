@@ -1086,7 +1086,7 @@ pub async fn run_with_clock(
             failed.clone(),
             PrometheusExporter::new(handle, reader.clone(), readiness.clone()).serve(
                 listener,
-                config.exporters.prometheus.as_ref().and_then(|p| p.tls.clone()),
+                config.exporters.prometheus.clone(),
                 exporters_stop.clone(),
             ),
         )

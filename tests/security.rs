@@ -253,3 +253,68 @@ pipelines:
         );
     }
 }
+
+#[tokio::test]
+async fn the_read_api_asks_for_its_own_token_and_metrics_stay_open() {
+    const API_TOKEN: &str = "r3ad-ap1-t0ken-c0ffee";
+    let dir = TempDir::new("api-token");
+    let (grpc, prometheus) = (free_port(), free_port());
+    let config = dir.0.join("doraflow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+processors:
+  dora: {{}}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\", api_token: \"${{env:DORAFLOW_TEST_API_TOKEN}}\" }}
+pipelines:
+  main: {{ receivers: [otlp], processors: [dora], exporters: [prometheus] }}
+"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DORAFLOW_TEST_API_TOKEN", API_TOKEN)
+        .env("DORAFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn doraflow");
+    common::wait_ready(prometheus);
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = client.get(format!("http://127.0.0.1:{prometheus}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for path in [
+        "/api/v1/dora",
+        "/api/v1/alerts",
+        "/api/v1/dashboard",
+        "/report",
+    ] {
+        assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(
+            get(path, Some("wrong")).await.unwrap().status(),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            get(path, Some(API_TOKEN)).await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/"] {
+        assert_eq!(get(path, None).await.unwrap().status(), 200, "{path}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

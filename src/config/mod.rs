@@ -551,6 +551,10 @@ pub struct PrometheusConfig {
     /// Default: plaintext.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+    /// A bearer token the read API (`/api/...`, `/report`) asks for, from
+    /// `${env:NAME}` or `${file:PATH}`. Default: open.
+    #[serde(default)]
+    pub api_token: Option<Secret>,
 }
 
 fn default_prometheus_endpoint() -> String {

@@ -58,16 +58,45 @@ impl PrometheusExporter {
 
     /// The routes: `/metrics`, `/healthz`, `/readyz`, `/api/v1/dora`,
     /// `/api/v1/alerts`, `/report`, `/` (the dashboard), `/api/v1/dashboard`.
-    pub fn router(self) -> Router {
+    /// With `api_token`, the read API (`/api/...` and `/report`) asks for
+    /// it as a bearer token; `/metrics`, the health checks and the
+    /// dashboard page itself (which holds no data, and passes a token given
+    /// in its URL's `#token=` on to the API) stay open.
+    pub fn router(self, api_token: Option<crate::config::Secret>) -> Router {
+        let api = Router::new()
+            .route("/api/v1/dora", get(api_dora))
+            .route("/api/v1/alerts", get(api_alerts))
+            .route("/report", get(report))
+            .route("/api/v1/dashboard", get(api_dashboard));
+        let api = match api_token {
+            Some(token) => api.route_layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let token = token.clone();
+                    async move {
+                        let auth = crate::config::ReceiverAuth {
+                            bearer_token: token,
+                        };
+                        if crate::receivers::authorized(Some(&auth), request.headers()) {
+                            next.run(request).await
+                        } else {
+                            (
+                                StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Bearer")],
+                                "a valid bearer token is required\n",
+                            )
+                                .into_response()
+                        }
+                    }
+                },
+            )),
+            None => api,
+        };
         Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
-            .route("/api/v1/dora", get(api_dora))
-            .route("/api/v1/alerts", get(api_alerts))
-            .route("/report", get(report))
             .route("/", get(dashboard_page))
-            .route("/api/v1/dashboard", get(api_dashboard))
+            .merge(api)
             .with_state(self)
     }
 
@@ -75,10 +104,11 @@ impl PrometheusExporter {
     pub async fn serve(
         self,
         listener: TcpListener,
-        tls: Option<crate::tls::ServerTls>,
+        config: Option<crate::config::PrometheusConfig>,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
-        crate::receivers::serve_http(listener, self.router(), tls.as_ref(), stop).await
+        let (tls, api_token) = config.map_or((None, None), |c| (c.tls, c.api_token));
+        crate::receivers::serve_http(listener, self.router(api_token), tls.as_ref(), stop).await
     }
 
     /// Sets the windowed gauges from a fresh snapshot.
