@@ -225,6 +225,8 @@ async fn a_full_pipeline_answers_429_and_resource_exhausted() {
         max_request_body_size_mib: 4,
         max_concurrent_requests: None,
         tls: None,
+        header_read_timeout: doraflow::config::ConfigDuration::from_secs(10),
+        max_connections: 1_024,
     };
     let grpc_config = GrpcServerConfig {
         endpoint: format!("127.0.0.1:{grpc_port}"),

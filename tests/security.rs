@@ -318,3 +318,93 @@ pipelines:
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_dropped_at_the_header_timeout_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (http, webhook, prometheus) = (free_port(), free_port(), free_port());
+    let mut doraflow = common::Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  otlp:
+    http: {{ endpoint: \"127.0.0.1:{http}\", header_read_timeout: 1s }}
+  webhook: {{ endpoint: \"127.0.0.1:{webhook}\", header_read_timeout: 1s, max_connections: 4 }}
+processors:
+  red: {{}}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [otlp, webhook], processors: [red], exporters: [prometheus] }}
+"
+        ),
+        prometheus,
+        0,
+        webhook,
+    );
+    doraflow.http = http;
+    for port in [http, webhook] {
+        // Headers begun and never finished.
+        let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        slow.write_all(b"POST /v1/traces HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        // Others are served meanwhile.
+        let answer = reqwest::Client::new()
+            .post(doraflow.http_url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(&common::checkout_spans(
+                10, 0,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        // The slow one is closed at the timeout (hyper answers 408 first
+        // or just closes): either way its read ends.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        let took = started.elapsed();
+        assert!(
+            read.is_ok(),
+            "port {port}: the slow connection was not closed"
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "port {port}: closed after {took:?}"
+        );
+    }
+    // Past max_connections (4), a fifth waits in the backlog until one goes.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", webhook))
+            .await
+            .unwrap();
+        c.write_all(b"POST /cdevents HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let answer = reqwest::Client::new()
+        .post(doraflow.webhook_url())
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(
+        answer.status(),
+        400,
+        "an empty batch is refused, but answered"
+    );
+    assert!(
+        waited >= Duration::from_millis(500),
+        "the fifth connection was served at once ({waited:?}), not after a slot freed"
+    );
+}

@@ -172,6 +172,14 @@ pub struct WebhookReceiverConfig {
     /// Default: plaintext.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+    /// A client must send its request headers within this long, or its
+    /// connection is closed. Default `10s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    /// Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_webhook_endpoint() -> String {
@@ -199,6 +207,28 @@ pub struct GrpcServerConfig {
     /// Default: plaintext.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+}
+
+fn check_limits(
+    path: &str,
+    header_read_timeout: &ConfigDuration,
+    max_connections: usize,
+    errors: &mut Vec<String>,
+) {
+    if header_read_timeout.get().is_zero() {
+        errors.push(format!("{path}.header_read_timeout: must be longer than 0"));
+    }
+    if max_connections == 0 {
+        errors.push(format!("{path}.max_connections: must be at least 1"));
+    }
+}
+
+fn default_header_read_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+
+const fn default_max_connections() -> usize {
+    1_024
 }
 
 fn default_grpc_endpoint() -> String {
@@ -229,6 +259,14 @@ pub struct HttpServerConfig {
     /// Default: plaintext.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+    /// A client must send its request headers within this long, or its
+    /// connection is closed. Default `10s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    /// Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_http_endpoint() -> String {
@@ -666,6 +704,12 @@ impl Config {
                 if let Some(tls) = &http.tls {
                     tls.validate("receivers.otlp.http.tls", &mut errors);
                 }
+                check_limits(
+                    "receivers.otlp.http",
+                    &http.header_read_timeout,
+                    http.max_connections,
+                    &mut errors,
+                );
                 check_size(
                     "receivers.otlp.http.max_request_body_size_mib",
                     http.max_request_body_size_mib,
@@ -681,6 +725,12 @@ impl Config {
             if let Some(tls) = &webhook.tls {
                 tls.validate("receivers.webhook.tls", &mut errors);
             }
+            check_limits(
+                "receivers.webhook",
+                &webhook.header_read_timeout,
+                webhook.max_connections,
+                &mut errors,
+            );
             check_size(
                 "receivers.webhook.max_request_body_size_mib",
                 webhook.max_request_body_size_mib,

@@ -108,7 +108,14 @@ impl PrometheusExporter {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let (tls, api_token) = config.map_or((None, None), |c| (c.tls, c.api_token));
-        crate::receivers::serve_http(listener, self.router(api_token), tls.as_ref(), stop).await
+        crate::receivers::serve_http(
+            listener,
+            self.router(api_token),
+            tls.as_ref(),
+            crate::receivers::HttpLimits::default(),
+            stop,
+        )
+        .await
     }
 
     /// Sets the windowed gauges from a fresh snapshot.

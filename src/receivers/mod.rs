@@ -28,31 +28,122 @@ use crate::model::{Signal, Telemetry};
 use crate::otlp::DecodeError;
 use crate::pipeline::{Forward, PipelineSink, SubmitError};
 
+/// Limits of an HTTP listener against slow and numerous clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A client must send its request headers within this long, or the
+    /// connection is closed (a slow client cannot hold one forever).
+    pub header_read_timeout: std::time::Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 1_024,
+        }
+    }
+}
+
 /// Serves `app` over HTTP/1 on `listener`, over TLS if `tls` is set, until
-/// `stop` is cancelled, with TCP_NODELAY on every connection: without it
-/// small responses wait for delayed ACKs (~40 ms).
+/// `stop` is cancelled, then lets the connections in flight finish. Each
+/// connection gets TCP_NODELAY (without it small responses wait for
+/// delayed ACKs, ~40 ms) and the `limits`.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<&crate::tls::ServerTls>,
+    limits: HttpLimits,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    if let Some(tls) = tls {
-        let reloading = crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
-        let listener = crate::tls::TlsListener::new(listener, reloading, stop.clone())?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await?;
-        return Ok(());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut handshaken = match tls {
+        Some(tls) => {
+            let reloading =
+                crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
+            Some(crate::tls::incoming(listener, reloading, stop.clone()))
+        }
+        None => {
+            // Plain TCP: accepted below.
+            return serve_plain(listener, app, builder, slots, graceful, stop).await;
+        }
+    };
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot?,
+            _ = stop.cancelled() => break,
+        };
+        let connection = tokio::select! {
+            connection = async { handshaken.as_mut()?.recv().await } => connection,
+            _ = stop.cancelled() => break,
+        };
+        let Some((stream, _)) = connection else { break };
+        serve_connection(&builder, &graceful, stream, app.clone(), slot);
     }
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await?;
+    graceful.shutdown().await;
     Ok(())
+}
+
+async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    builder: hyper::server::conn::http1::Builder,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot?,
+            _ = stop.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        serve_connection(&builder, &graceful, stream, app.clone(), slot);
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Serves one connection on a task of its own, holding `slot` until it ends.
+fn serve_connection<I>(
+    builder: &hyper::server::conn::http1::Builder,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    stream: I,
+    app: axum::Router,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection =
+        graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            // A client that went away or was too slow: its business.
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+        drop(slot);
+    });
 }
 
 /// Seconds a client is told to wait when the pipeline pushes back.

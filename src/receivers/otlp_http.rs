@@ -86,7 +86,11 @@ pub async fn serve(
         config.max_concurrent_requests,
         auth,
     );
-    super::serve_http(listener, app, config.tls.as_ref(), stop).await
+    let limits = super::HttpLimits {
+        header_read_timeout: config.header_read_timeout.get(),
+        max_connections: config.max_connections,
+    };
+    super::serve_http(listener, app, config.tls.as_ref(), limits, stop).await
 }
 
 async fn handle(

@@ -59,7 +59,11 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = router(sink, &config);
-    super::serve_http(listener, app, config.tls.as_ref(), stop).await
+    let limits = super::HttpLimits {
+        header_read_timeout: config.header_read_timeout.get(),
+        max_connections: config.max_connections,
+    };
+    super::serve_http(listener, app, config.tls.as_ref(), limits, stop).await
 }
 
 fn answer(code: StatusCode, body: Value) -> Response {
