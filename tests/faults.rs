@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Doraflow, TempDir, free_port, rfc3339, unix_now};
+use common::{Doraflow, TempDir, free_port, rfc3339, spawn, unix_now};
 use serde_json::{Value, json};
 
 /// A webhook + dora pipeline keeping its state in `dir`, on fixed ports so
@@ -102,43 +102,6 @@ fn applied(port: u16) -> u64 {
     figures(port)["events_applied"]
         .as_u64()
         .expect("events_applied")
-}
-
-/// A doraflow process, killed on drop (a failed assertion leaves no orphan).
-struct Process(std::process::Child);
-
-impl Process {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(config: &Path) -> Process {
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_doraflow"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("DORAFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn doraflow"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Metrics, TempDir, free_port};
@@ -77,28 +77,6 @@ async fn metrics(client: &reqwest::Client, port: u16) -> Metrics {
     Metrics(body)
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(config: &Path) -> Running {
-    Running(
-        Command::new(env!("CARGO_BIN_EXE_doraflow"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("DORAFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn doraflow"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_serves_tls_a_real_sdk_gets_in_plaintext_does_not_and_renewals_need_no_restart()
  {
@@ -145,7 +123,7 @@ pipelines:
         ),
     )
     .unwrap();
-    let _doraflow = spawn(&config);
+    let _doraflow = common::spawn(&config);
     let trusting_first = client(&first.pem, None);
     common::eventually_within("ready over TLS", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", prometheus)).is_ok()

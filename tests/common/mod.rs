@@ -423,3 +423,41 @@ pub async fn eventually_within(what: &str, limit: Duration, check: impl Fn() -> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A doraflow process, killed on drop (a failed assertion leaves no orphan).
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs doraflow on `config` (logs at warn to the test's stderr).
+pub fn spawn(config: &std::path::Path) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_doraflow"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("DORAFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn doraflow"),
+    )
+}
