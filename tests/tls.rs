@@ -339,9 +339,6 @@ async fn the_pagerduty_exporter_trusts_a_configured_ca_and_refuses_an_unknown_on
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let reloading =
-        doraflow::tls::Reloading::start(&server_tls, doraflow::tls::ALPN_HTTP1, stop.clone())
-            .unwrap();
     let app = axum::Router::new().route(
         "/v2/enqueue",
         axum::routing::post({
@@ -352,8 +349,19 @@ async fn the_pagerduty_exporter_trusts_a_configured_ca_and_refuses_an_unknown_on
             }
         }),
     );
-    let tls_listener = doraflow::tls::TlsListener::new(listener, reloading, stop.clone()).unwrap();
-    tokio::spawn(async move { axum::serve(tls_listener, app).await });
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            doraflow::receivers::serve_http(
+                listener,
+                app,
+                Some(&server_tls),
+                doraflow::receivers::HttpLimits::default(),
+                stop,
+            )
+            .await
+        }
+    });
     let url = format!("https://127.0.0.1:{port}/v2/enqueue");
 
     for (trusted, tls) in [

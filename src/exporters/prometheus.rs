@@ -69,26 +69,26 @@ impl PrometheusExporter {
             .route("/report", get(report))
             .route("/api/v1/dashboard", get(api_dashboard));
         let api = match api_token {
-            Some(token) => api.route_layer(axum::middleware::from_fn(
-                move |request: axum::extract::Request, next: axum::middleware::Next| {
-                    let token = token.clone();
-                    async move {
-                        let auth = crate::config::ReceiverAuth {
-                            bearer_token: token,
-                        };
-                        if crate::receivers::authorized(Some(&auth), request.headers()) {
-                            next.run(request).await
-                        } else {
-                            (
-                                StatusCode::UNAUTHORIZED,
-                                [(header::WWW_AUTHENTICATE, "Bearer")],
-                                "a valid bearer token is required\n",
-                            )
-                                .into_response()
+            Some(token) => {
+                let token = std::sync::Arc::new(token);
+                api.route_layer(axum::middleware::from_fn(
+                    move |request: axum::extract::Request, next: axum::middleware::Next| {
+                        let token = token.clone();
+                        async move {
+                            if crate::receivers::authorized(Some(&token), request.headers()) {
+                                next.run(request).await
+                            } else {
+                                (
+                                    StatusCode::UNAUTHORIZED,
+                                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                                    "a valid bearer token is required\n",
+                                )
+                                    .into_response()
+                            }
                         }
-                    }
-                },
-            )),
+                    },
+                ))
+            }
             None => api,
         };
         Router::new()

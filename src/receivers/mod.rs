@@ -64,64 +64,61 @@ pub async fn serve_http(
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let mut handshaken = match tls {
+    let mut incoming = match tls {
         Some(tls) => {
             let reloading =
                 crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
-            Some(crate::tls::incoming(listener, reloading, stop.clone()))
+            Incoming::Tls(crate::tls::incoming(listener, reloading, stop.clone()))
         }
-        None => {
-            // Plain TCP: accepted below.
-            return serve_plain(listener, app, builder, slots, graceful, stop).await;
-        }
+        None => Incoming::Plain(listener),
     };
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot?,
             _ = stop.cancelled() => break,
         };
-        let connection = tokio::select! {
-            connection = async { handshaken.as_mut()?.recv().await } => connection,
-            _ = stop.cancelled() => break,
+        let go_on = match &mut incoming {
+            Incoming::Plain(listener) => tokio::select! {
+                accepted = listener.accept() => {
+                    match accepted {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            serve_connection(&builder, &graceful, stream, app.clone(), slot);
+                        }
+                        Err(e) => {
+                            // Out of file descriptors, say: wait rather than spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                    true
+                }
+                _ = stop.cancelled() => false,
+            },
+            // Handshakes are done (and TCP_NODELAY set) in `tls::incoming`.
+            Incoming::Tls(handshaken) => tokio::select! {
+                connection = handshaken.recv() => match connection {
+                    Some((stream, _)) => {
+                        serve_connection(&builder, &graceful, stream, app.clone(), slot);
+                        true
+                    }
+                    None => false,
+                },
+                _ = stop.cancelled() => false,
+            },
         };
-        let Some((stream, _)) = connection else { break };
-        serve_connection(&builder, &graceful, stream, app.clone(), slot);
+        if !go_on {
+            break;
+        }
     }
     graceful.shutdown().await;
     Ok(())
 }
 
-async fn serve_plain(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    builder: hyper::server::conn::http1::Builder,
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
-    graceful: hyper_util::server::graceful::GracefulShutdown,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot?,
-            _ = stop.cancelled() => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.cancelled() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: wait rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        serve_connection(&builder, &graceful, stream, app.clone(), slot);
-    }
-    graceful.shutdown().await;
-    Ok(())
+/// Where an HTTP listener's connections come from.
+enum Incoming {
+    Plain(tokio::net::TcpListener),
+    Tls(tokio::sync::mpsc::Receiver<(crate::tls::TlsConnection, std::net::SocketAddr)>),
 }
 
 /// Serves one connection on a task of its own, holding `slot` until it ends.
@@ -336,14 +333,10 @@ impl Admission {
     }
 }
 
-/// Whether `headers` carry the bearer token `auth` asks for
-/// (`authorization: Bearer <token>`), compared in constant time; true when
-/// no token is configured.
-pub fn authorized(
-    auth: Option<&crate::config::ReceiverAuth>,
-    headers: &axum::http::HeaderMap,
-) -> bool {
-    let Some(auth) = auth else {
+/// Whether `headers` carry `token` (`authorization: Bearer <token>`),
+/// compared in constant time; true when no token is configured.
+pub fn authorized(token: Option<&crate::config::Secret>, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = token else {
         return true;
     };
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
@@ -351,8 +344,8 @@ pub fn authorized(
     };
     let value = value.as_bytes();
     match value.split_at_checked(7) {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
-            auth.bearer_token.matches(token.trim_ascii())
+        Some((scheme, bearer)) if scheme.eq_ignore_ascii_case(b"bearer ") => {
+            token.matches(bearer.trim_ascii())
         }
         _ => false,
     }

@@ -221,7 +221,10 @@ where
         if request.uri().path() != S::EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("unknown method").into_http()) });
         }
-        if !authorized(self.auth.as_ref(), request.headers()) {
+        if !authorized(
+            self.auth.as_ref().map(|a| &a.bearer_token),
+            request.headers(),
+        ) {
             counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "unauthenticated").increment(1);
             return Box::pin(async {
                 Ok(Status::unauthenticated("a valid bearer token is required").into_http())

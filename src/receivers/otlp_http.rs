@@ -119,7 +119,7 @@ async fn handle(
             );
         }
     };
-    if !authorized(receiver.auth.as_ref(), &headers) {
+    if !authorized(receiver.auth.as_ref().map(|a| &a.bearer_token), &headers) {
         counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "unauthenticated").increment(1);
         let mut response = status(
             encoding,

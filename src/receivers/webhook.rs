@@ -170,7 +170,7 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
             );
         }
     };
-    if !authorized(webhook.auth.as_ref(), &headers) {
+    if !authorized(webhook.auth.as_ref().map(|a| &a.bearer_token), &headers) {
         return unauthorized("a valid bearer token is required");
     }
     // Refused before the body is read: memory short, or enough in flight.
