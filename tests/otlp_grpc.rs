@@ -316,3 +316,61 @@ async fn error_logs_and_metric_points_are_counted() {
         Some(2.0)
     );
 }
+
+/// A request over the 4 MiB default limit is refused with RESOURCE_EXHAUSTED
+/// (as grpc-go and the Collector answer), whether it arrives plain or gzip
+/// compressed to a few KB, and nothing of it is applied.
+#[tokio::test]
+async fn oversized_requests_are_resource_exhausted_and_change_nothing() {
+    let doraflow = Doraflow::start("window: 5m, slice: 10s");
+    let mut big = scenario().remove(0);
+    big.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(doraflow::otlp::synth::string_attr(
+            "padding",
+            &"x".repeat(5 * 1024 * 1024),
+        ));
+    let channel = tonic::transport::Endpoint::from_shared(doraflow.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for gzip in [false, true] {
+        let mut client = TraceServiceClient::new(channel.clone());
+        if gzip {
+            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        let status = client.export(big.clone()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "gzip {gzip}: {status:?}"
+        );
+        assert!(
+            status.message().contains("larger than the limit of 4194304 bytes"),
+            "{}",
+            status.message()
+        );
+    }
+    let m = doraflow.metrics();
+    let refused = [
+        ("receiver", "otlp"),
+        ("transport", "grpc"),
+        ("signal", "traces"),
+        ("result", "too_large"),
+    ];
+    assert_eq!(m.get("doraflow_receiver_requests_total", &refused), Some(2.0));
+    let checkout = labels("checkout", "production");
+    assert_eq!(m.get("dora_service_requests_total", &checkout), None);
+    // The connection and the receiver still serve.
+    TraceServiceClient::new(channel)
+        .export(scenario().remove(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        doraflow
+            .metrics()
+            .get("dora_service_requests_total", &checkout),
+        Some(120.0)
+    );
+}

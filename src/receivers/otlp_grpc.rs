@@ -173,6 +173,32 @@ fn backpressure() -> Status {
     )
 }
 
+/// tonic answers a message over the size limit with OUT_OF_RANGE (over the
+/// limit once decompressed it already says RESOURCE_EXHAUSTED). OTLP
+/// clients, grpc-go and the Collector say RESOURCE_EXHAUSTED for both, so
+/// the one from tonic's decoder is rewritten; doraflow itself never answers
+/// OUT_OF_RANGE, so nothing else is caught by it.
+fn too_large_is_resource_exhausted<S: OtlpService>(
+    response: http::Response<tonic::body::Body>,
+    limit: usize,
+) -> http::Response<tonic::body::Body> {
+    let status = response.headers().get("grpc-status");
+    let too_large = status.is_some_and(|s| s.as_bytes() == b"11");
+    let decompressed_too_large = status.is_some_and(|s| s.as_bytes() == b"8")
+        && response
+            .headers()
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"Error%20decompressing"));
+    if !too_large && !decompressed_too_large {
+        return response;
+    }
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "too_large").increment(1);
+    Status::resource_exhausted(format!(
+        "the request is larger than the limit of {limit} bytes (receivers.otlp.grpc.max_recv_msg_size_mib); send smaller batches"
+    ))
+    .into_http()
+}
+
 struct ExportMethod<S> {
     sink: PipelineSink,
     _service: PhantomData<S>,
@@ -246,7 +272,7 @@ where
                 .apply_max_message_size_config(Some(max), None);
             let response = grpc.unary(method, request).await;
             drop(admitted);
-            Ok(response)
+            Ok(too_large_is_resource_exhausted::<S>(response, max))
         })
     }
 }
