@@ -347,7 +347,9 @@ async fn oversized_requests_are_resource_exhausted_and_change_nothing() {
             "gzip {gzip}: {status:?}"
         );
         assert!(
-            status.message().contains("larger than the limit of 4194304 bytes"),
+            status
+                .message()
+                .contains("larger than the limit of 4194304 bytes"),
             "{}",
             status.message()
         );
@@ -359,7 +361,10 @@ async fn oversized_requests_are_resource_exhausted_and_change_nothing() {
         ("signal", "traces"),
         ("result", "too_large"),
     ];
-    assert_eq!(m.get("doraflow_receiver_requests_total", &refused), Some(2.0));
+    assert_eq!(
+        m.get("doraflow_receiver_requests_total", &refused),
+        Some(2.0)
+    );
     let checkout = labels("checkout", "production");
     assert_eq!(m.get("dora_service_requests_total", &checkout), None);
     // The connection and the receiver still serve.

@@ -233,6 +233,9 @@ async fn a_full_pipeline_answers_429_and_resource_exhausted() {
         max_recv_msg_size_mib: 4,
         max_concurrent_requests: None,
         tls: None,
+        max_connections: 1_024,
+        max_concurrent_streams: 100,
+        request_timeout: doraflow::config::ConfigDuration::from_secs(30),
     };
     tokio::spawn(otlp_http::serve(
         http_listener,

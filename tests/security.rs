@@ -415,3 +415,124 @@ pipelines:
         "the fifth connection was served at once ({waited:?}), not after a slot freed"
     );
 }
+
+/// gRPC: a client that never sends its request message is cancelled at
+/// `request_timeout` while other requests on the same connection are
+/// served; a connection gets at most `max_concurrent_streams` requests at
+/// once; past `max_connections` a new connection is not served until one
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_slow_requests_time_out_and_streams_and_connections_are_bounded() {
+    use doraflow::receivers::otlp_grpc::RawCodec;
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    let (grpc, prometheus) = (free_port(), free_port());
+    let doraflow = common::Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\", request_timeout: 1s, max_concurrent_streams: 2, max_connections: 2 }}
+processors:
+  red: {{}}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [otlp], processors: [red], exporters: [prometheus] }}
+"
+        ),
+        prometheus,
+        grpc,
+        0,
+    );
+    let connect = || async {
+        tonic::transport::Endpoint::from_shared(doraflow.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    // A request whose message never comes: the body stays open, empty.
+    let slow = |channel: tonic::transport::Channel| async move {
+        let mut raw = tonic::client::Grpc::new(channel);
+        raw.ready().await.unwrap();
+        let started = std::time::Instant::now();
+        let status = raw
+            .client_streaming::<_, bytes::Bytes, bytes::Bytes, _>(
+                tonic::Request::new(tokio_stream::pending::<bytes::Bytes>()),
+                PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                ),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        (status, started.elapsed())
+    };
+    let export = |channel: tonic::transport::Channel| async move {
+        let started = std::time::Instant::now();
+        TraceServiceClient::new(channel)
+            .export(common::checkout_spans(10, 0))
+            .await
+            .map(|_| started.elapsed())
+    };
+
+    let a = connect().await;
+    let first = tokio::spawn(slow(a.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Served beside the slow one, at once.
+    let took = export(a.clone()).await.unwrap();
+    assert!(took < Duration::from_millis(500), "export took {took:?}");
+    let (status, took) = first.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cancelled after {took:?}"
+    );
+
+    // Two slow requests fill the connection's two streams: a third request
+    // on it waits for one of them to end at the timeout.
+    let slow_ones = [tokio::spawn(slow(a.clone())), tokio::spawn(slow(a.clone()))];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let took = export(a.clone()).await.unwrap();
+    assert!(
+        took >= Duration::from_millis(500),
+        "a third stream was served at once ({took:?}) past max_concurrent_streams 2"
+    );
+    for slow_one in slow_ones {
+        assert_eq!(slow_one.await.unwrap().0.code(), tonic::Code::Cancelled);
+    }
+
+    // Connections: `a` and `b` hold both slots; `c` is not served until
+    // `b` closes.
+    let b = connect().await;
+    export(b.clone()).await.unwrap();
+    let c = tokio::spawn({
+        let url = doraflow.grpc_url();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect_lazy();
+            export(channel).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !c.is_finished(),
+        "a third connection was served past max_connections 2"
+    );
+    drop(b);
+    let took = tokio::time::timeout(Duration::from_secs(5), c)
+        .await
+        .expect("the third connection served once a slot freed")
+        .unwrap()
+        .unwrap();
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    let m = doraflow.metrics();
+    assert_eq!(
+        m.get(
+            "dora_service_requests_total",
+            &[("service", "checkout"), ("environment", "production")]
+        ),
+        Some(40.0)
+    );
+}

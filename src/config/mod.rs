@@ -207,16 +207,38 @@ pub struct GrpcServerConfig {
     /// Default: plaintext.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+    /// Connections open at once; more wait in the kernel's backlog.
+    /// Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 streams (requests) open at once on one connection, announced
+    /// to the client in its SETTINGS. Default 100.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A request must arrive whole and be answered within this long, or it
+    /// is cancelled (CANCELLED): a client trickling its body holds a stream
+    /// no longer. Default `30s`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: ConfigDuration,
 }
 
+const fn default_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_request_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+/// Checks a listener's timeout (named `timeout_key`) and connection limit.
 fn check_limits(
     path: &str,
-    header_read_timeout: &ConfigDuration,
+    (timeout_key, timeout): (&str, &ConfigDuration),
     max_connections: usize,
     errors: &mut Vec<String>,
 ) {
-    if header_read_timeout.get().is_zero() {
-        errors.push(format!("{path}.header_read_timeout: must be longer than 0"));
+    if timeout.get().is_zero() {
+        errors.push(format!("{path}.{timeout_key}: must be longer than 0"));
     }
     if max_connections == 0 {
         errors.push(format!("{path}.max_connections: must be at least 1"));
@@ -693,6 +715,17 @@ impl Config {
                 if let Some(tls) = &grpc.tls {
                     tls.validate("receivers.otlp.grpc.tls", &mut errors);
                 }
+                check_limits(
+                    "receivers.otlp.grpc",
+                    ("request_timeout", &grpc.request_timeout),
+                    grpc.max_connections,
+                    &mut errors,
+                );
+                if grpc.max_concurrent_streams == 0 {
+                    errors.push(
+                        "receivers.otlp.grpc.max_concurrent_streams: must be at least 1".into(),
+                    );
+                }
                 check_size(
                     "receivers.otlp.grpc.max_recv_msg_size_mib",
                     grpc.max_recv_msg_size_mib,
@@ -706,7 +739,7 @@ impl Config {
                 }
                 check_limits(
                     "receivers.otlp.http",
-                    &http.header_read_timeout,
+                    ("header_read_timeout", &http.header_read_timeout),
                     http.max_connections,
                     &mut errors,
                 );
@@ -727,7 +760,7 @@ impl Config {
             }
             check_limits(
                 "receivers.webhook",
-                &webhook.header_read_timeout,
+                ("header_read_timeout", &webhook.header_read_timeout),
                 webhook.max_connections,
                 &mut errors,
             );
