@@ -203,7 +203,8 @@ fn start_with(url: &str, max_attempts: u32, extra: &str) -> Doraflow {
         "interval: 100ms",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    max_attempts: {max_attempts}\n    dashboard_url: \"http://127.0.0.1:9464/\"\n{extra}"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    max_attempts: {max_attempts}\n    dashboard_url: \"http://127.0.0.1:9464/\"\n{extra}",
+            key = common::secret_ref(ROUTING_KEY),
         ),
     )
 }
@@ -311,7 +312,8 @@ async fn an_endpoint_down_then_back_gets_the_trigger_and_the_resolve_once_each()
         "interval: 100ms",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    circuit_breaker_cooldown: 100ms\n"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n    circuit_breaker_cooldown: 100ms\n",
+            key = common::secret_ref(ROUTING_KEY),
         ),
     );
     let failed = |d: &Doraflow| {
@@ -406,7 +408,8 @@ async fn production_deployments_become_change_events_and_backfill_does_not() {
         "interval: 1s",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    change_events: true\n    change_url: \"{change_url}\"\n"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    change_events: true\n    change_url: \"{change_url}\"\n",
+            key = common::secret_ref(ROUTING_KEY),
         ),
     );
     let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
@@ -489,7 +492,8 @@ async fn an_event_the_api_refuses_is_logged_and_counted_not_retried() {
         "interval: 100ms",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"too-short\"\n    initial_backoff: 10ms\n"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    initial_backoff: 10ms\n",
+            key = common::secret_ref("too-short"),
         ),
     );
     common::send_checkout_spans(&doraflow, 197, 3).await;
@@ -522,7 +526,8 @@ async fn backfilling_a_month_of_failures_and_incidents_pages_nobody() {
         "interval: 100ms",
         256,
         &format!(
-            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{ROUTING_KEY}\"\n    change_events: true\n"
+            "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    change_events: true\n",
+            key = common::secret_ref(ROUTING_KEY),
         ),
     );
     let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());

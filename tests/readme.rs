@@ -38,28 +38,28 @@ fn every_config_key_is_in_the_readme() {
         (
             "exporters.pagerduty.tls",
             format!(
-                "exporters:\n  pagerduty: {{ routing_key: r, tls: {{ __probe__: 1 }} }}\n{PIPELINE}"
+                "exporters:\n  pagerduty: {{ tls: {{ __probe__: 1 }}, routing_key: r }}\n{PIPELINE}"
             ),
             &[],
         ),
         (
             "receivers.otlp.auth",
             format!(
-                "receivers:\n  otlp:\n    auth: {{ bearer_token: t, __probe__: 1 }}\n{PIPELINE}"
+                "receivers:\n  otlp:\n    auth: {{ __probe__: 1, bearer_token: t }}\n{PIPELINE}"
             ),
             &[],
         ),
         (
             "receivers.webhook.auth",
             format!(
-                "receivers:\n  webhook: {{ auth: {{ bearer_token: t, __probe__: 1 }} }}\n{PIPELINE}"
+                "receivers:\n  webhook: {{ auth: {{ __probe__: 1, bearer_token: t }} }}\n{PIPELINE}"
             ),
             &[],
         ),
         (
             "receivers.webhook.signature",
             format!(
-                "receivers:\n  webhook: {{ signature: {{ secret: s, __probe__: 1 }} }}\n{PIPELINE}"
+                "receivers:\n  webhook: {{ signature: {{ __probe__: 1, secret: s }} }}\n{PIPELINE}"
             ),
             &[],
         ),
@@ -75,7 +75,7 @@ fn every_config_key_is_in_the_readme() {
         ),
         (
             "exporters.pagerduty",
-            format!("exporters:\n  pagerduty: {{ routing_key: x, __probe__: 1 }}\n{PIPELINE}"),
+            format!("exporters:\n  pagerduty: {{ __probe__: 1, routing_key: x }}\n{PIPELINE}"),
             &[],
         ),
         (

@@ -377,7 +377,8 @@ async fn the_pagerduty_exporter_trusts_a_configured_ca_and_refuses_an_unknown_on
             "interval: 100ms",
             256,
             &format!(
-                "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"R0UT1NGK3Y0123456789abcdefABCDEF\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n{tls}"
+                "  pagerduty:\n    url: \"{url}\"\n    routing_key: \"{key}\"\n    initial_backoff: 10ms\n    max_backoff: 50ms\n{tls}",
+                key = common::secret_ref("R0UT1NGK3Y0123456789abcdefABCDEF"),
             ),
         );
         common::send_checkout_spans(&doraflow, 197, 3).await;

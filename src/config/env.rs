@@ -49,6 +49,17 @@ pub enum EnvError {
 
 /// Replaces every `${env:...}` in `text`, looking names up with `lookup`.
 pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, EnvError> {
+    substitute_recording(text, lookup, &mut Vec::new())
+}
+
+/// As [`substitute`], and pushes onto `from_outside` every value that came
+/// from the environment or a file (not the `:-default`s, which are written
+/// in the config itself): the values a secret may take.
+pub fn substitute_recording(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    from_outside: &mut Vec<String>,
+) -> Result<String, EnvError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -73,12 +84,12 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                 error: e.to_string(),
                 line,
             })?;
-            out.push_str(
-                content
-                    .strip_suffix('\n')
-                    .unwrap_or(&content)
-                    .trim_end_matches('\r'),
-            );
+            let content = content
+                .strip_suffix('\n')
+                .unwrap_or(&content)
+                .trim_end_matches('\r');
+            out.push_str(content);
+            from_outside.push(content.to_string());
             rest = &body[end + 1..];
             continue;
         }
@@ -102,7 +113,10 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             });
         }
         match (lookup(name), default) {
-            (Some(value), _) => out.push_str(&value),
+            (Some(value), _) => {
+                out.push_str(&value);
+                from_outside.push(value);
+            }
             (None, Some(default)) => out.push_str(default),
             (None, None) => {
                 return Err(EnvError::Unset {

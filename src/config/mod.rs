@@ -15,8 +15,9 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 pub use duration::{ConfigDuration, DurationError};
-pub use env::{EnvError, substitute};
+pub use env::{EnvError, substitute, substitute_recording};
 pub use secret::Secret;
+pub(crate) use secret::{LITERAL_SECRET, is_from_outside as secret_from_outside};
 
 /// The embedded default pipeline, run by `doraflow` with no arguments.
 pub const DEFAULT_PIPELINE_YAML: &str = include_str!("../../pipelines/default.yaml");
@@ -663,6 +664,21 @@ impl<'de> Deserialize<'de> for NotYetAvailable {
     }
 }
 
+/// `message` with every value from the environment or a file cut out: a
+/// parser's message may quote the text it choked on, and that text may be
+/// a secret (a token that YAML read as a number, say).
+fn redact(mut message: String, from_outside: &[String]) -> String {
+    let mut values: Vec<&String> = from_outside.iter().filter(|v| v.len() >= 4).collect();
+    // Longest first, so that a value containing another is cut whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for value in values {
+        if message.contains(value.as_str()) {
+            message = message.replace(value.as_str(), "<redacted>");
+        }
+    }
+    message
+}
+
 impl Config {
     /// Parses config text: substitutes `${env:..}` from the process environment,
     /// parses YAML, and validates.
@@ -675,16 +691,19 @@ impl Config {
         text: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = substitute(text, lookup)?;
+        let mut from_outside = Vec::new();
+        let text = substitute_recording(text, lookup, &mut from_outside)?;
         let mut path = String::new();
-        let parsed = serde_saphyr::with_deserializer_from_str(&text, |de| {
-            let mut track = serde_path_to_error::Track::new();
-            let result =
-                Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
-            if result.is_err() {
-                path = track.path().to_string();
-            }
-            result
+        let parsed = secret::parsing_config(from_outside.clone(), || {
+            serde_saphyr::with_deserializer_from_str(&text, |de| {
+                let mut track = serde_path_to_error::Track::new();
+                let result =
+                    Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+                if result.is_err() {
+                    path = track.path().to_string();
+                }
+                result
+            })
         });
         let config = parsed.map_err(|err| ConfigError::Parse {
             path: if path.is_empty() || path == "." {
@@ -692,7 +711,7 @@ impl Config {
             } else {
                 path
             },
-            message: err.to_string(),
+            message: redact(err.to_string(), &from_outside),
         })?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
@@ -1041,5 +1060,100 @@ pipelines:
         for (error, prefix) in errors.iter().zip(expected_prefixes) {
             assert!(error.starts_with(prefix), "{error:?} vs {prefix:?}");
         }
+    }
+
+    fn with_secrets(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_with_env(text, |name| match name {
+            "TOKEN" => Some("t0ken-from-env".into()),
+            "NUMERIC" => Some("8675309123".into()),
+            "KAFKA_PASSWORD" => Some("kafka-pa55word".into()),
+            _ => None,
+        })
+    }
+
+    fn otlp_with_token(token: &str) -> String {
+        format!(
+            "receivers:\n  otlp:\n    grpc: {{}}\n    auth: {{ bearer_token: \"{token}\" }}\nexporters:\n  prometheus: {{}}\npipelines:\n  main: {{ receivers: [otlp], exporters: [prometheus] }}\n"
+        )
+    }
+
+    #[test]
+    fn a_secret_written_in_the_config_is_refused_with_its_path() {
+        for literal in ["t0ken-from-env", "${env:UNSET:-a-default-t0ken}"] {
+            let err = with_secrets(&otlp_with_token(literal))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("receivers.otlp.auth.bearer_token: ")
+                    && err.contains("a secret must come from `${env:NAME}` or `${file:PATH}`"),
+                "{literal}: {err}"
+            );
+        }
+        let config = with_secrets(&otlp_with_token("${env:TOKEN}")).unwrap();
+        let auth = config.receivers.otlp.unwrap().auth.unwrap();
+        assert!(auth.bearer_token.matches(b"t0ken-from-env"));
+        let err = with_secrets(&otlp_with_token("${env:UNSET:-}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("receivers.otlp.auth.bearer_token: ")
+                && err.contains("a secret must not be empty"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_parse_error_never_quotes_a_value_from_the_environment() {
+        // Unquoted, the token reads as a YAML number, and the parser's
+        // message would quote it.
+        let text = otlp_with_token("${env:NUMERIC}").replace('"', "");
+        let err = with_secrets(&text).err().map(|e| e.to_string());
+        if let Some(err) = err {
+            assert!(!err.contains("8675309123"), "{err}");
+        }
+        let err = with_secrets(&format!(
+            "{}\nbroken: [${{env:TOKEN}}",
+            otlp_with_token("${env:TOKEN}")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("t0ken-from-env"), "{err}");
+    }
+
+    #[test]
+    fn kafka_secret_settings_come_from_outside_and_never_show() {
+        let kafka = |password: &str| {
+            format!(
+                "receivers:\n  kafka:\n    brokers: 127.0.0.1:9092\n    topics: [{{ topic: t, format: cdevents }}]\n    settings: {{ security.protocol: sasl_plaintext, sasl.mechanism: PLAIN, sasl.username: doraflow, sasl.password: \"{password}\" }}\nexporters:\n  prometheus: {{}}\npipelines:\n  main: {{ receivers: [kafka], exporters: [prometheus] }}\n"
+            )
+        };
+        let err = with_secrets(&kafka("kafka-pa55word"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("receivers.kafka.settings: ")
+                && err.contains("`sasl.password`: a secret must come from"),
+            "{err}"
+        );
+        let config = with_secrets(&kafka("${env:KAFKA_PASSWORD}")).unwrap();
+        let settings = &config.receivers.kafka.as_ref().unwrap().settings;
+        assert_eq!(settings["sasl.password"], "kafka-pa55word");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("kafka-pa55word"), "{shown}");
+        assert!(shown.contains("\"sasl.username\": \"doraflow\""), "{shown}");
+    }
+
+    #[test]
+    fn credentials_in_an_exporter_url_are_refused_and_not_echoed() {
+        let err = with_secrets(
+            "receivers:\n  otlp:\n    grpc: {}\nexporters:\n  prometheus: {}\n  alertmanager: { url: \"https://doraflow:hunter22@am.example:9093\" }\npipelines:\n  main: { receivers: [otlp], exporters: [prometheus, alertmanager] }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("exporters.alertmanager.url: must not hold credentials"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter22"), "{err}");
     }
 }

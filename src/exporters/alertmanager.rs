@@ -62,16 +62,10 @@ const fn default_queue_size() -> usize {
     1024
 }
 
-fn check_url(path: &str, url: &str, errors: &mut Vec<String>) {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        errors.push(format!("{path}.url: must be an http(s) URL, got `{url}`"));
-    }
-}
-
 impl AlertmanagerConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        check_url(path, &self.url, errors);
+        super::check_url(path, &self.url, errors);
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
         }
@@ -84,7 +78,7 @@ impl AlertmanagerConfig {
 impl WebhookExporterConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        check_url(path, &self.url, errors);
+        super::check_url(path, &self.url, errors);
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
         }

@@ -16,6 +16,22 @@ use tokio::sync::mpsc;
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
 
+/// Checks an exporter's `url` (at `{path}.url`): http(s), and no
+/// credentials in it: a `user:password@` would be a secret written in the
+/// config, and URLs show up in logs and error messages.
+pub(crate) fn check_url(path: &str, url: &str, errors: &mut Vec<String>) {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            errors.push(format!(
+                "{path}.url: must not hold credentials (`user:password@`): {}",
+                crate::config::LITERAL_SECRET
+            ));
+        }
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        _ => errors.push(format!("{path}.url: must be an http(s) URL, got `{url}`")),
+    }
+}
+
 /// The queue an alert exporter takes transitions from. The pipeline never
 /// waits on it: a full queue drops the transition and counts it.
 #[derive(Clone)]

@@ -91,12 +91,7 @@ fn default_breaker_cooldown() -> ConfigDuration {
 impl PagerDutyConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            errors.push(format!(
-                "{path}.url: must be an http(s) URL, got `{}`",
-                self.url
-            ));
-        }
+        super::check_url(path, &self.url, errors);
         if self.routing_key.expose().trim().is_empty() {
             errors.push(format!("{path}.routing_key: must not be empty"));
         }

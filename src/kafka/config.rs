@@ -48,7 +48,7 @@ pub struct KafkaReceiverConfig {
     /// Extra librdkafka properties (e.g. `security.protocol`, `fetch.max.bytes`).
     /// The ones doraflow's guarantees rest on cannot be set here.
     #[serde(default)]
-    pub settings: BTreeMap<String, String>,
+    pub settings: KafkaSettings,
 }
 
 /// One topic the receiver reads.
@@ -139,6 +139,74 @@ fn default_heartbeat_interval() -> ConfigDuration {
 }
 const fn default_max_in_flight() -> usize {
     64
+}
+
+/// Extra librdkafka properties. Those holding secrets (`sasl.password`,
+/// `ssl.key.password`, ...) must come from `${env:NAME}` or `${file:PATH}`
+/// and are redacted from `Debug`.
+#[derive(Clone, Default)]
+pub struct KafkaSettings(BTreeMap<String, String>);
+
+/// librdkafka properties whose values are secrets.
+const SECRET_SETTINGS: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl_key",
+];
+
+fn is_secret_setting(key: &str) -> bool {
+    SECRET_SETTINGS.contains(&key)
+}
+
+impl<'de> Deserialize<'de> for KafkaSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let settings = BTreeMap::<String, String>::deserialize(deserializer)?;
+        for (key, value) in &settings {
+            if is_secret_setting(key) && !crate::config::secret_from_outside(value) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{key}`: {}",
+                    crate::config::LITERAL_SECRET
+                )));
+            }
+        }
+        Ok(KafkaSettings(settings))
+    }
+}
+
+impl std::ops::Deref for KafkaSettings {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaSettings {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let shown = if is_secret_setting(key) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key, shown)
+            }))
+            .finish()
+    }
 }
 
 /// librdkafka properties doraflow sets itself: overriding them would break
@@ -268,7 +336,7 @@ pub struct KafkaExporterConfig {
     pub delivery_timeout: ConfigDuration,
     /// Extra librdkafka properties (e.g. `linger.ms`, `security.protocol`).
     #[serde(default)]
-    pub settings: BTreeMap<String, String>,
+    pub settings: KafkaSettings,
 }
 
 /// `exporters.kafka.topics`: the OpenTelemetry Collector's topic names by default.

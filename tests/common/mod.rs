@@ -461,3 +461,20 @@ pub fn spawn(config: &std::path::Path) -> Process {
             .expect("spawn doraflow"),
     )
 }
+
+/// `${file:PATH}` of a file holding `value`: config files may not hold
+/// secrets themselves. One file per value, kept for the run's other tests.
+pub fn secret_ref(value: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hash);
+    let dir = std::env::temp_dir().join("doraflow-test-secrets");
+    std::fs::create_dir_all(&dir).expect("secrets folder");
+    let path = dir.join(format!("{:016x}", hash.finish()));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(value) {
+        let tmp = dir.join(format!("{:016x}.{}", hash.finish(), std::process::id()));
+        std::fs::write(&tmp, value).expect("write secret");
+        std::fs::rename(&tmp, &path).expect("place secret");
+    }
+    format!("${{file:{}}}", path.display())
+}
