@@ -35,7 +35,16 @@ fn unique(tag: &str) -> String {
 }
 
 async fn create_topic(broker: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    create_topic_with(broker, name, partitions, &[]).await
+}
+
+/// As `create_topic`, with more librdkafka settings (TLS, say).
+async fn create_topic_with(broker: &str, name: &str, partitions: i32, settings: &[(&str, &str)]) {
+    let mut config = ClientConfig::new();
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let admin: AdminClient<DefaultClientContext> = config
         .set("bootstrap.servers", broker)
         .create()
         .expect("admin client");
@@ -68,7 +77,16 @@ fn keyed(key: &str, payload: Vec<u8>) -> Record {
 
 /// Produces `records` to `topic` in order, and waits for every acknowledgement.
 fn produce(broker: &str, topic: &str, records: &[Record]) {
-    let producer: BaseProducer = ClientConfig::new()
+    produce_with(broker, topic, records, &[])
+}
+
+/// As `produce`, with more librdkafka settings (TLS, say).
+fn produce_with(broker: &str, topic: &str, records: &[Record], settings: &[(&str, &str)]) {
+    let mut config = ClientConfig::new();
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let producer: BaseProducer = config
         .set("bootstrap.servers", broker)
         .set("enable.idempotence", "true")
         .create()
@@ -1212,4 +1230,135 @@ async fn a_drain_stuck_past_shutdown_timeout_exits_non_zero() {
     // Bounded by the 2 s timeout (plus the runtime's 1 s for stuck
     // threads), not by the broker's own timeouts.
     assert!(took < Duration::from_secs(6), "took {took:?}");
+}
+
+/// `receivers.kafka.settings` reach librdkafka: doraflow reads a broker
+/// that is reachable only over TLS (a TLS terminator in front of Tansu,
+/// advertised as the broker's address, as a cloud Kafka's load balancer
+/// is), trusting the test's own CA through `ssl.ca.location`. The TLS
+/// proxy stands in for the broker's own TLS, which this Tansu build does not
+/// serve (`--cert` is accepted and plaintext served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_behind_tls_is_read_with_the_tls_settings_passed_to_librdkafka() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let test = "a_broker_behind_tls_is_read_with_the_tls_settings_passed_to_librdkafka";
+    let Ok(tansu) = std::env::var("DORAFLOW_TEST_TANSU") else {
+        say_skipped(
+            test,
+            "no Tansu (DORAFLOW_TEST_TANSU unset; scripts/test sets it)",
+        );
+        return;
+    };
+    let dir = common::TempDir::new("kafka-tls");
+    let ca = common::certs::ca("doraflow kafka test CA");
+    let (cert, key) = common::certs::leaf(
+        &ca,
+        &["localhost", "127.0.0.1"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let ca_file = common::certs::write(&dir.0, "ca.pem", &ca.pem);
+    let ca_file = ca_file.to_str().unwrap().to_string();
+
+    // The broker listens in plaintext on `inner` and tells clients to
+    // connect to `outer`, where only TLS is spoken.
+    let (inner, outer) = (free_port(), free_port());
+    let _broker = common::Process(
+        std::process::Command::new(&tansu)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{inner}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{outer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start Tansu"),
+    );
+    common::eventually("the broker listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", inner)).is_ok()
+    })
+    .await;
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(rustls_pemfile_certs(&cert), {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()
+    })
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", outer))
+        .await
+        .unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let proxy = tokio::spawn({
+        let handshakes = handshakes.clone();
+        async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", inner)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                    }
+                });
+            }
+        }
+    });
+
+    let tls = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca_file.as_str()),
+    ];
+    let address = format!("127.0.0.1:{outer}");
+    let topic = unique("dora-tls");
+    create_topic_with(&address, &topic, 2, &tls).await;
+    let records: Vec<Record> = (0..12).map(deployment_of).collect();
+    produce_with(&address, &topic, &records, &tls);
+    let before = handshakes.load(Ordering::SeqCst);
+
+    let doraflow = start_cluster(&kafka_receiver(
+        &address,
+        &unique("g-tls"),
+        &format!("[{{ topic: \"{topic}\", format: cdevents }}]"),
+        &format!("    settings: {{ security.protocol: ssl, ssl.ca.location: \"{ca_file}\" }}\n"),
+    ));
+    until("12 deployments over TLS", &[&doraflow], |m| {
+        (0..4)
+            .map(|s| deployments(&m[0], &format!("svc{s}")))
+            .sum::<f64>()
+            == 12.0
+    })
+    .await;
+    let m = doraflow.metrics();
+    for s in 0..4 {
+        assert_eq!(deployments(&m, &format!("svc{s}")), 3.0, "svc{s}");
+    }
+    assert!(
+        handshakes.load(Ordering::SeqCst) > before,
+        "doraflow made no TLS connection"
+    );
+    proxy.abort();
+}
+
+/// The certificates of a PEM chain.
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
 }

@@ -2,6 +2,8 @@
 //! loopback ports, and a reader of its `/metrics`.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
