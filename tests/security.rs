@@ -16,6 +16,8 @@ use prost::Message;
 const OTLP_TOKEN: &str = "otlp-t0ken-5f2b9c0e";
 const WEBHOOK_TOKEN: &str = "w3bhook-t0ken-77aa31";
 const SIGNING_KEY: &str = "s1gning-k3y-9d1e4f02";
+const API_TOKEN: &str = "ap1-t0ken-3c4d5e6f";
+const ROUTING_KEY: &str = "R0UT1NGK3Yf00dfeed0123456789abcd";
 
 fn sign(timestamp: i64, body: &str) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SIGNING_KEY.as_bytes()).unwrap();
@@ -57,12 +59,17 @@ async fn only_clients_with_the_token_and_a_valid_signature_get_in_and_no_secret_
 processors:
   red: {{}}
   dora: {{}}
+  alerts: {{}}
 exporters:
-  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\", api_token: \"${{env:DORAFLOW_TEST_API_TOKEN}}\" }}
+  pagerduty:
+    url: \"http://127.0.0.1:{pagerduty}/v2/enqueue\"
+    routing_key: \"${{env:DORAFLOW_TEST_ROUTING_KEY}}\"
 pipelines:
-  main: {{ receivers: [otlp, webhook], processors: [red, dora], exporters: [prometheus] }}
+  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus, pagerduty] }}
 ",
-            token_file.display()
+            token_file.display(),
+            pagerduty = free_port(),
         ),
     )
     .unwrap();
@@ -74,6 +81,8 @@ pipelines:
         .env("DORAFLOW_LOG", "debug")
         .env("DORAFLOW_TEST_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
         .env("DORAFLOW_TEST_SIGNING_KEY", SIGNING_KEY)
+        .env("DORAFLOW_TEST_API_TOKEN", API_TOKEN)
+        .env("DORAFLOW_TEST_ROUTING_KEY", ROUTING_KEY)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -241,7 +250,13 @@ pipelines:
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.lines().count() > 5, "too little logged:\n{logged}");
     assert!(logged.contains("bad signature"), "the refusals are logged");
-    for secret in [OTLP_TOKEN, WEBHOOK_TOKEN, SIGNING_KEY] {
+    for secret in [
+        OTLP_TOKEN,
+        WEBHOOK_TOKEN,
+        SIGNING_KEY,
+        API_TOKEN,
+        ROUTING_KEY,
+    ] {
         assert!(
             !logged.contains(secret),
             "a secret in the log:\n{}",
