@@ -101,7 +101,7 @@ impl MemoryGate {
 /// a burst the resident size can stay above the soft limit with little of it
 /// in use, and the limiter would refuse for good. This is the analogue of the
 /// Collector's forced garbage collection above its soft limit.
-fn release_free_memory() -> bool {
+pub(crate) fn release_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim takes no pointer and only walks glibc's own

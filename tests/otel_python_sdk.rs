@@ -98,3 +98,126 @@ fn python_sdk_over_grpc_and_http_gives_exact_figures() {
     assert_eq!(accepted("grpc", "logs"), Some(6.0));
     assert_eq!(accepted("http", "logs"), Some(6.0));
 }
+
+/// The figures of one resource by the reference semantics: (service,
+/// environment, latencies, errors).
+type Reference = (String, String, Vec<u64>, u64);
+
+/// doraflow's semantics computed over prost's full decode: SERVER and
+/// CONSUMER spans are requests; one is an error when its status is ERROR
+/// or, for SERVER, when the first `http.response.status_code` or
+/// `http.status_code` attribute (int, double or numeric string) is 5xx.
+fn reference(
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> (u64, Vec<Reference>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let mut spans = 0;
+    let mut groups = Vec::new();
+    for rs in &request.resource_spans {
+        let attribute = |key: &str| {
+            rs.resource.as_ref().and_then(|r| {
+                r.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+                    match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    }
+                })
+            })
+        };
+        let service = attribute("service.name").unwrap_or_else(|| "unknown_service".into());
+        let environment = attribute("deployment.environment.name")
+            .or_else(|| attribute("deployment.environment"))
+            .unwrap_or_default();
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            spans += 1;
+            if span.kind != 2 && span.kind != 5 {
+                continue;
+            }
+            let status_error = span.status.as_ref().is_some_and(|s| s.code == 2);
+            let http_error = span.kind == 2
+                && span
+                    .attributes
+                    .iter()
+                    .find(|kv| {
+                        kv.key == "http.response.status_code" || kv.key == "http.status_code"
+                    })
+                    .map(
+                        |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(Value::IntValue(i)) => *i,
+                            Some(Value::DoubleValue(d)) => *d as i64,
+                            Some(Value::StringValue(s)) => s.trim().parse().unwrap_or(0),
+                            _ => 0,
+                        },
+                    )
+                    .is_some_and(|code| code >= 500);
+            errors += u64::from(status_error || http_error);
+            latencies.push(span.end_time_unix_nano - span.start_time_unix_nano);
+        }
+        if !latencies.is_empty() {
+            groups.push((service, environment, latencies, errors));
+        }
+    }
+    (spans, groups)
+}
+
+/// The targeted wire reader (the hot path) and a full decode agree on
+/// payloads the Python SDK encoded itself: 40 requests, up to 200 spans each.
+#[test]
+fn the_wire_reader_agrees_with_a_full_decode_on_python_sdk_payloads() {
+    use prost::Message;
+    let Some(python) = python_with_otel_sdk() else {
+        common::say_skipped(
+            "the_wire_reader_agrees_with_a_full_decode_on_python_sdk_payloads",
+            "no Python with the OpenTelemetry SDK (DORAFLOW_TEST_PYTHON unset; scripts/test sets it up)",
+        );
+        return;
+    };
+    let dir = common::TempDir::new("sdk-payloads");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/sdk_trace_payloads.py"
+    );
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&dir.0)
+        .arg("40")
+        .output()
+        .expect("run the payload writer");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (mut spans, mut errors) = (0, 0);
+    for n in 0..40 {
+        let body = bytes::Bytes::from(std::fs::read(dir.0.join(format!("{n}.pb"))).unwrap());
+        let full =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                body.clone(),
+            )
+            .expect("the SDK's payload decodes");
+        let summary = doraflow::otlp::traces_protobuf(&body).expect("the wire reader reads it");
+        let (want_spans, want) = reference(&full);
+        assert_eq!(summary.spans, want_spans, "payload {n}");
+        assert_eq!(summary.rejected_spans, 0, "payload {n}");
+        let got: Vec<Reference> = summary
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    String::from_utf8(g.identity.service.to_vec()).unwrap(),
+                    String::from_utf8(g.identity.environment.to_vec()).unwrap(),
+                    summary.latencies_ns[g.latencies.clone()].to_vec(),
+                    g.errors,
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "payload {n}");
+        spans += want_spans;
+        errors += want.iter().map(|g| g.3).sum::<u64>();
+    }
+    // The payloads exercise what they should.
+    assert!(spans > 2_000, "{spans} spans");
+    assert!(errors > 100, "{errors} errors");
+}

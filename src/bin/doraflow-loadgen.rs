@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use doraflow::otlp::synth::realistic_batch_of;
+use doraflow::otlp::synth::realistic_batch_among;
 use doraflow::receivers::otlp_grpc::RawCodec;
 use hdrhistogram::Histogram;
 use prost::Message;
@@ -59,6 +59,11 @@ struct Args {
     /// sidecar beside one service sees.
     #[arg(long, default_value_t = 50)]
     services: usize,
+    /// Services over all batches: batch k takes `--services` of them from
+    /// the k×services-th on (with `--distinct` at least total/services,
+    /// every one is fed). Default: `--services`.
+    #[arg(long)]
+    total_services: Option<usize>,
     /// Distinct pre-built batches to cycle through.
     #[arg(long, default_value_t = 16)]
     distinct: usize,
@@ -135,7 +140,13 @@ async fn main() -> anyhow::Result<()> {
         (0..args.distinct.max(1))
             .map(|seed| {
                 Bytes::from(
-                    realistic_batch_of(args.batch, seed as u64, args.services).encode_to_vec(),
+                    realistic_batch_among(
+                        args.batch,
+                        seed as u64,
+                        args.services,
+                        args.total_services.unwrap_or(args.services),
+                    )
+                    .encode_to_vec(),
                 )
             })
             .collect(),
@@ -164,9 +175,14 @@ async fn main() -> anyhow::Result<()> {
         }
         let (batches, totals, latencies) = (batches.clone(), totals.clone(), latencies.clone());
         let batch = args.batch as u64;
+        let connections = args.connections;
         workers.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let mut next = Instant::now();
+            // Connections staggered over the period, as independent clients
+            // are: started together they would arrive in bursts of
+            // `connections` requests and queue behind each other.
+            let mut next = Instant::now()
+                + period.map_or(Duration::ZERO, |p| p * worker as u32 / connections as u32);
             let mut i = worker;
             while Instant::now() < deadline {
                 if let Some(period) = period {
@@ -213,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
         "connections": args.connections,
         "batch": args.batch,
         "services": args.services,
+        "total_services": args.total_services.unwrap_or(args.services),
         "gzip": args.gzip,
         "bytes_per_span": bytes_per_span,
         "target_spans_per_second": args.rate,
@@ -388,7 +405,15 @@ fn kafka(args: Args, brokers: &str) -> anyhow::Result<()> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use rdkafka::types::RDKafkaErrorCode;
     let batches: Vec<Vec<u8>> = (0..args.distinct.max(1))
-        .map(|seed| realistic_batch_of(args.batch, seed as u64, args.services).encode_to_vec())
+        .map(|seed| {
+            realistic_batch_among(
+                args.batch,
+                seed as u64,
+                args.services,
+                args.total_services.unwrap_or(args.services),
+            )
+            .encode_to_vec()
+        })
         .collect();
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)

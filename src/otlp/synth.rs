@@ -108,9 +108,24 @@ pub fn realistic_batch(spans: usize, seed: u64) -> ExportTraceServiceRequest {
 /// As [`realistic_batch`], over `services` services (1: what a sidecar
 /// beside one service sees).
 pub fn realistic_batch_of(spans: usize, seed: u64, services: usize) -> ExportTraceServiceRequest {
+    realistic_batch_among(spans, seed, services, services)
+}
+
+/// As [`realistic_batch_of`], the `services` of batch `seed` taken in turn
+/// from `total` services (`service-00` to `service-{total-1}`), so that a
+/// run cycling through `total / services` batches feeds `total` series.
+pub fn realistic_batch_among(
+    spans: usize,
+    seed: u64,
+    services: usize,
+    total: usize,
+) -> ExportTraceServiceRequest {
     let services = services.clamp(1, spans.max(1));
+    let total = total.max(services);
+    let first = (seed as usize).wrapping_mul(services) % total;
     let mut groups: Vec<(Resource, Vec<Span>)> = (0..services)
         .map(|s| {
+            let s = (first + s) % total;
             let name = format!("service-{s:02}");
             let mut resource = resource(Some(&name), Some("production"));
             resource.attributes.extend([

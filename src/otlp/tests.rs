@@ -561,3 +561,54 @@ fn logs_and_metrics_split_too_and_garbage_is_an_error() {
     assert_eq!(parts[0].0.as_ref(), b"m");
     assert!(wire::split_by_service(&Bytes::from_static(&[0x0a, 0xff, 0x01])).is_err());
 }
+
+/// A span whose kind is written after its attributes (legal protobuf,
+/// though no encoder here does it) still has its HTTP status read: the
+/// one-pass reader looks at the attributes again once the span turns out to
+/// be SERVER. And with the kind first, as usual, the first status
+/// attribute decides.
+#[test]
+fn the_http_status_is_read_whatever_the_field_order() {
+    fn field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+        prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, out);
+        prost::encoding::encode_varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+    let body = |kind_last: bool, statuses: &[i64]| {
+        let mut s = span(if kind_last { 0 } else { SERVER }, 10, 30, 0, None);
+        s.attributes = statuses
+            .iter()
+            .map(|c| attr("http.response.status_code", Value::IntValue(*c)))
+            .collect();
+        let mut span_bytes = s.encode_to_vec();
+        if kind_last {
+            prost::encoding::encode_key(6, prost::encoding::WireType::Varint, &mut span_bytes);
+            prost::encoding::encode_varint(SERVER as u64, &mut span_bytes);
+        }
+        let mut scope = Vec::new();
+        field(&mut scope, 2, &span_bytes);
+        let mut resource_spans = Vec::new();
+        field(
+            &mut resource_spans,
+            1,
+            &resource(Some("svc"), Some("prod")).encode_to_vec(),
+        );
+        field(&mut resource_spans, 2, &scope);
+        let mut request = Vec::new();
+        field(&mut request, 1, &resource_spans);
+        Bytes::from(request)
+    };
+    for (kind_last, statuses, error) in [
+        (true, &[503][..], 1),
+        (true, &[200, 503][..], 0),
+        (true, &[503, 200][..], 1),
+        (false, &[503, 200][..], 1),
+        (false, &[200, 503][..], 0),
+        (true, &[][..], 0),
+    ] {
+        let summary = traces_protobuf(&body(kind_last, statuses)).unwrap();
+        assert_eq!(summary.groups.len(), 1, "{kind_last} {statuses:?}");
+        assert_eq!(summary.groups[0].errors, error, "{kind_last} {statuses:?}");
+        assert_eq!(summary.latencies_ns, vec![20]);
+    }
+}

@@ -306,8 +306,16 @@ struct SpanFacts {
     start: u64,
     end: u64,
     status_error: bool,
+    /// For a SERVER span, whether its HTTP response status is 5xx, when
+    /// that was read on the way (attributes after the kind, the order
+    /// encoders write); `None` if it is still to be looked for.
+    http_error: Option<bool>,
 }
 
+/// Reads a span's kind, times and status in one pass, and for a SERVER span
+/// whose kind comes before its attributes (as every encoder writes them),
+/// its HTTP status as well, so that the span is walked once.
+#[inline(always)]
 fn span_facts(buf: &[u8]) -> Result<SpanFacts, WireError> {
     const MSG: &str = "Span";
     let mut facts = SpanFacts {
@@ -315,18 +323,60 @@ fn span_facts(buf: &[u8]) -> Result<SpanFacts, WireError> {
         start: 0,
         end: 0,
         status_error: false,
+        http_error: None,
     };
+    // Attributes passed over while the span did not read as SERVER (its
+    // kind not yet seen, in an unusual field order): if it ends up SERVER,
+    // they are looked at again (`http_server_error`), so that the first
+    // status attribute decides, as in a full decode.
+    let mut unchecked_attributes = false;
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
         match field? {
             (6, v) => facts.kind = expect_varint(v, MSG)?,
             (7, v) => facts.start = expect_fixed64(v, MSG)?,
             (8, v) => facts.end = expect_fixed64(v, MSG)?,
+            (9, v) => {
+                if facts.kind != SPAN_KIND_SERVER {
+                    unchecked_attributes = true;
+                } else if facts.http_error.is_none() {
+                    facts.http_error = http_status_attribute(expect_bytes(v, MSG)?)?;
+                }
+            }
             (15, v) => facts.status_error = status_is_error(expect_bytes(v, MSG)?)?,
             _ => {}
         }
     }
+    if facts.kind == SPAN_KIND_SERVER && (unchecked_attributes || facts.http_error.is_none()) {
+        facts.http_error = Some(if unchecked_attributes {
+            http_server_error(buf)?
+        } else {
+            false
+        });
+    }
     Ok(facts)
+}
+
+/// The keys of a span's HTTP response status: the current semantic
+/// convention, then the older one.
+const HTTP_STATUS_KEYS: [&[u8]; 2] = [b"http.response.status_code", b"http.status_code"];
+
+/// If the `KeyValue` in `buf` is an HTTP response status, whether it is 5xx.
+#[inline]
+fn http_status_attribute(buf: &[u8]) -> Result<Option<bool>, WireError> {
+    let Some((_, value)) = wanted_key_value(buf, &HTTP_STATUS_KEYS)? else {
+        return Ok(None);
+    };
+    let code = match value {
+        AttributeValue::Int(i) => i,
+        AttributeValue::Double(d) => d as i64,
+        AttributeValue::String(s) => std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        AttributeValue::Other => 0,
+    };
+    Ok(Some(code >= 500))
 }
 
 fn status_is_error(buf: &[u8]) -> Result<bool, WireError> {
@@ -342,25 +392,16 @@ fn status_is_error(buf: &[u8]) -> Result<bool, WireError> {
 }
 
 /// Whether an HTTP server span's response status is 5xx
-/// (`http.response.status_code`, or the older `http.status_code`).
+/// (`http.response.status_code`, or the older `http.status_code`): the
+/// first such attribute decides.
 fn http_server_error(buf: &[u8]) -> Result<bool, WireError> {
     const MSG: &str = "Span";
-    const KEYS: [&[u8]; 2] = [b"http.response.status_code", b"http.status_code"];
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
         if let (9, v) = field?
-            && let Some((_, value)) = wanted_key_value(expect_bytes(v, MSG)?, &KEYS)?
+            && let Some(error) = http_status_attribute(expect_bytes(v, MSG)?)?
         {
-            let code = match value {
-                AttributeValue::Int(i) => i,
-                AttributeValue::Double(d) => d as i64,
-                AttributeValue::String(s) => std::str::from_utf8(s)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0),
-                AttributeValue::Other => 0,
-            };
-            return Ok(code >= 500);
+            return Ok(error);
         }
     }
     Ok(false)
@@ -395,8 +436,7 @@ pub fn summarize_traces(body: &Bytes, out: &mut TraceSummary) -> Result<(), Wire
                     out.rejected_spans += 1;
                     continue;
                 }
-                let error = facts.status_error
-                    || (facts.kind == SPAN_KIND_SERVER && http_server_error(span)?);
+                let error = facts.status_error || facts.http_error == Some(true);
                 errors += u64::from(error);
                 out.latencies_ns.push(facts.end - facts.start);
             }

@@ -304,6 +304,10 @@ pub async fn serve(
         // by the message size limit per stream.
         .initial_stream_window_size(Some(max.min(16 << 20) as u32))
         .initial_connection_window_size(Some((max * 2).min(32 << 20) as u32))
+        // Frames of up to 1 MiB (HTTP/2's default is 16 KiB): a client that
+        // honours it sends a request in a few frames, read in a few
+        // syscalls rather than one per 16 KiB.
+        .max_frame_size(Some(1 << 20))
         .max_concurrent_streams(config.max_concurrent_streams)
         .timeout(config.request_timeout.get())
         // A peer that vanished without a FIN (a pulled cable, a dead NAT
