@@ -463,11 +463,18 @@ async fn the_circuit_opens_after_repeated_failures_and_a_probe_closes_it() {
         endpoint.lock().unwrap().accepted.len() == 1
     })
     .await;
-    let endpoint = endpoint.lock().unwrap();
-    assert_eq!(endpoint.attempts, 4);
-    assert_eq!(endpoint.accepted[0]["event_action"], "resolve");
-    let m = doraflow.metrics();
+    {
+        let endpoint = endpoint.lock().unwrap();
+        assert_eq!(endpoint.attempts, 4);
+        assert_eq!(endpoint.accepted[0]["event_action"], "resolve");
+    }
     let pd = [("exporter", "pagerduty")];
+    // The endpoint has answered; the exporter counts the answer just after.
+    common::eventually("the delivery counted", || {
+        doraflow.metrics().get("doraflow_exporter_sent_total", &pd) == Some(1.0)
+    })
+    .await;
+    let m = doraflow.metrics();
     assert_eq!(
         m.get("doraflow_exporter_circuit_opened_total", &pd),
         Some(2.0)
