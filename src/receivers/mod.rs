@@ -7,6 +7,7 @@
 //! Both decode with [`crate::otlp`], submit to the pipeline and answer with
 //! [`ExportOutcome`], which maps to the OTLP status codes of each transport.
 
+mod listener;
 pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod webhook;
@@ -64,70 +65,55 @@ pub async fn serve_http(
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let mut incoming = match tls {
+    match tls {
         Some(tls) => {
             let reloading =
                 crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
-            Incoming::Tls(crate::tls::incoming(listener, reloading, stop.clone()))
+            let connections = listener::tls(listener, reloading, stop.clone());
+            let incoming = listener::slotted(connections, slots, stop.clone());
+            serve_connections(incoming, &builder, &graceful, app, &stop).await;
         }
-        None => Incoming::Plain(listener),
-    };
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot?,
-            _ = stop.cancelled() => break,
-        };
-        let go_on = match &mut incoming {
-            Incoming::Plain(listener) => tokio::select! {
-                accepted = listener.accept() => {
-                    match accepted {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            serve_connection(&builder, &graceful, stream, app.clone(), slot);
-                        }
-                        Err(e) => {
-                            // Out of file descriptors, say: wait rather than spin.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                    true
-                }
-                _ = stop.cancelled() => false,
-            },
-            // Handshakes are done (and TCP_NODELAY set) in `tls::incoming`.
-            Incoming::Tls(handshaken) => tokio::select! {
-                connection = handshaken.recv() => match connection {
-                    Some((stream, _)) => {
-                        serve_connection(&builder, &graceful, stream, app.clone(), slot);
-                        true
-                    }
-                    None => false,
-                },
-                _ = stop.cancelled() => false,
-            },
-        };
-        if !go_on {
-            break;
+        None => {
+            let incoming = listener::slotted(listener::plain(listener), slots, stop.clone());
+            serve_connections(incoming, &builder, &graceful, app, &stop).await;
         }
     }
     graceful.shutdown().await;
     Ok(())
 }
 
-/// Where an HTTP listener's connections come from.
-enum Incoming {
-    Plain(tokio::net::TcpListener),
-    Tls(tokio::sync::mpsc::Receiver<(crate::tls::TlsConnection, std::net::SocketAddr)>),
+/// Serves each connection of `incoming`, on a task of its own, until `stop`.
+async fn serve_connections<C>(
+    mut incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<listener::Slotted<C>>>,
+    builder: &hyper::server::conn::http1::Builder,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    app: axum::Router,
+    stop: &tokio_util::sync::CancellationToken,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    loop {
+        let connection = tokio::select! {
+            connection = incoming.next() => connection,
+            _ = stop.cancelled() => return,
+        };
+        match connection {
+            Some(Ok(connection)) => serve_connection(builder, graceful, connection, app.clone()),
+            // `slotted` passes no errors on; it ends when the listener does.
+            Some(Err(_)) => {}
+            None => return,
+        }
+    }
 }
 
-/// Serves one connection on a task of its own, holding `slot` until it ends.
+/// Serves one connection on a task of its own (its slot is freed when the
+/// connection, which holds it, is dropped at the end).
 fn serve_connection<I>(
     builder: &hyper::server::conn::http1::Builder,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     stream: I,
     app: axum::Router,
-    slot: tokio::sync::OwnedSemaphorePermit,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,7 +125,6 @@ fn serve_connection<I>(
             // A client that went away or was too slow: its business.
             tracing::debug!(error = %e, "HTTP connection ended with an error");
         }
-        drop(slot);
     });
 }
 

@@ -9,28 +9,25 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, EnabledCompressionEncodings, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::transport::server::Connected;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use metrics::counter;
 
-use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, response_protobuf};
+use super::{
+    Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, listener, response_protobuf,
+};
 use crate::config::{GrpcServerConfig, ReceiverAuth};
 use crate::instruments;
 use crate::model::Signal;
@@ -332,131 +329,22 @@ pub async fn serve(
     match &config.tls {
         Some(tls) => {
             let reloading = crate::tls::Reloading::start(tls, crate::tls::ALPN_H2, stop.clone())?;
-            let handshaken = crate::tls::incoming(listener, reloading, stop.clone());
-            let connections = ReceiverStream::new(handshaken).map(|(connection, _)| Ok(connection));
+            let connections = listener::tls(listener, reloading, stop.clone());
             router
                 .serve_with_incoming_shutdown(
-                    slotted(connections, slots, stop.clone()),
+                    listener::slotted(connections, slots, stop.clone()),
                     stop.cancelled_owned(),
                 )
                 .await?;
         }
         None => {
-            let connections = TcpListenerStream::new(listener).map(|tcp| {
-                tcp.inspect(|tcp| {
-                    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms).
-                    let _ = tcp.set_nodelay(true);
-                })
-            });
             router
                 .serve_with_incoming_shutdown(
-                    slotted(connections, slots, stop.clone()),
+                    listener::slotted(listener::plain(listener), slots, stop.clone()),
                     stop.cancelled_owned(),
                 )
                 .await?;
         }
     }
     Ok(())
-}
-
-/// The connections from `next`, each holding one of `slots` until it
-/// closes: past `max_connections` the next connection is not accepted (it
-/// waits in the kernel's backlog) until one closes.
-fn slotted<C, S>(
-    mut connections: S,
-    slots: Arc<Semaphore>,
-    stop: CancellationToken,
-) -> ReceiverStream<std::io::Result<Slotted<C>>>
-where
-    C: Send + 'static,
-    S: Stream<Item = std::io::Result<C>> + Unpin + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-                _ = stop.cancelled() => return,
-            };
-            let connection = tokio::select! {
-                connection = connections.next() => connection,
-                _ = stop.cancelled() => return,
-            };
-            match connection {
-                Some(Ok(connection)) => {
-                    let slotted = Slotted {
-                        inner: connection,
-                        _slot: slot,
-                    };
-                    if tx.send(Ok(slotted)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => return,
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// A connection holding a slot of the listener's connection limit.
-struct Slotted<C> {
-    inner: C,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl<C: Connected> Connected for Slotted<C> {
-    type ConnectInfo = C::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl<C: AsyncRead + Unpin> AsyncRead for Slotted<C> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<C: AsyncWrite + Unpin> AsyncWrite for Slotted<C> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
