@@ -306,9 +306,8 @@ struct SpanFacts {
     start: u64,
     end: u64,
     status_error: bool,
-    /// For a SERVER span, whether its HTTP response status is 5xx, when
-    /// that was read on the way (attributes after the kind, the order
-    /// encoders write); `None` if it is still to be looked for.
+    /// For a SERVER span, whether its HTTP response status is 5xx; `None`
+    /// when it has no status attribute (or is not SERVER).
     http_error: Option<bool>,
 }
 
@@ -347,12 +346,8 @@ fn span_facts(buf: &[u8]) -> Result<SpanFacts, WireError> {
             _ => {}
         }
     }
-    if facts.kind == SPAN_KIND_SERVER && (unchecked_attributes || facts.http_error.is_none()) {
-        facts.http_error = Some(if unchecked_attributes {
-            http_server_error(buf)?
-        } else {
-            false
-        });
+    if facts.kind == SPAN_KIND_SERVER && unchecked_attributes {
+        facts.http_error = Some(http_server_error(buf)?);
     }
     Ok(facts)
 }
