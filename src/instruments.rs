@@ -90,27 +90,6 @@ pub const EXPORTER_SCRAPES: &str = "doraflow_exporter_scrapes_total";
 /// Registers the descriptions and units of every metric with the installed recorder.
 pub fn describe() {
     describe_counter!(
-        SERVICE_REQUESTS_TOTAL,
-        "Requests (entry spans: SERVER and CONSUMER) received per service."
-    );
-    describe_counter!(
-        SERVICE_ERRORS_TOTAL,
-        "Requests that were errors (status ERROR, or HTTP server spans with status >= 500)."
-    );
-    describe_counter!(
-        SERVICE_LOG_ERRORS_TOTAL,
-        "Log records with severity ERROR or above (severity_number >= 17)."
-    );
-    describe_gauge!(
-        SERVICE_ERROR_RATIO,
-        "Errors / requests over the rolling window; NaN without requests."
-    );
-    describe_gauge!(
-        SERVICE_LATENCY_SECONDS,
-        Unit::Seconds,
-        "Request latency quantiles over the rolling window (HDR precision); NaN without requests."
-    );
-    describe_counter!(
         RECEIVER_ACCEPTED,
         "Items (spans, log records, metric points) accepted by a receiver."
     );

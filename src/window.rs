@@ -176,7 +176,7 @@ pub struct RollingHistogram {
 }
 
 /// A window's figures at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct WindowStats {
     /// Requests in the window.
     pub requests: u64,

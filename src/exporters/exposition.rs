@@ -1,23 +1,46 @@
-//! Prometheus text exposition of the DORA figures.
+//! Prometheus text exposition of the DORA and per-service figures.
 //!
 //! The DORA metrics are derived from the delivery history at scrape time
 //! (so they never depend on arrival order), which the `metrics` recorder
 //! cannot express for counters and histograms; they are written here
 //! instead, one family at a time, and appended to the recorder's output.
+//! The per-service `red` families are written here too, straight from the
+//! processor's snapshot: with thousands of series, going through the
+//! recorder kept seven label sets per series and rendered them through a
+//! sorted map, tens of MB for a moment at every scrape.
 
 use std::fmt::Write;
 
+use crate::instruments;
 use crate::processors::dora::levels::Level;
 use crate::processors::dora::{
     DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
     WindowFigures,
 };
+use crate::processors::red::{RedSnapshot, Totals};
+use crate::window::QUANTILES;
 
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Appends `value` escaped as a label value.
+fn escape_into(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -29,10 +52,19 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 fn number(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v}"),
-        Some(v) if v.is_infinite() && v > 0.0 => "+Inf".into(),
-        _ => "NaN".into(),
+    Number(value).to_string()
+}
+
+/// A sample value as Prometheus writes it: `NaN` for none, `+Inf`.
+struct Number(Option<f64>);
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) if v.is_finite() => write!(f, "{v}"),
+            Some(v) if v.is_infinite() && v > 0.0 => f.write_str("+Inf"),
+            _ => f.write_str("NaN"),
+        }
     }
 }
 
@@ -79,6 +111,91 @@ fn quantile_samples(w: &mut Writer, name: &str, base: &[(&str, &str)], q: &Quant
         w.sample(name, &pairs, value);
     }
 }
+
+/// A `dora_service_*` family: name, HELP text.
+type Family = (&'static str, &'static str);
+
+const REQUESTS: Family = (
+    instruments::SERVICE_REQUESTS_TOTAL,
+    "Requests (entry spans: SERVER and CONSUMER) received per service.",
+);
+const ERRORS: Family = (
+    instruments::SERVICE_ERRORS_TOTAL,
+    "Requests that were errors (status ERROR, or HTTP server spans with status >= 500).",
+);
+const LOG_ERRORS: Family = (
+    instruments::SERVICE_LOG_ERRORS_TOTAL,
+    "Log records with severity ERROR or above (severity_number >= 17).",
+);
+const ERROR_RATIO: Family = (
+    instruments::SERVICE_ERROR_RATIO,
+    "Errors / requests over the rolling window; NaN without requests.",
+);
+const LATENCY: Family = (
+    instruments::SERVICE_LATENCY_SECONDS,
+    "Request latency quantiles over the rolling window (HDR precision); NaN without requests.",
+);
+
+/// Writes the per-service `dora_service_*` families of `snapshot` to `out`:
+/// the cumulative counters, and the error ratio and latency quantiles over
+/// the window (labelled `window`).
+pub fn render_red(snapshot: &RedSnapshot, out: &mut String) {
+    // About 700 bytes a series; reserving once avoids copying a growing
+    // multi-megabyte string over and over.
+    out.reserve(snapshot.series.len() * 768 + 1024);
+    // `{service="…",environment="…"` of each series, escaped once.
+    let ids: Vec<String> = snapshot
+        .series
+        .iter()
+        .map(|s| {
+            let mut id = String::with_capacity(s.service.len() + s.environment.len() + 32);
+            id.push_str("{service=\"");
+            escape_into(&mut id, &s.service);
+            id.push_str("\",environment=\"");
+            escape_into(&mut id, &s.environment);
+            id.push('"');
+            id
+        })
+        .collect();
+    let series = || snapshot.series.iter().zip(&ids);
+    let head = |out: &mut String, (name, help): Family, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    type Total = (Family, fn(&Totals) -> u64);
+    let counters: [Total; 3] = [
+        (REQUESTS, |t| t.requests),
+        (ERRORS, |t| t.errors),
+        (LOG_ERRORS, |t| t.log_errors),
+    ];
+    for (family, total) in counters {
+        head(out, family, "counter");
+        for (s, id) in series() {
+            let _ = writeln!(out, "{}{id}}} {}", family.0, total(&s.totals));
+        }
+    }
+    let mut window = String::new();
+    escape_into(&mut window, &snapshot.window);
+    head(out, ERROR_RATIO, "gauge");
+    for (s, id) in series() {
+        let ratio = Number(s.stats.error_ratio());
+        let _ = writeln!(out, "{}{id},window=\"{window}\"}} {ratio}", ERROR_RATIO.0);
+    }
+    head(out, LATENCY, "gauge");
+    for (s, id) in series() {
+        for (i, quantile) in QUANTILE_LABELS.iter().enumerate() {
+            let seconds = Number(s.stats.quantiles_us.map(|q| q[i] as f64 / 1e6));
+            let _ = writeln!(
+                out,
+                "{}{id},window=\"{window}\",quantile=\"{quantile}\"}} {seconds}",
+                LATENCY.0
+            );
+        }
+    }
+}
+
+/// The `quantile` label of each of [`QUANTILES`].
+const QUANTILE_LABELS: [&str; 3] = ["0.5", "0.95", "0.99"];
+const _: () = assert!(QUANTILES.len() == QUANTILE_LABELS.len());
 
 /// Writes every `dora_*` family of `snapshot`.
 pub fn render_dora(snapshot: &DoraSnapshot) -> String {
@@ -261,6 +378,73 @@ mod tests {
         assert_eq!(
             labels(&[("service", "a\"b\\c\nd")]),
             "{service=\"a\\\"b\\\\c\\nd\"}"
+        );
+    }
+
+    #[test]
+    fn red_families_are_written_per_series_with_nan_without_requests() {
+        use crate::processors::red::SeriesSnapshot;
+        use crate::window::WindowStats;
+        let snapshot = RedSnapshot {
+            window: "5m".into(),
+            series: vec![
+                SeriesSnapshot {
+                    service: "check\"out".into(),
+                    environment: "prod".into(),
+                    stats: WindowStats {
+                        requests: 8,
+                        errors: 2,
+                        quantiles_us: Some([1_500, 250_000, 2_000_000]),
+                    },
+                    totals: Totals {
+                        requests: 10,
+                        errors: 3,
+                        log_errors: 4,
+                    },
+                },
+                SeriesSnapshot {
+                    service: "cart".into(),
+                    environment: "dev".into(),
+                    stats: WindowStats::default(),
+                    totals: Totals::default(),
+                },
+            ],
+            window_bytes: 0,
+        };
+        let mut out = String::new();
+        render_red(&snapshot, &mut out);
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        let a = r#"{service="check\"out",environment="prod""#;
+        let b = r#"{service="cart",environment="dev""#;
+        assert_eq!(
+            samples,
+            [
+                format!("dora_service_requests_total{a}}} 10"),
+                format!("dora_service_requests_total{b}}} 0"),
+                format!("dora_service_errors_total{a}}} 3"),
+                format!("dora_service_errors_total{b}}} 0"),
+                format!("dora_service_log_errors_total{a}}} 4"),
+                format!("dora_service_log_errors_total{b}}} 0"),
+                format!("dora_service_error_ratio{a},window=\"5m\"}} 0.25"),
+                format!("dora_service_error_ratio{b},window=\"5m\"}} NaN"),
+                format!("dora_service_latency_seconds{a},window=\"5m\",quantile=\"0.5\"}} 0.0015"),
+                format!("dora_service_latency_seconds{a},window=\"5m\",quantile=\"0.95\"}} 0.25"),
+                format!("dora_service_latency_seconds{a},window=\"5m\",quantile=\"0.99\"}} 2"),
+                format!("dora_service_latency_seconds{b},window=\"5m\",quantile=\"0.5\"}} NaN"),
+                format!("dora_service_latency_seconds{b},window=\"5m\",quantile=\"0.95\"}} NaN"),
+                format!("dora_service_latency_seconds{b},window=\"5m\",quantile=\"0.99\"}} NaN"),
+            ]
+        );
+        let types: Vec<&str> = out.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE dora_service_requests_total counter",
+                "# TYPE dora_service_errors_total counter",
+                "# TYPE dora_service_log_errors_total counter",
+                "# TYPE dora_service_error_ratio gauge",
+                "# TYPE dora_service_latency_seconds gauge",
+            ]
         );
     }
 

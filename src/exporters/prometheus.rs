@@ -1,10 +1,9 @@
 //! Exporter `prometheus`: the scrape endpoint and health checks.
 //!
-//! Counters are kept by the `metrics` recorder as data arrives. The windowed
-//! gauges (`dora_service_error_ratio`, `dora_service_latency_seconds`) are
-//! computed at scrape time from a snapshot of the processors, so a scrape
-//! always shows the window ending now and nothing is computed that nobody
-//! reads.
+//! doraflow's own counters are kept by the `metrics` recorder as data
+//! arrives. The per-service and DORA families are written at scrape time
+//! from a snapshot of the processors (`exposition`), so a scrape always
+//! shows the window ending now and nothing is computed that nobody reads.
 
 use std::sync::OnceLock;
 
@@ -21,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::exporters::exposition;
 use crate::instruments;
 use crate::pipeline::{PipelineReader, Readiness};
-use crate::window::QUANTILES;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -43,8 +41,6 @@ pub struct PrometheusExporter {
     reader: PipelineReader,
     readiness: Readiness,
 }
-
-const QUANTILE_LABELS: [&str; 3] = ["0.5", "0.95", "0.99"];
 
 impl PrometheusExporter {
     /// An exporter rendering `handle`'s registry plus `reader`'s snapshots.
@@ -117,43 +113,6 @@ impl PrometheusExporter {
         )
         .await
     }
-
-    /// Sets the windowed gauges from a fresh snapshot.
-    async fn refresh(&self) {
-        let Some(snapshot) = self.reader.red_snapshot().await else {
-            return;
-        };
-        gauge!(instruments::RED_SERIES).set(snapshot.series.len() as f64);
-        gauge!(instruments::RED_WINDOW_BYTES).set(snapshot.window_bytes as f64);
-        for series in &snapshot.series {
-            let labels = [
-                ("service", series.service.clone()),
-                ("environment", series.environment.clone()),
-                ("window", snapshot.window.clone()),
-            ];
-            gauge!(instruments::SERVICE_ERROR_RATIO, &labels)
-                .set(series.stats.error_ratio().unwrap_or(f64::NAN));
-            for (i, quantile) in QUANTILE_LABELS.iter().enumerate() {
-                let seconds = series
-                    .stats
-                    .quantiles_us
-                    .map_or(f64::NAN, |q| q[i] as f64 / 1e6);
-                let [service, environment, window] = labels.clone();
-                gauge!(
-                    instruments::SERVICE_LATENCY_SECONDS,
-                    [
-                        service,
-                        environment,
-                        window,
-                        ("quantile", quantile.to_string())
-                    ]
-                    .as_slice()
-                )
-                .set(seconds);
-            }
-        }
-        debug_assert_eq!(QUANTILES.len(), QUANTILE_LABELS.len());
-    }
 }
 
 /// A scrape this large (about 500 series) gives the memory its rendering
@@ -161,14 +120,22 @@ impl PrometheusExporter {
 const LARGE_SCRAPE: usize = 512 * 1024;
 
 async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
-    exporter.refresh().await;
+    let red = exporter.reader.red_snapshot().await;
+    if let Some(red) = &red {
+        gauge!(instruments::RED_SERIES).set(red.series.len() as f64);
+        gauge!(instruments::RED_WINDOW_BYTES).set(red.window_bytes as f64);
+    }
     counter!(instruments::EXPORTER_SCRAPES).increment(1);
     exporter.handle.run_upkeep();
     let mut text = exporter.handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if let Some(red) = &red {
+        exposition::render_red(red, &mut text);
+    }
+    drop(red);
     if let Some(dora) = exporter.reader.dora_snapshot().await {
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
         text.push_str(&exposition::render_dora(&dora));
     }
     if text.len() > LARGE_SCRAPE {

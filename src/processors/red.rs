@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use metrics::{Counter, counter};
+use metrics::counter;
 
 use crate::config::RedConfig;
 use crate::instruments;
@@ -23,19 +23,21 @@ struct Series {
     service: String,
     environment: String,
     window: RollingHistogram,
-    requests: Counter,
-    errors: Counter,
-    log_errors: Counter,
-    /// What the three counters hold, for checkpoints (a `Counter` cannot be read).
+    /// The cumulative counters, rendered at scrape time straight from here
+    /// (not through the `metrics` registry, which would keep three more
+    /// label sets per series and render them through a sorted map).
     totals: Totals,
 }
 
 /// Cumulative requests, errors and error log records of a series.
-#[derive(Debug, Clone, Copy, Default)]
-struct Totals {
-    requests: u64,
-    errors: u64,
-    log_errors: u64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// `dora_service_requests_total`.
+    pub requests: u64,
+    /// `dora_service_errors_total`.
+    pub errors: u64,
+    /// `dora_service_log_errors_total`.
+    pub log_errors: u64,
 }
 
 /// The figures of one series at one instant.
@@ -47,6 +49,8 @@ pub struct SeriesSnapshot {
     pub environment: String,
     /// The window's figures.
     pub stats: WindowStats,
+    /// The cumulative counters since the series was created (or restored).
+    pub totals: Totals,
 }
 
 /// Requests and errors of one series over the window.
@@ -126,8 +130,6 @@ impl RedProcessor {
                 continue;
             };
             let series = &mut self.series[i];
-            series.requests.increment(latencies.len() as u64);
-            series.errors.increment(group.errors);
             series.totals.requests += latencies.len() as u64;
             series.totals.errors += group.errors;
             series.window.record(
@@ -150,7 +152,6 @@ impl RedProcessor {
             match self.series_index(&group.identity) {
                 Some(i) => {
                     let series = &mut self.series[i];
-                    series.log_errors.increment(group.errors);
                     series.totals.log_errors += group.errors;
                 }
                 None => refused += group.records,
@@ -193,14 +194,7 @@ impl RedProcessor {
         // Decoders checked UTF-8; lossy conversion only guards the invariant.
         let service = String::from_utf8_lossy(&identity.service).into_owned();
         let environment = String::from_utf8_lossy(environment).into_owned();
-        let labels = [
-            ("service", service.clone()),
-            ("environment", environment.clone()),
-        ];
         let series = Series {
-            requests: counter!(instruments::SERVICE_REQUESTS_TOTAL, &labels),
-            errors: counter!(instruments::SERVICE_ERRORS_TOTAL, &labels),
-            log_errors: counter!(instruments::SERVICE_LOG_ERRORS_TOTAL, &labels),
             service,
             environment,
             window: RollingHistogram::default(),
@@ -226,6 +220,7 @@ impl RedProcessor {
                     service: s.service.clone(),
                     environment: s.environment.clone(),
                     stats: s.window.stats(shape, layout, now_ns, scratch),
+                    totals: s.totals,
                 }
             })
             .collect();
@@ -316,9 +311,6 @@ impl RedProcessor {
                 errors: record.errors_total,
                 log_errors: record.log_errors_total,
             };
-            series.requests.absolute(record.requests_total);
-            series.errors.absolute(record.errors_total);
-            series.log_errors.absolute(record.log_errors_total);
         }
         Ok(reset)
     }
