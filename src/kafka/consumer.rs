@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use metrics::{counter, gauge};
+use metrics::{Counter, counter, gauge};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -38,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{KafkaFormat, KafkaReceiverConfig, StartFrom};
 use crate::cdevents::{self, BinaryContext};
 use crate::instruments;
-use crate::model::{Signal, Telemetry};
+use crate::model::{Signal, Telemetry, TraceSummary};
 use crate::otlp::{self, Encoding};
 use crate::pipeline::{KafkaSource, PipelineSink, SubmitError};
 use crate::processors::Applied;
@@ -46,6 +45,14 @@ use crate::storage::{DurableOffsets, KafkaDurability};
 
 /// How long one poll waits for a message; also how quickly a stop is seen.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Messages already fetched are read without waiting, up to this many after
+/// the first, and consecutive trace messages of one partition go to the
+/// pipeline as one batch: one hand-over and one acknowledgement for many
+/// messages rather than one each (a thread switch each way).
+const BURST: usize = 64;
+/// A batch of merged trace messages stops growing at this many spans.
+const BATCH_SPANS: u64 = 65_536;
 
 /// Starts the consumer on a blocking thread; it runs until `stop` is
 /// cancelled, then hands everything in flight to the pipeline, commits and
@@ -90,6 +97,17 @@ struct Held {
     item: Telemetry,
     items: u64,
     signal: &'static str,
+}
+
+/// Consecutive trace messages of one partition, decoded and merged, not yet
+/// handed to the pipeline.
+struct Pending {
+    topic: Arc<str>,
+    partition: i32,
+    /// The offset of the last message merged: the batch covers every
+    /// message of the partition from the first merged one to it.
+    offset: i64,
+    traces: TraceSummary,
 }
 
 /// State the consumer loop shares with the rebalance callback (same thread).
@@ -364,6 +382,11 @@ struct Receiver {
     /// re-delivers such messages after a commit was lost (a broker outage, a
     /// session that expired), and counting them again would count twice.
     next: HashMap<(Arc<str>, i32), i64>,
+    /// `doraflow_kafka_consumed_messages_total` of each topic, looked up
+    /// once rather than per message.
+    consumed: HashMap<String, Counter>,
+    /// Trace messages being merged into one batch (see [`BURST`]).
+    pending: Option<Pending>,
 }
 
 impl Receiver {
@@ -469,6 +492,15 @@ impl Receiver {
                 .iter()
                 .map(|t| (t.topic.clone(), Arc::from(t.topic.as_str())))
                 .collect(),
+            consumed: config
+                .topics
+                .iter()
+                .map(|t| {
+                    let counter = counter!(instruments::KAFKA_CONSUMED, "topic" => t.topic.clone());
+                    (t.topic.clone(), counter)
+                })
+                .collect(),
+            pending: None,
             dead_letter,
             group: config.group_id,
             max_in_flight: config.max_in_flight,
@@ -525,6 +557,7 @@ impl Receiver {
                                 Ok(message) => self.handle(&message),
                                 Err(e) => poll_error(&e),
                             }
+                            self.flush();
                         }
                         continue;
                     }
@@ -536,11 +569,21 @@ impl Receiver {
                 continue;
             }
             match consumer.poll(POLL) {
-                None => {}
+                None => continue,
                 Some(Ok(message)) => self.handle(&message),
                 Some(Err(e)) => poll_error(&e),
             }
+            // What librdkafka has fetched already, without waiting.
+            for _ in 0..BURST {
+                match consumer.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => self.handle(&message),
+                    Some(Err(e)) => poll_error(&e),
+                }
+            }
+            self.flush();
         }
+        self.flush();
         Ok(())
     }
 
@@ -649,24 +692,34 @@ impl Receiver {
         let Some(format) = self.topics.get(topic_name).copied() else {
             return;
         };
-        counter!(instruments::KAFKA_CONSUMED, "topic" => topic.to_string()).increment(1);
+        if let Some(consumed) = self.consumed.get(topic_name) {
+            consumed.increment(1);
+        }
         let signal = format.signal.map(Signal::as_str).unwrap_or("events");
-        if self
-            .next
-            .get(&(topic.clone(), message.partition()))
-            .is_some_and(|next| message.offset() < *next)
+        let (partition, offset) = (message.partition(), message.offset());
+        let merged = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.topic == topic && p.partition == partition && offset <= p.offset);
+        if merged
+            || self
+                .next
+                .get(&(topic.clone(), partition))
+                .is_some_and(|next| offset < *next)
         {
             // Applied already (in the restored checkpoint, or earlier in
-            // this run): not twice.
+            // this run), or in the batch being merged: not twice.
             counter!(instruments::KAFKA_SKIPPED, "topic" => topic.to_string()).increment(1);
+            // Settled in order: after the batch before it.
+            self.flush();
             self.settled_here(topic, message, signal);
             return;
         }
-        let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let decoded = decode(format, payload, message.headers());
+        let decoded = decode(format, message.payload().unwrap_or_default(), message.headers());
         let item = match decoded {
             Ok(item) => item,
             Err(problem) => {
+                self.flush();
                 self.dead_letter(message, &problem);
                 self.settled_up_to(&topic, message.partition(), message.offset());
                 self.settled_here(topic, message, signal);
@@ -679,21 +732,82 @@ impl Receiver {
             counter!(instruments::RECEIVER_REFUSED, "receiver" => "kafka", "reason" => "invalid")
                 .increment(t.rejected_spans);
         }
+        let item = match item {
+            Telemetry::Traces(traces) => {
+                if let Some(p) = &mut self.pending
+                    && p.topic == topic
+                    && p.partition == partition
+                    && p.traces.spans < BATCH_SPANS
+                {
+                    p.traces.append(traces);
+                    p.offset = offset;
+                    return;
+                }
+                self.flush();
+                self.pending = Some(Pending {
+                    topic,
+                    partition,
+                    offset,
+                    traces,
+                });
+                return;
+            }
+            other => other,
+        };
+        self.flush();
+        self.submit(topic, partition, offset, item, signal);
+    }
+
+    /// Hands the pending merged batch to the pipeline, unless its partition
+    /// was revoked meanwhile (its messages' offsets were not stored, so the
+    /// new owner reads them).
+    fn flush(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if self.shared.revoked.load(Ordering::Acquire)
+            && !self.consumer.assignment().is_ok_and(|a| {
+                a.elements()
+                    .iter()
+                    .any(|e| e.topic() == &*p.topic && e.partition() == p.partition)
+            })
+        {
+            return;
+        }
+        self.submit(
+            p.topic,
+            p.partition,
+            p.offset,
+            Telemetry::Traces(p.traces),
+            Signal::Traces.as_str(),
+        );
+    }
+
+    /// Hands a batch covering a partition's messages up to `offset` to the
+    /// pipeline, or holds it (and pauses) while the pipeline is full.
+    fn submit(
+        &mut self,
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        item: Telemetry,
+        signal: &'static str,
+    ) {
         let items = item.items();
         // Order per partition: nothing overtakes a held batch.
         let item = if self.held.is_empty() {
             let source = KafkaSource {
                 topic: topic.clone(),
-                partition: message.partition(),
-                offset: message.offset(),
+                partition,
+                offset,
             };
             match self.sink.enqueue_from(item, None, Some(source)) {
                 Ok(ack) => {
-                    self.settled_up_to(&topic, message.partition(), message.offset());
+                    self.settled_up_to(&topic, partition, offset);
                     self.shared.in_flight().push_back(InFlight {
                         topic,
-                        partition: message.partition(),
-                        offset: message.offset(),
+                        partition,
+                        offset,
                         ack: Ack::Pending(ack),
                         dead: false,
                         items,
@@ -712,8 +826,8 @@ impl Receiver {
         };
         self.held.push_back(Held {
             topic,
-            partition: message.partition(),
-            offset: message.offset(),
+            partition,
+            offset,
             item,
             items,
             signal,
@@ -810,7 +924,7 @@ fn poll_error(e: &KafkaError) {
 /// Decodes one message by its topic's format.
 fn decode(
     format: TopicFormat,
-    payload: Bytes,
+    payload: &[u8],
     headers: Option<&rdkafka::message::BorrowedHeaders>,
 ) -> Result<Telemetry, String> {
     if payload.is_empty() {
@@ -819,18 +933,18 @@ fn decode(
     match (format.format, format.signal) {
         (KafkaFormat::Cdevents, _) => {
             let events = match binary_context(headers) {
-                Some(context) => cdevents::decode_binary(&payload, &context)
+                Some(context) => cdevents::decode_binary(payload, &context)
                     .map(|(event, _)| vec![event])
                     .map_err(|e| e.to_string())?,
-                None => cdevents::decode_body(&payload, false).map_err(|e| e.to_string())?,
+                None => cdevents::decode_body(payload, false).map_err(|e| e.to_string())?,
             };
             Ok(Telemetry::Delivery(events))
         }
         (KafkaFormat::OtlpProto, Some(signal)) => {
-            otlp::decode(signal, Encoding::Protobuf, payload).map_err(|e| e.to_string())
+            otlp::decode_borrowed(signal, Encoding::Protobuf, payload).map_err(|e| e.to_string())
         }
         (KafkaFormat::OtlpJson, Some(signal)) => {
-            otlp::decode(signal, Encoding::Json, payload).map_err(|e| e.to_string())
+            otlp::decode_borrowed(signal, Encoding::Json, payload).map_err(|e| e.to_string())
         }
         (_, None) => Err("topic has no signal configured".to_string()),
     }

@@ -53,6 +53,20 @@ impl TraceSummary {
     pub fn requests(&self) -> u64 {
         self.latencies_ns.len() as u64
     }
+
+    /// Appends `other`'s requests after this one's, as if both had come in
+    /// one export request.
+    pub fn append(&mut self, other: TraceSummary) {
+        let shift = self.latencies_ns.len();
+        self.latencies_ns.extend_from_slice(&other.latencies_ns);
+        self.groups
+            .extend(other.groups.into_iter().map(|group| RequestGroup {
+                latencies: group.latencies.start + shift..group.latencies.end + shift,
+                ..group
+            }));
+        self.spans += other.spans;
+        self.rejected_spans += other.rejected_spans;
+    }
 }
 
 /// Log records of one resource within a request.

@@ -71,6 +71,30 @@ pub fn decode(signal: Signal, encoding: Encoding, body: Bytes) -> Result<Telemet
     }
 }
 
+/// As [`decode`], for a body that is only borrowed (a Kafka message, still
+/// in librdkafka's buffer): protobuf traces and logs are read where they
+/// lie, copying out only the service and environment names; anything else
+/// is copied first.
+pub fn decode_borrowed(
+    signal: Signal,
+    encoding: Encoding,
+    body: &[u8],
+) -> Result<Telemetry, DecodeError> {
+    match (signal, encoding) {
+        (Signal::Traces, Encoding::Protobuf) => {
+            let mut summary = TraceSummary::default();
+            wire::summarize_traces_borrowed(body, &mut summary)?;
+            Ok(Telemetry::Traces(summary))
+        }
+        (Signal::Logs, Encoding::Protobuf) => {
+            let mut summary = LogSummary::default();
+            wire::summarize_logs_borrowed(body, &mut summary)?;
+            Ok(Telemetry::Logs(summary))
+        }
+        _ => decode(signal, encoding, Bytes::copy_from_slice(body)),
+    }
+}
+
 /// The request as protobuf, for forwarding: a protobuf body as it is, an
 /// OTLP/JSON one re-encoded. `None` if it does not parse (then it is not
 /// applied either).

@@ -250,8 +250,39 @@ fn any_value(buf: &[u8]) -> Result<AttributeValue<'_>, WireError> {
     Ok(value)
 }
 
+/// The request being read, and what its identities are cut from: the
+/// shared body itself (no copy; the summary then holds the body until it
+/// is applied), or, for a body only borrowed (a Kafka message in
+/// librdkafka's buffer), copies of the few bytes of each name.
+#[derive(Clone, Copy)]
+struct Body<'a> {
+    buf: &'a [u8],
+    owner: Option<&'a Bytes>,
+}
+
+impl<'a> Body<'a> {
+    fn shared(body: &'a Bytes) -> Self {
+        Body {
+            buf: body,
+            owner: Some(body),
+        }
+    }
+
+    fn borrowed(buf: &'a [u8]) -> Self {
+        Body { buf, owner: None }
+    }
+
+    /// `s`, a slice of this body, as `Bytes`.
+    fn share(&self, s: &[u8]) -> Bytes {
+        match self.owner {
+            Some(body) => body.slice_ref(s),
+            None => Bytes::copy_from_slice(s),
+        }
+    }
+}
+
 /// Reads the service identity from a `Resource` message.
-fn resource_identity(body: &Bytes, buf: &[u8]) -> Result<ResourceIdentity, WireError> {
+fn resource_identity(body: Body<'_>, buf: &[u8]) -> Result<ResourceIdentity, WireError> {
     const MSG: &str = "Resource";
     const KEYS: [&[u8]; 3] = [
         b"service.name",
@@ -270,12 +301,12 @@ fn resource_identity(body: &Bytes, buf: &[u8]) -> Result<ResourceIdentity, WireE
     }
     let [service, env_name, env_legacy] = found;
     let service = match service {
-        Some(s) if !s.is_empty() => body.slice_ref(s),
+        Some(s) if !s.is_empty() => body.share(s),
         _ => Bytes::from_static(UNKNOWN_SERVICE),
     };
     let environment = env_name
         .or(env_legacy)
-        .map(|e| body.slice_ref(e))
+        .map(|e| body.share(e))
         .unwrap_or_default();
     Ok(ResourceIdentity {
         service,
@@ -286,7 +317,7 @@ fn resource_identity(body: &Bytes, buf: &[u8]) -> Result<ResourceIdentity, WireE
 /// Finds the `Resource` of a `ResourceSpans`/`ResourceLogs`/`ResourceMetrics`
 /// (field 1 in all three), wherever it stands among the fields.
 fn find_resource(
-    body: &Bytes,
+    body: Body<'_>,
     buf: &[u8],
     message: &'static str,
 ) -> Result<ResourceIdentity, WireError> {
@@ -403,12 +434,23 @@ fn http_server_error(buf: &[u8]) -> Result<bool, WireError> {
 }
 
 /// Reduces an `ExportTraceServiceRequest` body to its requests, appending to
-/// `out` (which callers may reuse across requests after clearing it).
+/// `out` (which callers may reuse across requests after clearing it). The
+/// summary's identities are slices of `body`.
 pub fn summarize_traces(body: &Bytes, out: &mut TraceSummary) -> Result<(), WireError> {
+    traces(Body::shared(body), out)
+}
+
+/// As [`summarize_traces`], for a body that is only borrowed: the
+/// identities are copied out (a few bytes each) rather than the whole body.
+pub fn summarize_traces_borrowed(body: &[u8], out: &mut TraceSummary) -> Result<(), WireError> {
+    traces(Body::borrowed(body), out)
+}
+
+fn traces(body: Body<'_>, out: &mut TraceSummary) -> Result<(), WireError> {
     const REQ: &str = "ExportTraceServiceRequest";
     const RS: &str = "ResourceSpans";
     const SS: &str = "ScopeSpans";
-    let mut requests = Fields::new(body, REQ);
+    let mut requests = Fields::new(body.buf, REQ);
     while let Some(field) = requests.next_field() {
         let (1, v) = field? else { continue };
         let resource_spans = expect_bytes(v, REQ)?;
@@ -464,7 +506,8 @@ pub fn split_by_service(body: &Bytes) -> Result<Vec<(Bytes, Bytes)>, WireError> 
         let end = body.len() - fields.buf.len();
         // Export requests have no other fields; anything else is dropped.
         let (1, v) = field? else { continue };
-        let service = find_resource(body, expect_bytes(v, REQ)?, "resource entry")?.service;
+        let service =
+            find_resource(Body::shared(body), expect_bytes(v, REQ)?, "resource entry")?.service;
         match parts.iter_mut().find(|(s, _)| *s == service) {
             Some((_, ranges)) => ranges.push(start..end),
             // A list of byte ranges, starting with this one.
@@ -492,11 +535,20 @@ pub fn split_by_service(body: &Bytes) -> Result<Vec<(Bytes, Bytes)>, WireError> 
 
 /// Reduces an `ExportLogsServiceRequest` body to per-resource error counts.
 pub fn summarize_logs(body: &Bytes, out: &mut LogSummary) -> Result<(), WireError> {
+    logs(Body::shared(body), out)
+}
+
+/// As [`summarize_logs`], for a body that is only borrowed (identities copied).
+pub fn summarize_logs_borrowed(body: &[u8], out: &mut LogSummary) -> Result<(), WireError> {
+    logs(Body::borrowed(body), out)
+}
+
+fn logs(body: Body<'_>, out: &mut LogSummary) -> Result<(), WireError> {
     const REQ: &str = "ExportLogsServiceRequest";
     const RL: &str = "ResourceLogs";
     const SL: &str = "ScopeLogs";
     const LR: &str = "LogRecord";
-    let mut requests = Fields::new(body, REQ);
+    let mut requests = Fields::new(body.buf, REQ);
     while let Some(field) = requests.next_field() {
         let (1, v) = field? else { continue };
         let resource_logs = expect_bytes(v, REQ)?;
