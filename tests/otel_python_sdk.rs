@@ -214,6 +214,19 @@ fn the_wire_reader_agrees_with_a_full_decode_on_python_sdk_payloads() {
             })
             .collect();
         assert_eq!(got, want, "payload {n}");
+        // The reader Kafka messages go through (identities copied out of
+        // a borrowed body) gives the same summary.
+        let borrowed = doraflow::otlp::decode_borrowed(
+            doraflow::model::Signal::Traces,
+            doraflow::otlp::Encoding::Protobuf,
+            &body,
+        )
+        .expect("the borrowed reader reads it");
+        assert_eq!(
+            borrowed,
+            doraflow::model::Telemetry::Traces(summary),
+            "payload {n}"
+        );
         spans += want_spans;
         errors += want.iter().map(|g| g.3).sum::<u64>();
     }

@@ -715,7 +715,11 @@ impl Receiver {
             self.settled_here(topic, message, signal);
             return;
         }
-        let decoded = decode(format, message.payload().unwrap_or_default(), message.headers());
+        let decoded = decode(
+            format,
+            message.payload().unwrap_or_default(),
+            message.headers(),
+        );
         let item = match decoded {
             Ok(item) => item,
             Err(problem) => {

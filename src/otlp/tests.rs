@@ -312,6 +312,37 @@ prop_compose! {
 }
 
 proptest! {
+    /// The borrowed reader (Kafka) equals the shared one, and two requests'
+    /// summaries appended (Kafka's merged batches) equal the summary of
+    /// both in one request: protobuf concatenation of two requests is the
+    /// request holding both resource lists.
+    #[test]
+    fn borrowed_and_appended_summaries_equal_the_shared_one(
+        a in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_span(), 0..20)),
+            0..5),
+        b in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_span(), 0..20)),
+            0..5),
+    ) {
+        let encode = |groups: Vec<(Option<String>, Vec<Span>)>| {
+            request(groups.into_iter()
+                .map(|(svc, spans)| (resource(svc.as_deref(), Some("prod")), spans))
+                .collect()).encode_to_vec()
+        };
+        let (a, b) = (encode(a), encode(b));
+        let both = [a.as_slice(), b.as_slice()].concat();
+        let shared = |body: &[u8]| traces_protobuf(&Bytes::copy_from_slice(body)).unwrap();
+        let borrowed = |body: &[u8]| match decode_borrowed(Signal::Traces, Encoding::Protobuf, body).unwrap() {
+            Telemetry::Traces(t) => t,
+            other => panic!("not traces: {other:?}"),
+        };
+        prop_assert_eq!(borrowed(&a), shared(&a));
+        let mut appended = borrowed(&a);
+        appended.append(borrowed(&b));
+        prop_assert_eq!(appended, shared(&both));
+    }
+
     #[test]
     fn wire_reader_agrees_with_full_decode(
         groups in proptest::collection::vec(
