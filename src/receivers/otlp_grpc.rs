@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -186,20 +186,15 @@ fn too_large_is_resource_exhausted<S: OtlpService>(
     limit: usize,
 ) -> http::Response<tonic::body::Body> {
     let status = response.headers().get("grpc-status");
-    let out_of_range = status.is_some_and(|s| s.as_bytes() == b"11");
+    let too_large = status.is_some_and(|s| s.as_bytes() == b"11");
     let decompressed_too_large = status.is_some_and(|s| s.as_bytes() == b"8")
         && response
             .headers()
             .get("grpc-message")
             .is_some_and(|m| m.as_bytes().starts_with(b"Error%20decompressing"));
-    if !out_of_range && !decompressed_too_large {
+    if !too_large && !decompressed_too_large {
         return response;
     }
-    too_large::<S>(limit)
-}
-
-/// RESOURCE_EXHAUSTED for a message over `limit` bytes, counted.
-fn too_large<S: OtlpService>(limit: usize) -> http::Response<tonic::body::Body> {
     counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "too_large").increment(1);
     Status::resource_exhausted(format!(
         "the request is larger than the limit of {limit} bytes (receivers.otlp.grpc.max_recv_msg_size_mib); send smaller batches"
@@ -219,162 +214,22 @@ impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let sink = self.sink.clone();
         Box::pin(async move {
-            export_message::<S>(&sink, request.into_inner())
-                .await
-                .map(tonic::Response::new)
+            let body = request.into_inner();
+            let forward = sink.forwards().then(|| Forward::Otlp {
+                signal: S::SIGNAL,
+                body: body.clone(),
+            });
+            let decoded = otlp::decode(S::SIGNAL, Encoding::Protobuf, body);
+            match export(&sink, S::SIGNAL, "grpc", decoded, forward).await {
+                ExportOutcome::Accepted { rejected, message } => Ok(tonic::Response::new(
+                    Bytes::from(response_protobuf(S::SIGNAL, rejected, &message)),
+                )),
+                ExportOutcome::Malformed(message) => Err(Status::invalid_argument(message)),
+                ExportOutcome::Backpressure => Err(backpressure()),
+                ExportOutcome::Unavailable => Err(Status::unavailable("doraflow is shutting down")),
+            }
         })
     }
-}
-
-/// Decodes and applies one export request's message; the response message.
-async fn export_message<S: OtlpService>(sink: &PipelineSink, body: Bytes) -> Result<Bytes, Status> {
-    let forward = sink.forwards().then(|| Forward::Otlp {
-        signal: S::SIGNAL,
-        body: body.clone(),
-    });
-    let decoded = otlp::decode(S::SIGNAL, Encoding::Protobuf, body);
-    match export(sink, S::SIGNAL, "grpc", decoded, forward).await {
-        ExportOutcome::Accepted { rejected, message } => Ok(Bytes::from(response_protobuf(
-            S::SIGNAL,
-            rejected,
-            &message,
-        ))),
-        ExportOutcome::Malformed(message) => Err(Status::invalid_argument(message)),
-        ExportOutcome::Backpressure => Err(backpressure()),
-        ExportOutcome::Unavailable => Err(Status::unavailable("doraflow is shutting down")),
-    }
-}
-
-/// The length-prefixed message of an uncompressed unary gRPC request, taken
-/// from the HTTP/2 DATA frames without a copy when one frame holds it all
-/// (the usual case with 1 MiB frames), else gathered once into a buffer of
-/// its announced size. tonic's own decoder copies every frame into a
-/// growing buffer: 14% of doraflow's CPU at 10,000 spans/s. Errors are
-/// tonic's for the same faults, except that a message over `max` is
-/// RESOURCE_EXHAUSTED (see [`too_large_is_resource_exhausted`]), found from
-/// its 5-byte prefix before the rest is read.
-async fn read_message<B>(body: B, max: usize) -> Result<Bytes, ReadError>
-where
-    B: Body,
-    B::Error: Into<StdError>,
-{
-    const PREFIX: usize = 5;
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut gathered = BytesMut::new();
-    let mut announced: Option<usize> = None;
-    loop {
-        let frame = match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => break,
-            Some(Ok(frame)) => frame,
-            // The client reset the stream, or the connection went.
-            Some(Err(e)) => return Err(ReadError::Status(Status::cancelled(e.into().to_string()))),
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue; // request trailers: nothing to read in them
-        };
-        // Without a copy: the body's chunks are `Bytes`.
-        let data = data.copy_to_bytes(data.remaining());
-        if first.is_none() && gathered.is_empty() {
-            first = Some(data);
-        } else {
-            if let Some(first) = first.take() {
-                gathered.reserve(announced.map_or(first.len(), |len| PREFIX + len));
-                gathered.extend_from_slice(&first);
-            }
-            gathered.extend_from_slice(&data);
-        }
-        let received: &[u8] = first.as_deref().unwrap_or(&gathered);
-        if announced.is_none() && received.len() >= PREFIX {
-            if received[0] != 0 {
-                return Err(ReadError::Status(Status::internal(
-                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                )));
-            }
-            let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]]);
-            let len = len as usize;
-            if len > max {
-                return Err(ReadError::TooLarge);
-            }
-            announced = Some(len);
-        }
-        if let Some(len) = announced
-            && received.len() > PREFIX + len
-        {
-            return Err(ReadError::Status(Status::internal(
-                "protocol error: more than one message in a unary request",
-            )));
-        }
-    }
-    let received = match first {
-        Some(first) => first,
-        None => gathered.freeze(),
-    };
-    match announced {
-        Some(len) if received.len() == PREFIX + len => Ok(received.slice(PREFIX..)),
-        None if received.is_empty() => Err(ReadError::Status(Status::internal(
-            "Missing request message.",
-        ))),
-        _ => Err(ReadError::Status(Status::internal(
-            "Unexpected EOF decoding stream.",
-        ))),
-    }
-}
-
-/// Why [`read_message`] found no message.
-#[derive(Debug)]
-enum ReadError {
-    /// Over the size limit.
-    TooLarge,
-    /// Any other fault, answered as it says.
-    Status(Status),
-}
-
-/// A unary gRPC response: the length-prefixed message, then `grpc-status: 0`.
-struct UnaryResponseBody {
-    message: Option<Bytes>,
-    trailers: Option<http::HeaderMap>,
-}
-
-impl Body for UnaryResponseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if let Some(message) = self.message.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
-        }
-        Poll::Ready(
-            self.trailers
-                .take()
-                .map(|t| Ok(http_body::Frame::trailers(t))),
-        )
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.message.is_none() && self.trailers.is_none()
-    }
-}
-
-fn unary_response(message: &[u8]) -> http::Response<tonic::body::Body> {
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.extend_from_slice(message);
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let mut response = http::Response::new(tonic::body::Body::new(UnaryResponseBody {
-        message: Some(framed.freeze()),
-        trailers: Some(trailers),
-    }));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    response
 }
 
 impl<S, B> tonic::codegen::Service<http::Request<B>> for OtlpGrpc<S>
@@ -408,32 +263,12 @@ where
             counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "grpc", "signal" => S::SIGNAL.as_str(), "result" => "backpressure").increment(1);
             return Box::pin(async { Ok(backpressure().into_http()) });
         };
-        let compression = self.compression;
-        let max = self.max_decoding_message_size;
-        let compressed = request
-            .headers()
-            .get("grpc-encoding")
-            .is_some_and(|e| e.as_bytes() != b"identity");
-        if !compressed {
-            // The message as it arrived, without tonic's copy.
-            let sink = self.sink.clone();
-            return Box::pin(async move {
-                let response = match read_message(request.into_body(), max).await {
-                    Ok(message) => match export_message::<S>(&sink, message).await {
-                        Ok(response) => unary_response(&response),
-                        Err(status) => status.into_http(),
-                    },
-                    Err(ReadError::TooLarge) => too_large::<S>(max),
-                    Err(ReadError::Status(status)) => status.into_http(),
-                };
-                drop(admitted);
-                Ok(response)
-            });
-        }
         let method = ExportMethod::<S> {
             sink: self.sink.clone(),
             _service: PhantomData,
         };
+        let compression = self.compression;
+        let max = self.max_decoding_message_size;
         Box::pin(async move {
             let mut grpc = Grpc::new(RawCodec)
                 .apply_compression_config(compression, compression)
@@ -512,99 +347,4 @@ pub async fn serve(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request body of the given DATA frames.
-    struct Frames(std::collections::VecDeque<Bytes>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(|d| Ok(http_body::Frame::data(d))))
-        }
-    }
-
-    fn framed(message: &[u8]) -> Vec<u8> {
-        let mut out = vec![0];
-        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        out.extend_from_slice(message);
-        out
-    }
-
-    /// `bytes` cut into DATA frames at `cuts`.
-    async fn read(bytes: &[u8], cuts: &[usize], max: usize) -> Result<Bytes, String> {
-        let mut frames = std::collections::VecDeque::new();
-        let mut from = 0;
-        for &cut in cuts.iter().chain([&bytes.len()]) {
-            frames.push_back(Bytes::copy_from_slice(&bytes[from..cut]));
-            from = cut;
-        }
-        read_message(Frames(frames), max)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => "too large".to_string(),
-                ReadError::Status(s) => format!("{:?}: {}", s.code(), s.message()),
-            })
-    }
-
-    #[tokio::test]
-    async fn a_message_is_read_whole_or_from_any_cut_of_its_frames() {
-        let message: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-        let body = framed(&message);
-        for cuts in [&[][..], &[1], &[5], &[4, 6], &[3, 5000, 9000, 10_004]] {
-            assert_eq!(
-                read(&body, cuts, 1 << 20).await.unwrap(),
-                message,
-                "{cuts:?}"
-            );
-        }
-        // One frame holding it all is taken without a copy.
-        let whole = Bytes::from(body.clone());
-        let got = read_message(Frames([whole.clone()].into()), 1 << 20)
-            .await
-            .unwrap();
-        assert_eq!(got.as_ptr(), whole[5..].as_ptr());
-        assert_eq!(read(&framed(b""), &[], 10).await.unwrap(), Bytes::new());
-    }
-
-    #[tokio::test]
-    async fn faults_are_errors_and_a_message_over_the_limit_is_found_from_its_prefix() {
-        let body = framed(&[7; 100]);
-        assert_eq!(read(&body, &[], 99).await.unwrap_err(), "too large");
-        // Only the prefix has come: it is enough to refuse.
-        assert_eq!(read(&body[..5], &[], 99).await.unwrap_err(), "too large");
-        assert_eq!(read(&body, &[], 100).await.unwrap().len(), 100);
-        let mut compressed = body.clone();
-        compressed[0] = 1;
-        assert!(
-            read(&compressed, &[], 1000)
-                .await
-                .unwrap_err()
-                .contains("compressed-flag")
-        );
-        assert_eq!(
-            read(&[], &[], 1000).await.unwrap_err(),
-            "Internal: Missing request message."
-        );
-        assert_eq!(
-            read(&body[..50], &[2], 1000).await.unwrap_err(),
-            "Internal: Unexpected EOF decoding stream."
-        );
-        let two = [body.clone(), body].concat();
-        assert!(
-            read(&two, &[], 1000)
-                .await
-                .unwrap_err()
-                .contains("more than one message")
-        );
-    }
 }
