@@ -41,7 +41,8 @@ pub struct KafkaReceiverConfig {
     /// Heartbeat period; a third of `session_timeout` or less. Default `3s`.
     #[serde(default = "default_heartbeat_interval")]
     pub heartbeat_interval: ConfigDuration,
-    /// Messages handed to the pipeline ahead of their acknowledgement.
+    /// Messages (or merged batches of consecutive trace messages of one
+    /// partition) handed to the pipeline ahead of their acknowledgement.
     /// Default 64, at most the pipeline's `queue_size` is useful.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
