@@ -2,14 +2,18 @@
 //! (`doraflow::otlp::synth::realistic_batch`: ~800-byte spans, 10 attributes,
 //! 50 services × 20 routes, 2% errors), 512 and 1000 spans a batch.
 //!
+//! Also the Kafka consumer's path (100-span messages read in place and
+//! merged) and the scrape's rendering of 5,000 series.
+//!
 //! `cargo bench --bench hot_path`. Throughput is in spans (elements).
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use doraflow::config::RedConfig;
-use doraflow::model::Telemetry;
-use doraflow::otlp::synth::realistic_batch;
-use doraflow::otlp::traces_protobuf;
+use doraflow::exporters::exposition::render_red;
+use doraflow::model::{Signal, Telemetry, TraceSummary};
+use doraflow::otlp::synth::{realistic_batch, realistic_batch_among};
+use doraflow::otlp::{Encoding, decode_borrowed, traces_protobuf};
 use doraflow::processors::red::RedProcessor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -69,6 +73,75 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// The Kafka consumer's path: 100-span messages (the `bench-kafka`
+/// workload) decoded from a borrowed buffer, one at a time and merged 16 to
+/// a batch as the consumer does, beside the shared-body reader.
+fn kafka_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("kafka_messages");
+    let messages: Vec<Vec<u8>> = (0..16)
+        .map(|seed| realistic_batch(100, seed).encode_to_vec())
+        .collect();
+    group.throughput(Throughput::Elements(16 * 100));
+    group.bench_function("shared_copy_16x100", |b| {
+        b.iter(|| {
+            for m in &messages {
+                // What the consumer did before: copy the payload, then read it.
+                black_box(traces_protobuf(&Bytes::copy_from_slice(m)).expect("valid"));
+            }
+        })
+    });
+    group.bench_function("borrowed_16x100", |b| {
+        b.iter(|| {
+            for m in &messages {
+                black_box(decode_borrowed(Signal::Traces, Encoding::Protobuf, m).expect("valid"));
+            }
+        })
+    });
+    group.bench_function("borrowed_merged_red_16x100", |b| {
+        let mut red = RedProcessor::new(&RedConfig::default(), "unknown");
+        let mut i = 0u64;
+        b.iter(|| {
+            let mut batch = TraceSummary::default();
+            for m in &messages {
+                let Ok(Telemetry::Traces(t)) =
+                    decode_borrowed(Signal::Traces, Encoding::Protobuf, m)
+                else {
+                    panic!("valid")
+                };
+                batch.append(t);
+            }
+            i += 1;
+            black_box(red.apply(&Telemetry::Traces(batch), i * 1_000_000))
+        })
+    });
+    group.finish();
+}
+
+/// The `/metrics` text of the `red` families for 5,000 series.
+fn scrape(c: &mut Criterion) {
+    let mut red = RedProcessor::new(
+        &RedConfig {
+            max_series: 10_000,
+            ..RedConfig::default()
+        },
+        "unknown",
+    );
+    for i in 0..100u64 {
+        let body = realistic_batch_among(1000, i, 50, 5000).encode_to_vec();
+        let summary = traces_protobuf(&Bytes::from(body)).expect("valid");
+        red.apply(&Telemetry::Traces(summary), i * 1_000_000);
+    }
+    let snapshot = red.snapshot(100 * 1_000_000);
+    assert_eq!(snapshot.series.len(), 5000);
+    c.bench_function("render_red_5000_series", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            render_red(&snapshot, &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
 /// Not a timing: the heap a series' window holds once a full `5m` window of
 /// the realistic workload has passed through it, printed for BENCHMARKS.md.
 fn window_memory(_: &mut Criterion) {
@@ -94,5 +167,5 @@ fn window_memory(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, hot_path, window_memory);
+criterion_group!(benches, hot_path, kafka_path, scrape, window_memory);
 criterion_main!(benches);
