@@ -622,7 +622,9 @@ async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
         &broker,
         &unique("pressure-group"),
         &format!("[{{ topic: \"{topic}\", format: otlp_proto, signal: traces }}]"),
-        "",
+        // One message a batch: merged, 400 small messages are a few batches
+        // the pipeline keeps up with, and nothing would push back.
+        "    max_batch_messages: 1\n",
     );
     let config = cluster_config(&receiver, prometheus).replace(
         "exporters: [prometheus] }",

@@ -46,6 +46,12 @@ pub struct KafkaReceiverConfig {
     /// Default 64, at most the pipeline's `queue_size` is useful.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// At most this many consecutive OTLP trace messages of one partition,
+    /// already fetched, are merged into one pipeline batch (one hand-over
+    /// and acknowledgement rather than one each). Default 64; 1 hands every
+    /// message over on its own.
+    #[serde(default = "default_max_batch_messages")]
+    pub max_batch_messages: usize,
     /// Extra librdkafka properties (e.g. `security.protocol`, `fetch.max.bytes`).
     /// The ones doraflow's guarantees rest on cannot be set here.
     #[serde(default)]
@@ -139,6 +145,9 @@ fn default_heartbeat_interval() -> ConfigDuration {
     ConfigDuration::from_secs(3)
 }
 const fn default_max_in_flight() -> usize {
+    64
+}
+const fn default_max_batch_messages() -> usize {
     64
 }
 
@@ -300,6 +309,9 @@ impl KafkaReceiverConfig {
         }
         if self.max_in_flight == 0 {
             errors.push(format!("{path}.max_in_flight: must be at least 1"));
+        }
+        if self.max_batch_messages == 0 {
+            errors.push(format!("{path}.max_batch_messages: must be at least 1"));
         }
         check_settings(path, &self.settings, errors);
     }
@@ -495,6 +507,7 @@ pipelines:
         assert_eq!(kafka.commit_interval.as_str(), "1s");
         assert_eq!(kafka.session_timeout.as_str(), "45s");
         assert_eq!(kafka.max_in_flight, 64);
+        assert_eq!(kafka.max_batch_messages, 64);
         assert_eq!(kafka.start_from, super::StartFrom::Earliest);
         assert_eq!(
             kafka.topic("otlp_spans").and_then(|t| t.signal),

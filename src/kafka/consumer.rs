@@ -46,12 +46,8 @@ use crate::storage::{DurableOffsets, KafkaDurability};
 /// How long one poll waits for a message; also how quickly a stop is seen.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Messages already fetched are read without waiting, up to this many after
-/// the first, and consecutive trace messages of one partition go to the
-/// pipeline as one batch: one hand-over and one acknowledgement for many
-/// messages rather than one each (a thread switch each way).
-const BURST: usize = 64;
-/// A batch of merged trace messages stops growing at this many spans.
+/// A batch of merged trace messages stops growing at this many spans (and
+/// at `max_batch_messages` messages).
 const BATCH_SPANS: u64 = 65_536;
 
 /// Starts the consumer on a blocking thread; it runs until `stop` is
@@ -107,6 +103,8 @@ struct Pending {
     /// The offset of the last message merged: the batch covers every
     /// message of the partition from the first merged one to it.
     offset: i64,
+    /// Messages merged.
+    messages: usize,
     traces: TraceSummary,
 }
 
@@ -385,8 +383,13 @@ struct Receiver {
     /// `doraflow_kafka_consumed_messages_total` of each topic, looked up
     /// once rather than per message.
     consumed: HashMap<String, Counter>,
-    /// Trace messages being merged into one batch (see [`BURST`]).
+    /// Trace messages being merged into one batch. Messages already
+    /// fetched are read without waiting, up to `max_batch_messages`, and
+    /// consecutive trace messages of one partition go to the pipeline as
+    /// one batch: one hand-over and one acknowledgement for many messages
+    /// rather than one each (a thread switch each way).
     pending: Option<Pending>,
+    max_batch_messages: usize,
 }
 
 impl Receiver {
@@ -501,6 +504,7 @@ impl Receiver {
                 })
                 .collect(),
             pending: None,
+            max_batch_messages: config.max_batch_messages,
             dead_letter,
             group: config.group_id,
             max_in_flight: config.max_in_flight,
@@ -574,7 +578,7 @@ impl Receiver {
                 Some(Err(e)) => poll_error(&e),
             }
             // What librdkafka has fetched already, without waiting.
-            for _ in 0..BURST {
+            for _ in 1..self.max_batch_messages {
                 match consumer.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(message)) => self.handle(&message),
@@ -741,10 +745,12 @@ impl Receiver {
                 if let Some(p) = &mut self.pending
                     && p.topic == topic
                     && p.partition == partition
+                    && p.messages < self.max_batch_messages
                     && p.traces.spans < BATCH_SPANS
                 {
                     p.traces.append(traces);
                     p.offset = offset;
+                    p.messages += 1;
                     return;
                 }
                 self.flush();
@@ -752,6 +758,7 @@ impl Receiver {
                     topic,
                     partition,
                     offset,
+                    messages: 1,
                     traces,
                 });
                 return;
