@@ -21,10 +21,9 @@ use crate::processors::red::{RedSnapshot, Totals};
 use crate::window::QUANTILES;
 
 fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut out = String::with_capacity(value.len());
+    escape_into(&mut out, value);
+    out
 }
 
 /// Appends `value` escaped as a label value.
@@ -41,6 +40,11 @@ fn escape_into(out: &mut String, value: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a family.
+fn family_head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
@@ -74,7 +78,7 @@ struct Writer {
 
 impl Writer {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_head(&mut self.out, name, kind, help);
     }
 
     fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: Option<f64>) {
@@ -159,7 +163,7 @@ pub fn render_red(snapshot: &RedSnapshot, out: &mut String) {
         .collect();
     let series = || snapshot.series.iter().zip(&ids);
     let head = |out: &mut String, (name, help): Family, kind: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family_head(out, name, kind, help);
     };
     type Total = (Family, fn(&Totals) -> u64);
     let counters: [Total; 3] = [
