@@ -379,3 +379,125 @@ async fn oversized_requests_are_resource_exhausted_and_change_nothing() {
         Some(120.0)
     );
 }
+
+/// One gRPC call over a raw HTTP/2 stream, its message sent in `pieces`
+/// (each its own DATA frame; the stream ends after the last one): the
+/// `grpc-status` and `grpc-message` the server answered with.
+async fn export_in_frames(addr: &str, message: &[u8], cuts: &[usize]) -> (String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    let mut start = 0;
+    for &end in cuts.iter().chain([&message.len()]) {
+        stream.reserve_capacity(end - start);
+        stream
+            .send_data(
+                Bytes::copy_from_slice(&message[start..end]),
+                end == message.len(),
+            )
+            .unwrap();
+        start = end;
+    }
+    let response = response.await.unwrap();
+    let status = |headers: &http::HeaderMap, name: &str| {
+        headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    };
+    // A status in the headers: a "trailers-only" answer (an error).
+    if let Some(code) = status(response.headers(), "grpc-status") {
+        let message = status(response.headers(), "grpc-message").unwrap_or_default();
+        return (code, message);
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    (
+        status(&trailers, "grpc-status").unwrap(),
+        status(&trailers, "grpc-message").unwrap_or_default(),
+    )
+}
+
+/// gRPC's length prefix and `body`: one uncompressed message.
+fn grpc_message(body: &[u8]) -> Vec<u8> {
+    let mut message = vec![0];
+    message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+/// Requests are read frame by frame as they arrive: the scenario's two
+/// requests sent in frames cut everywhere (inside the 5-byte prefix, keys,
+/// lengths, resources, spans) give the same exact figures as sent whole; a
+/// message cut short or malformed in pieces is refused and changes nothing.
+#[tokio::test]
+async fn requests_in_many_small_frames_give_exact_counts() {
+    use prost::Message;
+    let doraflow = Doraflow::start("window: 5m, slice: 10s");
+    let addr = doraflow
+        .grpc_url()
+        .trim_start_matches("http://")
+        .to_string();
+    for (i, request) in scenario().into_iter().enumerate() {
+        let message = grpc_message(&request.encode_to_vec());
+        // Frames of 1, 2, 3, ... 7 bytes then 997-byte strides, shifted per request.
+        let mut cuts: Vec<usize> = (1..8)
+            .scan(0, |at, n| {
+                *at += n;
+                Some(*at)
+            })
+            .collect();
+        cuts.extend((40 + i * 13..message.len()).step_by(997));
+        let (code, text) = export_in_frames(&addr, &message, &cuts).await;
+        assert_eq!((code.as_str(), text.as_str()), ("0", ""), "request {i}");
+    }
+    let m = doraflow.metrics();
+    let checkout = labels("checkout", "production");
+    assert_eq!(m.get("dora_service_requests_total", &checkout), Some(200.0));
+    assert_eq!(m.get("dora_service_errors_total", &checkout), Some(6.0));
+    let cart = labels("cart", "test");
+    assert_eq!(m.get("dora_service_requests_total", &cart), Some(10.0));
+    let traces = [
+        ("receiver", "otlp"),
+        ("transport", "grpc"),
+        ("signal", "traces"),
+    ];
+    assert_eq!(
+        m.get("doraflow_receiver_accepted_items_total", &traces),
+        Some(260.0)
+    );
+
+    // The stream ends 100 bytes before the message does: tonic's answer
+    // for a body cut short, and nothing applied.
+    let message = grpc_message(&scenario()[0].encode_to_vec());
+    let cut = &message[..message.len() - 100];
+    let (code, text) = export_in_frames(&addr, cut, &[3, 500, 501]).await;
+    assert_eq!(code, "13", "{text}");
+    assert!(text.contains("Unexpected%20EOF"), "{text}");
+    // A valid resource followed by one whose bytes are no protobuf: malformed.
+    let mut body = scenario()[0].encode_to_vec();
+    body.extend_from_slice(&[0x0a, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert!(doraflow::otlp::traces_protobuf(&Bytes::from(body.clone())).is_err());
+    let (code, text) = export_in_frames(&addr, &grpc_message(&body), &[2, 90, 2000]).await;
+    assert_eq!(code, "3", "{text}");
+    assert!(text.contains("malformed%20protobuf"), "{text}");
+    let after = doraflow.metrics();
+    assert_eq!(
+        after.get("dora_service_requests_total", &checkout),
+        Some(200.0)
+    );
+    assert_eq!(
+        after.get("doraflow_receiver_accepted_items_total", &traces),
+        Some(260.0)
+    );
+}

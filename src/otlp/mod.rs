@@ -95,6 +95,53 @@ pub fn decode_borrowed(
     }
 }
 
+/// An OTLP/protobuf export request of traces or logs read as it arrives, in
+/// pieces (see [`wire::RequestStream`]): what [`decode`] gives for the whole
+/// body, without gathering it first.
+pub enum StreamDecode {
+    /// An `ExportTraceServiceRequest`.
+    Traces(wire::RequestStream<TraceSummary>),
+    /// An `ExportLogsServiceRequest`.
+    Logs(wire::RequestStream<LogSummary>),
+}
+
+impl StreamDecode {
+    /// For a protobuf request of `signal` of `len` bytes; `None` for
+    /// metrics, which are decoded whole.
+    pub fn new(signal: Signal, len: usize) -> Option<Self> {
+        match signal {
+            Signal::Traces => Some(StreamDecode::Traces(wire::RequestStream::traces(len))),
+            Signal::Logs => Some(StreamDecode::Logs(wire::RequestStream::logs(len))),
+            Signal::Metrics => None,
+        }
+    }
+
+    /// Reads the next piece.
+    pub fn push(&mut self, piece: &[u8]) -> Result<(), DecodeError> {
+        match self {
+            StreamDecode::Traces(s) => s.push(piece)?,
+            StreamDecode::Logs(s) => s.push(piece)?,
+        }
+        Ok(())
+    }
+
+    /// Bytes of the request still to come.
+    pub fn remaining(&self) -> usize {
+        match self {
+            StreamDecode::Traces(s) => s.remaining(),
+            StreamDecode::Logs(s) => s.remaining(),
+        }
+    }
+
+    /// The decoded request, once all of it has been pushed.
+    pub fn finish(self) -> Result<Telemetry, DecodeError> {
+        Ok(match self {
+            StreamDecode::Traces(s) => Telemetry::Traces(s.finish()?),
+            StreamDecode::Logs(s) => Telemetry::Logs(s.finish()?),
+        })
+    }
+}
+
 /// The request as protobuf, for forwarding: a protobuf body as it is, an
 /// OTLP/JSON one re-encoded. `None` if it does not parse (then it is not
 /// applied either).

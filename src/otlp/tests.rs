@@ -302,6 +302,47 @@ fn reference(req: &ExportTraceServiceRequest) -> (u64, u64, Vec<ReferenceGroup>)
     (spans, rejected, groups)
 }
 
+/// `body` cut at the given places (in order, repeats allowed: empty pieces).
+fn cut<'a>(body: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+    at.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for end in at.into_iter().chain([body.len()]) {
+        pieces.push(&body[start..end]);
+        start = end;
+    }
+    pieces
+}
+
+/// Logs of two services, one record per `(severity, deployment id)`: with
+/// an id, the record carries a deployment.
+fn log_request(records: &[(i32, Option<String>)]) -> ExportLogsServiceRequest {
+    let record = |(severity, id): &(i32, Option<String>)| LogRecord {
+        time_unix_nano: 1_000,
+        severity_number: *severity,
+        attributes: id
+            .iter()
+            .map(|id| attr("deployment.id", Value::StringValue(id.clone())))
+            .collect(),
+        ..Default::default()
+    };
+    let (a, b) = records.split_at(records.len() / 2);
+    ExportLogsServiceRequest {
+        resource_logs: [("api", a), ("web", b)]
+            .into_iter()
+            .map(|(service, records)| ResourceLogs {
+                resource: Some(resource(Some(service), Some("prod"))),
+                scope_logs: vec![ScopeLogs {
+                    log_records: records.iter().map(record).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 prop_compose! {
     fn arb_span()(kind in 0i32..6, start in 0u64..1_000_000, len in 0u64..1_000_000,
                   backwards in proptest::bool::weighted(0.05), status in 0i32..3,
@@ -341,6 +382,85 @@ proptest! {
         let mut appended = borrowed(&a);
         appended.append(borrowed(&b));
         prop_assert_eq!(appended, shared(&both));
+    }
+
+    /// A request read in pieces, cut anywhere (inside keys, lengths,
+    /// resources and spans), gives exactly what reading it whole gives.
+    #[test]
+    fn a_request_read_in_pieces_equals_it_read_whole(
+        groups in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_span(), 0..20)),
+            0..5),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let body = request(groups.into_iter()
+            .map(|(svc, spans)| (resource(svc.as_deref(), Some("prod")), spans))
+            .collect()).encode_to_vec();
+        let whole = traces_protobuf(&Bytes::copy_from_slice(&body)).unwrap();
+        let pieces = cut(&body, &cuts);
+        let mut stream = StreamDecode::new(Signal::Traces, body.len()).unwrap();
+        for piece in &pieces {
+            stream.push(piece).unwrap();
+        }
+        prop_assert_eq!(stream.remaining(), 0);
+        match stream.finish().unwrap() {
+            Telemetry::Traces(t) => prop_assert_eq!(t, whole),
+            other => panic!("not traces: {other:?}"),
+        }
+    }
+
+    /// Bytes changed or cut short: read in pieces, a request is refused
+    /// exactly when it is refused read whole, and nothing panics.
+    #[test]
+    fn a_malformed_request_in_pieces_fails_as_it_fails_whole(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        short in 0usize..4,
+    ) {
+        let mut bytes = request(vec![
+            (resource(Some("svc"), Some("prod")), vec![span(SERVER, 1, 9, 0, Some(500)), span(CONSUMER, 2, 4, 2, None)]),
+            (resource(Some("other"), None), vec![span(SERVER, 5, 7, 1, Some(200))]),
+        ]).encode_to_vec();
+        for (index, byte) in flips {
+            let i = index.index(bytes.len());
+            bytes[i] = byte;
+        }
+        let whole = traces_protobuf(&Bytes::copy_from_slice(&bytes));
+        // The declared length may exceed what comes: a body cut short.
+        let declared = bytes.len() + short;
+        let mut stream = StreamDecode::new(Signal::Traces, declared).unwrap();
+        let mut result = Ok(());
+        for piece in cut(&bytes, &cuts) {
+            result = result.and_then(|()| stream.push(piece));
+        }
+        let streamed = result.and_then(|()| stream.finish());
+        if short > 0 {
+            prop_assert!(streamed.is_err());
+        } else {
+            match (whole, streamed) {
+                (Ok(w), Ok(Telemetry::Traces(s))) => prop_assert_eq!(w, s),
+                (Err(_), Err(_)) => {}
+                (w, s) => prop_assert!(false, "whole {w:?}, in pieces {s:?}"),
+            }
+        }
+    }
+
+    /// Logs read in pieces equal logs read whole.
+    #[test]
+    fn logs_read_in_pieces_equal_logs_read_whole(
+        records in proptest::collection::vec((0i32..24, proptest::option::of("[a-z]{1,6}")), 0..30),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let body = log_request(&records).encode_to_vec();
+        let whole = logs_protobuf(&Bytes::copy_from_slice(&body)).unwrap();
+        let mut stream = StreamDecode::new(Signal::Logs, body.len()).unwrap();
+        for piece in cut(&body, &cuts) {
+            stream.push(piece).unwrap();
+        }
+        match stream.finish().unwrap() {
+            Telemetry::Logs(l) => prop_assert_eq!(l, whole),
+            other => panic!("not logs: {other:?}"),
+        }
     }
 
     #[test]

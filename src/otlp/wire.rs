@@ -446,45 +446,56 @@ pub fn summarize_traces_borrowed(body: &[u8], out: &mut TraceSummary) -> Result<
     traces(Body::borrowed(body), out)
 }
 
+const TRACES_REQUEST: &str = "ExportTraceServiceRequest";
+const LOGS_REQUEST: &str = "ExportLogsServiceRequest";
+
 fn traces(body: Body<'_>, out: &mut TraceSummary) -> Result<(), WireError> {
-    const REQ: &str = "ExportTraceServiceRequest";
-    const RS: &str = "ResourceSpans";
-    const SS: &str = "ScopeSpans";
-    let mut requests = Fields::new(body.buf, REQ);
+    let mut requests = Fields::new(body.buf, TRACES_REQUEST);
     while let Some(field) = requests.next_field() {
         let (1, v) = field? else { continue };
-        let resource_spans = expect_bytes(v, REQ)?;
-        let identity = find_resource(body, resource_spans, RS)?;
-        let first = out.latencies_ns.len();
-        let mut errors = 0;
-        let mut scopes = Fields::new(resource_spans, RS);
-        while let Some(field) = scopes.next_field() {
+        resource_spans(body, expect_bytes(v, TRACES_REQUEST)?, out)?;
+    }
+    Ok(())
+}
+
+/// Reads one `ResourceSpans` (field 1 of the request) into `out`.
+fn resource_spans(
+    body: Body<'_>,
+    resource_spans: &[u8],
+    out: &mut TraceSummary,
+) -> Result<(), WireError> {
+    const RS: &str = "ResourceSpans";
+    const SS: &str = "ScopeSpans";
+    let identity = find_resource(body, resource_spans, RS)?;
+    let first = out.latencies_ns.len();
+    let mut errors = 0;
+    let mut scopes = Fields::new(resource_spans, RS);
+    while let Some(field) = scopes.next_field() {
+        let (2, v) = field? else { continue };
+        let mut spans = Fields::new(expect_bytes(v, RS)?, SS);
+        while let Some(field) = spans.next_field() {
             let (2, v) = field? else { continue };
-            let mut spans = Fields::new(expect_bytes(v, RS)?, SS);
-            while let Some(field) = spans.next_field() {
-                let (2, v) = field? else { continue };
-                let span = expect_bytes(v, SS)?;
-                out.spans += 1;
-                let facts = span_facts(span)?;
-                if facts.kind != SPAN_KIND_SERVER && facts.kind != SPAN_KIND_CONSUMER {
-                    continue;
-                }
-                if facts.end < facts.start {
-                    out.rejected_spans += 1;
-                    continue;
-                }
-                let error = facts.status_error || facts.http_error == Some(true);
-                errors += u64::from(error);
-                out.latencies_ns.push(facts.end - facts.start);
+            let span = expect_bytes(v, SS)?;
+            out.spans += 1;
+            let facts = span_facts(span)?;
+            if facts.kind != SPAN_KIND_SERVER && facts.kind != SPAN_KIND_CONSUMER {
+                continue;
             }
+            if facts.end < facts.start {
+                out.rejected_spans += 1;
+                continue;
+            }
+            let error = facts.status_error || facts.http_error == Some(true);
+            errors += u64::from(error);
+            out.latencies_ns.push(facts.end - facts.start);
         }
-        if out.latencies_ns.len() > first {
-            out.groups.push(RequestGroup {
-                identity,
-                latencies: first..out.latencies_ns.len(),
-                errors,
-            });
-        }
+    }
+    if out.latencies_ns.len() > first {
+        out.groups.push(RequestGroup {
+            identity,
+            latencies: first..out.latencies_ns.len(),
+            errors,
+        });
     }
     Ok(())
 }
@@ -544,68 +555,275 @@ pub fn summarize_logs_borrowed(body: &[u8], out: &mut LogSummary) -> Result<(), 
 }
 
 fn logs(body: Body<'_>, out: &mut LogSummary) -> Result<(), WireError> {
-    const REQ: &str = "ExportLogsServiceRequest";
+    let mut requests = Fields::new(body.buf, LOGS_REQUEST);
+    while let Some(field) = requests.next_field() {
+        let (1, v) = field? else { continue };
+        resource_logs(body, expect_bytes(v, LOGS_REQUEST)?, out)?;
+    }
+    Ok(())
+}
+
+/// Reads one `ResourceLogs` (field 1 of the request) into `out`.
+fn resource_logs(
+    body: Body<'_>,
+    resource_logs: &[u8],
+    out: &mut LogSummary,
+) -> Result<(), WireError> {
     const RL: &str = "ResourceLogs";
     const SL: &str = "ScopeLogs";
     const LR: &str = "LogRecord";
-    let mut requests = Fields::new(body.buf, REQ);
-    while let Some(field) = requests.next_field() {
-        let (1, v) = field? else { continue };
-        let resource_logs = expect_bytes(v, REQ)?;
-        let identity = find_resource(body, resource_logs, RL)?;
-        let mut group = LogGroup {
-            identity,
-            records: 0,
-            errors: 0,
-        };
-        let mut scopes = Fields::new(resource_logs, RL);
-        while let Some(field) = scopes.next_field() {
+    let identity = find_resource(body, resource_logs, RL)?;
+    let mut group = LogGroup {
+        identity,
+        records: 0,
+        errors: 0,
+    };
+    let mut scopes = Fields::new(resource_logs, RL);
+    while let Some(field) = scopes.next_field() {
+        let (2, v) = field? else { continue };
+        let mut records = Fields::new(expect_bytes(v, RL)?, SL);
+        while let Some(field) = records.next_field() {
             let (2, v) = field? else { continue };
-            let mut records = Fields::new(expect_bytes(v, RL)?, SL);
-            while let Some(field) = records.next_field() {
-                let (2, v) = field? else { continue };
-                let mut severity = 0;
-                let mut time = 0;
-                let mut observed = 0;
-                let mut deployment: [Option<&[u8]>; 5] = [None; 5];
-                let mut fields = Fields::new(expect_bytes(v, SL)?, LR);
-                while let Some(field) = fields.next_field() {
-                    match field? {
-                        (1, v) => time = expect_fixed64(v, LR)?,
-                        (2, v) => severity = expect_varint(v, LR)?,
-                        (6, v) => {
-                            if let Some((i, AttributeValue::String(s))) =
-                                wanted_key_value(expect_bytes(v, LR)?, &DEPLOYMENT_KEYS)?
-                            {
-                                deployment[i] = Some(s);
-                            }
+            let mut severity = 0;
+            let mut time = 0;
+            let mut observed = 0;
+            let mut deployment: [Option<&[u8]>; 5] = [None; 5];
+            let mut fields = Fields::new(expect_bytes(v, SL)?, LR);
+            while let Some(field) = fields.next_field() {
+                match field? {
+                    (1, v) => time = expect_fixed64(v, LR)?,
+                    (2, v) => severity = expect_varint(v, LR)?,
+                    (6, v) => {
+                        if let Some((i, AttributeValue::String(s))) =
+                            wanted_key_value(expect_bytes(v, LR)?, &DEPLOYMENT_KEYS)?
+                        {
+                            deployment[i] = Some(s);
                         }
-                        (11, v) => observed = expect_fixed64(v, LR)?,
-                        _ => {}
+                    }
+                    (11, v) => observed = expect_fixed64(v, LR)?,
+                    _ => {}
+                }
+            }
+            group.records += 1;
+            group.errors += u64::from(severity >= SEVERITY_NUMBER_ERROR);
+            let [id, status, environment, service, revision] = deployment;
+            if id.is_some() || status.is_some() {
+                let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                out.deployments.push(LogDeployment {
+                    id: text(id),
+                    status: text(status),
+                    service: text(service),
+                    environment: text(environment),
+                    revision: text(revision),
+                    time: if time != 0 { time } else { observed },
+                    resource: group.identity.clone(),
+                });
+            }
+        }
+    }
+    out.records += group.records;
+    if group.records > 0 {
+        out.groups.push(group);
+    }
+    Ok(())
+}
+
+/// How much of a buffer the field at its start takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extent {
+    /// The whole field is there: its length in bytes.
+    Whole(usize),
+    /// Only its start: its length once the key and length are there.
+    Part(Option<usize>),
+}
+
+/// A varint at the start of `buf` and its length in bytes; `None` if `buf`
+/// ends before it does.
+fn peek_varint(buf: &[u8], message: &'static str) -> Result<Option<(u64, usize)>, WireError> {
+    let mut fields = Fields::new(buf, message);
+    match fields.varint() {
+        Ok(value) => Ok(Some((value, buf.len() - fields.buf.len()))),
+        Err(_) if buf.len() < 10 && buf.iter().all(|b| *b >= 0x80) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn extent(buf: &[u8], message: &'static str) -> Result<Extent, WireError> {
+    let error = |problem| WireError { message, problem };
+    let Some((key, k)) = peek_varint(buf, message)? else {
+        return Ok(Extent::Part(None));
+    };
+    let field = key >> 3;
+    if field == 0 || field > u64::from(u32::MAX >> 3) {
+        return Err(error("invalid field number"));
+    }
+    let rest = &buf[k..];
+    let total = match key & 7 {
+        0 => match peek_varint(rest, message)? {
+            Some((_, n)) => k + n,
+            None => return Ok(Extent::Part(None)),
+        },
+        1 => k + 8,
+        5 => k + 4,
+        2 => match peek_varint(rest, message)? {
+            Some((len, n)) => usize::try_from(len)
+                .ok()
+                .and_then(|len| (k + n).checked_add(len))
+                .ok_or_else(|| error("length too large"))?,
+            None => return Ok(Extent::Part(None)),
+        },
+        3 | 4 => return Err(error("groups are not used by OTLP")),
+        _ => return Err(error("invalid wire type")),
+    };
+    Ok(if total <= buf.len() {
+        Extent::Whole(total)
+    } else {
+        Extent::Part(Some(total))
+    })
+}
+
+/// An export request read as it arrives, in pieces of any size (the DATA
+/// frames of an HTTP/2 stream), without first gathering it into one buffer.
+///
+/// Each top-level field (one resource with all its spans or records) whose
+/// bytes lie within one piece is read where it lies; only a field cut by the
+/// end of a piece is gathered, alone, in a buffer of its own. Identities are
+/// copied out (a few bytes each), so no piece is held once pushed. The
+/// result is exactly that of reading the whole request at once
+/// ([`summarize_traces`], [`summarize_logs`]).
+pub struct RequestStream<S> {
+    summary: S,
+    /// The start of a field whose end is in a piece yet to come.
+    partial: Vec<u8>,
+    /// Bytes of the request not pushed yet.
+    remaining: usize,
+    message: &'static str,
+    read: fn(Body<'_>, &[u8], &mut S) -> Result<(), WireError>,
+}
+
+impl RequestStream<TraceSummary> {
+    /// Reads an `ExportTraceServiceRequest` of `len` bytes.
+    pub fn traces(len: usize) -> Self {
+        RequestStream::new(len, TRACES_REQUEST, resource_spans)
+    }
+}
+
+impl RequestStream<LogSummary> {
+    /// Reads an `ExportLogsServiceRequest` of `len` bytes.
+    pub fn logs(len: usize) -> Self {
+        RequestStream::new(len, LOGS_REQUEST, resource_logs)
+    }
+}
+
+impl<S: Default> RequestStream<S> {
+    fn new(
+        len: usize,
+        message: &'static str,
+        read: fn(Body<'_>, &[u8], &mut S) -> Result<(), WireError>,
+    ) -> Self {
+        RequestStream {
+            summary: S::default(),
+            partial: Vec::new(),
+            remaining: len,
+            message,
+            read,
+        }
+    }
+
+    fn error(&self, problem: &'static str) -> WireError {
+        WireError {
+            message: self.message,
+            problem,
+        }
+    }
+
+    /// Bytes of the request still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Reads the next piece of the request. After an error the request is
+    /// malformed and nothing more should be pushed.
+    pub fn push(&mut self, mut piece: &[u8]) -> Result<(), WireError> {
+        if piece.len() > self.remaining {
+            return Err(self.error("more bytes than the message's length"));
+        }
+        self.remaining -= piece.len();
+        while !piece.is_empty() {
+            if self.partial.is_empty() {
+                match extent(piece, self.message)? {
+                    Extent::Whole(n) => {
+                        let (field, rest) = piece.split_at(n);
+                        self.field(field)?;
+                        piece = rest;
+                    }
+                    Extent::Part(total) => {
+                        if let Some(total) = total {
+                            // Checked before reserving: the length is the client's.
+                            if total > piece.len() + self.remaining {
+                                return Err(
+                                    self.error("field length runs past the end of the message")
+                                );
+                            }
+                            self.partial.reserve_exact(total);
+                        }
+                        self.partial.extend_from_slice(piece);
+                        return Ok(());
                     }
                 }
-                group.records += 1;
-                group.errors += u64::from(severity >= SEVERITY_NUMBER_ERROR);
-                let [id, status, environment, service, revision] = deployment;
-                if id.is_some() || status.is_some() {
-                    let text =
-                        |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-                    out.deployments.push(LogDeployment {
-                        id: text(id),
-                        status: text(status),
-                        service: text(service),
-                        environment: text(environment),
-                        revision: text(revision),
-                        time: if time != 0 { time } else { observed },
-                        resource: group.identity.clone(),
-                    });
+            } else {
+                match extent(&self.partial, self.message)? {
+                    Extent::Whole(_) => self.flush_partial()?,
+                    Extent::Part(None) => {
+                        // The key or length is cut: a byte at a time (at most 20).
+                        self.partial.push(piece[0]);
+                        piece = &piece[1..];
+                        if let Extent::Whole(_) = extent(&self.partial, self.message)? {
+                            self.flush_partial()?;
+                        }
+                    }
+                    Extent::Part(Some(total)) => {
+                        let wanted = total - self.partial.len();
+                        if wanted > piece.len() + self.remaining {
+                            return Err(self.error("field length runs past the end of the message"));
+                        }
+                        let n = wanted.min(piece.len());
+                        self.partial.extend_from_slice(&piece[..n]);
+                        piece = &piece[n..];
+                        if n == wanted {
+                            self.flush_partial()?;
+                        }
+                    }
                 }
             }
         }
-        out.records += group.records;
-        if group.records > 0 {
-            out.groups.push(group);
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Reads the gathered field and empties the buffer (keeping its memory).
+    fn flush_partial(&mut self) -> Result<(), WireError> {
+        let partial = std::mem::take(&mut self.partial);
+        let result = self.field(&partial);
+        self.partial = partial;
+        self.partial.clear();
+        result
+    }
+
+    /// Reads one whole top-level field.
+    fn field(&mut self, field: &[u8]) -> Result<(), WireError> {
+        let mut fields = Fields::new(field, self.message);
+        if let (1, v) = fields.read_field()? {
+            let resource = expect_bytes(v, self.message)?;
+            (self.read)(Body::borrowed(resource), resource, &mut self.summary)?;
+        }
+        Ok(())
+    }
+
+    /// The summary, once every byte of the request has been pushed.
+    pub fn finish(self) -> Result<S, WireError> {
+        if self.remaining > 0 || !self.partial.is_empty() {
+            return Err(self.error("field length runs past the end of the message"));
+        }
+        Ok(self.summary)
+    }
 }
