@@ -3,7 +3,8 @@
 //! 50 services × 20 routes, 2% errors), 512 and 1000 spans a batch.
 //!
 //! Also the Kafka consumer's path (100-span messages read in place and
-//! merged) and the scrape's rendering of 5,000 series.
+//! merged), a gRPC message gathered from its frames or read as they come,
+//! and the scrape's rendering of 5,000 series.
 //!
 //! `cargo bench --bench hot_path`. Throughput is in spans (elements).
 
@@ -13,7 +14,7 @@ use doraflow::config::RedConfig;
 use doraflow::exporters::exposition::render_red;
 use doraflow::model::{Signal, Telemetry, TraceSummary};
 use doraflow::otlp::synth::{realistic_batch, realistic_batch_among};
-use doraflow::otlp::{Encoding, decode_borrowed, traces_protobuf};
+use doraflow::otlp::{Encoding, StreamDecode, decode_borrowed, traces_protobuf};
 use doraflow::processors::red::RedProcessor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -117,6 +118,43 @@ fn kafka_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// A gRPC request's message as it comes in HTTP/2 frames (two of up to
+/// 400 KB from tonic's client, or 16 KB ones from grpc-go): gathered into
+/// one buffer the way tonic's decoder does, then read; or read frame by
+/// frame as it comes (`StreamDecode`).
+fn grpc_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("grpc_frames");
+    let body = Bytes::from(realistic_batch(1000, 0).encode_to_vec());
+    group.throughput(Throughput::Elements(1000));
+    for (name, frame) in [("two_frames", 400 * 1024), ("16k_frames", 16 * 1024)] {
+        let frames: Vec<Bytes> = (0..body.len())
+            .step_by(frame)
+            .map(|at| body.slice(at..(at + frame).min(body.len())))
+            .collect();
+        group.bench_function(format!("gathered_then_read_1000/{name}"), |b| {
+            b.iter(|| {
+                // tonic: an 8 KB buffer, each frame put in, the message split off.
+                let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
+                for f in &frames {
+                    buf.extend_from_slice(f);
+                }
+                let message = buf.split().freeze();
+                black_box(traces_protobuf(&message).expect("valid"))
+            })
+        });
+        group.bench_function(format!("read_as_it_comes_1000/{name}"), |b| {
+            b.iter(|| {
+                let mut stream = StreamDecode::new(Signal::Traces, body.len()).expect("traces");
+                for f in &frames {
+                    stream.push(f).expect("valid");
+                }
+                black_box(stream.finish().expect("valid"))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The `/metrics` text of the `red` families for 5,000 series.
 fn scrape(c: &mut Criterion) {
     let mut red = RedProcessor::new(
@@ -167,5 +205,12 @@ fn window_memory(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, hot_path, kafka_path, scrape, window_memory);
+criterion_group!(
+    benches,
+    hot_path,
+    kafka_path,
+    grpc_frames,
+    scrape,
+    window_memory
+);
 criterion_main!(benches);

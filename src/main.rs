@@ -287,6 +287,7 @@ fn run(format: &LogFormat, level: &str, config: Option<&PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    doraflow::memory::tune_allocator();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
