@@ -449,13 +449,26 @@ pub fn summarize_traces_borrowed(body: &[u8], out: &mut TraceSummary) -> Result<
 const TRACES_REQUEST: &str = "ExportTraceServiceRequest";
 const LOGS_REQUEST: &str = "ExportLogsServiceRequest";
 
-fn traces(body: Body<'_>, out: &mut TraceSummary) -> Result<(), WireError> {
-    let mut requests = Fields::new(body.buf, TRACES_REQUEST);
+/// Reads one resource entry (`ResourceSpans`, `ResourceLogs`) into a summary.
+type ReadResource<S> = fn(Body<'_>, &[u8], &mut S) -> Result<(), WireError>;
+
+/// Reads every resource entry (field 1) of the export request `body`.
+fn resources<S>(
+    body: Body<'_>,
+    message: &'static str,
+    read: ReadResource<S>,
+    out: &mut S,
+) -> Result<(), WireError> {
+    let mut requests = Fields::new(body.buf, message);
     while let Some(field) = requests.next_field() {
         let (1, v) = field? else { continue };
-        resource_spans(body, expect_bytes(v, TRACES_REQUEST)?, out)?;
+        read(body, expect_bytes(v, message)?, out)?;
     }
     Ok(())
+}
+
+fn traces(body: Body<'_>, out: &mut TraceSummary) -> Result<(), WireError> {
+    resources(body, TRACES_REQUEST, resource_spans, out)
 }
 
 /// Reads one `ResourceSpans` (field 1 of the request) into `out`.
@@ -555,12 +568,7 @@ pub fn summarize_logs_borrowed(body: &[u8], out: &mut LogSummary) -> Result<(), 
 }
 
 fn logs(body: Body<'_>, out: &mut LogSummary) -> Result<(), WireError> {
-    let mut requests = Fields::new(body.buf, LOGS_REQUEST);
-    while let Some(field) = requests.next_field() {
-        let (1, v) = field? else { continue };
-        resource_logs(body, expect_bytes(v, LOGS_REQUEST)?, out)?;
-    }
-    Ok(())
+    resources(body, LOGS_REQUEST, resource_logs, out)
 }
 
 /// Reads one `ResourceLogs` (field 1 of the request) into `out`.
@@ -698,7 +706,7 @@ pub struct RequestStream<S> {
     /// Bytes of the request not pushed yet.
     remaining: usize,
     message: &'static str,
-    read: fn(Body<'_>, &[u8], &mut S) -> Result<(), WireError>,
+    read: ReadResource<S>,
 }
 
 impl RequestStream<TraceSummary> {
@@ -716,11 +724,7 @@ impl RequestStream<LogSummary> {
 }
 
 impl<S: Default> RequestStream<S> {
-    fn new(
-        len: usize,
-        message: &'static str,
-        read: fn(Body<'_>, &[u8], &mut S) -> Result<(), WireError>,
-    ) -> Self {
+    fn new(len: usize, message: &'static str, read: ReadResource<S>) -> Self {
         RequestStream {
             summary: S::default(),
             partial: Vec::new(),
@@ -809,14 +813,14 @@ impl<S: Default> RequestStream<S> {
         result
     }
 
-    /// Reads one whole top-level field.
+    /// Reads one whole top-level field, as the whole-body reader would.
     fn field(&mut self, field: &[u8]) -> Result<(), WireError> {
-        let mut fields = Fields::new(field, self.message);
-        if let (1, v) = fields.read_field()? {
-            let resource = expect_bytes(v, self.message)?;
-            (self.read)(Body::borrowed(resource), resource, &mut self.summary)?;
-        }
-        Ok(())
+        resources(
+            Body::borrowed(field),
+            self.message,
+            self.read,
+            &mut self.summary,
+        )
     }
 
     /// The summary, once every byte of the request has been pushed.
