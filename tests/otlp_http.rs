@@ -1,5 +1,6 @@
 //! OTLP over HTTP against a real doraflow process: protobuf, JSON and gzip
-//! bodies; 400 for malformed data with nothing applied; 415 and 413; and
+//! bodies; 400 for malformed data with nothing applied; 415 and 413; a body
+//! cut short (counted `incomplete`, not `too_large`); and
 //! back-pressure (429 + Retry-After, RESOURCE_EXHAUSTED) from a stalled pipeline.
 
 mod common;
@@ -205,6 +206,73 @@ async fn oversized_bodies_get_413() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    let m = doraflow.metrics();
+    assert_eq!(m.counter(REQUESTS, &http_result("too_large")), 1.0);
+    assert_eq!(m.counter(REQUESTS, &http_result("incomplete")), 0.0);
+}
+
+const REQUESTS: &str = "doraflow_receiver_requests_total";
+
+fn http_result(result: &str) -> [(&str, &str); 4] {
+    [
+        ("receiver", "otlp"),
+        ("transport", "http"),
+        ("signal", "traces"),
+        ("result", result),
+    ]
+}
+
+/// Sends `head` and the first `sent` bytes of a body whose `Content-Length`
+/// says more, then hangs up its side: what a client that dies mid-request
+/// leaves. Returns what came back before the server closed.
+fn send_cut_short(port: u16, head: &str, sent: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(sent).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut response = Vec::new();
+    // The server may answer, or close at once: either way, nothing is applied.
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A client that hangs up mid-body is not "too large": its request is
+/// counted as `incomplete`, nothing of it is applied, and the next request
+/// on another connection is applied whole.
+#[tokio::test]
+async fn a_body_cut_short_is_counted_incomplete_and_applies_nothing() {
+    let doraflow = Doraflow::start("window: 5m, slice: 10s");
+    let body = request("svc", 0).encode_to_vec();
+    let port = doraflow.http;
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = tokio::task::spawn_blocking(move || send_cut_short(port, &head, &body[..10]))
+        .await
+        .unwrap();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    let m = doraflow.metrics();
+    assert_eq!(m.counter(REQUESTS, &http_result("incomplete")), 1.0);
+    assert_eq!(m.counter(REQUESTS, &http_result("too_large")), 0.0);
+    assert_eq!(requests(&m, "svc"), None);
+
+    let response = reqwest::Client::new()
+        .post(doraflow.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request("svc", 0).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(requests(&doraflow.metrics(), "svc"), Some(20.0));
 }
 
 /// A pipeline whose queue nobody drains: the first request waits in the

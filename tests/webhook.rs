@@ -299,3 +299,80 @@ async fn malformed_events_get_400_naming_the_problem_and_change_nothing() {
         Some(2.0)
     );
 }
+
+/// A body over the limit is 413 and counted `too_large`; a body cut short
+/// (the client hung up mid-request) is counted `incomplete`, not
+/// `too_large`; neither applies anything, and the next event is applied.
+#[tokio::test]
+async fn bodies_too_large_or_cut_short_are_refused_apart_and_change_nothing() {
+    use std::io::{Read, Write};
+    let doraflow = Doraflow::start("window: 5m, slice: 10s");
+    let client = reqwest::Client::new();
+    let url = doraflow.webhook_url();
+    let n = now();
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    let body = deployed("cut", n - HOUR, "a").to_string();
+    let port = doraflow.webhook;
+    let head = format!(
+        "POST /cdevents HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream
+            .write_all(&body.as_bytes()[..body.len() / 2])
+            .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut response = Vec::new();
+        // The server may answer, or close at once.
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    let m = doraflow.metrics();
+    let requests = |result| {
+        m.counter(
+            "doraflow_receiver_requests_total",
+            &[("receiver", "webhook"), ("result", result)],
+        )
+    };
+    assert_eq!(requests("too_large"), 1.0);
+    assert_eq!(requests("incomplete"), 1.0);
+    assert_eq!(requests("success"), 0.0);
+    let success = series(&[("outcome", "success")]);
+    assert_eq!(m.get("dora_deployments_total", &success), None);
+
+    assert_eq!(
+        post(
+            &client,
+            &url,
+            "application/json",
+            &deployed("cut", n - HOUR, "a")
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        doraflow.metrics().get("dora_deployments_total", &success),
+        Some(1.0)
+    );
+}

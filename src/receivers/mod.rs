@@ -29,6 +29,34 @@ use crate::model::{Signal, Telemetry};
 use crate::otlp::DecodeError;
 use crate::pipeline::{Forward, PipelineSink, SubmitError};
 
+/// Why an HTTP request's body could not be read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Longer than the receiver's limit (by its `Content-Length`, or once
+    /// that many bytes had come).
+    TooLarge,
+    /// The body ended early or broke off: the client went away mid-request,
+    /// or sent less than its `Content-Length`. Nothing of it is applied.
+    Incomplete(String),
+}
+
+/// Reads a request body of at most `limit` bytes, telling a body that is too
+/// large from one that broke off (both are errors of `to_bytes`, and a
+/// client that hung up must not be counted, or answered, as "too large").
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
+            BodyError::TooLarge
+        } else {
+            BodyError::Incomplete(e.to_string())
+        }
+    })
+}
+
 /// Limits of an HTTP listener against slow and numerous clients.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {

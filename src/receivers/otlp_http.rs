@@ -5,7 +5,8 @@
 //! export response (and partial success) in the request's encoding; 400 with a
 //! `google.rpc.Status` body for malformed data; 429 or 503 with `Retry-After`
 //! under back-pressure or shutdown; 413 and 415 for bodies too large or of an
-//! unsupported type.
+//! unsupported type; 400 for a body that broke off before its end (the client
+//! hung up or sent less than its `Content-Length`), of which nothing is applied.
 
 use std::io::Read;
 
@@ -23,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use metrics::counter;
 
 use super::{
-    Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, response_json,
-    response_protobuf,
+    Admission, BodyError, ExportOutcome, RETRY_AFTER_SECS, authorized, export, read_body,
+    response_json, response_protobuf,
 };
 use crate::config::{HttpServerConfig, ReceiverAuth};
 use crate::instruments;
@@ -140,9 +141,18 @@ async fn handle(
             "too many requests in flight or memory short; retry later",
         );
     };
-    let raw = match axum::body::to_bytes(body, receiver.max_body).await {
+    let raw = match read_body(body, receiver.max_body).await {
         Ok(raw) => raw,
-        Err(_) => return too_large(encoding, receiver.max_body),
+        Err(BodyError::TooLarge) => return too_large(encoding, signal, receiver.max_body),
+        Err(BodyError::Incomplete(e)) => {
+            tracing::debug!(signal = signal.as_str(), error = %e, "request body broke off");
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "incomplete").increment(1);
+            return status(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read whole: {e}"),
+            );
+        }
     };
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -154,7 +164,7 @@ async fn handle(
         "" | "identity" => raw,
         "gzip" => match gunzip(&raw, receiver.max_body) {
             Ok(body) => body,
-            Err(Gunzip::TooLarge) => return too_large(encoding, receiver.max_body),
+            Err(Gunzip::TooLarge) => return too_large(encoding, signal, receiver.max_body),
             Err(Gunzip::Corrupt(e)) => {
                 return status(
                     encoding,
@@ -216,7 +226,8 @@ fn gunzip(compressed: &[u8], limit: usize) -> Result<Bytes, Gunzip> {
     Ok(Bytes::from(out))
 }
 
-fn too_large(encoding: Encoding, limit: usize) -> Response {
+fn too_large(encoding: Encoding, signal: Signal, limit: usize) -> Response {
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "otlp", "transport" => "http", "signal" => signal.as_str(), "result" => "too_large").increment(1);
     status(
         encoding,
         StatusCode::PAYLOAD_TOO_LARGE,

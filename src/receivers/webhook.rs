@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, RETRY_AFTER_SECS, authorized};
+use super::{Admission, BodyError, RETRY_AFTER_SECS, authorized, read_body};
 use crate::cdevents::{self, BinaryContext};
 use crate::config::{ReceiverAuth, WebhookReceiverConfig, WebhookSignature};
 use crate::instruments;
@@ -186,11 +186,25 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         return response;
     };
-    let Ok(bytes) = axum::body::to_bytes(body, webhook.max_body).await else {
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({ "error": format!("body larger than {} bytes", webhook.max_body) }),
-        );
+    let bytes = match read_body(body, webhook.max_body).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "too_large")
+                .increment(1);
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("body larger than {} bytes", webhook.max_body) }),
+            );
+        }
+        Err(BodyError::Incomplete(e)) => {
+            tracing::debug!(error = %e, "webhook request body broke off");
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "incomplete")
+                .increment(1);
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("the request body could not be read whole: {e}") }),
+            );
+        }
     };
     if let Some(signature) = &webhook.signature
         && let Err(problem) = verify(signature, &headers, &bytes, unix_now())
