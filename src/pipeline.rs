@@ -220,8 +220,20 @@ pub fn forwarding_queue(
     (sink, queue)
 }
 
+/// The processors' figures at one instant, as pushed by the OTLP exporter.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// The `red` processor's, if the pipeline has one.
+    pub red: Option<RedSnapshot>,
+    /// The `dora` processor's, if the pipeline has one.
+    pub dora: Option<DoraSnapshot>,
+    /// The alerts pending or firing, if the pipeline has an `alerts` processor.
+    pub alerts: Option<Vec<ActiveAlert>>,
+}
+
 enum Query {
     Report(oneshot::Sender<crate::report::ReportInputs>, usize),
+    Figures(oneshot::Sender<Figures>),
     Red(oneshot::Sender<Option<RedSnapshot>>),
     Dora(oneshot::Sender<Option<DoraSnapshot>>),
     Alerts(oneshot::Sender<Option<Vec<ActiveAlert>>>),
@@ -267,6 +279,14 @@ impl PipelineReader {
         inputs.await.ok()
     }
 
+    /// Every processor's figures at one instant; `None` if the pipeline has
+    /// stopped.
+    pub async fn figures(&self) -> Option<Figures> {
+        let (reply, figures) = oneshot::channel();
+        self.tx.send(Query::Figures(reply)).await.ok()?;
+        figures.await.ok()
+    }
+
     /// The `dora` processor's figures now, `None` if the pipeline has no
     /// `dora` processor or has stopped.
     pub async fn dora_snapshot(&self) -> Option<DoraSnapshot> {
@@ -291,6 +311,9 @@ struct Engine {
     forward: Option<mpsc::Sender<Forward>>,
     /// The storage writer and what checkpoints need, with `storage`.
     storage: Option<EngineStorage>,
+    /// Told the figures once the queue has drained at shutdown (the OTLP
+    /// exporter's last push).
+    last_figures: Option<oneshot::Sender<Figures>>,
 }
 
 /// The engine's side of `storage`.
@@ -404,6 +427,9 @@ impl Engine {
         }
         depth.set(0.0);
         tracing::debug!("pipeline drained");
+        if let Some(last) = self.last_figures.take() {
+            let _ = last.send(self.figures());
+        }
         if self.storage.is_some() {
             let (done, durable) = oneshot::channel();
             self.checkpoint(vec![done]);
@@ -637,6 +663,15 @@ impl Engine {
         }
     }
 
+    fn figures(&mut self) -> Figures {
+        let now = self.clock.now_ns();
+        Figures {
+            red: self.red.as_mut().map(|red| red.snapshot(now)),
+            dora: self.dora.as_ref().map(|dora| dora.snapshot(now as i64)),
+            alerts: self.alerts.as_ref().map(|(a, _)| a.active()),
+        }
+    }
+
     fn answer(&mut self, query: Query) {
         match query {
             Query::Report(reply, days) => {
@@ -662,6 +697,9 @@ impl Engine {
                         .map(|(a, _)| a.active())
                         .unwrap_or_default(),
                 });
+            }
+            Query::Figures(reply) => {
+                let _ = reply.send(self.figures());
             }
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
@@ -707,6 +745,7 @@ impl Replayer {
                 clock: Arc::new(SystemClock),
                 forward: None,
                 storage: None,
+                last_figures: None,
             },
         })
     }
@@ -902,7 +941,7 @@ pub async fn run_with_clock(
     let exporters_stop = CancellationToken::new();
     let mut alert_sinks = Vec::new();
     let mut change_sink = None;
-    let mut alert_tasks = Vec::new();
+    let mut exporter_tasks = Vec::new();
     if let Some(c) = config
         .exporters
         .pagerduty
@@ -917,7 +956,7 @@ pub async fn run_with_clock(
         let (sink, changes, task) = pagerduty::start(c.clone(), exporters_stop.clone());
         alert_sinks.push(sink);
         change_sink = changes;
-        alert_tasks.push(task);
+        exporter_tasks.push(task);
     }
     if let Some(c) = config
         .exporters
@@ -932,7 +971,7 @@ pub async fn run_with_clock(
         );
         let (sink, task) = alertmanager::start_alertmanager(c.clone(), exporters_stop.clone());
         alert_sinks.push(sink);
-        alert_tasks.push(task);
+        exporter_tasks.push(task);
     }
     if let Some(c) = config
         .exporters
@@ -943,7 +982,7 @@ pub async fn run_with_clock(
         tracing::info!(pipeline = name, "webhook alert exporter started");
         let (sink, task) = alertmanager::start_webhook(c.clone(), exporters_stop.clone());
         alert_sinks.push(sink);
-        alert_tasks.push(task);
+        exporter_tasks.push(task);
     }
     if let (Some(_), Some(dora)) = (&change_sink, dora.as_mut()) {
         dora.keep_production_deployments();
@@ -990,6 +1029,18 @@ pub async fn run_with_clock(
     // logged, counted, and the process stops (non-zero) rather than run half-dead.
     let failed = CancellationToken::new();
     let stopping = CancellationToken::new();
+    let otlp_exporter = config
+        .exporters
+        .otlp
+        .as_ref()
+        .filter(|_| uses(&pipeline.exporters, "otlp"));
+    let (last_figures, last_figures_rx) = match otlp_exporter {
+        Some(_) => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let engine = supervise(
         "engine",
         stopping.clone(),
@@ -1004,10 +1055,25 @@ pub async fn run_with_clock(
             clock,
             forward,
             storage,
+            last_figures,
         }
         .run_to_end(data, query_rx),
     );
     let reader = PipelineReader { tx: query_tx };
+    if let (Some(c), Some(last)) = (otlp_exporter, last_figures_rx) {
+        tracing::info!(
+            pipeline = name,
+            endpoint = c.endpoint,
+            interval = c.interval.as_str(),
+            "OTLP metrics exporter started"
+        );
+        exporter_tasks.push(crate::exporters::otlp::start(
+            c.clone(),
+            reader.clone(),
+            last,
+            exporters_stop.clone(),
+        )?);
+    }
     let readiness = Readiness::default();
 
     let receivers_stop = CancellationToken::new();
@@ -1124,13 +1190,14 @@ pub async fn run_with_clock(
             tracing::info!("flushing the Kafka exporter");
             let _ = task.await;
         }
-        // The engine is gone, so the alert queues only drain now; give them a while.
-        let drained = wait_all(alert_tasks);
+        // The engine is gone, so the alert queues only drain now, and the
+        // OTLP exporter makes its last push; give them a while.
+        let drained = wait_all(exporter_tasks);
         if tokio::time::timeout(std::time::Duration::from_secs(10), drained)
             .await
             .is_err()
         {
-            tracing::warn!("alert exporters still retrying at shutdown; stopping them");
+            tracing::warn!("exporters still retrying at shutdown; stopping them");
         }
         exporters_stop.cancel();
         if let Some(exporter) = exporter

@@ -53,7 +53,7 @@ fn every_example_pipeline_validates() {
             checked += 1;
         }
     }
-    assert!(checked >= 6, "only {checked} example pipelines");
+    assert!(checked >= 7, "only {checked} example pipelines");
 }
 
 #[test]

@@ -81,6 +81,7 @@ impl Receivers {
             self.otlp.is_some().then_some("otlp"),
             self.webhook.is_some().then_some("webhook"),
             self.kafka.is_some().then_some("kafka"),
+            self.otlp.is_some().then_some("otlp"),
         ]
         .into_iter()
         .flatten()
@@ -581,8 +582,8 @@ pub struct Exporters {
     pub webhook: Option<crate::exporters::alertmanager::WebhookExporterConfig>,
     /// Kafka producer: forwards OTLP and CDEvents keyed by service.
     pub kafka: Option<crate::kafka::KafkaExporterConfig>,
-    /// OTLP metrics push (not available yet).
-    pub otlp: Option<NotYetAvailable>,
+    /// OTLP metrics pushed to a collector.
+    pub otlp: Option<crate::exporters::otlp::OtlpExporterConfig>,
 }
 
 impl Exporters {
@@ -594,6 +595,7 @@ impl Exporters {
             self.alertmanager.is_some().then_some("alertmanager"),
             self.webhook.is_some().then_some("webhook"),
             self.kafka.is_some().then_some("kafka"),
+            self.otlp.is_some().then_some("otlp"),
         ]
         .into_iter()
         .flatten()
@@ -649,19 +651,6 @@ fn default_shutdown_timeout() -> ConfigDuration {
 
 const fn default_queue_size() -> usize {
     256
-}
-
-/// A component the configuration schema knows of but this version does not
-/// provide yet: naming it is an error that says so, rather than a silent no-op.
-#[derive(Debug, Clone)]
-pub struct NotYetAvailable;
-
-impl<'de> Deserialize<'de> for NotYetAvailable {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "this component is not available in this version of doraflow",
-        ))
-    }
 }
 
 /// `message` with every value from the environment or a file cut out: a
@@ -821,6 +810,9 @@ impl Config {
         }
         if let Some(pagerduty) = &self.exporters.pagerduty {
             pagerduty.validate("exporters.pagerduty", &mut errors);
+        }
+        if let Some(otlp) = &self.exporters.otlp {
+            otlp.validate("exporters.otlp", &mut errors);
         }
         if let Some(alertmanager) = &self.exporters.alertmanager {
             alertmanager.validate("exporters.alertmanager", &mut errors);
@@ -1025,11 +1017,37 @@ pipelines:
     }
 
     #[test]
-    fn not_yet_available_components_say_so() {
-        let text = MINIMAL.replace("  prometheus: {}", "  prometheus: {}\n  otlp: {}");
+    fn the_otlp_exporter_is_read_with_defaults_and_checked() {
+        let text = MINIMAL.replace(
+            "  prometheus: {}",
+            "  prometheus: {}\n  otlp: { endpoint: \"http://collector:4317\" }",
+        );
+        let config = parse(&text).unwrap();
+        let otlp = config.exporters.otlp.as_ref().unwrap();
+        assert_eq!(otlp.protocol, crate::exporters::otlp::Protocol::Grpc);
+        assert_eq!(otlp.interval.get(), std::time::Duration::from_secs(60));
+        assert_eq!(otlp.timeout.get(), std::time::Duration::from_secs(10));
+        assert!(config.exporters.configured().contains(&"otlp"));
+
+        let text = MINIMAL.replace(
+            "  prometheus: {}",
+            "  prometheus: {}\n  otlp: { endpoint: \"collector:4317\", protocol: http/protobuf, interval: 0s, headers: { Authorization: x, x-tenant: \"a\\u0001\" } }",
+        );
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("exporters.otlp: "), "{err}");
-        assert!(err.contains("not available in this version"), "{err}");
+        for problem in [
+            "exporters.otlp.endpoint: must be an http(s) URL such as http://collector:4317, got `collector:4317`",
+            "exporters.otlp.interval: must be longer than 0",
+            "exporters.otlp.headers: `Authorization` is not a valid header name",
+            "exporters.otlp.headers.x-tenant: the value must be printable ASCII",
+        ] {
+            assert!(err.contains(problem), "{problem} not in {err}");
+        }
+        let text = MINIMAL.replace(
+            "  prometheus: {}",
+            "  prometheus: {}\n  otlp: { endpoint: \"http://c:4317\", protocol: thrift }",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("exporters.otlp.protocol: "), "{err}");
     }
 
     #[test]

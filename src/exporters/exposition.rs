@@ -17,7 +17,7 @@ use crate::processors::dora::{
     DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
     WindowFigures,
 };
-use crate::processors::red::{RedSnapshot, Totals};
+use crate::processors::red::{RedSnapshot, SeriesSnapshot, Totals};
 use crate::window::QUANTILES;
 
 fn escape(value: &str) -> String {
@@ -72,47 +72,95 @@ impl std::fmt::Display for Number {
     }
 }
 
+/// A family's type: how Prometheus names it, and which OTLP data it becomes
+/// (a cumulative monotonic sum, a gauge, a cumulative histogram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// A value now.
+    Gauge,
+    /// Observations in buckets, with their sum and count.
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Where metric families are written, one family at a time: the text
+/// exposition ([`render_dora`]), or OTLP (`exporters::otlp`). The families
+/// are walked once, in [`write_dora`] and [`write_red`], so both outputs
+/// carry the same names, labels and values.
+pub trait Families {
+    /// Starts the family `name`; the samples that follow are its own.
+    fn family(&mut self, name: &'static str, kind: Kind, help: &'static str);
+    /// One sample of the current family; `None` when there is no value
+    /// (`NaN` in the text exposition).
+    fn sample(&mut self, labels: &[(&str, &str)], value: Option<f64>);
+    /// One series of the current family, a [`Kind::Histogram`].
+    fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], counts: &HistogramCounts);
+}
+
+/// The text exposition.
 struct Writer {
     out: String,
+    name: &'static str,
 }
 
 impl Writer {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        family_head(&mut self.out, name, kind, help);
+    fn new() -> Self {
+        Writer {
+            out: String::new(),
+            name: "",
+        }
     }
 
-    fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: Option<f64>) {
+    fn line(&mut self, name: &str, pairs: &[(&str, &str)], value: Option<f64>) {
         let _ = writeln!(self.out, "{name}{} {}", labels(pairs), number(value));
     }
+}
 
-    fn histogram(
-        &mut self,
-        name: &str,
-        series: &[(&str, &str)],
-        bounds: &[f64],
-        counts: &HistogramCounts,
-    ) {
+impl Families for Writer {
+    fn family(&mut self, name: &'static str, kind: Kind, help: &'static str) {
+        self.name = name;
+        family_head(&mut self.out, name, kind.as_str(), help);
+    }
+
+    fn sample(&mut self, pairs: &[(&str, &str)], value: Option<f64>) {
+        self.line(self.name, pairs, value);
+    }
+
+    fn histogram(&mut self, series: &[(&str, &str)], bounds: &[f64], counts: &HistogramCounts) {
+        let name = self.name;
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (bound, count) in bounds.iter().zip(&counts.buckets) {
             cumulative += count;
             let le = format!("{bound}");
             let mut pairs = series.to_vec();
             pairs.push(("le", &le));
-            self.sample(&format!("{name}_bucket"), &pairs, Some(cumulative as f64));
+            self.line(&bucket, &pairs, Some(cumulative as f64));
         }
         let mut pairs = series.to_vec();
         pairs.push(("le", "+Inf"));
-        self.sample(&format!("{name}_bucket"), &pairs, Some(counts.count as f64));
-        self.sample(&format!("{name}_sum"), series, Some(counts.sum));
-        self.sample(&format!("{name}_count"), series, Some(counts.count as f64));
+        self.line(&bucket, &pairs, Some(counts.count as f64));
+        self.line(&format!("{name}_sum"), series, Some(counts.sum));
+        self.line(&format!("{name}_count"), series, Some(counts.count as f64));
     }
 }
 
-fn quantile_samples(w: &mut Writer, name: &str, base: &[(&str, &str)], q: &Quantiles) {
+fn quantile_samples(w: &mut impl Families, base: &[(&str, &str)], q: &Quantiles) {
     for (label, value) in [("0.5", q.p50), ("0.95", q.p95)] {
         let mut pairs = base.to_vec();
         pairs.push(("quantile", label));
-        w.sample(name, &pairs, value);
+        w.sample(&pairs, value);
     }
 }
 
@@ -201,9 +249,15 @@ pub fn render_red(snapshot: &RedSnapshot, out: &mut String) {
 const QUANTILE_LABELS: [&str; 3] = ["0.5", "0.95", "0.99"];
 const _: () = assert!(QUANTILES.len() == QUANTILE_LABELS.len());
 
-/// Writes every `dora_*` family of `snapshot`.
+/// Writes every `dora_*` family of `snapshot` as text.
 pub fn render_dora(snapshot: &DoraSnapshot) -> String {
-    let mut w = Writer { out: String::new() };
+    let mut w = Writer::new();
+    write_dora(snapshot, &mut w);
+    w.out
+}
+
+/// Writes every `dora_*` family of `snapshot` to `w`.
+pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
     let series = &snapshot.series;
     let ids = |s: &SeriesFigures| {
         [
@@ -214,14 +268,13 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
 
     w.family(
         "dora_deployments_total",
-        "counter",
+        Kind::Counter,
         "Deployments by outcome (success, failure, rollback).",
     );
     for s in series {
         let [a, b] = ids(s);
         for (outcome, count) in &s.deployments_total {
             w.sample(
-                "dora_deployments_total",
                 &[(a.0, &a.1), (b.0, &b.1), ("outcome", outcome)],
                 Some(*count as f64),
             );
@@ -229,25 +282,20 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
     }
     w.family(
         "dora_failed_changes_total",
-        "counter",
+        Kind::Counter,
         "Deployments that were failed changes.",
     );
     for s in series {
         let [a, b] = ids(s);
         w.sample(
-            "dora_failed_changes_total",
             &[(a.0, &a.1), (b.0, &b.1)],
             Some(s.failed_changes_total as f64),
         );
     }
-    w.family("dora_incidents_open", "gauge", "Incidents open now.");
+    w.family("dora_incidents_open", Kind::Gauge, "Incidents open now.");
     for s in series {
         let [a, b] = ids(s);
-        w.sample(
-            "dora_incidents_open",
-            &[(a.0, &a.1), (b.0, &b.1)],
-            Some(s.open_incidents as f64),
-        );
+        w.sample(&[(a.0, &a.1), (b.0, &b.1)], Some(s.open_incidents as f64));
     }
 
     type Gauge = (
@@ -273,12 +321,12 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
         ),
     ];
     for (name, help, value) in gauges {
-        w.family(name, "gauge", help);
+        w.family(name, Kind::Gauge, help);
         for s in series {
             let [a, b] = ids(s);
             for f in &s.windows {
                 let pairs = [(a.0, a.1.as_str()), (b.0, &b.1), ("window", &f.window)];
-                w.sample(name, &pairs, value(f));
+                w.sample(&pairs, value(f));
             }
         }
     }
@@ -301,18 +349,18 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
         ),
     ];
     for (name, help, quantiles) in quantiled {
-        w.family(name, "gauge", help);
+        w.family(name, Kind::Gauge, help);
         for s in series {
             let [a, b] = ids(s);
             for f in &s.windows {
                 let pairs = [(a.0, a.1.as_str()), (b.0, &b.1), ("window", &f.window)];
-                quantile_samples(&mut w, name, &pairs, quantiles(f));
+                quantile_samples(w, &pairs, quantiles(f));
             }
         }
     }
     w.family(
         "dora_performance_level",
-        "gauge",
+        Kind::Gauge,
         "DORA performance level per metric: 1 for the current level, 0 for the others.",
     );
     for s in series {
@@ -328,7 +376,6 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
                 let Some(level) = level else { continue };
                 for candidate in Level::ALL {
                     w.sample(
-                        "dora_performance_level",
                         &[
                             (a.0, &a.1),
                             (b.0, &b.1),
@@ -344,13 +391,12 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
     }
     w.family(
         "dora_change_lead_time_seconds",
-        "histogram",
+        Kind::Histogram,
         "Lead time of every change at its first deployment to the environment.",
     );
     for s in series {
         let [a, b] = ids(s);
         w.histogram(
-            "dora_change_lead_time_seconds",
             &[(a.0, &a.1), (b.0, &b.1)],
             &LEAD_TIME_BUCKETS,
             &s.lead_times,
@@ -358,19 +404,52 @@ pub fn render_dora(snapshot: &DoraSnapshot) -> String {
     }
     w.family(
         "dora_incident_duration_seconds",
-        "histogram",
+        Kind::Histogram,
         "Duration of every resolved incident, opened to resolved.",
     );
     for s in series {
         let [a, b] = ids(s);
         w.histogram(
-            "dora_incident_duration_seconds",
             &[(a.0, &a.1), (b.0, &b.1)],
             &INCIDENT_BUCKETS,
             &s.incident_durations,
         );
     }
-    w.out
+}
+
+/// Writes the per-service families of `snapshot` to `w`, as [`render_red`]
+/// writes them as text (a test holds the two to the same output): for
+/// OTLP, where the text path's shortcuts do not apply.
+pub fn write_red(snapshot: &RedSnapshot, w: &mut impl Families) {
+    fn ids(s: &SeriesSnapshot) -> [(&'static str, &str); 2] {
+        [("service", &s.service), ("environment", &s.environment)]
+    }
+    type Total = (Family, fn(&Totals) -> u64);
+    let counters: [Total; 3] = [
+        (REQUESTS, |t| t.requests),
+        (ERRORS, |t| t.errors),
+        (LOG_ERRORS, |t| t.log_errors),
+    ];
+    for ((name, help), total) in counters {
+        w.family(name, Kind::Counter, help);
+        for s in &snapshot.series {
+            w.sample(&ids(s), Some(total(&s.totals) as f64));
+        }
+    }
+    let window = snapshot.window.as_str();
+    w.family(ERROR_RATIO.0, Kind::Gauge, ERROR_RATIO.1);
+    for s in &snapshot.series {
+        let [a, b] = ids(s);
+        w.sample(&[a, b, ("window", window)], s.stats.error_ratio());
+    }
+    w.family(LATENCY.0, Kind::Gauge, LATENCY.1);
+    for s in &snapshot.series {
+        let [a, b] = ids(s);
+        for (i, quantile) in QUANTILE_LABELS.iter().enumerate() {
+            let seconds = s.stats.quantiles_us.map(|q| q[i] as f64 / 1e6);
+            w.sample(&[a, b, ("window", window), ("quantile", quantile)], seconds);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +496,10 @@ mod tests {
         };
         let mut out = String::new();
         render_red(&snapshot, &mut out);
+        // The generic walk (what OTLP gets) writes the very same text.
+        let mut w = Writer::new();
+        write_red(&snapshot, &mut w);
+        assert_eq!(w.out, out);
         let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
         let a = r#"{service="check\"out",environment="prod""#;
         let b = r#"{service="cart",environment="dev""#;
@@ -454,13 +537,15 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
-        let mut w = Writer { out: String::new() };
+        let mut w = Writer::new();
         let counts = HistogramCounts {
             buckets: vec![1, 1, 1],
             sum: 55.5,
             count: 3,
         };
-        w.histogram("h", &[("s", "x")], &[1.0, 10.0], &counts);
+        w.family("h", Kind::Histogram, "help");
+        w.out.clear();
+        w.histogram(&[("s", "x")], &[1.0, 10.0], &counts);
         assert_eq!(
             w.out,
             "h_bucket{s=\"x\",le=\"1\"} 1\nh_bucket{s=\"x\",le=\"10\"} 2\nh_bucket{s=\"x\",le=\"+Inf\"} 3\nh_sum{s=\"x\"} 55.5\nh_count{s=\"x\"} 3\n"

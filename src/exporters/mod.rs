@@ -1,12 +1,14 @@
 //! Exporters: where results go.
 //!
 //! - [`prometheus`]: `/metrics` (text exposition), `/healthz`, `/readyz`, `/api/v1/dora`.
-//! - [`exposition`]: the text format of the DORA families.
+//! - [`exposition`]: the DORA and per-service families, as text or for OTLP.
+//! - [`otlp`]: the same families pushed as OTLP metrics to a collector.
 //! - [`pagerduty`]: alert transitions to the PagerDuty Events API v2.
 //! - [`alertmanager`]: alert transitions to Alertmanager, and as Alertmanager webhooks.
 
 pub mod alertmanager;
 pub mod exposition;
+pub mod otlp;
 pub mod pagerduty;
 pub mod prometheus;
 
