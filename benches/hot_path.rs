@@ -178,6 +178,23 @@ fn scrape(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    // The same series as an OTLP push (`exporters.otlp`), encoded.
+    let figures = doraflow::pipeline::Figures {
+        red: Some(snapshot),
+        ..Default::default()
+    };
+    let parts = doraflow::exporters::otlp::requests(&figures, 1, 2);
+    let bytes: usize = parts.iter().map(|r| r.len()).sum();
+    eprintln!(
+        "OTLP push of 5,000 series: {} requests, {bytes} bytes encoded",
+        parts.len()
+    );
+    c.bench_function("otlp_push_5000_series", |b| {
+        b.iter(|| {
+            let parts = doraflow::exporters::otlp::requests(&figures, 1, 2);
+            black_box(parts.iter().map(|r| r.len()).sum::<usize>())
+        })
+    });
 }
 
 /// Not a timing: the heap a series' window holds once a full `5m` window of

@@ -424,6 +424,7 @@ async fn a_push_the_collector_rejects_is_not_retried() {
         256,
         &exporters,
     );
+    send_checkout_spans(&doraflow, 5, 0).await;
     eventually("two refused pushes", || {
         collector.refused.load(Ordering::SeqCst) >= 2
     })

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
+use bytes::Bytes;
 use metrics::counter;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -43,6 +43,7 @@ use crate::instruments;
 use crate::pipeline::{Figures, PipelineReader};
 use crate::processors::alerts::State;
 use crate::processors::dora::HistogramCounts;
+use crate::receivers::otlp_grpc::RawCodec;
 
 /// `exporters.otlp`.
 #[derive(Debug, Clone, Deserialize)]
@@ -163,13 +164,124 @@ impl OtlpExporterConfig {
     }
 }
 
-/// Builds one OTLP metrics request from the families walked into it.
-struct Request {
+/// Data points in one request at most: a collector's default limit on a
+/// request is 4 MiB, and a point with its attributes takes about 100 bytes
+/// encoded, so 10,000 series (`red.max_series`' default) go in several.
+pub const MAX_POINTS_PER_REQUEST: usize = 8_192;
+
+/// Builds the OTLP requests from the families walked into it, encoding each
+/// as soon as it holds [`MAX_POINTS_PER_REQUEST`] points: at most one
+/// request's messages are held at a time (about 5 MB at the limit), the
+/// rest only as encoded bytes.
+struct Requests {
+    /// The current request's metrics; the last is the family being written.
     metrics: Vec<Metric>,
+    /// Points in the current request.
+    points: usize,
+    max_points: usize,
+    /// The requests done, encoded.
+    done: Vec<Bytes>,
+    resource: Resource,
+    scope: InstrumentationScope,
     /// Start of the cumulative sums and histograms: when doraflow started.
     start_ns: u64,
     /// When the figures were taken.
     now_ns: u64,
+}
+
+impl Requests {
+    fn new(start_ns: u64, now_ns: u64, max_points: usize) -> Self {
+        Requests {
+            metrics: Vec::new(),
+            points: 0,
+            max_points: max_points.max(1),
+            done: Vec::new(),
+            resource: Resource {
+                attributes: vec![
+                    string_attribute("service.name", "doraflow"),
+                    string_attribute("service.version", env!("CARGO_PKG_VERSION")),
+                    string_attribute("host.name", &host_name()),
+                ],
+                ..Default::default()
+            },
+            scope: InstrumentationScope {
+                name: "doraflow".to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            },
+            start_ns,
+            now_ns,
+        }
+    }
+
+    /// Makes room for one more point: a full request is encoded and a new
+    /// one begun, continuing the current family.
+    fn room(&mut self) {
+        if self.points < self.max_points {
+            return;
+        }
+        let carry_on = self.metrics.last().map(empty_like);
+        self.encode();
+        self.metrics.extend(carry_on);
+    }
+
+    /// Encodes the current request, if it holds anything.
+    fn encode(&mut self) {
+        // A family with nothing in it says nothing: leave it out.
+        self.metrics.retain(|m| points(m) > 0);
+        if self.metrics.is_empty() {
+            return;
+        }
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(self.scope.clone()),
+                    metrics: std::mem::take(&mut self.metrics),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        self.done.push(Bytes::from(request.encode_to_vec()));
+        self.points = 0;
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        self.encode();
+        self.done
+    }
+}
+
+fn points(metric: &Metric) -> usize {
+    match &metric.data {
+        Some(metric::Data::Sum(s)) => s.data_points.len(),
+        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+        Some(metric::Data::Histogram(h)) => h.data_points.len(),
+        _ => 0,
+    }
+}
+
+/// `metric` without its points: the same family, continued.
+fn empty_like(metric: &Metric) -> Metric {
+    let data = metric.data.as_ref().map(|data| match data {
+        metric::Data::Sum(s) => metric::Data::Sum(Sum {
+            data_points: Vec::new(),
+            ..*s
+        }),
+        metric::Data::Histogram(h) => metric::Data::Histogram(Histogram {
+            data_points: Vec::new(),
+            ..*h
+        }),
+        _ => metric::Data::Gauge(Gauge::default()),
+    });
+    Metric {
+        name: metric.name.clone(),
+        description: metric.description.clone(),
+        unit: metric.unit.clone(),
+        metadata: Vec::new(),
+        data,
+    }
 }
 
 fn attributes(labels: &[(&str, &str)]) -> Vec<KeyValue> {
@@ -199,7 +311,7 @@ fn unit(name: &str) -> &'static str {
     }
 }
 
-impl Families for Request {
+impl Families for Requests {
     fn family(&mut self, name: &'static str, kind: Kind, help: &'static str) {
         let data = match kind {
             Kind::Counter => metric::Data::Sum(Sum {
@@ -226,6 +338,7 @@ impl Families for Request {
         let Some(value) = value.filter(|v| v.is_finite()) else {
             return;
         };
+        self.room();
         let (start_ns, now_ns) = (self.start_ns, self.now_ns);
         match self.metrics.last_mut().and_then(|m| m.data.as_mut()) {
             Some(metric::Data::Sum(sum)) => sum.data_points.push(NumberDataPoint {
@@ -241,11 +354,16 @@ impl Families for Request {
                 value: Some(number_data_point::Value::AsDouble(value)),
                 ..Default::default()
             }),
-            _ => debug_assert!(false, "a sample outside a counter or gauge family"),
+            _ => {
+                debug_assert!(false, "a sample outside a counter or gauge family");
+                return;
+            }
         }
+        self.points += 1;
     }
 
     fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], counts: &HistogramCounts) {
+        self.room();
         let (start_ns, now_ns) = (self.start_ns, self.now_ns);
         if let Some(metric::Data::Histogram(histogram)) =
             self.metrics.last_mut().and_then(|m| m.data.as_mut())
@@ -261,17 +379,20 @@ impl Families for Request {
                 explicit_bounds: bounds.to_vec(),
                 ..Default::default()
             });
+            self.points += 1;
         }
     }
 }
 
-/// The OTLP request for `figures` taken at `now_ns`, sums counted from `start_ns`.
-pub fn request(figures: &Figures, start_ns: u64, now_ns: u64) -> ExportMetricsServiceRequest {
-    let mut out = Request {
-        metrics: Vec::new(),
-        start_ns,
-        now_ns,
-    };
+/// The OTLP requests, encoded, that push `figures` taken at `now_ns`, sums
+/// counted from `start_ns`: one, or several of at most
+/// [`MAX_POINTS_PER_REQUEST`] data points each.
+pub fn requests(figures: &Figures, start_ns: u64, now_ns: u64) -> Vec<Bytes> {
+    requests_of(figures, start_ns, now_ns, MAX_POINTS_PER_REQUEST)
+}
+
+fn requests_of(figures: &Figures, start_ns: u64, now_ns: u64, max_points: usize) -> Vec<Bytes> {
+    let mut out = Requests::new(start_ns, now_ns, max_points);
     if let Some(red) = &figures.red {
         exposition::write_red(red, &mut out);
     }
@@ -296,35 +417,7 @@ pub fn request(figures: &Figures, start_ns: u64, now_ns: u64) -> ExportMetricsSe
             );
         }
     }
-    // A family with nothing in it says nothing: leave it out.
-    out.metrics.retain(|m| match &m.data {
-        Some(metric::Data::Sum(s)) => !s.data_points.is_empty(),
-        Some(metric::Data::Gauge(g)) => !g.data_points.is_empty(),
-        Some(metric::Data::Histogram(h)) => !h.data_points.is_empty(),
-        _ => false,
-    });
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    string_attribute("service.name", "doraflow"),
-                    string_attribute("service.version", env!("CARGO_PKG_VERSION")),
-                    string_attribute("host.name", &host_name()),
-                ],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "doraflow".to_string(),
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    ..Default::default()
-                }),
-                metrics: out.metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    out.finish()
 }
 
 fn host_name() -> String {
@@ -344,9 +437,13 @@ enum PushError {
     Rejected(String),
 }
 
+/// `MetricsService/Export`: the requests are encoded already, so they go
+/// through tonic as bytes (a retry sends the same bytes again).
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
 /// Where pushes go.
 enum Client {
-    Grpc(MetricsServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http {
         client: reqwest::Client,
         url: String,
@@ -365,7 +462,7 @@ impl Client {
                 if config.endpoint.starts_with("https://") {
                     endpoint = endpoint.tls_config(grpc_tls(config.tls.as_ref())?)?;
                 }
-                let mut client = MetricsServiceClient::new(endpoint.connect_lazy())
+                let mut client = tonic::client::Grpc::new(endpoint.connect_lazy())
                     .max_decoding_message_size(4 << 20);
                 if config.compression == Compression::Gzip {
                     client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -382,7 +479,7 @@ impl Client {
     async fn push(
         &mut self,
         config: &OtlpExporterConfig,
-        request: &ExportMetricsServiceRequest,
+        request: &Bytes,
     ) -> Result<(), PushError> {
         let response = match self {
             Client::Grpc(client) => {
@@ -402,21 +499,26 @@ impl Client {
                 {
                     metadata.insert("authorization", value);
                 }
-                match client.export(call).await {
-                    Ok(response) => response.into_inner(),
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| PushError::Retryable(format!("{e}")))?;
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                match client.unary(call, path, RawCodec).await {
+                    Ok(response) => ExportMetricsServiceResponse::decode(response.into_inner())
+                        .unwrap_or_default(),
                     Err(status) => return Err(grpc_error(&status)),
                 }
             }
             Client::Http { client, url } => {
-                let body = request.encode_to_vec();
                 let mut call = client
                     .post(url.as_str())
                     .header("content-type", "application/x-protobuf");
                 let body = match config.compression {
-                    Compression::None => body,
+                    Compression::None => request.clone(),
                     Compression::Gzip => {
                         call = call.header("content-encoding", "gzip");
-                        gzip(&body)
+                        Bytes::from(gzip(request))
                     }
                 };
                 for (name, value) in &config.headers {
@@ -516,7 +618,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 async fn push_until(
     client: &mut Client,
     config: &OtlpExporterConfig,
-    request: &ExportMetricsServiceRequest,
+    request: &Bytes,
     deadline: tokio::time::Instant,
     last: bool,
 ) {
@@ -559,6 +661,19 @@ async fn push_until(
     }
 }
 
+/// Pushes each of `requests` in turn (see [`push_until`]).
+async fn push_all(
+    client: &mut Client,
+    config: &OtlpExporterConfig,
+    requests: &[Bytes],
+    deadline: tokio::time::Instant,
+    last: bool,
+) {
+    for request in requests {
+        push_until(client, config, request, deadline, last).await;
+    }
+}
+
 fn now_ns() -> u64 {
     crate::clock::Clock::now_ns(&crate::clock::SystemClock)
 }
@@ -584,24 +699,24 @@ pub fn start(
                 _ = stop.cancelled() => return,
                 figures = &mut last => {
                     if let Ok(figures) = figures {
-                        let request = request(&figures, start_ns, now_ns());
+                        let requests = requests(&figures, start_ns, now_ns());
                         // Retried for a few seconds at most: a collector that is
                         // down must not hold the shutdown up for long.
                         let deadline = tokio::time::Instant::now() + every.min(LAST_PUSH_RETRIES);
                         tokio::select! {
                             _ = stop.cancelled() => {}
-                            _ = push_until(&mut client, &config, &request, deadline, true) => {}
+                            _ = push_all(&mut client, &config, &requests, deadline, true) => {}
                         }
                     }
                     return;
                 }
                 _ = tick.tick() => {
                     let Some(figures) = reader.figures().await else { continue };
-                    let request = request(&figures, start_ns, now_ns());
+                    let requests = requests(&figures, start_ns, now_ns());
                     let deadline = tokio::time::Instant::now() + every;
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = push_until(&mut client, &config, &request, deadline, false) => {}
+                        _ = push_all(&mut client, &config, &requests, deadline, false) => {}
                     }
                 }
             }
@@ -684,7 +799,9 @@ mod tests {
                 alert("HighLatency", State::Pending),
             ]),
         };
-        let request = request(&figures, 100, 200);
+        let parts = requests(&figures, 100, 200);
+        assert_eq!(parts.len(), 1);
+        let request = ExportMetricsServiceRequest::decode(parts[0].clone()).unwrap();
         let rm = &request.resource_metrics[0];
         let resource = attrs(&rm.resource.as_ref().unwrap().attributes);
         assert_eq!(resource[0], ("service.name".into(), "doraflow".into()));
@@ -800,11 +917,7 @@ mod tests {
 
     #[test]
     fn histograms_keep_their_buckets_and_the_overflow() {
-        let mut out = Request {
-            metrics: Vec::new(),
-            start_ns: 1,
-            now_ns: 2,
-        };
+        let mut out = Requests::new(1, 2, 100);
         out.family("lead_seconds", Kind::Histogram, "help");
         let counts = HistogramCounts {
             buckets: vec![1, 0, 2],
@@ -842,6 +955,76 @@ mod tests {
             "full",
             ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
         )));
+    }
+
+    /// Eight points, at most three a request: cut 3 + 3 + 2, a family
+    /// continued in the next request where it is cut, nothing lost or moved.
+    #[test]
+    fn large_pushes_are_cut_into_requests_in_order() {
+        let write = |out: &mut Requests| {
+            out.family("a_total", Kind::Counter, "a");
+            for i in 0..5 {
+                out.sample(&[("i", &i.to_string())], Some(i as f64));
+            }
+            out.family("empty", Kind::Gauge, "nothing");
+            out.sample(&[], None);
+            out.family("b", Kind::Gauge, "b");
+            for i in 5..8 {
+                out.sample(&[("i", &i.to_string())], Some(i as f64));
+            }
+        };
+        let shape = |max: usize| -> Vec<Vec<(String, Vec<i64>)>> {
+            let mut out = Requests::new(1, 2, max);
+            write(&mut out);
+            out.finish()
+                .into_iter()
+                .map(|bytes| {
+                    let r = ExportMetricsServiceRequest::decode(bytes).unwrap();
+                    assert_eq!(
+                        attrs(&r.resource_metrics[0].resource.as_ref().unwrap().attributes)[0].1,
+                        "doraflow"
+                    );
+                    r.resource_metrics[0].scope_metrics[0]
+                        .metrics
+                        .iter()
+                        .map(|m| {
+                            let values = match &m.data {
+                                Some(metric::Data::Sum(s)) => {
+                                    assert!(s.is_monotonic);
+                                    s.data_points.clone()
+                                }
+                                Some(metric::Data::Gauge(g)) => g.data_points.clone(),
+                                _ => Vec::new(),
+                            }
+                            .iter()
+                            .map(|p| match p.value {
+                                Some(number_data_point::Value::AsInt(i)) => i,
+                                Some(number_data_point::Value::AsDouble(d)) => d as i64,
+                                None => -1,
+                            })
+                            .collect();
+                            (m.name.clone(), values)
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let name = |n: &str| n.to_string();
+        assert_eq!(
+            shape(8),
+            [vec![
+                (name("a_total"), vec![0, 1, 2, 3, 4]),
+                (name("b"), vec![5, 6, 7])
+            ]]
+        );
+        assert_eq!(
+            shape(3),
+            [
+                vec![(name("a_total"), vec![0, 1, 2])],
+                vec![(name("a_total"), vec![3, 4]), (name("b"), vec![5])],
+                vec![(name("b"), vec![6, 7])],
+            ]
+        );
     }
 
     #[test]
