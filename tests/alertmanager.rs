@@ -38,7 +38,19 @@ fn binary() -> Option<String> {
         })
 }
 
+/// The user and password of the Alertmanager started with basic auth, and
+/// the password's bcrypt hash (cost 4) as its `web.config.file` wants it,
+/// made with Python's `crypt.crypt("am-s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))`.
+const AM_USER: &str = "doraflow";
+const AM_PASSWORD: &str = "am-s3cret";
+const AM_PASSWORD_BCRYPT: &str = "$2b$04$pMr6sqy4rKPdCwdy3Ivswu2crmkr7QNZHA3tKP/BCn12//lWWKai2";
+
 fn start_alertmanager(binary: &str) -> Alertmanager {
+    start_alertmanager_with(binary, None)
+}
+
+/// With `web_config`, Alertmanager's `--web.config.file` (its own basic auth).
+fn start_alertmanager_with(binary: &str, web_config: Option<&str>) -> Alertmanager {
     let dir = TempDir::new("alertmanager");
     let config = dir.0.join("alertmanager.yml");
     std::fs::write(
@@ -47,7 +59,13 @@ fn start_alertmanager(binary: &str) -> Alertmanager {
     )
     .unwrap();
     let port = free_port();
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(web_config) = web_config {
+        let path = dir.0.join("web.yml");
+        std::fs::write(&path, web_config).unwrap();
+        command.arg(format!("--web.config.file={}", path.display()));
+    }
+    let child = command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.path={}", dir.0.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -62,7 +80,8 @@ fn start_alertmanager(binary: &str) -> Alertmanager {
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::get(port, "/-/ready").is_ok_and(|(s, _)| s == 200) {
+    // With basic auth on, an unauthenticated probe is 401: it answers, so it is up.
+    while !common::get(port, "/-/ready").is_ok_and(|(s, _)| s == 200 || s == 401) {
         assert!(
             Instant::now() < deadline,
             "alertmanager not ready within 30 s"
@@ -164,5 +183,104 @@ async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
     assert_eq!(
         payloads[0]["alerts"][0]["startsAt"],
         payloads[1]["alerts"][0]["startsAt"]
+    );
+}
+
+/// GET `path` with HTTP basic credentials: (status, body).
+async fn get_as(port: u16, path: &str, user: &str, password: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// An Alertmanager that asks for basic auth (its `basic_auth_users`) takes
+/// doraflow's alert when `auth.basic_auth` is set; the webhook exporter
+/// sends its bearer token.
+#[tokio::test]
+async fn an_alertmanager_with_basic_auth_takes_the_alert_with_credentials() {
+    let Some(binary) = binary() else {
+        say_skipped(
+            "an_alertmanager_with_basic_auth_takes_the_alert_with_credentials",
+            "prometheus-alertmanager is not installed (scripts/test installs it)",
+        );
+        return;
+    };
+    let alertmanager = start_alertmanager_with(
+        &binary,
+        Some(&format!(
+            "basic_auth_users:\n  {AM_USER}: '{AM_PASSWORD_BCRYPT}'\n"
+        )),
+    );
+    let port = alertmanager.port;
+    // Without credentials Alertmanager refuses: the auth is really on.
+    assert_eq!(common::get(port, "/api/v2/alerts").unwrap().0, 401);
+
+    let authorizations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let webhook_port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", webhook_port))
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(a): axum::extract::State<Arc<Mutex<Vec<String>>>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let value = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    a.lock().unwrap().push(value);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(authorizations.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let doraflow = Doraflow::start_exporting(
+        "window: 5m, slice: 10s",
+        "derived_incidents: { enabled: false }",
+        "interval: 100ms",
+        256,
+        &format!(
+            "  alertmanager:\n    url: \"http://127.0.0.1:{port}\"\n    resend_interval: 1s\n    auth: {{ basic_auth: {{ username: {AM_USER}, password: \"{}\" }} }}\n  webhook:\n    url: \"http://127.0.0.1:{webhook_port}/hook\"\n    auth: {{ bearer_token: \"{}\" }}\n",
+            common::secret_ref(AM_PASSWORD),
+            common::secret_ref("hook-t0ken"),
+        ),
+    );
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    let mut alerts = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alerts.as_array().is_none_or(|a| a.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "no alert in Alertmanager within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) = get_as(port, "/api/v2/alerts", AM_USER, AM_PASSWORD).await;
+        assert_eq!(status, 200, "{body}");
+        alerts = serde_json::from_str(&body).unwrap();
+    }
+    assert_eq!(alerts[0]["labels"]["alertname"], "HighErrorRate");
+    assert_eq!(alerts[0]["labels"]["service"], "checkout");
+    common::eventually("the webhook payload", || {
+        !authorizations.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(authorizations.lock().unwrap()[0], "Bearer hook-t0ken");
+    let m = doraflow.metrics();
+    assert_eq!(
+        m.counter(
+            "doraflow_exporter_failed_total",
+            &[("exporter", "alertmanager"), ("reason", "rejected")]
+        ),
+        0.0
     );
 }

@@ -255,7 +255,7 @@ async fn figures_are_pushed_over_grpc_exactly_and_retried() {
     };
     let port = grpc_collector(collector.clone()).await;
     let exporters = format!(
-        "  otlp:\n    {{ endpoint: \"http://127.0.0.1:{port}\", interval: 1s, compression: gzip, bearer_token: \"{}\", headers: {{ x-tenant: team-a }} }}\n",
+        "  otlp:\n    {{ endpoint: \"http://127.0.0.1:{port}\", interval: 1s, compression: gzip, auth: {{ bearer_token: \"{}\" }}, headers: {{ x-tenant: team-a }} }}\n",
         secret_ref("otlp-t0ken")
     );
     let doraflow = Doraflow::start_exporting(

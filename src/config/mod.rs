@@ -115,6 +115,62 @@ pub struct ReceiverAuth {
     pub bearer_token: Secret,
 }
 
+/// `auth` of an exporter that calls an HTTP endpoint: a bearer token, or
+/// HTTP basic credentials (Alertmanager's own `basic_auth_users`, a proxy).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// Sent as `authorization: Bearer <token>`; from `${env:NAME}` or `${file:PATH}`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Sent as `authorization: Basic …`.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// `auth.basic_auth` of an exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// The user name.
+    pub username: String,
+    /// The password, from `${env:NAME}` or `${file:PATH}`.
+    pub password: Secret,
+}
+
+impl ClientAuth {
+    /// Checks that exactly one kind of credentials is given.
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        match (&self.bearer_token, &self.basic_auth) {
+            (Some(_), Some(_)) => {
+                errors.push(format!("{path}: give bearer_token or basic_auth, not both"))
+            }
+            (None, None) => errors.push(format!(
+                "{path}: give bearer_token or basic_auth (or leave auth out)"
+            )),
+            (None, Some(b)) if b.username.is_empty() || b.username.contains(':') => errors.push(
+                format!("{path}.basic_auth.username: must not be empty or hold `:`"),
+            ),
+            _ => {}
+        }
+    }
+
+    /// `authorization` of a request with these credentials.
+    pub fn header_value(&self) -> Option<String> {
+        use base64::Engine as _;
+        if let Some(token) = &self.bearer_token {
+            return Some(format!("Bearer {}", token.expose()));
+        }
+        self.basic_auth.as_ref().map(|b| {
+            let pair = format!("{}:{}", b.username, b.password.expose());
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        })
+    }
+}
+
 /// `receivers.webhook.signature`: an HMAC-SHA256 of each request, keyed by
 /// a shared secret, as GitHub signs its webhooks.
 #[derive(Debug, Clone, Deserialize)]
@@ -1087,6 +1143,59 @@ pipelines:
             "KAFKA_PASSWORD" => Some("kafka-pa55word".into()),
             _ => None,
         })
+    }
+
+    fn alertmanager_with_auth(auth: &str) -> String {
+        format!(
+            "receivers:\n  otlp:\n    grpc: {{}}\nexporters:\n  prometheus: {{}}\n  alertmanager: {{ url: \"http://am:9093\", auth: {auth} }}\npipelines:\n  main: {{ receivers: [otlp], exporters: [prometheus, alertmanager] }}\n"
+        )
+    }
+
+    #[test]
+    fn exporter_credentials_are_one_kind_and_become_the_authorization_header() {
+        let config = with_secrets(&alertmanager_with_auth(
+            "{ basic_auth: { username: doraflow, password: \"${env:TOKEN}\" } }",
+        ))
+        .unwrap();
+        let auth = config.exporters.alertmanager.unwrap().auth.unwrap();
+        // base64("doraflow:t0ken-from-env")
+        assert_eq!(
+            auth.header_value().as_deref(),
+            Some("Basic ZG9yYWZsb3c6dDBrZW4tZnJvbS1lbnY=")
+        );
+        let config = with_secrets(&alertmanager_with_auth(
+            "{ bearer_token: \"${env:TOKEN}\" }",
+        ))
+        .unwrap();
+        let auth = config.exporters.alertmanager.unwrap().auth.unwrap();
+        assert_eq!(
+            auth.header_value().as_deref(),
+            Some("Bearer t0ken-from-env")
+        );
+
+        for (auth, problem) in [
+            (
+                "{ bearer_token: \"${env:TOKEN}\", basic_auth: { username: u, password: \"${env:TOKEN}\" } }",
+                "exporters.alertmanager.auth: give bearer_token or basic_auth, not both",
+            ),
+            (
+                "{}",
+                "exporters.alertmanager.auth: give bearer_token or basic_auth",
+            ),
+            (
+                "{ basic_auth: { username: \"a:b\", password: \"${env:TOKEN}\" } }",
+                "exporters.alertmanager.auth.basic_auth.username: must not be empty or hold `:`",
+            ),
+            (
+                "{ basic_auth: { username: u, password: written-here } }",
+                "exporters.alertmanager.auth.basic_auth.password: ",
+            ),
+        ] {
+            let err = with_secrets(&alertmanager_with_auth(auth))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(problem), "{problem} not in {err}");
+        }
     }
 
     fn otlp_with_token(token: &str) -> String {

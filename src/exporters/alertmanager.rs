@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConfigDuration;
+use crate::config::{ClientAuth, ConfigDuration};
 use crate::exporters::AlertSink;
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
@@ -39,6 +39,10 @@ pub struct AlertmanagerConfig {
     /// TLS for an `https://` URL: extra CA, client certificate.
     #[serde(default)]
     pub tls: Option<crate::tls::ClientTls>,
+    /// Credentials, for an Alertmanager with `basic_auth_users` or behind
+    /// a proxy: `{ basic_auth: { username, password } }` or `{ bearer_token }`.
+    #[serde(default)]
+    pub auth: Option<ClientAuth>,
 }
 
 /// `exporters.webhook`: Alertmanager webhook (version 4) payloads.
@@ -53,6 +57,9 @@ pub struct WebhookExporterConfig {
     /// TLS for an `https://` URL: extra CA, client certificate.
     #[serde(default)]
     pub tls: Option<crate::tls::ClientTls>,
+    /// Credentials: `{ bearer_token }` or `{ basic_auth: { username, password } }`.
+    #[serde(default)]
+    pub auth: Option<ClientAuth>,
 }
 
 fn default_resend() -> ConfigDuration {
@@ -69,6 +76,9 @@ impl AlertmanagerConfig {
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
         }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{path}.auth"), errors);
+        }
         if self.resend_interval.get().is_zero() {
             errors.push(format!("{path}.resend_interval: must be longer than 0"));
         }
@@ -81,6 +91,9 @@ impl WebhookExporterConfig {
         super::check_url(path, &self.url, errors);
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{path}.auth"), errors);
         }
     }
 }
@@ -134,8 +147,41 @@ pub fn start_alertmanager(
     (sink, tokio::spawn(run_alertmanager(config, rx, stop)))
 }
 
-async fn post(client: &reqwest::Client, exporter: &'static str, url: &str, body: &Value) {
-    match client.post(url).json(body).send().await {
+/// What an exporter posts with: the client, and its `authorization`.
+struct Poster {
+    client: reqwest::Client,
+    authorization: Option<String>,
+    exporter: &'static str,
+}
+
+impl Poster {
+    fn new(
+        exporter: &'static str,
+        tls: Option<&crate::tls::ClientTls>,
+        auth: Option<&ClientAuth>,
+    ) -> Option<Poster> {
+        // Validated at start, so this fails only if the files changed since.
+        let client = crate::tls::http_client(tls, Duration::from_secs(10))
+            .map_err(|e| tracing::error!(error = %format!("{e:#}"), "cannot build an HTTP client"))
+            .ok()?;
+        Some(Poster {
+            client,
+            authorization: auth.and_then(ClientAuth::header_value),
+            exporter,
+        })
+    }
+
+    async fn post(&self, url: &str, body: &Value) {
+        let mut request = self.client.post(url).json(body);
+        if let Some(value) = &self.authorization {
+            request = request.header("authorization", value);
+        }
+        post(request, self.exporter).await;
+    }
+}
+
+async fn post(request: reqwest::RequestBuilder, exporter: &'static str) {
+    match request.send().await {
         Ok(response) if response.status().is_success() => {
             counter!(instruments::EXPORTER_SENT, "exporter" => exporter).increment(1);
         }
@@ -153,19 +199,13 @@ async fn post(client: &reqwest::Client, exporter: &'static str, url: &str, body:
     }
 }
 
-fn client(tls: Option<&crate::tls::ClientTls>) -> Option<reqwest::Client> {
-    // Validated at start, so this fails only if the files changed since.
-    crate::tls::http_client(tls, Duration::from_secs(10))
-        .map_err(|e| tracing::error!(error = %format!("{e:#}"), "cannot build an HTTP client"))
-        .ok()
-}
-
 async fn run_alertmanager(
     config: AlertmanagerConfig,
     mut rx: mpsc::Receiver<Transition>,
     stop: CancellationToken,
 ) {
-    let Some(client) = client(config.tls.as_ref()) else {
+    let Some(poster) = Poster::new("alertmanager", config.tls.as_ref(), config.auth.as_ref())
+    else {
         return;
     };
     let url = format!("{}/api/v2/alerts", config.url.trim_end_matches('/'));
@@ -191,7 +231,7 @@ async fn run_alertmanager(
                     }
                     State::Pending => continue,
                 };
-                post(&client, "alertmanager", &url, &body).await;
+                poster.post(&url, &body).await;
             }
             _ = ticker.tick(), if !firing.is_empty() => {
                 let now = std::time::SystemTime::now()
@@ -202,7 +242,7 @@ async fn run_alertmanager(
                     .values()
                     .map(|(t, starts)| api_alert(t, *starts, now + ends_ahead, &config.generator_url))
                     .collect();
-                post(&client, "alertmanager", &url, &Value::Array(body)).await;
+                poster.post(&url, &Value::Array(body)).await;
             }
             _ = stop.cancelled() => return,
         }
@@ -257,7 +297,7 @@ pub fn start_webhook(
 ) -> (AlertSink, tokio::task::JoinHandle<()>) {
     let (sink, mut rx) = AlertSink::new("webhook", config.queue_size);
     let task = tokio::spawn(async move {
-        let Some(client) = client(config.tls.as_ref()) else {
+        let Some(poster) = Poster::new("webhook", config.tls.as_ref(), config.auth.as_ref()) else {
             return;
         };
         let mut started: BTreeMap<(&'static str, String, String), i64> = BTreeMap::new();
@@ -272,13 +312,9 @@ pub fn start_webhook(
                 State::Resolved => started.remove(&key).unwrap_or(t.at),
                 State::Pending => continue,
             };
-            post(
-                &client,
-                "webhook",
-                &config.url,
-                &webhook_payload(&t, starts_at),
-            )
-            .await;
+            poster
+                .post(&config.url, &webhook_payload(&t, starts_at))
+                .await;
         }
     });
     (sink, task)

@@ -25,7 +25,7 @@ pub(crate) fn check_url(path: &str, url: &str, errors: &mut Vec<String>) {
     match reqwest::Url::parse(url) {
         Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
             errors.push(format!(
-                "{path}.url: must not hold credentials (`user:password@`): {}",
+                "{path}.url: must not hold credentials (`user:password@`): give them as {path}.auth.basic_auth, the password from `${{env:NAME}}` or `${{file:PATH}}` ({})",
                 crate::config::LITERAL_SECRET
             ));
         }

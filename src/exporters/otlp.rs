@@ -37,7 +37,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigDuration, Secret};
+use crate::config::{ClientAuth, ConfigDuration};
 use crate::exporters::exposition::{self, Families, Kind};
 use crate::instruments;
 use crate::pipeline::{Figures, PipelineReader};
@@ -64,11 +64,11 @@ pub struct OtlpExporterConfig {
     /// `gzip` or `none` (default).
     #[serde(default)]
     pub compression: Compression,
-    /// Sent as `authorization: Bearer <token>`; from `${env:…}` or `${file:…}`.
+    /// Credentials: `{ bearer_token: … }` or `{ basic_auth: { username, password } }`.
     #[serde(default)]
-    pub bearer_token: Option<Secret>,
+    pub auth: Option<ClientAuth>,
     /// More headers (gRPC metadata) sent with every push, e.g. a tenant:
-    /// `{ x-scope-orgid: team-a }`. Not for secrets: use `bearer_token`.
+    /// `{ x-scope-orgid: team-a }`. Not for secrets: use `auth`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// TLS for an `https://` endpoint: extra CA, client certificate.
@@ -111,9 +111,11 @@ impl OtlpExporterConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
         match reqwest::Url::parse(&self.endpoint) {
-            Ok(url) if !url.username().is_empty() || url.password().is_some() => errors.push(
-                format!("{path}.endpoint: must not hold credentials (`user:password@`): use bearer_token"),
-            ),
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                errors.push(format!(
+                    "{path}.endpoint: must not hold credentials (`user:password@`): use {path}.auth"
+                ))
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
             _ => errors.push(format!(
                 "{path}.endpoint: must be an http(s) URL such as http://collector:4317, got `{}`",
@@ -137,7 +139,7 @@ impl OtlpExporterConfig {
                 ));
             } else if name == "authorization" {
                 errors.push(format!(
-                    "{path}.headers: set `authorization` with bearer_token, whose value comes from the environment or a file"
+                    "{path}.headers: set `authorization` with auth (bearer_token or basic_auth), whose secret comes from the environment or a file"
                 ));
             }
             if value
@@ -151,6 +153,9 @@ impl OtlpExporterConfig {
         }
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{path}.auth"), errors);
         }
     }
 
@@ -494,8 +499,8 @@ impl Client {
                         metadata.insert(name, value);
                     }
                 }
-                if let Some(token) = &config.bearer_token
-                    && let Ok(value) = format!("Bearer {}", token.expose()).parse()
+                if let Some(value) = config.auth.as_ref().and_then(ClientAuth::header_value)
+                    && let Ok(value) = value.parse()
                 {
                     metadata.insert("authorization", value);
                 }
@@ -524,8 +529,8 @@ impl Client {
                 for (name, value) in &config.headers {
                     call = call.header(name, value);
                 }
-                if let Some(token) = &config.bearer_token {
-                    call = call.bearer_auth(token.expose());
+                if let Some(value) = config.auth.as_ref().and_then(ClientAuth::header_value) {
+                    call = call.header("authorization", value);
                 }
                 let response = call
                     .body(body)
