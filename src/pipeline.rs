@@ -32,7 +32,7 @@ use crate::exporters::{alertmanager, pagerduty};
 use crate::instruments;
 use crate::model::{Signal, Telemetry};
 use crate::processors::Applied;
-use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState};
+use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState, Transition};
 use crate::processors::dora::{DoraProcessor, DoraSnapshot};
 use crate::processors::red::{RedProcessor, RedSnapshot};
 use crate::receivers::{otlp_grpc, otlp_http, webhook};
@@ -987,6 +987,9 @@ pub async fn run_with_clock(
     if let (Some(_), Some(dora)) = (&change_sink, dora.as_mut()) {
         dora.keep_production_deployments();
     }
+    if let Some((alerts, _)) = &alerts {
+        resume_firing(alerts, &alert_sinks);
+    }
     let (checkpoint_requests, requests) = mpsc::channel(4);
     let (storage, kafka_durability) = match (restored, &config.storage) {
         (Some((storage, segment, kafka_next)), Some(c)) => {
@@ -1217,6 +1220,42 @@ pub async fn run_with_clock(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Alerts restored firing (from the checkpoint) are handed to the
+/// exporters that must keep re-sending them: Alertmanager forgets an alert
+/// that is not re-sent within its `endsAt`, and its exporter learns what
+/// fires only from transitions, which a restored alert does not make again.
+/// PagerDuty and webhooks heard of it already and are not told twice.
+fn resume_firing(alerts: &AlertsProcessor, sinks: &[AlertSink]) {
+    let firing: Vec<Transition> = alerts
+        .active()
+        .into_iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .map(|a| Transition {
+            alertname: a.alertname,
+            service: a.service,
+            environment: a.environment,
+            state: AlertState::Firing,
+            at: a.since,
+            value: a.value,
+            threshold: a.threshold,
+            severity: a.severity,
+            summary: a.summary,
+            window: None,
+        })
+        .collect();
+    for sink in sinks.iter().filter(|s| s.resends_firing()) {
+        for t in &firing {
+            sink.send(t);
+        }
+    }
+    if !firing.is_empty() {
+        tracing::info!(
+            alerts = firing.len(),
+            "alerts restored firing; Alertmanager is told again"
+        );
+    }
 }
 
 /// Spawns a component, watching it: if it ends (error, panic, or at all)

@@ -284,3 +284,69 @@ async fn an_alertmanager_with_basic_auth_takes_the_alert_with_credentials() {
         0.0
     );
 }
+
+/// Alertmanager forgets an alert not re-sent within its `endsAt` (four
+/// re-send intervals ahead). An alert still firing when doraflow restarts
+/// (state restored from `storage`) must go on being re-sent, or Alertmanager
+/// resolves it on its own a few intervals later while doraflow still fires.
+#[tokio::test]
+async fn an_alert_firing_across_a_restart_stays_active_in_alertmanager() {
+    let Some(binary) = binary() else {
+        say_skipped(
+            "an_alert_firing_across_a_restart_stays_active_in_alertmanager",
+            "prometheus-alertmanager is not installed (scripts/test installs it)",
+        );
+        return;
+    };
+    let alertmanager = start_alertmanager(&binary);
+    let state = TempDir::new("alertmanager-restart");
+    let (grpc, prometheus) = (free_port(), free_port());
+    let config = format!(
+        "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+processors:
+  red: {{ window: 5m, slice: 10s }}
+  alerts: {{ interval: 100ms }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+  alertmanager: {{ url: \"http://127.0.0.1:{}\", resend_interval: 1s }}
+storage:
+  dir: \"{}\"
+pipelines:
+  main: {{ receivers: [otlp], processors: [red, alerts], exporters: [prometheus, alertmanager] }}
+",
+        alertmanager.port,
+        state.0.display()
+    );
+    let mut doraflow = Doraflow::start_yaml(&config, prometheus, grpc, 0);
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the alert in Alertmanager", || {
+        alerts_in(&alertmanager).len() == 1
+    })
+    .await;
+    tokio::task::spawn_blocking(move || doraflow.terminate())
+        .await
+        .unwrap();
+
+    let doraflow = Doraflow::start_yaml(&config, prometheus, grpc, 0);
+    // Past four re-send intervals since the last push before the restart:
+    // unless re-sent, Alertmanager has resolved it by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let alerts = alerts_in(&alertmanager);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["labels"]["alertname"], "HighErrorRate");
+    assert_eq!(alerts[0]["status"]["state"], "active");
+    assert_eq!(
+        doraflow.metrics().get(
+            "doraflow_alerts_firing",
+            &[
+                ("alertname", "HighErrorRate"),
+                ("service", "checkout"),
+                ("environment", "production"),
+                ("severity", "critical"),
+            ]
+        ),
+        Some(1.0)
+    );
+}

@@ -49,6 +49,12 @@ impl AlertSink {
         (AlertSink { exporter, tx }, rx)
     }
 
+    /// Whether this exporter keeps re-sending what fires (Alertmanager),
+    /// and so must be told of alerts restored firing at start.
+    pub fn resends_firing(&self) -> bool {
+        self.exporter == "alertmanager"
+    }
+
     /// Queues a firing or resolved transition (pending ones page nobody).
     pub fn send(&self, t: &Transition) {
         if t.state == State::Pending {
