@@ -101,6 +101,38 @@ fn alerts_in(alertmanager: &Alertmanager) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// What a local webhook endpoint received: each payload with its
+/// `authorization` header (empty when none).
+type Hooked = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Serves `POST /hook` on a free port, keeping what comes; returns the port.
+async fn hook_endpoint(received: Hooked) -> u16 {
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(r): axum::extract::State<Hooked>,
+                 headers: axum::http::HeaderMap,
+                 axum::Json(v): axum::Json<Value>| async move {
+                    let authorization = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    r.lock().unwrap().push((authorization, v));
+                    "ok"
+                },
+            ),
+        )
+        .with_state(received);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 #[tokio::test]
 async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
     let Some(binary) = binary() else {
@@ -113,24 +145,8 @@ async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
     let alertmanager = start_alertmanager(&binary);
 
     // A local endpoint that keeps the webhook payloads it receives.
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let webhook_port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", webhook_port))
-        .await
-        .unwrap();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(r): axum::extract::State<Arc<Mutex<Vec<Value>>>>,
-                 axum::Json(v): axum::Json<Value>| async move {
-                    r.lock().unwrap().push(v);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(received.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let received: Hooked = Arc::default();
+    let webhook_port = hook_endpoint(received.clone()).await;
 
     let doraflow = Doraflow::start_exporting(
         "window: 5m, slice: 10s",
@@ -168,7 +184,12 @@ async fn a_real_alertmanager_sees_the_alert_fire_and_resolve() {
         received.lock().unwrap().len() == 2
     })
     .await;
-    let payloads = received.lock().unwrap().clone();
+    let payloads: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.clone())
+        .collect();
     assert_eq!(payloads[0]["version"], "4");
     assert_eq!(payloads[0]["status"], "firing");
     assert_eq!(payloads[1]["status"], "resolved");
@@ -220,29 +241,8 @@ async fn an_alertmanager_with_basic_auth_takes_the_alert_with_credentials() {
     // Without credentials Alertmanager refuses: the auth is really on.
     assert_eq!(common::get(port, "/api/v2/alerts").unwrap().0, 401);
 
-    let authorizations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let webhook_port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", webhook_port))
-        .await
-        .unwrap();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(a): axum::extract::State<Arc<Mutex<Vec<String>>>>,
-                 headers: axum::http::HeaderMap| async move {
-                    let value = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    a.lock().unwrap().push(value);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(authorizations.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let received: Hooked = Arc::default();
+    let webhook_port = hook_endpoint(received.clone()).await;
 
     let doraflow = Doraflow::start_exporting(
         "window: 5m, slice: 10s",
@@ -271,10 +271,10 @@ async fn an_alertmanager_with_basic_auth_takes_the_alert_with_credentials() {
     assert_eq!(alerts[0]["labels"]["alertname"], "HighErrorRate");
     assert_eq!(alerts[0]["labels"]["service"], "checkout");
     common::eventually("the webhook payload", || {
-        !authorizations.lock().unwrap().is_empty()
+        !received.lock().unwrap().is_empty()
     })
     .await;
-    assert_eq!(authorizations.lock().unwrap()[0], "Bearer hook-t0ken");
+    assert_eq!(received.lock().unwrap()[0].0, "Bearer hook-t0ken");
     let m = doraflow.metrics();
     assert_eq!(
         m.counter(

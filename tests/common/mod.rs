@@ -480,3 +480,25 @@ pub fn secret_ref(value: &str) -> String {
     }
     format!("${{file:{}}}", path.display())
 }
+
+/// Sends `head` and the first `sent` bytes of a body whose `Content-Length`
+/// says more, then hangs up its side: what a client that dies mid-request
+/// leaves. The server may answer 400 or close at once; either way nothing
+/// of the request may be applied (the caller checks that).
+pub fn send_cut_short(port: u16, head: &str, sent: &[u8]) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(sent).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let answer = String::from_utf8_lossy(&response);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+}
