@@ -12,6 +12,7 @@
 //! Shutdown is ordered: stop the receivers, let the engine drain the queue,
 //! then stop the exporters.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -485,6 +486,23 @@ impl Engine {
             dora: self.dora.as_ref().map(DoraProcessor::to_state),
             alerts: self.alerts.as_ref().map(|(a, _)| a.to_state()),
             red: self.red.as_ref().map(RedProcessor::to_state),
+            outbox: self
+                .alert_sinks
+                .iter()
+                .flat_map(|sink| {
+                    sink.undelivered()
+                        .into_iter()
+                        .map(|t| crate::proto::OutboxRecord {
+                            exporter: sink.exporter().to_string(),
+                            alertname: t.alertname.to_string(),
+                            service: t.service,
+                            environment: t.environment,
+                            resolved: t.state == AlertState::Resolved,
+                            at_ns: t.at,
+                            value: t.value,
+                        })
+                })
+                .collect(),
             kafka_offsets: storage
                 .kafka_next
                 .iter()
@@ -864,7 +882,7 @@ pub async fn run_with_clock(
         default_environment,
     } = processors(&config, pipeline);
     // State first: a damaged checkpoint stops doraflow before it listens.
-    let restored = match &config.storage {
+    let mut restored = match &config.storage {
         Some(c) => Some(restore(c, &mut red, &mut dora, &mut alerts)?),
         None => None,
     };
@@ -988,11 +1006,16 @@ pub async fn run_with_clock(
         dora.keep_production_deployments();
     }
     if let Some((alerts, _)) = &alerts {
+        let outbox = restored
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.3))
+            .unwrap_or_default();
+        resume_outbox(alerts, &outbox, &alert_sinks);
         resume_firing(alerts, &alert_sinks);
     }
     let (checkpoint_requests, requests) = mpsc::channel(4);
     let (storage, kafka_durability) = match (restored, &config.storage) {
-        (Some((storage, segment, kafka_next)), Some(c)) => {
+        (Some((storage, segment, kafka_next, _)), Some(c)) => {
             // What the restored checkpoint holds is durable already.
             let durable = crate::storage::DurableOffsets::default();
             durable.set(
@@ -1222,6 +1245,49 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// Alert transitions the checkpoint held undelivered go to their exporters
+/// again: the last one of each alert only (a trigger and its resolve both
+/// undelivered need only the resolve; PagerDuty and Alertmanager take
+/// either twice without harm). Rules no longer configured are skipped.
+fn resume_outbox(
+    alerts: &AlertsProcessor,
+    outbox: &[crate::proto::OutboxRecord],
+    sinks: &[AlertSink],
+) {
+    let mut last: BTreeMap<(&str, &str, &str, &str), &crate::proto::OutboxRecord> = BTreeMap::new();
+    for r in outbox {
+        last.insert((&r.exporter, &r.alertname, &r.service, &r.environment), r);
+    }
+    let mut resent = 0;
+    for ((exporter, ..), r) in last {
+        let Some(sink) = sinks.iter().find(|s| s.exporter() == exporter) else {
+            continue;
+        };
+        let state = if r.resolved {
+            AlertState::Resolved
+        } else {
+            AlertState::Firing
+        };
+        if let Some(t) = alerts.transition(
+            &r.alertname,
+            &r.service,
+            &r.environment,
+            state,
+            r.at_ns,
+            r.value,
+        ) {
+            sink.send(&t);
+            resent += 1;
+        }
+    }
+    if resent > 0 {
+        tracing::info!(
+            transitions = resent,
+            "alert transitions undelivered at the last stop are sent again"
+        );
+    }
+}
+
 /// Alerts restored firing (from the checkpoint) are handed to the
 /// exporters that must keep re-sending them: Alertmanager forgets an alert
 /// that is not re-sent within its `endsAt`, and its exporter learns what
@@ -1294,8 +1360,8 @@ where
 }
 
 /// The storage folder opened, its state restored into the processors.
-/// Returns the storage, the log segment to go on in, and the Kafka offsets
-/// the checkpoint holds.
+/// Returns the storage, the log segment to go on in, the Kafka offsets
+/// the checkpoint holds, and the alert transitions it held undelivered.
 #[allow(clippy::type_complexity)]
 fn restore(
     config: &crate::storage::StorageConfig,
@@ -1306,6 +1372,7 @@ fn restore(
     crate::storage::Storage,
     u64,
     std::collections::HashMap<(Arc<str>, i32), i64>,
+    Vec<crate::proto::OutboxRecord>,
 )> {
     let storage = crate::storage::Storage::open(&config.dir)?;
     let restored = storage.restore()?;
@@ -1371,7 +1438,8 @@ fn restore(
         truncated_bytes = restored.truncated,
         "state restored"
     );
-    Ok((storage, restored.next_segment, kafka_next))
+    let outbox = restored.checkpoint.map(|c| c.outbox).unwrap_or_default();
+    Ok((storage, restored.next_segment, kafka_next, outbox))
 }
 
 async fn bind(component: &str, endpoint: &str) -> anyhow::Result<TcpListener> {
@@ -1437,5 +1505,95 @@ mod supervision_tests {
         stopping.cancel();
         assert!(handle.await.expect("supervisor").is_ok());
         assert!(!failed.is_cancelled());
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+    use crate::processors::alerts::AlertsConfig;
+
+    fn record(
+        exporter: &str,
+        service: &str,
+        resolved: bool,
+        at: i64,
+    ) -> crate::proto::OutboxRecord {
+        crate::proto::OutboxRecord {
+            exporter: exporter.into(),
+            alertname: "HighErrorRate".into(),
+            service: service.into(),
+            environment: "production".into(),
+            resolved,
+            at_ns: at,
+            value: 0.05,
+        }
+    }
+
+    /// Of each alert's undelivered transitions only the last goes again, to
+    /// the exporter it was for; unknown exporters and rules are skipped.
+    #[test]
+    fn the_last_undelivered_transition_of_each_alert_is_sent_again() {
+        let alerts = AlertsProcessor::new(&AlertsConfig::default());
+        let (pagerduty, mut pagerduty_rx) = AlertSink::new("pagerduty", 16);
+        let (webhook, mut webhook_rx) = AlertSink::new("webhook", 16);
+        let mut unknown_rule = record("pagerduty", "cart", false, 5);
+        unknown_rule.alertname = "NoSuchRule".into();
+        let outbox = [
+            record("pagerduty", "checkout", false, 1),
+            record("pagerduty", "checkout", true, 2),
+            record("pagerduty", "payments", false, 3),
+            record("webhook", "checkout", false, 1),
+            record("kafka", "checkout", false, 4),
+            unknown_rule,
+        ];
+        resume_outbox(&alerts, &outbox, &[pagerduty.clone(), webhook.clone()]);
+        let mut sent = Vec::new();
+        while let Ok(t) = pagerduty_rx.try_recv() {
+            sent.push(("pagerduty", t.service.clone(), t.state, t.at));
+        }
+        while let Ok(t) = webhook_rx.try_recv() {
+            sent.push(("webhook", t.service.clone(), t.state, t.at));
+        }
+        assert_eq!(
+            sent,
+            [
+                ("pagerduty", "checkout".to_string(), AlertState::Resolved, 2),
+                ("pagerduty", "payments".to_string(), AlertState::Firing, 3),
+                ("webhook", "checkout".to_string(), AlertState::Firing, 1),
+            ]
+        );
+        // Taken from the queues and dropped: none of them waits any more.
+        assert!(pagerduty.undelivered().is_empty());
+        assert!(webhook.undelivered().is_empty());
+    }
+
+    /// A transition waits in its exporter's outbox from the moment it is
+    /// queued until the exporter is done with it (delivered or given up).
+    #[test]
+    fn a_queued_transition_waits_until_its_exporter_is_done_with_it() {
+        let alerts = AlertsProcessor::new(&AlertsConfig::default());
+        let (sink, mut rx) = AlertSink::new("pagerduty", 1);
+        let t = |service: &str| {
+            alerts
+                .transition(
+                    "HighErrorRate",
+                    service,
+                    "production",
+                    AlertState::Firing,
+                    1,
+                    0.05,
+                )
+                .unwrap()
+        };
+        sink.send(&t("checkout"));
+        // The queue holds one: the second is dropped, and does not wait.
+        sink.send(&t("payments"));
+        let waiting: Vec<String> = sink.undelivered().into_iter().map(|t| t.service).collect();
+        assert_eq!(waiting, ["checkout"]);
+        let taken = rx.try_recv().unwrap();
+        assert_eq!(sink.undelivered().len(), 1, "still being delivered");
+        drop(taken);
+        assert!(sink.undelivered().is_empty());
     }
 }

@@ -350,6 +350,77 @@ async fn an_endpoint_down_then_back_gets_the_trigger_and_the_resolve_once_each()
     assert!(m.samples("doraflow_exporter_dropped_total").is_empty());
 }
 
+/// A page made while PagerDuty cannot be reached, and doraflow stopped
+/// before it could deliver it: the checkpoint keeps the undelivered
+/// trigger, and after the restart (the alert still firing, so no new
+/// transition is made) it is delivered, once.
+#[tokio::test]
+async fn a_trigger_undelivered_at_a_restart_is_delivered_after_it() {
+    let port = free_port();
+    let state = common::TempDir::new("pagerduty-outbox");
+    let (grpc, prometheus) = (free_port(), free_port());
+    let config = format!(
+        "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+processors:
+  red: {{ window: 5m, slice: 10s }}
+  alerts: {{ interval: 100ms }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+  pagerduty:
+    url: \"http://127.0.0.1:{port}/v2/enqueue\"
+    routing_key: \"{key}\"
+    initial_backoff: 10ms
+    max_backoff: 50ms
+    circuit_breaker_cooldown: 100ms
+storage:
+  dir: \"{dir}\"
+pipelines:
+  main: {{ receivers: [otlp], processors: [red, alerts], exporters: [prometheus, pagerduty] }}
+",
+        key = common::secret_ref(ROUTING_KEY),
+        dir = state.0.display(),
+    );
+    let mut doraflow = Doraflow::start_yaml(&config, prometheus, grpc, 0);
+    common::send_checkout_spans(&doraflow, 197, 3).await;
+    common::eventually("the trigger retried", || {
+        doraflow.metrics().counter(
+            "doraflow_exporter_failed_total",
+            &[("exporter", "pagerduty"), ("reason", "retryable")],
+        ) >= 3.0
+    })
+    .await;
+    tokio::task::spawn_blocking(move || doraflow.terminate())
+        .await
+        .unwrap();
+
+    let (_, endpoint) = pagerduty_on(port, &[]).await;
+    let doraflow = Doraflow::start_yaml(&config, prometheus, grpc, 0);
+    common::eventually("the trigger delivered", || {
+        endpoint.lock().unwrap().accepted.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let endpoint = endpoint.lock().unwrap();
+    assert_eq!(endpoint.attempts, 1);
+    assert_eq!(endpoint.accepted[0]["event_action"], "trigger");
+    assert_eq!(
+        endpoint.accepted[0]["dedup_key"],
+        "doraflow/HighErrorRate/checkout/production"
+    );
+    assert_eq!(
+        endpoint.accepted[0]["payload"]["summary"],
+        "checkout (production): error ratio 1.50% > 1.00%"
+    );
+    assert_eq!(
+        doraflow
+            .metrics()
+            .get("doraflow_exporter_sent_total", &[("exporter", "pagerduty")]),
+        Some(1.0)
+    );
+}
+
 #[test]
 fn the_strict_endpoint_refuses_what_the_spec_does_not_allow() {
     let good = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "k",

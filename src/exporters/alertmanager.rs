@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClientAuth, ConfigDuration};
-use crate::exporters::AlertSink;
+use crate::exporters::{AlertSink, Queued};
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
 
@@ -201,7 +201,7 @@ async fn post(request: reqwest::RequestBuilder, exporter: &'static str) {
 
 async fn run_alertmanager(
     config: AlertmanagerConfig,
-    mut rx: mpsc::Receiver<Transition>,
+    mut rx: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
     let Some(poster) = Poster::new("alertmanager", config.tls.as_ref(), config.auth.as_ref())
@@ -222,7 +222,7 @@ async fn run_alertmanager(
                 let key = (t.alertname, t.service.clone(), t.environment.clone());
                 let body = match t.state {
                     State::Firing => {
-                        firing.insert(key, (t.clone(), t.at));
+                        firing.insert(key, (Transition::clone(&t), t.at));
                         json!([api_alert(&t, t.at, t.at + ends_ahead, &config.generator_url)])
                     }
                     State::Resolved => {

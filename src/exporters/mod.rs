@@ -12,6 +12,9 @@ pub mod otlp;
 pub mod pagerduty;
 pub mod prometheus;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use metrics::counter;
 use tokio::sync::mpsc;
 
@@ -34,19 +37,99 @@ pub(crate) fn check_url(path: &str, url: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// The transitions handed to one alert exporter and not yet delivered (or
+/// given up): what a checkpoint keeps of its queue, so that a restart while
+/// PagerDuty cannot be reached does not lose the page.
+#[derive(Clone, Default)]
+pub struct Outbox(Arc<Mutex<OutboxState>>);
+
+#[derive(Default)]
+struct OutboxState {
+    next: u64,
+    pending: BTreeMap<u64, Transition>,
+}
+
+impl Outbox {
+    fn hold(&self, t: Transition) -> u64 {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let id = state.next;
+        state.next += 1;
+        state.pending.insert(id, t);
+        id
+    }
+
+    fn release(&self, id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .remove(&id);
+    }
+
+    /// What waits, oldest first.
+    pub fn pending(&self) -> Vec<Transition> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A transition taken from an alert exporter's queue. It leaves the
+/// exporter's [`Outbox`] when dropped: once delivered, refused or given up.
+pub struct Queued {
+    transition: Transition,
+    id: u64,
+    outbox: Outbox,
+}
+
+impl std::ops::Deref for Queued {
+    type Target = Transition;
+    fn deref(&self) -> &Transition {
+        &self.transition
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.outbox.release(self.id);
+    }
+}
+
 /// The queue an alert exporter takes transitions from. The pipeline never
 /// waits on it: a full queue drops the transition and counts it.
 #[derive(Clone)]
 pub struct AlertSink {
     exporter: &'static str,
-    tx: mpsc::Sender<Transition>,
+    tx: mpsc::Sender<Queued>,
+    outbox: Outbox,
 }
 
 impl AlertSink {
     /// A sink for `exporter` holding at most `capacity` transitions.
-    pub fn new(exporter: &'static str, capacity: usize) -> (AlertSink, mpsc::Receiver<Transition>) {
+    pub fn new(exporter: &'static str, capacity: usize) -> (AlertSink, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (AlertSink { exporter, tx }, rx)
+        (
+            AlertSink {
+                exporter,
+                tx,
+                outbox: Outbox::default(),
+            },
+            rx,
+        )
+    }
+
+    /// The exporter's name (`pagerduty`, `alertmanager`, `webhook`).
+    pub fn exporter(&self) -> &'static str {
+        self.exporter
+    }
+
+    /// The transitions queued to this exporter and not yet delivered.
+    pub fn undelivered(&self) -> Vec<Transition> {
+        self.outbox.pending()
     }
 
     /// Whether this exporter keeps re-sending what fires (Alertmanager),
@@ -60,7 +143,13 @@ impl AlertSink {
         if t.state == State::Pending {
             return;
         }
-        if self.tx.try_send(t.clone()).is_err() {
+        let queued = Queued {
+            transition: t.clone(),
+            id: self.outbox.hold(t.clone()),
+            outbox: self.outbox.clone(),
+        };
+        // A transition refused here leaves the outbox as `queued` is dropped.
+        if self.tx.try_send(queued).is_err() {
             counter!(instruments::EXPORTER_DROPPED, "exporter" => self.exporter, "reason" => "queue_full")
                 .increment(1);
         }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigDuration, Secret};
-use crate::exporters::AlertSink;
+use crate::exporters::{AlertSink, Queued};
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
 
@@ -268,7 +268,7 @@ pub fn start(
 
 async fn deliver(
     config: PagerDutyConfig,
-    mut rx: mpsc::Receiver<Transition>,
+    mut rx: mpsc::Receiver<Queued>,
     mut changes: Option<mpsc::Receiver<ChangeEvent>>,
     stop: CancellationToken,
 ) {
@@ -283,15 +283,18 @@ async fn deliver(
     let change_url = config.change_url();
     let mut failures = 0u32;
     loop {
-        let (url, body, what) = tokio::select! {
+        // `held` stays in the exporter's outbox (and so in checkpoints)
+        // until it is delivered or given up, when it is dropped.
+        let (url, body, what, held) = tokio::select! {
             t = rx.recv() => {
                 let Some(t) = t else { return };
                 let Some(body) = event(&config, &t) else { continue };
-                (config.url.as_str(), body, dedup_key(&t))
+                let what = dedup_key(&t);
+                (config.url.as_str(), body, what, Some(t))
             }
             Some(change) = async { match changes.as_mut() { Some(c) => c.recv().await, None => None } } => {
                 let what = format!("change event {}/{}", change.service, change.environment);
-                (change_url.as_str(), change_event(&config, &change), what)
+                (change_url.as_str(), change_event(&config, &change), what, None)
             }
             _ = stop.cancelled() => return,
         };
@@ -301,6 +304,7 @@ async fn deliver(
         {
             return;
         }
+        drop(held);
     }
 }
 

@@ -513,6 +513,33 @@ impl AlertsProcessor {
         }
     }
 
+    /// A transition of the rule named `alertname`, as it would have been
+    /// made (threshold, severity, summary and window from the rule in
+    /// force); `None` if no such rule is configured.
+    pub fn transition(
+        &self,
+        alertname: &str,
+        service: &str,
+        environment: &str,
+        state: State,
+        at: Nanos,
+        value: f64,
+    ) -> Option<Transition> {
+        let rule = self.rules.iter().find(|r| r.name == alertname)?;
+        Some(Transition {
+            alertname: rule.name,
+            service: service.to_string(),
+            environment: environment.to_string(),
+            state,
+            at,
+            value,
+            threshold: rule.threshold,
+            severity: rule.severity,
+            summary: summary(rule, service, environment, value),
+            window: rule.window.clone(),
+        })
+    }
+
     /// Restores checkpointed alerts and readings. Alerts of rules no longer
     /// configured are dropped (and returned by name); thresholds, severities
     /// and summaries come from the rules in force. On error nothing changed.
