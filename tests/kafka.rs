@@ -606,8 +606,11 @@ async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
     };
     let topic = unique("pressure");
     create_topic(&broker, &topic, 2).await;
-    // 400 requests of 25 spans each into a pipeline that queues one batch.
-    let records: Vec<Record> = (0..400)
+    // 200 requests of 25 spans each into a pipeline that queues one batch.
+    // Every pause purges librdkafka's fetched messages and a resume fetches
+    // again, so this runs at a few messages a second on the test broker:
+    // fewer messages, and more time than `until` gives.
+    let records: Vec<Record> = (0..200)
         .map(|i| {
             let service = format!("svc{}", i % 2);
             keyed(
@@ -631,20 +634,21 @@ async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
         "exporters: [prometheus], queue_size: 1 }",
     );
     let doraflow = Doraflow::start_yaml(&config, prometheus, 0, 0);
-    until("every span counted", &[&doraflow], |m| {
-        requests(&m[0], "svc0") + requests(&m[0], "svc1") >= 10_000.0
+    common::eventually_within("every span counted", Duration::from_secs(180), || {
+        let m = doraflow.metrics();
+        requests(&m, "svc0") + requests(&m, "svc1") >= 5_000.0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = doraflow.metrics();
-    assert_eq!(requests(&m, "svc0"), 5_000.0);
-    assert_eq!(requests(&m, "svc1"), 5_000.0);
+    assert_eq!(requests(&m, "svc0"), 2_500.0);
+    assert_eq!(requests(&m, "svc1"), 2_500.0);
     assert_eq!(
         m.counter(
             "dora_service_errors_total",
             &[("service", "svc0"), ("environment", "production")]
         ),
-        200.0
+        100.0
     );
     let pauses: f64 = m
         .samples("doraflow_kafka_pauses_total")

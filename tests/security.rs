@@ -551,3 +551,69 @@ pipelines:
         Some(40.0)
     );
 }
+
+/// A gRPC client that connects and sends nothing (not even HTTP/2's
+/// preface, before which no keepalive ping goes) is closed after
+/// `FIRST_BYTES_WITHIN` (10 s), giving its connection slot back: with
+/// `max_connections: 1` an export waits for that, then is served.
+#[tokio::test]
+async fn a_grpc_client_that_sends_nothing_gives_its_connection_slot_back() {
+    use tokio::io::AsyncReadExt;
+    let (grpc, prometheus) = (free_port(), free_port());
+    let doraflow = common::Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\", max_connections: 1 }}
+processors:
+  red: {{}}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [otlp], processors: [red], exporters: [prometheus] }}
+"
+        ),
+        prometheus,
+        grpc,
+        0,
+    );
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let channel = tonic::transport::Endpoint::from_shared(doraflow.grpc_url())
+        .unwrap()
+        .connect_lazy();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        TraceServiceClient::new(channel).export(common::checkout_spans(10, 0)),
+    )
+    .await
+    .expect("the export served once the silent connection was closed")
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(8),
+        "served after {took:?}, while the silent connection held the only slot"
+    );
+    // It got the server's SETTINGS, then its end: closed.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut got))
+        .await
+        .expect("the silent connection closed");
+    assert!(
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert_eq!(
+        doraflow.metrics().get(
+            "dora_service_requests_total",
+            &[("service", "checkout"), ("environment", "production")]
+        ),
+        Some(10.0)
+    );
+}

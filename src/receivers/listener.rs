@@ -2,6 +2,7 @@
 //! set) or handshaken TLS, each holding a slot of the listener's
 //! `max_connections` until it closes. Shared by the gRPC and HTTP listeners.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,12 +39,20 @@ pub(crate) fn tls(
         .map(|(connection, _)| Ok(connection))
 }
 
+/// How long a gRPC client may stay silent after connecting (after its TLS
+/// handshake, with TLS) before its connection is closed: HTTP/2 keepalive
+/// pings start only once the connection's preface has come, so a client
+/// that connects and sends nothing would otherwise hold its slot for good.
+pub(crate) const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+
 /// The connections from `next`, each holding one of `slots` until it
 /// closes: past `max_connections` the next connection is not accepted (it
-/// waits in the kernel's backlog) until one closes.
+/// waits in the kernel's backlog) until one closes. With `first_bytes`, a
+/// connection that sends nothing within it is closed.
 pub(crate) fn slotted<C, S>(
     mut connections: S,
     slots: Arc<Semaphore>,
+    first_bytes: Option<Duration>,
     stop: CancellationToken,
 ) -> ReceiverStream<std::io::Result<Slotted<C>>>
 where
@@ -69,6 +78,7 @@ where
                     let slotted = Slotted {
                         inner: connection,
                         _slot: slot,
+                        silent_until: first_bytes.map(|d| Box::pin(tokio::time::sleep(d))),
                     };
                     if tx.send(Ok(slotted)).await.is_err() {
                         return;
@@ -90,6 +100,9 @@ where
 pub(crate) struct Slotted<C> {
     inner: C,
     _slot: OwnedSemaphorePermit,
+    /// Until its first bytes come: then the connection is closed if they
+    /// have not.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<C: Connected> Connected for Slotted<C> {
@@ -106,7 +119,22 @@ impl<C: AsyncRead + Unpin> AsyncRead for Slotted<C> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(deadline) = self.silent_until.as_mut() {
+            match &polled {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.silent_until = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    tracing::debug!("a client connected and sent nothing; closing");
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "nothing received since the connection opened",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        polled
     }
 }
 

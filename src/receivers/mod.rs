@@ -98,11 +98,11 @@ pub async fn serve_http(
             let reloading =
                 crate::tls::Reloading::start(tls, crate::tls::ALPN_HTTP1, stop.clone())?;
             let connections = listener::tls(listener, reloading, stop.clone());
-            let incoming = listener::slotted(connections, slots, stop.clone());
+            let incoming = listener::slotted(connections, slots, None, stop.clone());
             serve_connections(incoming, &builder, &graceful, app, &stop).await;
         }
         None => {
-            let incoming = listener::slotted(listener::plain(listener), slots, stop.clone());
+            let incoming = listener::slotted(listener::plain(listener), slots, None, stop.clone());
             serve_connections(incoming, &builder, &graceful, app, &stop).await;
         }
     }

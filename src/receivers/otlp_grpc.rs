@@ -542,7 +542,12 @@ pub async fn serve(
             let connections = listener::tls(listener, reloading, stop.clone());
             router
                 .serve_with_incoming_shutdown(
-                    listener::slotted(connections, slots, stop.clone()),
+                    listener::slotted(
+                        connections,
+                        slots,
+                        Some(listener::FIRST_BYTES_WITHIN),
+                        stop.clone(),
+                    ),
                     stop.cancelled_owned(),
                 )
                 .await?;
@@ -550,7 +555,12 @@ pub async fn serve(
         None => {
             router
                 .serve_with_incoming_shutdown(
-                    listener::slotted(listener::plain(listener), slots, stop.clone()),
+                    listener::slotted(
+                        listener::plain(listener),
+                        slots,
+                        Some(listener::FIRST_BYTES_WITHIN),
+                        stop.clone(),
+                    ),
                     stop.cancelled_owned(),
                 )
                 .await?;
