@@ -121,6 +121,10 @@ struct Shared {
     checkpoint: Option<tokio::sync::mpsc::Sender<oneshot::Sender<bool>>>,
     /// With storage: per partition, what is settled and not yet stored.
     progress: Mutex<HashMap<(Arc<str>, i32), Progress>>,
+    /// The error the consumer context was just told of: librdkafka's error
+    /// events go to the context's `error` (with a reason) and are then
+    /// returned by `poll` too, so it is logged once, not twice.
+    reported: Mutex<Option<RDKafkaErrorCode>>,
 }
 
 /// How far a partition's messages are settled, applied and stored.
@@ -171,6 +175,11 @@ struct GroupContext {
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(group = self.group, error = %error, "Kafka consumer: {reason}");
+        *self
+            .shared
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = error.rdkafka_error_code();
     }
 }
 
@@ -559,7 +568,7 @@ impl Receiver {
                             // Fetched before the pause took hold: queue it behind.
                             match message {
                                 Ok(message) => self.handle(&message),
-                                Err(e) => poll_error(&e),
+                                Err(e) => poll_error(&self.shared, &e),
                             }
                             self.flush();
                         }
@@ -575,14 +584,14 @@ impl Receiver {
             match consumer.poll(POLL) {
                 None => continue,
                 Some(Ok(message)) => self.handle(&message),
-                Some(Err(e)) => poll_error(&e),
+                Some(Err(e)) => poll_error(&self.shared, &e),
             }
             // What librdkafka has fetched already, without waiting.
             for _ in 1..self.max_batch_messages {
                 match consumer.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(message)) => self.handle(&message),
-                    Some(Err(e)) => poll_error(&e),
+                    Some(Err(e)) => poll_error(&self.shared, &e),
                 }
             }
             self.flush();
@@ -927,9 +936,26 @@ impl Receiver {
     }
 }
 
-fn poll_error(e: &KafkaError) {
-    tracing::warn!(error = %e, "Kafka consumer error");
+/// Counts an error `poll` returned, and logs it unless the consumer
+/// context has just logged the same one (see [`Shared::reported`]).
+fn poll_error(shared: &Shared, e: &KafkaError) {
     counter!(instruments::KAFKA_ERRORS).increment(1);
+    if logged_by_context(shared, e) {
+        tracing::debug!(error = %e, "Kafka consumer error (logged above)");
+    } else {
+        tracing::warn!(error = %e, "Kafka consumer error");
+    }
+}
+
+/// Whether `e`, returned by `poll`, is the error the context was just told
+/// of (and logged); either way the context's report is used up.
+fn logged_by_context(shared: &Shared, e: &KafkaError) -> bool {
+    let reported = shared
+        .reported
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    reported.is_some() && reported == e.rdkafka_error_code()
 }
 
 /// Decodes one message by its topic's format.
@@ -980,4 +1006,27 @@ fn binary_context(headers: Option<&rdkafka::message::BorrowedHeaders>) -> Option
         source: get("ce_source"),
         time: get("ce_time"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka's error events reach the context's `error` and then come
+    /// back from `poll`: the second sight of the same error is not logged
+    /// again; another error, or one the context was not told of, is.
+    #[test]
+    fn an_error_the_context_logged_is_not_logged_again_when_poll_returns_it() {
+        let shared = Shared::default();
+        let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
+        assert!(!logged_by_context(&shared, &down), "never reported");
+
+        *shared.reported.lock().unwrap() = Some(RDKafkaErrorCode::AllBrokersDown);
+        assert!(logged_by_context(&shared, &down));
+        // Used up: the next one like it is a new error.
+        assert!(!logged_by_context(&shared, &down));
+
+        *shared.reported.lock().unwrap() = Some(RDKafkaErrorCode::BrokerTransportFailure);
+        assert!(!logged_by_context(&shared, &down), "a different error");
+    }
 }
