@@ -1298,17 +1298,15 @@ fn resume_firing(alerts: &AlertsProcessor, sinks: &[AlertSink]) {
         .active()
         .into_iter()
         .filter(|a| a.state == AlertState::Firing)
-        .map(|a| Transition {
-            alertname: a.alertname,
-            service: a.service,
-            environment: a.environment,
-            state: AlertState::Firing,
-            at: a.since,
-            value: a.value,
-            threshold: a.threshold,
-            severity: a.severity,
-            summary: a.summary,
-            window: None,
+        .filter_map(|a| {
+            alerts.transition(
+                a.alertname,
+                &a.service,
+                &a.environment,
+                AlertState::Firing,
+                a.since,
+                a.value,
+            )
         })
         .collect();
     for sink in sinks.iter().filter(|s| s.resends_firing()) {

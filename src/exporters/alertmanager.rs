@@ -72,7 +72,13 @@ const fn default_queue_size() -> usize {
 impl AlertmanagerConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        super::check_url(path, &self.url, errors);
+        super::check_url(
+            &format!("{path}.url"),
+            &self.url,
+            None,
+            Some(&format!("{path}.auth.basic_auth")),
+            errors,
+        );
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
         }
@@ -88,7 +94,13 @@ impl AlertmanagerConfig {
 impl WebhookExporterConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        super::check_url(path, &self.url, errors);
+        super::check_url(
+            &format!("{path}.url"),
+            &self.url,
+            None,
+            Some(&format!("{path}.auth.basic_auth")),
+            errors,
+        );
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{path}.tls"), errors);
         }

@@ -21,19 +21,38 @@ use tokio::sync::mpsc;
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
 
-/// Checks an exporter's `url` (at `{path}.url`): http(s), and no
+/// Checks the URL an exporter calls, at `key`: http(s) with a host, and no
 /// credentials in it: a `user:password@` would be a secret written in the
-/// config, and URLs show up in logs and error messages.
-pub(crate) fn check_url(path: &str, url: &str, errors: &mut Vec<String>) {
+/// config, and URLs show up in logs and error messages. `example` is shown
+/// with a malformed URL; `auth` is where the exporter takes credentials
+/// instead, if it does.
+pub(crate) fn check_url(
+    key: &str,
+    url: &str,
+    example: Option<&str>,
+    auth: Option<&str>,
+    errors: &mut Vec<String>,
+) {
     match reqwest::Url::parse(url) {
         Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let instead = match auth {
+                Some(auth) => format!(
+                    "give them as {auth}, the secret from `${{env:NAME}}` or `${{file:PATH}}` ({})",
+                    crate::config::LITERAL_SECRET
+                ),
+                None => crate::config::LITERAL_SECRET.to_string(),
+            };
             errors.push(format!(
-                "{path}.url: must not hold credentials (`user:password@`): give them as {path}.auth.basic_auth, the password from `${{env:NAME}}` or `${{file:PATH}}` ({})",
-                crate::config::LITERAL_SECRET
+                "{key}: must not hold credentials (`user:password@`): {instead}"
             ));
         }
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-        _ => errors.push(format!("{path}.url: must be an http(s) URL, got `{url}`")),
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+        _ => {
+            let such_as = example.map(|e| format!(" such as {e}")).unwrap_or_default();
+            errors.push(format!(
+                "{key}: must be an http(s) URL{such_as}, got `{url}`"
+            ));
+        }
     }
 }
 

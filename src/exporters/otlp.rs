@@ -110,18 +110,13 @@ fn default_timeout() -> ConfigDuration {
 impl OtlpExporterConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        match reqwest::Url::parse(&self.endpoint) {
-            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
-                errors.push(format!(
-                    "{path}.endpoint: must not hold credentials (`user:password@`): use {path}.auth"
-                ))
-            }
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => errors.push(format!(
-                "{path}.endpoint: must be an http(s) URL such as http://collector:4317, got `{}`",
-                self.endpoint
-            )),
-        }
+        super::check_url(
+            &format!("{path}.endpoint"),
+            &self.endpoint,
+            Some("http://collector:4317"),
+            Some(&format!("{path}.auth")),
+            errors,
+        );
         if self.interval.get().is_zero() {
             errors.push(format!("{path}.interval: must be longer than 0"));
         }

@@ -91,7 +91,7 @@ fn default_breaker_cooldown() -> ConfigDuration {
 impl PagerDutyConfig {
     /// Checks the values; every problem with its path.
     pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
-        super::check_url(path, &self.url, errors);
+        super::check_url(&format!("{path}.url"), &self.url, None, None, errors);
         if self.routing_key.expose().trim().is_empty() {
             errors.push(format!("{path}.routing_key: must not be empty"));
         }
