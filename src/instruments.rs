@@ -53,6 +53,14 @@ pub const KAFKA_DEAD_LETTER_FAILED: &str = "doraflow_kafka_dead_letter_failed_to
 pub const KAFKA_PARTITIONS: &str = "doraflow_kafka_assigned_partitions";
 /// Consumer group rebalances seen.
 pub const KAFKA_REBALANCES: &str = "doraflow_kafka_rebalances_total";
+/// Changelog records written (state pieces, tombstones, offsets).
+pub const CHANGELOG_RECORDS: &str = "doraflow_changelog_records_total";
+/// Bytes of changelog record values written.
+pub const CHANGELOG_BYTES: &str = "doraflow_changelog_bytes_total";
+/// Changelog flushes that failed (written again with the next one).
+pub const CHANGELOG_FAILURES: &str = "doraflow_changelog_failures_total";
+/// Partitions' state restored from the changelog.
+pub const CHANGELOG_RESTORES: &str = "doraflow_changelog_restores_total";
 /// Times the consumer paused its partitions because the pipeline was full.
 pub const KAFKA_PAUSES: &str = "doraflow_kafka_pauses_total";
 /// Consumer errors (broker down, fetch failures).
@@ -201,6 +209,23 @@ pub fn describe() {
         "Kafka partitions this consumer group member owns."
     );
     describe_counter!(KAFKA_REBALANCES, "Consumer group rebalances seen.");
+    describe_counter!(
+        CHANGELOG_RECORDS,
+        "Changelog records written: state pieces, tombstones and offsets."
+    );
+    describe_counter!(
+        CHANGELOG_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of changelog record values written."
+    );
+    describe_counter!(
+        CHANGELOG_FAILURES,
+        "Changelog flushes that failed; each is written again with the next."
+    );
+    describe_counter!(
+        CHANGELOG_RESTORES,
+        "Input partitions whose state was restored from the changelog."
+    );
     describe_counter!(
         KAFKA_PAUSES,
         "Times the Kafka consumer paused its partitions because the pipeline queue was full."

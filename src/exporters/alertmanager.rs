@@ -232,6 +232,10 @@ async fn run_alertmanager(
             t = rx.recv() => {
                 let Some(t) = t else { return };
                 let key = (t.alertname, t.service.clone(), t.environment.clone());
+                if t.handed_over {
+                    firing.remove(&key);
+                    continue;
+                }
                 let body = match t.state {
                     State::Firing => {
                         firing.insert(key, (Transition::clone(&t), t.at));

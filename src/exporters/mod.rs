@@ -103,6 +103,10 @@ pub struct Queued {
     transition: Transition,
     id: u64,
     outbox: Outbox,
+    /// Not a transition: the alert's series went to another replica, which
+    /// goes on firing it; an exporter that re-sends what fires stops
+    /// re-sending it, and sends nothing (no resolve).
+    pub handed_over: bool,
 }
 
 impl std::ops::Deref for Queued {
@@ -157,6 +161,29 @@ impl AlertSink {
         self.exporter == "alertmanager"
     }
 
+    /// Tells an exporter that re-sends what fires (Alertmanager) that
+    /// these firing alerts are another replica's now: it stops re-sending
+    /// them without resolving them. Others heard of them already and are
+    /// told nothing.
+    pub fn hand_over(&self, firing: &[Transition]) {
+        if !self.resends_firing() {
+            return;
+        }
+        for t in firing {
+            let queued = Queued {
+                transition: t.clone(),
+                // Nothing to deliver, so nothing for the outbox to keep.
+                id: u64::MAX,
+                outbox: Outbox::default(),
+                handed_over: true,
+            };
+            if self.tx.try_send(queued).is_err() {
+                counter!(instruments::EXPORTER_DROPPED, "exporter" => self.exporter, "reason" => "queue_full")
+                    .increment(1);
+            }
+        }
+    }
+
     /// Queues a firing or resolved transition (pending ones page nobody).
     pub fn send(&self, t: &Transition) {
         if t.state == State::Pending {
@@ -166,6 +193,7 @@ impl AlertSink {
             transition: t.clone(),
             id: self.outbox.hold(t.clone()),
             outbox: self.outbox.clone(),
+            handed_over: false,
         };
         // A transition refused here leaves the outbox as `queued` is dropped.
         if self.tx.try_send(queued).is_err() {

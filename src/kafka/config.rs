@@ -56,6 +56,51 @@ pub struct KafkaReceiverConfig {
     /// The ones doraflow's guarantees rest on cannot be set here.
     #[serde(default)]
     pub settings: KafkaSettings,
+    /// The group's changelog topic: the state of record of what is
+    /// consumed from Kafka, kept per input partition, so that a partition's
+    /// state follows it to whichever replica owns it.
+    #[serde(default)]
+    pub changelog: ChangelogConfig,
+}
+
+/// `receivers.kafka.changelog`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangelogConfig {
+    /// Default `true`. Off, the state of what is consumed is one replica's
+    /// own (kept in `storage.dir` if there is one), as for a single
+    /// instance: replicas in one group then each show part of a series.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The topic; default `<group_id>.changelog`. Created if missing
+    /// (compacted, with as many partitions as the input topics).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+impl Default for ChangelogConfig {
+    fn default() -> Self {
+        ChangelogConfig {
+            enabled: true,
+            topic: None,
+        }
+    }
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+impl KafkaReceiverConfig {
+    /// The changelog topic, if the changelog is on.
+    pub fn changelog_topic(&self) -> Option<String> {
+        self.changelog.enabled.then(|| {
+            self.changelog
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.changelog", self.group_id))
+        })
+    }
 }
 
 /// One topic the receiver reads.

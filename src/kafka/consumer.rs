@@ -34,12 +34,13 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::changelog::ChangelogWriter;
 use super::config::{KafkaFormat, KafkaReceiverConfig, StartFrom};
 use crate::cdevents::{self, BinaryContext};
 use crate::instruments;
 use crate::model::{Signal, Telemetry, TraceSummary};
 use crate::otlp::{self, Encoding};
-use crate::pipeline::{KafkaSource, PipelineSink, SubmitError};
+use crate::pipeline::{KafkaSource, Ownership, PipelineSink, SubmitError, Task, TaskFactory};
 use crate::processors::Applied;
 use crate::storage::{DurableOffsets, KafkaDurability};
 
@@ -58,9 +59,133 @@ pub fn start(
     sink: PipelineSink,
     stop: CancellationToken,
     durability: Option<KafkaDurability>,
+    changelog: Option<ChangelogLink>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let receiver = Receiver::new(config, sink, durability)?;
+    let receiver = Receiver::new(config, sink, durability, changelog)?;
     Ok(tokio::task::spawn_blocking(move || receiver.run(&stop)))
+}
+
+/// What the consumer needs to move partitions' state with the partitions,
+/// when the group's changelog is on.
+pub struct ChangelogLink {
+    /// The changelog topic.
+    pub topic: String,
+    /// Its writer (the consumer writes the fences of its restores).
+    pub writer: ChangelogWriter,
+    /// Builds a partition's task from its records.
+    pub factory: TaskFactory,
+    /// Hands restored tasks to the engine and tells it which to drop.
+    pub ownership: tokio::sync::mpsc::Sender<Ownership>,
+}
+
+/// The changelog side of the rebalance callbacks.
+struct ChangelogSide {
+    link: ChangelogLink,
+    config: KafkaReceiverConfig,
+    /// The input partitions (numbers) whose state this replica holds.
+    owned: Mutex<std::collections::BTreeSet<i32>>,
+    /// Offsets restored partitions' state covers, for the loop to skip to.
+    resume: Mutex<Vec<((Arc<str>, i32), i64)>>,
+    /// A restore that failed: the receiver stops (and doraflow with it)
+    /// rather than consume a partition without its state.
+    failed: Mutex<Option<String>>,
+}
+
+impl ChangelogSide {
+    /// Restores the state of every partition number in `assigned` not held
+    /// yet: reads its changelog partition up to a fence of its own, builds
+    /// the task, hands it to the engine and waits until it is installed.
+    fn restore(&self, assigned: &std::collections::BTreeSet<i32>) {
+        let wanted: Vec<i32> = {
+            let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+            assigned.difference(&owned).copied().collect()
+        };
+        for partition in wanted {
+            let started = std::time::Instant::now();
+            match self.restore_one(partition) {
+                Ok((records, offsets)) => {
+                    self.owned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(partition);
+                    counter!(instruments::CHANGELOG_RESTORES).increment(1);
+                    tracing::info!(
+                        topic = self.link.topic,
+                        partition,
+                        records,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "partition state restored from the changelog"
+                    );
+                    let mut resume = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+                    for o in offsets {
+                        resume.push(((Arc::from(o.topic.as_str()), o.partition), o.next_offset));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(topic = self.link.topic, partition, error = %e, "cannot restore a partition's state");
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("changelog `{}` partition {partition}: {e}", self.link.topic));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn restore_one(&self, partition: i32) -> anyhow::Result<(usize, Vec<crate::proto::KafkaOffset>)> {
+        let (key, value) = crate::pipeline::task_fence(partition);
+        self.link
+            .writer
+            .fence(partition, key.clone(), value.clone())
+            .map_err(|e| anyhow::anyhow!("cannot write the fence: {e}"))?;
+        let records =
+            super::changelog::read_partition(&self.config, &self.link.topic, partition, (&key, &value))?;
+        let count = records.len();
+        let (task, offsets) =
+            Task::from_changelog(&self.link.factory, records).map_err(|e| anyhow::anyhow!(e))?;
+        let (done, installed) = oneshot::channel();
+        self.link
+            .ownership
+            .blocking_send(Ownership::Install {
+                partition,
+                task: Box::new(task),
+                done,
+            })
+            .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+        installed
+            .blocking_recv()
+            .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+        Ok((count, offsets))
+    }
+
+    /// Drops the state of the partition numbers in `revoked` (flushed and
+    /// committed already) from the engine.
+    fn drop_partitions(&self, revoked: &std::collections::BTreeSet<i32>) {
+        let partitions: Vec<i32> = {
+            let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<i32> = owned.intersection(revoked).copied().collect();
+            for p in &gone {
+                owned.remove(p);
+            }
+            gone
+        };
+        if partitions.is_empty() {
+            return;
+        }
+        let (done, dropped) = oneshot::channel();
+        if self
+            .link
+            .ownership
+            .blocking_send(Ownership::Drop { partitions, done })
+            .is_ok()
+        {
+            let _ = dropped.blocking_recv();
+        }
+    }
+}
+
+/// The partition numbers of a partition list.
+fn numbers(list: &rdkafka::TopicPartitionList) -> std::collections::BTreeSet<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
 }
 
 /// A message handed to the pipeline, waiting for its acknowledgement.
@@ -121,6 +246,10 @@ struct Shared {
     checkpoint: Option<tokio::sync::mpsc::Sender<oneshot::Sender<bool>>>,
     /// With storage: per partition, what is settled and not yet stored.
     progress: Mutex<HashMap<(Arc<str>, i32), Progress>>,
+    /// With the changelog: restores and drops partitions' state.
+    changelog: Option<ChangelogSide>,
+    /// Set when a restore left offsets to skip to.
+    resumed: AtomicBool,
     /// The error the consumer context was just told of: librdkafka's error
     /// events go to the context's `error` (with a reason) and are then
     /// returned by `poll` too, so it is logged once, not twice.
@@ -196,6 +325,10 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(group = self.group, error = %e, "commit before hand-over failed");
             }
             self.shared.revoked.store(true, Ordering::Release);
+            if let Some(changelog) = &self.shared.changelog {
+                // Flushed and committed above: the state can go.
+                changelog.drop_partitions(&numbers(partitions));
+            }
             tracing::info!(
                 group = self.group,
                 partitions = partitions.count(),
@@ -209,6 +342,14 @@ impl ConsumerContext for GroupContext {
         counter!(instruments::KAFKA_REBALANCES, "group" => self.group.clone()).increment(1);
         let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         gauge!(instruments::KAFKA_PARTITIONS, "group" => self.group.clone()).set(assigned as f64);
+        if let (Rebalance::Assign(partitions), Some(changelog)) =
+            (rebalance, &self.shared.changelog)
+        {
+            // Before any message of them is read: the loop skips what the
+            // restored state covers.
+            changelog.restore(&numbers(partitions));
+            self.shared.resumed.store(true, Ordering::Release);
+        }
         match rebalance {
             Rebalance::Assign(partitions) => tracing::info!(
                 group = self.group,
@@ -406,8 +547,9 @@ impl Receiver {
         config: KafkaReceiverConfig,
         sink: PipelineSink,
         durability: Option<KafkaDurability>,
+        changelog: Option<ChangelogLink>,
     ) -> anyhow::Result<Self> {
-        let (shared, restored) = match durability {
+        let (mut shared, restored) = match durability {
             Some(d) => (
                 Shared {
                     durable: Some(d.durable),
@@ -418,6 +560,14 @@ impl Receiver {
             ),
             None => (Shared::default(), HashMap::new()),
         };
+        let co_partitioned = changelog.is_some();
+        shared.changelog = changelog.map(|link| ChangelogSide {
+            link,
+            config: config.clone(),
+            owned: Mutex::default(),
+            resume: Mutex::default(),
+            failed: Mutex::default(),
+        });
         let shared = Arc::new(shared);
         let mut client = ClientConfig::new();
         // What librdkafka prefetches while the pipeline is busy or paused:
@@ -452,6 +602,12 @@ impl Receiver {
                 config.heartbeat_interval.get().as_millis().to_string(),
             )
             .set("enable.partition.eof", "false");
+        if co_partitioned {
+            // Partition p of every input topic goes to one member, as a
+            // partition's state is made of all of them (spans and events of
+            // a service land in partitions of the same number).
+            client.set("partition.assignment.strategy", "range");
+        }
         let consumer: BaseConsumer<GroupContext> = client
             .create_with_context(GroupContext {
                 shared: shared.clone(),
@@ -554,6 +710,9 @@ impl Receiver {
         // Messages borrow the consumer, not the receiver's other state.
         let consumer = self.consumer.clone();
         while !stop.is_cancelled() {
+            if let Some(e) = self.restore_failed() {
+                return Err(anyhow::anyhow!(e));
+            }
             settle(&self.consumer, &self.shared, Wait::No);
             if self.shared.revoked.swap(false, Ordering::AcqRel) {
                 self.drop_revoked();
@@ -697,7 +856,35 @@ impl Receiver {
         *next = (*next).max(offset + 1);
     }
 
+    /// A restore that failed, if one did.
+    fn restore_failed(&self) -> Option<String> {
+        let changelog = self.shared.changelog.as_ref()?;
+        changelog
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes the offsets restored partitions' state covers: their messages
+    /// below them are applied already.
+    fn take_resumed(&mut self) {
+        let Some(changelog) = self.shared.changelog.as_ref() else {
+            return;
+        };
+        let resume = std::mem::take(&mut *changelog.resume.lock().unwrap_or_else(|e| e.into_inner()));
+        for (key, next) in resume {
+            // The higher: dead-lettered messages are settled here without
+            // being in the state (nothing of theirs was applied).
+            let at = self.next.entry(key).or_insert(next);
+            *at = (*at).max(next);
+        }
+    }
+
     fn handle(&mut self, message: &BorrowedMessage<'_>) {
+        if self.shared.resumed.swap(false, Ordering::AcqRel) {
+            self.take_resumed();
+        }
         let topic_name = message.topic();
         let Some(topic) = self.names.get(topic_name).cloned() else {
             return;

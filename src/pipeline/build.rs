@@ -15,69 +15,12 @@ use crate::config::Config;
 use crate::exporters::prometheus::{self, PrometheusExporter};
 use crate::exporters::{alertmanager, pagerduty};
 use crate::instruments;
-use crate::processors::alerts::AlertsProcessor;
-use crate::processors::dora::DoraProcessor;
-use crate::processors::red::RedProcessor;
 use crate::receivers::{otlp_grpc, otlp_http, webhook};
 
-use super::engine::{Engine, EngineStorage};
+use super::engine::{Engine, EngineChangelog, EngineStorage};
+use super::task::TaskFactory;
 use super::restore::{restore_storage, resume_firing, resume_outbox};
 use super::{PipelineReader, Readiness, forwarding_queue, queue};
-
-/// The processors a pipeline names, and its default environment.
-pub(super) struct Processors {
-    pub(super) red: Option<RedProcessor>,
-    pub(super) dora: Option<DoraProcessor>,
-    pub(super) alerts: Option<(AlertsProcessor, std::time::Duration)>,
-    pub(super) default_environment: String,
-}
-
-pub(super) fn processors(config: &Config, pipeline: &crate::config::PipelineConfig) -> Processors {
-    let uses = |list: &[String], kind: &str| list.iter().any(|c| c == kind);
-    let default_environment = config
-        .receivers
-        .otlp
-        .as_ref()
-        .filter(|_| uses(&pipeline.receivers, "otlp"))
-        .map(|o| o.default_environment.clone())
-        .unwrap_or_else(|| "unknown".to_string());
-    let red = config
-        .processors
-        .red
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "red"))
-        .map(|c| RedProcessor::new(c, &default_environment));
-    let dora = config
-        .processors
-        .dora
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "dora"))
-        .map(DoraProcessor::new);
-    let red_window = config
-        .processors
-        .red
-        .as_ref()
-        .map(|r| r.window.as_str().to_string());
-    let alerts = config
-        .processors
-        .alerts
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "alerts"))
-        .map(|c| {
-            (
-                AlertsProcessor::new(c)
-                    .with_default_environment(&default_environment)
-                    .with_red_window(red_window.as_deref().unwrap_or("5m")),
-                c.interval.get(),
-            )
-        });
-    Processors {
-        red,
-        dora,
-        alerts,
-        default_environment,
-    }
-}
 
 /// Runs the configured pipeline until `shutdown` is cancelled, then stops in
 /// order: receivers, engine (drained), exporters.
@@ -101,15 +44,11 @@ pub async fn run_with_clock(
         .otlp
         .as_ref()
         .filter(|_| uses(&pipeline.receivers, "otlp"));
-    let Processors {
-        mut red,
-        mut dora,
-        mut alerts,
-        default_environment,
-    } = processors(&config, pipeline);
+    let (mut factory, alert_interval) = TaskFactory::new(&config, pipeline);
+    let mut local = factory.build();
     // State first: a damaged checkpoint stops doraflow before it listens.
     let mut restored = match &config.storage {
-        Some(c) => Some(restore_storage(c, &mut red, &mut dora, &mut alerts)?),
+        Some(c) => Some(restore_storage(c, &mut local)?),
         None => None,
     };
 
@@ -228,10 +167,13 @@ pub async fn run_with_clock(
         alert_sinks.push(sink);
         exporter_tasks.push(task);
     }
-    if let (Some(_), Some(dora)) = (&change_sink, dora.as_mut()) {
-        dora.keep_production_deployments();
+    if change_sink.is_some() {
+        factory.keep_production_deployments();
+        if let Some(dora) = local.dora.as_mut() {
+            dora.keep_production_deployments();
+        }
     }
-    if let Some((alerts, _)) = &alerts {
+    if let Some(alerts) = &local.alerts {
         let outbox = restored
             .as_mut()
             .map(|r| std::mem::take(&mut r.3))
@@ -277,6 +219,56 @@ pub async fn run_with_clock(
         }
         _ => (None, None),
     };
+    // With the changelog, Kafka's offsets are committed as far as the
+    // changelog covers them, not the storage checkpoint.
+    let kafka = config
+        .receivers
+        .kafka
+        .as_ref()
+        .filter(|_| uses(&pipeline.receivers, "kafka"));
+    let (changelog, kafka_durability, link) = match kafka.and_then(|k| k.changelog_topic().map(|t| (k, t))) {
+        Some((k, topic)) => {
+            let partitions = {
+                let k = k.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::kafka::changelog::input_partitions(&k, std::time::Duration::from_secs(60))
+                })
+                .await??
+            };
+            crate::kafka::changelog::ensure_topic(k, &topic, partitions).await?;
+            let durable = crate::storage::DurableOffsets::default();
+            let writer = {
+                let (k, topic, durable) = (k.clone(), topic.clone(), durable.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::kafka::changelog::ChangelogWriter::start(&k, &topic, durable)
+                })
+                .await??
+            };
+            tracing::info!(pipeline = name, topic, partitions, "changelog open");
+            let (flush_requests, flushes) = mpsc::channel(4);
+            let (ownership, control) = mpsc::channel(4);
+            (
+                Some(EngineChangelog {
+                    writer: writer.clone(),
+                    interval: k.commit_interval.get(),
+                    requests: Some(flushes),
+                    control: Some(control),
+                }),
+                Some(crate::storage::KafkaDurability {
+                    durable,
+                    resume: Default::default(),
+                    checkpoint: flush_requests,
+                }),
+                Some(crate::kafka::consumer::ChangelogLink {
+                    topic,
+                    writer,
+                    factory: factory.clone(),
+                    ownership,
+                }),
+            )
+        }
+        None => (None, kafka_durability, None),
+    };
     // A component that ends before a stop was asked for fails doraflow:
     // logged, counted, and the process stops (non-zero) rather than run half-dead.
     let failed = CancellationToken::new();
@@ -298,15 +290,16 @@ pub async fn run_with_clock(
         stopping.clone(),
         failed.clone(),
         Engine {
-            red,
-            dora,
-            alerts,
+            local,
+            partitions: Default::default(),
+            factory,
+            alert_interval,
             alert_sinks,
             change_sink,
-            default_environment,
             clock,
             forward,
             storage,
+            changelog,
             last_figures,
         }
         .run_to_end(data, query_rx),
@@ -369,12 +362,7 @@ pub async fn run_with_clock(
             webhook::serve(listener, c, sink.clone(), receivers_stop.clone()),
         ));
     }
-    if let Some(c) = config
-        .receivers
-        .kafka
-        .as_ref()
-        .filter(|_| uses(&pipeline.receivers, "kafka"))
-    {
+    if let Some(c) = kafka {
         tracing::info!(
             pipeline = name,
             brokers = c.brokers,
@@ -386,6 +374,7 @@ pub async fn run_with_clock(
             sink.clone(),
             receivers_stop.clone(),
             kafka_durability,
+            link,
         )?;
         receivers.push(supervise(
             "Kafka receiver",

@@ -2,6 +2,7 @@
 //! each batch from the queue, answers the read side, and on its clocks
 //! derives incidents, evaluates alerts, prunes history and checkpoints.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,31 +17,70 @@ use crate::exporters::pagerduty::{ChangeEvent, ChangeSink};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::processors::Applied;
-use crate::processors::alerts::{AlertsProcessor, State as AlertState};
-use crate::processors::dora::DoraProcessor;
-use crate::processors::red::RedProcessor;
+use crate::kafka::changelog::ChangelogWriter;
+use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState};
+use crate::processors::dora::{DoraProcessor, DoraSnapshot};
+use crate::processors::red::{RedProcessor, RedSnapshot};
 
-use super::build::{Processors, processors};
-use super::{Envelope, Figures, Forward, ForwardEvent, PipelineQueue, Query};
+use super::task::{Task, TaskFactory};
+use super::{Envelope, Figures, Forward, ForwardEvent, KafkaSource, PipelineQueue, Query};
 
 /// Owns every processor's state; the only task that touches it.
 pub(super) struct Engine {
-    pub(super) red: Option<RedProcessor>,
-    pub(super) dora: Option<DoraProcessor>,
-    pub(super) alerts: Option<(AlertsProcessor, std::time::Duration)>,
+    /// What the local receivers bring (all of it without a changelog).
+    pub(super) local: Task,
+    /// With the Kafka changelog: per input partition owned, its state.
+    pub(super) partitions: BTreeMap<i32, Task>,
+    /// Builds empty tasks.
+    pub(super) factory: TaskFactory,
+    /// How often alert rules are evaluated, with an `alerts` processor.
+    pub(super) alert_interval: Option<std::time::Duration>,
     /// Where alert transitions go besides the log and the gauge.
     pub(super) alert_sinks: Vec<AlertSink>,
     /// Where production deployments go as PagerDuty change events.
     pub(super) change_sink: Option<ChangeSink>,
-    pub(super) default_environment: String,
     pub(super) clock: Arc<dyn Clock>,
     /// Where derived incidents are forwarded (a Kafka exporter), if anywhere.
     pub(super) forward: Option<mpsc::Sender<Forward>>,
     /// The storage writer and what checkpoints need, with `storage`.
     pub(super) storage: Option<EngineStorage>,
+    /// The changelog writer and what flushes need, with the changelog.
+    pub(super) changelog: Option<EngineChangelog>,
     /// Told the figures once the queue has drained at shutdown (the OTLP
     /// exporter's last push).
     pub(super) last_figures: Option<oneshot::Sender<Figures>>,
+}
+
+/// The engine's side of the Kafka changelog.
+pub(super) struct EngineChangelog {
+    pub(super) writer: ChangelogWriter,
+    /// How often what changed is flushed (the commit interval).
+    pub(super) interval: std::time::Duration,
+    /// Flushes asked for (a hand-over, a stop), each told once committed.
+    pub(super) requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
+    /// Partitions installed (restored) and dropped by the Kafka consumer.
+    pub(super) control: Option<mpsc::Receiver<Ownership>>,
+}
+
+/// A change of the partitions this replica owns, from the Kafka consumer.
+pub enum Ownership {
+    /// A partition's task, restored from the changelog, to own from now on.
+    Install {
+        /// The input partition.
+        partition: i32,
+        /// Its state.
+        task: Box<Task>,
+        /// Told once installed.
+        done: oneshot::Sender<()>,
+    },
+    /// Partitions no longer owned (their state is flushed already): their
+    /// series leave the exposition, the alerts and the report.
+    Drop {
+        /// The input partitions.
+        partitions: Vec<i32>,
+        /// Told once dropped.
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The engine's side of `storage`.
@@ -74,35 +114,49 @@ impl Engine {
         Ok(())
     }
 
+    fn tasks(&self) -> impl Iterator<Item = &Task> {
+        std::iter::once(&self.local).chain(self.partitions.values())
+    }
+
+    fn tasks_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        std::iter::once(&mut self.local).chain(self.partitions.values_mut())
+    }
+
     async fn run(mut self, queue: PipelineQueue, mut queries: mpsc::Receiver<Query>) {
         let mut data = queue.rx;
         let (mut requests, checkpoint_every) = match self.storage.as_mut() {
             Some(s) => (s.requests.take(), Some(s.interval)),
             None => (None, None),
         };
-        let every = checkpoint_every.unwrap_or(std::time::Duration::from_secs(3_600));
+        let (mut flushes, mut control, flush_every) = match self.changelog.as_mut() {
+            Some(c) => (c.requests.take(), c.control.take(), Some(c.interval)),
+            None => (None, None, None),
+        };
+        let hour = std::time::Duration::from_secs(3_600);
+        let every = checkpoint_every.unwrap_or(hour);
         let mut checkpoint = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = flush_every.unwrap_or(hour);
+        let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let depth = gauge!(instruments::QUEUE_DEPTH);
-        let interval = match (&self.red, &self.dora) {
+        let interval = match (&self.local.red, &self.local.dora) {
             (Some(_), Some(dora)) => dora.derived_interval(),
             _ => None,
         };
-        let mut derive =
-            tokio::time::interval(interval.unwrap_or(std::time::Duration::from_secs(3600)));
+        let mut derive = tokio::time::interval(interval.unwrap_or(hour));
         derive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let alert_interval = self.alerts.as_ref().map(|(_, every)| *every);
-        let mut evaluate =
-            tokio::time::interval(alert_interval.unwrap_or(std::time::Duration::from_secs(3_600)));
+        let alert_interval = self.alert_interval;
+        let mut evaluate = tokio::time::interval(alert_interval.unwrap_or(hour));
         evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Delivery history past the retention is forgotten regularly (once
         // an hour on the default retention).
+        let has_dora = self.local.dora.is_some();
         let mut prune = tokio::time::interval(
-            self.dora
+            self.local
+                .dora
                 .as_ref()
-                .map_or(std::time::Duration::from_secs(3_600), |d| {
-                    d.prune_interval()
-                }),
+                .map_or(hour, |d| d.prune_interval()),
         );
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -110,28 +164,26 @@ impl Engine {
                 // Reads first: a scrape must not wait behind a full queue.
                 biased;
                 Some(query) = queries.recv() => self.answer(query),
+                Some(change) = recv_some(&mut control) => self.own(change),
+                Some(done) = recv_some(&mut flushes) => self.flush_changelog(vec![done]),
                 Some(done) = recv_some(&mut requests) => self.checkpoint(vec![done]),
+                _ = flush.tick(), if flush_every.is_some() => self.flush_changelog(Vec::new()),
                 _ = checkpoint.tick(), if checkpoint_every.is_some() => self.checkpoint(Vec::new()),
                 _ = derive.tick(), if interval.is_some() => self.derive_incidents(),
                 _ = evaluate.tick(), if alert_interval.is_some() => self.evaluate_alerts(),
-                _ = prune.tick(), if self.dora.is_some() => {
-                    let now = self.clock.now_ns() as i64;
-                    if let Some(dora) = self.dora.as_mut() {
-                        let forgotten = dora.prune(now);
-                        if forgotten > 0 {
-                            tracing::info!(forgotten, "delivery history past the retention forgotten");
-                        }
-                    }
-                }
+                _ = prune.tick(), if has_dora => self.prune(),
                 envelope = data.recv() => {
                     let Some(Envelope { item, ack, forward, source }) = envelope else { break };
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
-                    let applied = self.apply(&item, now);
+                    let applied = self.apply(&item, now, source.as_ref());
                     if let Some((permit, forward)) = forward {
                         permit.send(forward);
                     }
-                    match (self.log_record(&item), self.storage.as_mut()) {
+                    // With the changelog, what Kafka brought is its task's,
+                    // and the changelog (not the storage log) keeps it.
+                    let logged = source.is_none() || self.changelog.is_none();
+                    match (self.log_record(&item).filter(|_| logged), self.storage.as_mut()) {
                         (Some(record), Some(storage)) => {
                             // Acknowledged once the log holding it is durable.
                             storage.writer.send(crate::storage::Command::Append {
@@ -144,7 +196,9 @@ impl Engine {
                             let _ = ack.send(applied);
                         }
                     }
-                    if let (Some(source), Some(storage)) = (source, self.storage.as_mut()) {
+                    if let (Some(source), Some(storage)) = (source, self.storage.as_mut())
+                        && self.changelog.is_none()
+                    {
                         storage
                             .kafka_next
                             .insert((source.topic, source.partition), source.offset + 1);
@@ -156,6 +210,17 @@ impl Engine {
         tracing::debug!("pipeline drained");
         if let Some(last) = self.last_figures.take() {
             let _ = last.send(self.figures());
+        }
+        if self.changelog.is_some() {
+            let (done, committed) = oneshot::channel();
+            self.flush_changelog(vec![done]);
+            if committed.await == Ok(true) {
+                tracing::info!("final changelog flush committed");
+            } else {
+                tracing::error!(
+                    "the final changelog flush failed; the input offsets after the last one stay uncommitted and are read again"
+                );
+            }
         }
         if self.storage.is_some() {
             let (done, durable) = oneshot::channel();
@@ -173,10 +238,98 @@ impl Engine {
         }
     }
 
+    /// Installs or drops partitions' tasks as the Kafka consumer says.
+    fn own(&mut self, change: Ownership) {
+        match change {
+            Ownership::Install {
+                partition,
+                task,
+                done,
+            } => {
+                if let Some(alerts) = task.alerts.as_ref() {
+                    firing_gauges(alerts, 1.0);
+                    super::restore::resume_firing(alerts, &self.alert_sinks);
+                }
+                self.partitions.insert(partition, *task);
+                let _ = done.send(());
+            }
+            Ownership::Drop { partitions, done } => {
+                for partition in partitions {
+                    let Some(task) = self.partitions.remove(&partition) else {
+                        continue;
+                    };
+                    // Handed over, not resolved: the new owner fires them
+                    // (the same keys), so nothing is sent from here.
+                    if let Some(alerts) = task.alerts.as_ref() {
+                        firing_gauges(alerts, 0.0);
+                        let firing: Vec<_> = alerts
+                            .active()
+                            .into_iter()
+                            .filter(|a| a.state == AlertState::Firing)
+                            .filter_map(|a| {
+                                alerts.transition(
+                                    a.alertname,
+                                    &a.service,
+                                    &a.environment,
+                                    AlertState::Firing,
+                                    a.since,
+                                    a.value,
+                                )
+                            })
+                            .collect();
+                        for sink in &self.alert_sinks {
+                            sink.hand_over(&firing);
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Hands what every partition's task changed to the changelog writer,
+    /// with the input offsets it covers; `done` hears once it is committed.
+    fn flush_changelog(&mut self, done: Vec<oneshot::Sender<bool>>) {
+        let Some(changelog) = self.changelog.as_ref() else {
+            for d in done {
+                let _ = d.send(false);
+            }
+            return;
+        };
+        let mut entries = Vec::new();
+        let mut offsets = Vec::new();
+        for (partition, task) in self.partitions.iter_mut() {
+            let (e, o) = task.changelog_entries(*partition);
+            entries.extend(e);
+            offsets.extend(o);
+        }
+        if entries.is_empty() && done.is_empty() {
+            return;
+        }
+        changelog.writer.flush(entries, offsets, done);
+    }
+
+    fn prune(&mut self) {
+        let now = self.clock.now_ns() as i64;
+        let mut forgotten = 0;
+        for task in self.tasks_mut() {
+            if let Some(dora) = task.dora.as_mut() {
+                let n = dora.prune(now);
+                if n > 0 {
+                    forgotten += n;
+                    task.pruned();
+                }
+            }
+        }
+        if forgotten > 0 {
+            tracing::info!(forgotten, "delivery history past the retention forgotten");
+        }
+    }
+
     /// The delivery events of `item` as a log record, when there is storage
     /// and a `dora` processor that applied them.
     fn log_record(&self, item: &Telemetry) -> Option<crate::proto::LogRecord> {
-        if self.storage.is_none() || self.dora.is_none() {
+        if self.storage.is_none() || self.local.dora.is_none() {
             return None;
         }
         match item {
@@ -187,7 +340,7 @@ impl Engine {
                 let events: Vec<_> = logs
                     .deployments
                     .iter()
-                    .map(|d| d.to_event(&self.default_environment))
+                    .map(|d| d.to_event(self.factory.default_environment()))
                     .collect();
                 Some(crate::storage::log_record(&events))
             }
@@ -195,8 +348,9 @@ impl Engine {
         }
     }
 
-    /// Hands the whole state to the storage writer as a checkpoint; `done`
-    /// hears whether it became durable.
+    /// Hands the local state to the storage writer as a checkpoint; `done`
+    /// hears whether it became durable. (With the changelog, the
+    /// partitions' state is the changelog's, not the checkpoint's.)
     fn checkpoint(&mut self, done: Vec<oneshot::Sender<bool>>) {
         let Some(storage) = self.storage.as_mut() else {
             for d in done {
@@ -209,9 +363,9 @@ impl Engine {
             format_version: crate::storage::FORMAT_VERSION,
             written_at_ns: self.clock.now_ns() as i64,
             log_segment: storage.segment,
-            dora: self.dora.as_ref().map(DoraProcessor::to_state),
-            alerts: self.alerts.as_ref().map(|(a, _)| a.to_state()),
-            red: self.red.as_ref().map(RedProcessor::to_state),
+            dora: self.local.dora.as_ref().map(DoraProcessor::to_state),
+            alerts: self.local.alerts.as_ref().map(AlertsProcessor::to_state),
+            red: self.local.red.as_ref().map(RedProcessor::to_state),
             outbox: self
                 .alert_sinks
                 .iter()
@@ -245,8 +399,23 @@ impl Engine {
         });
     }
 
-    fn apply(&mut self, item: &Telemetry, now: u64) -> Applied {
-        let applied = self.apply_to_processors(item, now);
+    fn apply(&mut self, item: &Telemetry, now: u64, source: Option<&KafkaSource>) -> Applied {
+        let default_environment = self.factory.default_environment().to_string();
+        let task = match (source, &self.changelog) {
+            (Some(source), Some(_)) => {
+                let factory = &self.factory;
+                let task = self
+                    .partitions
+                    .entry(source.partition)
+                    // The consumer installs a partition's task before it
+                    // reads it; an empty one only if it was never written.
+                    .or_insert_with(|| factory.build_changelogged());
+                task.applied_up_to(&source.topic, source.offset);
+                task
+            }
+            _ => &mut self.local,
+        };
+        let applied = task.apply(item, now, &default_environment);
         self.send_change_events(now as i64);
         applied
     }
@@ -254,61 +423,51 @@ impl Engine {
     /// Production deployments of the last day, as PagerDuty change events
     /// (older ones are backfill: nobody needs to hear of them now).
     fn send_change_events(&mut self, now: i64) {
-        let (Some(sink), Some(dora)) = (&self.change_sink, self.dora.as_mut()) else {
+        let Some(sink) = &self.change_sink else {
             return;
         };
         const DAY: i64 = 86_400_000_000_000;
-        for (d, at) in dora.take_production_deployments() {
-            if now - at <= DAY {
-                sink.send(ChangeEvent {
-                    service: d.service,
-                    environment: d.environment,
-                    at,
-                    outcome: d.outcome.as_str(),
-                    artifact: d.artifact,
-                });
+        let tasks = std::iter::once(&mut self.local).chain(self.partitions.values_mut());
+        for task in tasks {
+            let Some(dora) = task.dora.as_mut() else {
+                continue;
+            };
+            for (d, at) in dora.take_production_deployments() {
+                if now - at <= DAY {
+                    sink.send(ChangeEvent {
+                        service: d.service,
+                        environment: d.environment,
+                        at,
+                        outcome: d.outcome.as_str(),
+                        artifact: d.artifact,
+                    });
+                }
             }
         }
     }
 
-    fn apply_to_processors(&mut self, item: &Telemetry, now: u64) -> Applied {
-        if let Telemetry::Delivery(events) = item {
-            return self
-                .dora
-                .as_mut()
-                .map(|dora| dora.apply(events))
-                .unwrap_or_default();
-        }
-        if let (Telemetry::Metrics(metrics), Some((alerts, _))) = (item, self.alerts.as_mut())
-            && !metrics.utilization.is_empty()
-        {
-            alerts.observe_utilization(&metrics.utilization, now as i64);
-        }
-        if let (Telemetry::Logs(logs), Some(dora)) = (item, self.dora.as_mut())
-            && !logs.deployments.is_empty()
-        {
-            let events: Vec<_> = logs
-                .deployments
-                .iter()
-                .map(|d| d.to_event(&self.default_environment))
-                .collect();
-            dora.apply(&events);
-        }
-        self.red
-            .as_mut()
-            .map(|red| red.apply(item, now))
-            .unwrap_or_default()
-    }
-
     /// Feeds the services' error ratios to `dora` for derived incidents.
     fn derive_incidents(&mut self) {
-        if let (Some(red), Some(dora)) = (&self.red, &mut self.dora) {
-            let now = self.clock.now_ns();
+        let now = self.clock.now_ns();
+        let mut all = Vec::new();
+        let tasks = std::iter::once((true, &mut self.local))
+            .chain(self.partitions.values_mut().map(|t| (false, t)));
+        for (local, task) in tasks {
+            let (Some(red), Some(dora)) = (&task.red, &mut task.dora) else {
+                continue;
+            };
             let derived = dora.observe_errors(&red.error_counts(now), now as i64);
-            if let Some(storage) = &self.storage
-                && !derived.is_empty()
-            {
-                let events: Vec<_> = derived.iter().map(|d| d.event.clone()).collect();
+            if derived.is_empty() {
+                continue;
+            }
+            let events: Vec<_> = derived.iter().map(|d| d.event.clone()).collect();
+            task.derived(&events);
+            all.push((local, events, derived));
+        }
+        for (local, events, derived) in all {
+            // A partition's derived incidents are in its changelog; the
+            // storage log holds the local task's only.
+            if let Some(storage) = self.storage.as_ref().filter(|_| local) {
                 storage.writer.send(crate::storage::Command::Append {
                     record: crate::storage::log_record(&events),
                     acks: Vec::new(),
@@ -336,29 +495,37 @@ impl Engine {
         }
     }
 
-    /// Evaluates the alert rules on the current state and hands every
-    /// transition to the alert exporters (this version: the log and the
-    /// `doraflow_alerts_firing` gauge).
+    /// Evaluates the alert rules of every task on its current state and
+    /// hands every transition to the alert exporters, the log and the
+    /// `doraflow_alerts_firing` gauge.
     fn evaluate_alerts(&mut self) {
-        let Some((alerts, _)) = self.alerts.as_mut() else {
-            return;
-        };
         let now = self.clock.now_ns();
-        let mut facts = match &self.dora {
-            Some(dora) => dora.alert_facts(now as i64),
-            None => Default::default(),
-        };
-        if let Some(red) = self.red.as_mut() {
-            for series in red.snapshot(now).series {
-                let f = facts
-                    .entry((series.service, series.environment))
-                    .or_default();
-                f.requests = series.stats.requests;
-                f.errors = series.stats.errors;
-                f.p95_seconds = series.stats.quantiles_us.map(|q| q[1] as f64 / 1e6);
+        let mut transitions = Vec::new();
+        for task in std::iter::once(&mut self.local).chain(self.partitions.values_mut()) {
+            let Some(alerts) = task.alerts.as_mut() else {
+                continue;
+            };
+            let mut facts = match &task.dora {
+                Some(dora) => dora.alert_facts(now as i64),
+                None => Default::default(),
+            };
+            if let Some(red) = task.red.as_mut() {
+                for series in red.snapshot(now).series {
+                    let f = facts
+                        .entry((series.service, series.environment))
+                        .or_default();
+                    f.requests = series.stats.requests;
+                    f.errors = series.stats.errors;
+                    f.p95_seconds = series.stats.quantiles_us.map(|q| q[1] as f64 / 1e6);
+                }
             }
+            let made = alerts.evaluate(&facts, now as i64);
+            if !made.is_empty() {
+                task.alerts_changed();
+            }
+            transitions.extend(made);
         }
-        for t in alerts.evaluate(&facts, now as i64) {
+        for t in transitions {
             for sink in &self.alert_sinks {
                 sink.send(&t);
             }
@@ -407,12 +574,48 @@ impl Engine {
         }
     }
 
+    fn red_snapshot(&mut self, now: u64) -> Option<RedSnapshot> {
+        let mut merged: Option<RedSnapshot> = None;
+        for task in std::iter::once(&mut self.local).chain(self.partitions.values_mut()) {
+            let Some(red) = task.red.as_mut() else {
+                continue;
+            };
+            let snapshot = red.snapshot(now);
+            match merged.as_mut() {
+                None => merged = Some(snapshot),
+                Some(m) => {
+                    m.series.extend(snapshot.series);
+                    m.window_bytes += snapshot.window_bytes;
+                }
+            }
+        }
+        merged
+    }
+
+    fn dora_parts(&self) -> Vec<&DoraProcessor> {
+        self.tasks().filter_map(|t| t.dora.as_ref()).collect()
+    }
+
+    fn dora_snapshot(&self, now: i64, trend: bool) -> Option<DoraSnapshot> {
+        DoraProcessor::snapshot_of(&self.dora_parts(), now, trend)
+    }
+
+    fn active_alerts(&self) -> Option<Vec<ActiveAlert>> {
+        self.local.alerts.as_ref()?;
+        Some(
+            self.tasks()
+                .filter_map(|t| t.alerts.as_ref())
+                .flat_map(AlertsProcessor::active)
+                .collect(),
+        )
+    }
+
     fn figures(&mut self) -> Figures {
         let now = self.clock.now_ns();
         Figures {
-            red: self.red.as_mut().map(|red| red.snapshot(now)),
-            dora: self.dora.as_ref().map(|dora| dora.snapshot(now as i64)),
-            alerts: self.alerts.as_ref().map(|(a, _)| a.active()),
+            red: self.red_snapshot(now),
+            dora: self.dora_snapshot(now as i64, false),
+            alerts: self.active_alerts(),
         }
     }
 
@@ -420,26 +623,23 @@ impl Engine {
         match query {
             Query::Report(reply, days) => {
                 let now = self.clock.now_ns();
+                let trend = match days {
+                    1.. if self.local.dora.is_some() => {
+                        DoraProcessor::daily_trend_of(&self.dora_parts(), now as i64, days)
+                    }
+                    _ => Vec::new(),
+                };
                 let _ = reply.send(crate::report::ReportInputs {
-                    trend: match (&self.dora, days) {
-                        (Some(dora), 1..) => dora.daily_trend(now as i64, days),
-                        _ => Vec::new(),
-                    },
-                    dora: self
-                        .dora
-                        .as_ref()
-                        .map(|d| d.snapshot_with_trend(now as i64)),
-                    red: self.red.as_mut().map(|red| red.snapshot(now)),
+                    trend,
+                    dora: self.dora_snapshot(now as i64, true),
+                    red: self.red_snapshot(now),
                     rules: self
+                        .local
                         .alerts
                         .as_ref()
-                        .map(|(a, _)| a.rule_table())
+                        .map(AlertsProcessor::rule_table)
                         .unwrap_or_default(),
-                    active: self
-                        .alerts
-                        .as_ref()
-                        .map(|(a, _)| a.active())
-                        .unwrap_or_default(),
+                    active: self.active_alerts().unwrap_or_default(),
                 });
             }
             Query::Figures(reply) => {
@@ -447,15 +647,32 @@ impl Engine {
             }
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
-                let _ = reply.send(self.red.as_mut().map(|red| red.snapshot(now)));
+                let _ = reply.send(self.red_snapshot(now));
             }
             Query::Alerts(reply) => {
-                let _ = reply.send(self.alerts.as_ref().map(|(a, _)| a.active()));
+                let _ = reply.send(self.active_alerts());
             }
             Query::Dora(reply) => {
                 let now = self.clock.now_ns() as i64;
-                let _ = reply.send(self.dora.as_ref().map(|dora| dora.snapshot(now)));
+                let _ = reply.send(self.dora_snapshot(now, false));
             }
+        }
+    }
+}
+
+/// Sets `doraflow_alerts_firing` of `alerts`' firing alerts to `value`: 1
+/// when a partition's task arrives, 0 when it leaves (the new owner shows 1).
+fn firing_gauges(alerts: &AlertsProcessor, value: f64) {
+    for alert in alerts.active() {
+        if alert.state == AlertState::Firing {
+            gauge!(
+                instruments::ALERTS_FIRING,
+                "alertname" => alert.alertname,
+                "service" => alert.service,
+                "environment" => alert.environment,
+                "severity" => alert.severity.as_str()
+            )
+            .set(value);
         }
     }
 }
@@ -472,23 +689,19 @@ impl Replayer {
     /// The processors `config`'s pipeline names, as `run` would build them.
     pub fn new(config: &Config) -> anyhow::Result<Replayer> {
         let (_, pipeline) = config.pipeline().context("no pipeline configured")?;
-        let Processors {
-            red,
-            dora,
-            alerts,
-            default_environment,
-        } = processors(config, pipeline);
+        let (factory, alert_interval) = TaskFactory::new(config, pipeline);
         Ok(Replayer {
             engine: Engine {
-                red,
-                dora,
-                alerts,
+                local: factory.build(),
+                partitions: BTreeMap::new(),
+                factory,
+                alert_interval,
                 alert_sinks: Vec::new(),
                 change_sink: None,
-                default_environment,
                 clock: Arc::new(SystemClock),
                 forward: None,
                 storage: None,
+                changelog: None,
                 last_figures: None,
             },
         })
@@ -497,7 +710,7 @@ impl Replayer {
     /// Applies one batch, as the engine applies a received one.
     pub fn apply(&mut self, item: &Telemetry) -> Applied {
         let now = self.engine.clock.now_ns();
-        self.engine.apply(item, now)
+        self.engine.apply(item, now, None)
     }
 
     /// Evaluates the alert rules once and returns what the report is made of.

@@ -23,9 +23,11 @@
 mod build;
 mod engine;
 mod restore;
+mod task;
 
 pub use build::{run, run_with_clock};
-pub use engine::Replayer;
+pub use engine::{Ownership, Replayer};
+pub use task::{Task, TaskFactory, fence as task_fence};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -10,8 +10,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::exporters::AlertSink;
 use crate::instruments;
 use crate::processors::alerts::{AlertsProcessor, State as AlertState, Transition};
-use crate::processors::dora::DoraProcessor;
-use crate::processors::red::RedProcessor;
+
+use super::task::Task;
 
 /// Alert transitions the checkpoint held undelivered go to their exporters
 /// again: the last one of each alert only (a trigger and its resolve both
@@ -96,15 +96,16 @@ pub(super) fn resume_firing(alerts: &AlertsProcessor, sinks: &[AlertSink]) {
 #[allow(clippy::type_complexity)]
 pub(super) fn restore_storage(
     config: &crate::storage::StorageConfig,
-    red: &mut Option<RedProcessor>,
-    dora: &mut Option<DoraProcessor>,
-    alerts: &mut Option<(AlertsProcessor, std::time::Duration)>,
+    task: &mut Task,
 ) -> anyhow::Result<(
     crate::storage::Storage,
     u64,
     std::collections::HashMap<(Arc<str>, i32), i64>,
     Vec<crate::proto::OutboxRecord>,
 )> {
+    let Task {
+        red, dora, alerts, ..
+    } = task;
     let storage = crate::storage::Storage::open(&config.dir)?;
     let restored = storage.restore()?;
     let refuse = |what: &str, e: String| {
@@ -118,7 +119,7 @@ pub(super) fn restore_storage(
         if let (Some(state), Some(dora)) = (&checkpoint.dora, dora.as_mut()) {
             dora.restore(state).map_err(|e| refuse("dora", e))?;
         }
-        if let (Some(state), Some((alerts, _))) = (&checkpoint.alerts, alerts.as_mut()) {
+        if let (Some(state), Some(alerts)) = (&checkpoint.alerts, alerts.as_mut()) {
             let dropped = alerts.restore(state).map_err(|e| refuse("alerts", e))?;
             if !dropped.is_empty() {
                 tracing::warn!(

@@ -27,6 +27,9 @@ struct Series {
     /// (not through the `metrics` registry, which would keep three more
     /// label sets per series and render them through a sorted map).
     totals: Totals,
+    /// Changed since the last [`RedProcessor::take_changed`]: the changelog
+    /// writes only such series.
+    changed: bool,
 }
 
 /// Cumulative requests, errors and error log records of a series.
@@ -130,6 +133,7 @@ impl RedProcessor {
                 continue;
             };
             let series = &mut self.series[i];
+            series.changed = true;
             series.totals.requests += latencies.len() as u64;
             series.totals.errors += group.errors;
             series.window.record(
@@ -152,6 +156,7 @@ impl RedProcessor {
             match self.series_index(&group.identity) {
                 Some(i) => {
                     let series = &mut self.series[i];
+                    series.changed = true;
                     series.totals.log_errors += group.errors;
                 }
                 None => refused += group.records,
@@ -199,6 +204,7 @@ impl RedProcessor {
             environment,
             window: RollingHistogram::default(),
             totals: Totals::default(),
+            changed: true,
         };
         self.series.push(series);
         self.index
@@ -251,18 +257,31 @@ impl RedProcessor {
     /// The state to checkpoint: every series' window and counters.
     pub fn to_state(&self) -> crate::proto::RedState {
         crate::proto::RedState {
-            series: self
-                .series
-                .iter()
-                .map(|s| crate::proto::RedSeriesRecord {
-                    service: s.service.clone(),
-                    environment: s.environment.clone(),
-                    window: Some(s.window.to_state(&self.shape, &self.layout)),
-                    requests_total: s.totals.requests,
-                    errors_total: s.totals.errors,
-                    log_errors_total: s.totals.log_errors,
-                })
-                .collect(),
+            series: self.series.iter().map(|s| self.record(s)).collect(),
+        }
+    }
+
+    /// The series changed since the last call (new data or new ones), as
+    /// records, and marks them unchanged: what a changelog flush writes.
+    pub fn take_changed(&mut self) -> Vec<crate::proto::RedSeriesRecord> {
+        let mut out = Vec::new();
+        for i in 0..self.series.len() {
+            if self.series[i].changed {
+                out.push(self.record(&self.series[i]));
+                self.series[i].changed = false;
+            }
+        }
+        out
+    }
+
+    fn record(&self, s: &Series) -> crate::proto::RedSeriesRecord {
+        crate::proto::RedSeriesRecord {
+            service: s.service.clone(),
+            environment: s.environment.clone(),
+            window: Some(s.window.to_state(&self.shape, &self.layout)),
+            requests_total: s.totals.requests,
+            errors_total: s.totals.errors,
+            log_errors_total: s.totals.log_errors,
         }
     }
 
@@ -305,6 +324,7 @@ impl RedProcessor {
                 continue;
             };
             let series = &mut self.series[i];
+            series.changed = false;
             series.window = window;
             series.totals = Totals {
                 requests: record.requests_total,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod pagerduty;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -135,7 +136,11 @@ pipelines:
         let child = Command::new(env!("CARGO_BIN_EXE_doraflow"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("DORAFLOW_LOG", "warn")
+            // DORAFLOW_TEST_LOG=info shows more of the processes' logs.
+            .env(
+                "DORAFLOW_LOG",
+                std::env::var("DORAFLOW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -54,6 +54,13 @@ const NS_PER_SEC: f64 = 1e9;
 /// which only someone who may send events at all could attempt.
 type Key = u128;
 
+/// The fingerprint the processor keys an event, change, artifact or
+/// incident id by (stable across versions: checkpoints and changelog keys
+/// hold it).
+pub fn fingerprint(id: &str) -> u128 {
+    key(id)
+}
+
 fn key(id: &str) -> Key {
     fn mix(mut h: u64) -> u64 {
         h ^= h >> 33;
@@ -442,6 +449,9 @@ pub struct DoraProcessor {
     applied: u64,
     duplicates: u64,
     ignored: u64,
+    /// Event ids forgotten by pruning since the last take, when asked to
+    /// keep them (a changelog deletes their records).
+    forgotten: Option<Vec<Key>>,
 }
 
 impl DoraProcessor {
@@ -484,7 +494,21 @@ impl DoraProcessor {
             applied: 0,
             duplicates: 0,
             ignored: 0,
+            forgotten: None,
         }
+    }
+
+    /// Keeps the ids of events pruning forgets, for [`Self::take_forgotten`].
+    pub fn keep_forgotten(&mut self) {
+        self.forgotten.get_or_insert_with(Vec::new);
+    }
+
+    /// The fingerprints of the events pruning forgot since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<u128> {
+        self.forgotten
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Applies a batch of events; duplicates (by id) are dropped.
@@ -658,6 +682,54 @@ impl DoraProcessor {
     }
 
     fn snapshot_with(&self, now: Nanos, trend: bool) -> DoraSnapshot {
+        Self::pooled(&[self], now, trend)
+    }
+
+    /// The figures of several processors' series together, as one
+    /// processor holding them all would give: the state of each Kafka
+    /// partition a replica owns is a processor of its own, and its
+    /// production figures pool the histories of all of them (quantiles over
+    /// every lead and restore time, not a mix of per-part ones). `parts`
+    /// share one configuration; an empty slice gives `None`.
+    pub fn snapshot_of(parts: &[&DoraProcessor], now: Nanos, trend: bool) -> Option<DoraSnapshot> {
+        (!parts.is_empty()).then(|| Self::pooled(parts, now, trend))
+    }
+
+    fn pooled(parts: &[&DoraProcessor], now: Nanos, trend: bool) -> DoraSnapshot {
+        let mut series = Vec::new();
+        let mut production = Vec::new();
+        for part in parts {
+            part.series_figures_into(now, trend, &mut series, &mut production);
+        }
+        series.sort_by(|a, b| (&a.service, &a.environment).cmp(&(&b.service, &b.environment)));
+        let pooled: Vec<&History> = production.iter().collect();
+        let first = parts[0];
+        DoraSnapshot {
+            at: now,
+            cutoffs: first.settings.cutoffs,
+            production: first
+                .settings
+                .windows
+                .iter()
+                .map(|(label, length)| first.window_figures(&pooled, label, *length, now, trend))
+                .collect(),
+            series,
+            events_applied: parts.iter().map(|p| p.applied).sum(),
+            duplicates: parts.iter().map(|p| p.duplicates).sum(),
+            ignored: parts.iter().map(|p| p.ignored).sum(),
+            expired: parts.iter().map(|p| p.expired).sum(),
+        }
+    }
+
+    /// Appends every series' figures to `series`, and the histories of the
+    /// production ones to `production`.
+    fn series_figures_into(
+        &self,
+        now: Nanos,
+        trend: bool,
+        series: &mut Vec<SeriesFigures>,
+        production: &mut Vec<History>,
+    ) {
         let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
         for incident in self.incidents.values() {
             if let Some((service, environment)) = &incident.series {
@@ -682,48 +754,28 @@ impl DoraProcessor {
         }
         keys.sort_unstable();
         let empty = Vec::new();
-        let mut production = Vec::new();
-        let series = keys
-            .into_iter()
-            .map(|(service, environment)| {
-                let deployments = self
-                    .series
-                    .get(&(service.to_string(), environment.to_string()))
-                    .unwrap_or(&empty);
-                let incidents = incidents_by_series
-                    .get(&(service, environment))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                let history = self.history(deployments, incidents);
-                let figures = self.series_figures(
-                    (service, environment),
-                    deployments,
-                    incidents,
-                    &history,
-                    now,
-                    trend,
-                );
-                if figures.production {
-                    production.push(history);
-                }
-                figures
-            })
-            .collect();
-        let pooled: Vec<&History> = production.iter().collect();
-        DoraSnapshot {
-            at: now,
-            cutoffs: self.settings.cutoffs,
-            production: self
-                .settings
-                .windows
-                .iter()
-                .map(|(label, length)| self.window_figures(&pooled, label, *length, now, trend))
-                .collect(),
-            series,
-            events_applied: self.applied,
-            duplicates: self.duplicates,
-            ignored: self.ignored,
-            expired: self.expired,
+        for (service, environment) in keys {
+            let deployments = self
+                .series
+                .get(&(service.to_string(), environment.to_string()))
+                .unwrap_or(&empty);
+            let incidents = incidents_by_series
+                .get(&(service, environment))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let history = self.history(deployments, incidents);
+            let figures = self.series_figures(
+                (service, environment),
+                deployments,
+                incidents,
+                &history,
+                now,
+                trend,
+            );
+            if figures.production {
+                production.push(history);
+            }
+            series.push(figures);
         }
     }
 
@@ -731,40 +783,15 @@ impl DoraProcessor {
     /// day `k` back covers `(now - (k + 1) days, now - k days]`. For the
     /// dashboard's trend charts.
     pub fn daily_trend(&self, now: Nanos, days: usize) -> Vec<DayFigures> {
-        let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
-        for incident in self.incidents.values() {
-            if let Some((service, environment)) = &incident.series
-                && self.is_production(environment)
-            {
-                incidents_by_series
-                    .entry((service.as_str(), environment.as_str()))
-                    .or_default()
-                    .push(incident);
-            }
-        }
-        let empty = Vec::new();
-        let mut keys: Vec<(&str, &str)> = self
-            .series
-            .keys()
-            .filter(|(_, e)| self.is_production(e))
-            .map(|(s, e)| (s.as_str(), e.as_str()))
-            .collect();
-        keys.extend(incidents_by_series.keys().copied());
-        keys.sort_unstable();
-        keys.dedup();
-        let histories: Vec<History> = keys
+        Self::daily_trend_of(&[self], now, days)
+    }
+
+    /// As [`Self::daily_trend`], over several processors' series together
+    /// (see [`Self::snapshot_of`]).
+    pub fn daily_trend_of(parts: &[&DoraProcessor], now: Nanos, days: usize) -> Vec<DayFigures> {
+        let histories: Vec<History> = parts
             .iter()
-            .map(|&(s, e)| {
-                let deployments = self
-                    .series
-                    .get(&(s.to_string(), e.to_string()))
-                    .unwrap_or(&empty);
-                let incidents = incidents_by_series
-                    .get(&(s, e))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                self.history(deployments, incidents)
-            })
+            .flat_map(|p| p.production_histories())
             .collect();
         let day = 86_400 * NS_PER_SEC as Nanos;
         // Which day back a time falls on, if within `days`.
@@ -814,6 +841,45 @@ impl DoraProcessor {
             f.time_to_restore_p50 = quantiles(restores[i].drain(..)).p50;
         }
         out
+    }
+
+    /// The histories of the production series.
+    fn production_histories(&self) -> Vec<History> {
+        let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
+        for incident in self.incidents.values() {
+            if let Some((service, environment)) = &incident.series
+                && self.is_production(environment)
+            {
+                incidents_by_series
+                    .entry((service.as_str(), environment.as_str()))
+                    .or_default()
+                    .push(incident);
+            }
+        }
+        let empty = Vec::new();
+        let mut keys: Vec<(&str, &str)> = self
+            .series
+            .keys()
+            .filter(|(_, e)| self.is_production(e))
+            .map(|(s, e)| (s.as_str(), e.as_str()))
+            .collect();
+        keys.extend(incidents_by_series.keys().copied());
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+            .iter()
+            .map(|&(s, e)| {
+                let deployments = self
+                    .series
+                    .get(&(s.to_string(), e.to_string()))
+                    .unwrap_or(&empty);
+                let incidents = incidents_by_series
+                    .get(&(s, e))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                self.history(deployments, incidents)
+            })
+            .collect()
     }
 
     /// What one series' history says, before any window is applied.
@@ -1148,7 +1214,16 @@ impl DoraProcessor {
             .retain(|_, c| c.created.max(c.merged).is_some_and(|t| t >= cutoff));
         self.artifact_changes
             .retain(|_, (linked, _)| *linked >= cutoff);
-        self.seen.retain(|_, time| *time >= cutoff);
+        match self.forgotten.as_mut() {
+            Some(forgotten) => self.seen.retain(|id, time| {
+                let keep = *time >= cutoff;
+                if !keep {
+                    forgotten.push(*id);
+                }
+                keep
+            }),
+            None => self.seen.retain(|_, time| *time >= cutoff),
+        }
         self.horizon = cutoff;
         let after = self.snapshot(now);
         for series in &before.series {

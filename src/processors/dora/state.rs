@@ -120,22 +120,7 @@ impl DoraProcessor {
                     changes: changes.iter().map(|c| to_key(*c)).collect(),
                 })
                 .collect(),
-            baselines: self
-                .baselines
-                .iter()
-                .map(|((service, environment), b)| proto::BaselineRecord {
-                    service: service.clone(),
-                    environment: environment.clone(),
-                    deployments: b
-                        .deployments
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), *v))
-                        .collect(),
-                    failed_changes: b.failed_changes,
-                    lead_times: Some(to_histogram(&b.lead_times)),
-                    incident_durations: Some(to_histogram(&b.incident_durations)),
-                })
-                .collect(),
+            baselines: self.baseline_records(),
             horizon_ns: (self.horizon != i64::MIN).then_some(self.horizon),
             series: self
                 .series
@@ -193,6 +178,36 @@ impl DoraProcessor {
             ignored: self.ignored,
             expired: self.expired,
         }
+    }
+
+    /// What pruning took out, alone: the horizon and every series'
+    /// baseline. A changelog writes it whole after each prune, in the same
+    /// transaction as the tombstones of the events it forgot.
+    pub fn pruned_state(&self) -> proto::DoraState {
+        proto::DoraState {
+            baselines: self.baseline_records(),
+            horizon_ns: (self.horizon != i64::MIN).then_some(self.horizon),
+            ..Default::default()
+        }
+    }
+
+    fn baseline_records(&self) -> Vec<proto::BaselineRecord> {
+        self
+        .baselines
+        .iter()
+        .map(|((service, environment), b)| proto::BaselineRecord {
+            service: service.clone(),
+            environment: environment.clone(),
+            deployments: b
+                .deployments
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            failed_changes: b.failed_changes,
+            lead_times: Some(to_histogram(&b.lead_times)),
+            incident_durations: Some(to_histogram(&b.incident_durations)),
+        })
+        .collect()
     }
 
     /// Replaces the history with a checkpointed one. On error nothing changed.
