@@ -7,108 +7,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::kafka::{
+    Record, broker, create_topic, create_topic_with, keyed, produce, produce_with, unique,
+};
 use common::{Doraflow, Metrics, free_port, say_skipped};
 use prost::Message as _;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{Headers, Message};
 use serde_json::{Value, json};
-
-/// The test broker, or a plain note that the test skipped.
-fn broker(test: &str) -> Option<String> {
-    let broker = std::env::var("DORAFLOW_TEST_KAFKA").ok();
-    if broker.is_none() {
-        say_skipped(
-            test,
-            "no Kafka broker (DORAFLOW_TEST_KAFKA unset; scripts/test starts one)",
-        );
-    }
-    broker
-}
-
-/// A name no other test (or earlier run against the same broker) uses.
-fn unique(tag: &str) -> String {
-    format!("{tag}-{}-{}", std::process::id(), free_port())
-}
-
-async fn create_topic(broker: &str, name: &str, partitions: i32) {
-    create_topic_with(broker, name, partitions, &[]).await
-}
-
-/// As `create_topic`, with more librdkafka settings (TLS, say).
-async fn create_topic_with(broker: &str, name: &str, partitions: i32, settings: &[(&str, &str)]) {
-    let mut config = ClientConfig::new();
-    for (key, value) in settings {
-        config.set(*key, *value);
-    }
-    let admin: AdminClient<DefaultClientContext> = config
-        .set("bootstrap.servers", broker)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topics");
-    for result in results {
-        result.expect("topic created");
-    }
-}
-
-/// One message to produce.
-struct Record {
-    key: Option<String>,
-    payload: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
-}
-
-fn keyed(key: &str, payload: Vec<u8>) -> Record {
-    Record {
-        key: Some(key.to_string()),
-        payload,
-        headers: Vec::new(),
-    }
-}
-
-/// Produces `records` to `topic` in order, and waits for every acknowledgement.
-fn produce(broker: &str, topic: &str, records: &[Record]) {
-    produce_with(broker, topic, records, &[])
-}
-
-/// As `produce`, with more librdkafka settings (TLS, say).
-fn produce_with(broker: &str, topic: &str, records: &[Record], settings: &[(&str, &str)]) {
-    let mut config = ClientConfig::new();
-    for (key, value) in settings {
-        config.set(*key, *value);
-    }
-    let producer: BaseProducer = config
-        .set("bootstrap.servers", broker)
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
-    for r in records {
-        let mut headers = OwnedHeaders::new();
-        for (key, value) in &r.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            });
-        }
-        let mut record = BaseRecord::to(topic)
-            .payload(r.payload.as_slice())
-            .headers(headers);
-        if let Some(key) = &r.key {
-            record = record.key(key.as_str());
-        }
-        producer.send(record).map_err(|(e, _)| e).expect("send");
-    }
-    producer.flush(Duration::from_secs(30)).expect("flush");
-}
 
 /// A message read back.
 #[derive(Debug)]
@@ -508,113 +415,6 @@ async fn killed_before_committing_rereads_and_counts_every_deployment_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_split_the_services_and_hand_over_on_join_and_on_stop() {
-    let Some(broker) = broker("kafka: scale-out") else {
-        return;
-    };
-    let topic = unique("scale");
-    create_topic(&broker, &topic, 4).await;
-    let group = unique("scale-group");
-    // Offsets are committed only at hand-overs (a revocation, a stop): any
-    // message read twice across the replicas shows in the sums.
-    let receiver = kafka_receiver(
-        &broker,
-        &group,
-        &format!("[{{ topic: \"{topic}\", format: cdevents }}]"),
-        "    commit_interval: 1h",
-    );
-    let partitions =
-        |m: &Metrics| m.counter("doraflow_kafka_assigned_partitions", &[("group", &group)]);
-    let services: Vec<String> = (0..8).map(|i| format!("svc{i}")).collect();
-    let batch = |tag: &str, per: &dyn Fn(usize) -> usize| -> Vec<Record> {
-        services
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| {
-                (0..per(i)).map(move |k| {
-                    keyed(
-                        s,
-                        deployed(&format!("{tag}-{s}-{k}"), s)
-                            .to_string()
-                            .into_bytes(),
-                    )
-                })
-            })
-            .collect()
-    };
-    let sum = |ms: &[&Metrics], s: &str| ms.iter().map(|m| deployments(m, s)).sum::<f64>();
-
-    // a alone reads the first batch: service i has i + 1 deployments.
-    let a = start_cluster(&receiver);
-    produce(&broker, &topic, &batch("first", &|i| i + 1));
-    until("a counted the first batch", &[&a], |m| {
-        services
-            .iter()
-            .enumerate()
-            .all(|(i, s)| deployments(&m[0], s) == (i + 1) as f64)
-    })
-    .await;
-
-    // b joins: a hands over half the partitions, committed first, so b
-    // does not read the first batch again.
-    let mut b = start_cluster(&receiver);
-    until("the two members share the 4 partitions", &[&a, &b], |m| {
-        partitions(&m[0]) >= 1.0
-            && partitions(&m[1]) >= 1.0
-            && partitions(&m[0]) + partitions(&m[1]) == 4.0
-    })
-    .await;
-    produce(&broker, &topic, &batch("second", &|_| 3));
-    until(
-        "the second batch counted once across the two",
-        &[&a, &b],
-        |m| {
-            services
-                .iter()
-                .enumerate()
-                .all(|(i, s)| sum(&[&m[0], &m[1]], s) == (i + 4) as f64)
-        },
-    )
-    .await;
-    let (ma, mb) = (a.metrics(), b.metrics());
-    let mut on_b = 0;
-    for (i, s) in services.iter().enumerate() {
-        assert_eq!(sum(&[&ma, &mb], s), (i + 4) as f64, "{s}");
-        // A service of b's has only the second batch there: 3.
-        let on_b_count = deployments(&mb, s);
-        assert!(
-            on_b_count == 0.0 || on_b_count == 3.0,
-            "{s}: {on_b_count} on b"
-        );
-        on_b += usize::from(on_b_count > 0.0);
-    }
-    assert!(
-        on_b > 0 && on_b < services.len(),
-        "one replica has every service ({on_b} of 8 on b)"
-    );
-
-    // Stopping b hands its partitions back to a, from b's committed offsets.
-    b.terminate();
-    until("a owns all 4 partitions", &[&a], |m| {
-        partitions(&m[0]) == 4.0
-    })
-    .await;
-    produce(&broker, &topic, &batch("third", &|_| 2));
-    until("the third batch counted, nothing twice", &[&a], |m| {
-        services
-            .iter()
-            .enumerate()
-            .all(|(i, s)| sum(&[&m[0], &mb], s) == (i + 6) as f64)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let ma = a.metrics();
-    for (i, s) in services.iter().enumerate() {
-        assert_eq!(sum(&[&ma, &mb], s), (i + 6) as f64, "{s}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
     let Some(broker) = broker("kafka: back-pressure") else {
         return;
@@ -853,8 +653,19 @@ async fn incidents_doraflow_derives_are_forwarded_as_cdevents_keyed_by_service()
     );
 }
 
+/// With the changelog (the default) it holds what Kafka brought and the
+/// storage checkpoint holds nothing of it; without, the checkpoint does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_changelog_a_sigkill_loses_nothing_and_counts_nothing_twice() {
+    a_sigkill_loses_nothing_and_counts_nothing_twice(true).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_nothing_twice() {
+    a_sigkill_loses_nothing_and_counts_nothing_twice(false).await
+}
+
+async fn a_sigkill_loses_nothing_and_counts_nothing_twice(changelog: bool) {
     let Some(broker) = broker("kafka: crash with storage") else {
         return;
     };
@@ -870,7 +681,11 @@ async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_noth
         &format!(
             "[{{ topic: \"{events}\", format: cdevents }}, {{ topic: \"{spans}\", format: otlp_proto, signal: traces }}]"
         ),
-        "    commit_interval: 200ms",
+        if changelog {
+            "    commit_interval: 200ms"
+        } else {
+            "    commit_interval: 200ms\n    changelog: { enabled: false }"
+        },
     );
     let storage = format!(
         "storage:\n  dir: \"{}\"\n  checkpoint_interval: 1h\n",
@@ -941,10 +756,12 @@ async fn with_storage_a_sigkill_after_a_checkpoint_loses_nothing_and_counts_noth
         consumed(&m[0]) == 85.0 && totals(&m[0]) == (80.0, 800.0)
     })
     .await;
-    // Killed with no checkpoint since (the interval is an hour): phase 2 is
-    // applied and its deployments logged, its spans in no checkpoint, so its
-    // offsets must not have been committed (checked sensitive: committing
-    // applied offsets at once loses phase 2's spans here).
+    // Without the changelog: killed with no checkpoint since (the interval
+    // is an hour): phase 2 is applied and its deployments logged, its spans
+    // in no checkpoint, so its offsets must not have been committed
+    // (checked sensitive: committing applied offsets at once loses phase
+    // 2's spans here). With it: the changelog flushed every 200 ms holds
+    // phase 2, and offsets are committed only as far as it does.
     // Time for several auto-commits (every 200 ms) before the kill.
     tokio::time::sleep(Duration::from_secs(1)).await;
     first.child.kill().expect("SIGKILL");

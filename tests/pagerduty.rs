@@ -17,7 +17,7 @@ use common::pagerduty::{pagerduty, pagerduty_on, problems};
 use common::{Doraflow, free_port};
 use serde_json::{Value, json};
 
-const ROUTING_KEY: &str = "R0UT1NGK3Y0123456789abcdefABCDEF";
+use common::pagerduty::ROUTING_KEY;
 
 fn start(url: &str, max_attempts: u32) -> Doraflow {
     start_with(url, max_attempts, "")

@@ -243,7 +243,8 @@ fn write_loop(
                     value: Some(value),
                 };
                 let _ = done.send(
-                    transaction(&producer, topic, std::iter::once(&fence)).map_err(|e| e.to_string()),
+                    transaction(&producer, topic, std::iter::once(&fence))
+                        .map_err(|e| e.to_string()),
                 );
             }
         }
@@ -308,7 +309,10 @@ pub fn read_partition(
     let consumer: BaseConsumer = client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", format!("{}.changelog-restore", config.group_id))
-        .set("client.id", format!("{}-changelog-restore", config.client_id))
+        .set(
+            "client.id",
+            format!("{}-changelog-restore", config.client_id),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
@@ -359,7 +363,10 @@ pub fn input_partitions(config: &KafkaReceiverConfig, wait: Duration) -> anyhow:
     }
     let consumer: BaseConsumer = client
         .set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("{}.changelog-metadata", config.group_id))
+        .set(
+            "group.id",
+            format!("{}.changelog-metadata", config.group_id),
+        )
         .create()
         .map_err(|e| anyhow::anyhow!("receivers.kafka: cannot create a client: {e}"))?;
     let start = Instant::now();
@@ -453,7 +460,10 @@ fn topic_partitions(config: &KafkaReceiverConfig, topic: &str) -> anyhow::Result
     }
     let consumer: BaseConsumer = client
         .set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("{}.changelog-metadata", config.group_id))
+        .set(
+            "group.id",
+            format!("{}.changelog-metadata", config.group_id),
+        )
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(metadata

@@ -78,6 +78,9 @@ pub struct ChangelogLink {
     pub ownership: tokio::sync::mpsc::Sender<Ownership>,
 }
 
+/// A (topic, partition).
+type PartitionKey = (Arc<str>, i32);
+
 /// The changelog side of the rebalance callbacks.
 struct ChangelogSide {
     link: ChangelogLink,
@@ -85,7 +88,7 @@ struct ChangelogSide {
     /// The input partitions (numbers) whose state this replica holds.
     owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Offsets restored partitions' state covers, for the loop to skip to.
-    resume: Mutex<Vec<((Arc<str>, i32), i64)>>,
+    resume: Mutex<Vec<(PartitionKey, i64)>>,
     /// A restore that failed: the receiver stops (and doraflow with it)
     /// rather than consume a partition without its state.
     failed: Mutex<Option<String>>,
@@ -123,22 +126,31 @@ impl ChangelogSide {
                 }
                 Err(e) => {
                     tracing::error!(topic = self.link.topic, partition, error = %e, "cannot restore a partition's state");
-                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(format!("changelog `{}` partition {partition}: {e}", self.link.topic));
+                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                        "changelog `{}` partition {partition}: {e}",
+                        self.link.topic
+                    ));
                     return;
                 }
             }
         }
     }
 
-    fn restore_one(&self, partition: i32) -> anyhow::Result<(usize, Vec<crate::proto::KafkaOffset>)> {
+    fn restore_one(
+        &self,
+        partition: i32,
+    ) -> anyhow::Result<(usize, Vec<crate::proto::KafkaOffset>)> {
         let (key, value) = crate::pipeline::task_fence(partition);
         self.link
             .writer
             .fence(partition, key.clone(), value.clone())
             .map_err(|e| anyhow::anyhow!("cannot write the fence: {e}"))?;
-        let records =
-            super::changelog::read_partition(&self.config, &self.link.topic, partition, (&key, &value))?;
+        let records = super::changelog::read_partition(
+            &self.config,
+            &self.link.topic,
+            partition,
+            (&key, &value),
+        )?;
         let count = records.len();
         let (task, offsets) =
             Task::from_changelog(&self.link.factory, records).map_err(|e| anyhow::anyhow!(e))?;
@@ -872,7 +884,8 @@ impl Receiver {
         let Some(changelog) = self.shared.changelog.as_ref() else {
             return;
         };
-        let resume = std::mem::take(&mut *changelog.resume.lock().unwrap_or_else(|e| e.into_inner()));
+        let resume =
+            std::mem::take(&mut *changelog.resume.lock().unwrap_or_else(|e| e.into_inner()));
         for (key, next) in resume {
             // The higher: dead-lettered messages are settled here without
             // being in the state (nothing of theirs was applied).

@@ -18,8 +18,8 @@ use crate::instruments;
 use crate::receivers::{otlp_grpc, otlp_http, webhook};
 
 use super::engine::{Engine, EngineChangelog, EngineStorage};
-use super::task::TaskFactory;
 use super::restore::{restore_storage, resume_firing, resume_outbox};
+use super::task::TaskFactory;
 use super::{PipelineReader, Readiness, forwarding_queue, queue};
 
 /// Runs the configured pipeline until `shutdown` is cancelled, then stops in
@@ -226,49 +226,53 @@ pub async fn run_with_clock(
         .kafka
         .as_ref()
         .filter(|_| uses(&pipeline.receivers, "kafka"));
-    let (changelog, kafka_durability, link) = match kafka.and_then(|k| k.changelog_topic().map(|t| (k, t))) {
-        Some((k, topic)) => {
-            let partitions = {
-                let k = k.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::kafka::changelog::input_partitions(&k, std::time::Duration::from_secs(60))
-                })
-                .await??
-            };
-            crate::kafka::changelog::ensure_topic(k, &topic, partitions).await?;
-            let durable = crate::storage::DurableOffsets::default();
-            let writer = {
-                let (k, topic, durable) = (k.clone(), topic.clone(), durable.clone());
-                tokio::task::spawn_blocking(move || {
-                    crate::kafka::changelog::ChangelogWriter::start(&k, &topic, durable)
-                })
-                .await??
-            };
-            tracing::info!(pipeline = name, topic, partitions, "changelog open");
-            let (flush_requests, flushes) = mpsc::channel(4);
-            let (ownership, control) = mpsc::channel(4);
-            (
-                Some(EngineChangelog {
-                    writer: writer.clone(),
-                    interval: k.commit_interval.get(),
-                    requests: Some(flushes),
-                    control: Some(control),
-                }),
-                Some(crate::storage::KafkaDurability {
-                    durable,
-                    resume: Default::default(),
-                    checkpoint: flush_requests,
-                }),
-                Some(crate::kafka::consumer::ChangelogLink {
-                    topic,
-                    writer,
-                    factory: factory.clone(),
-                    ownership,
-                }),
-            )
-        }
-        None => (None, kafka_durability, None),
-    };
+    let (changelog, kafka_durability, link) =
+        match kafka.and_then(|k| k.changelog_topic().map(|t| (k, t))) {
+            Some((k, topic)) => {
+                let partitions = {
+                    let k = k.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::kafka::changelog::input_partitions(
+                            &k,
+                            std::time::Duration::from_secs(60),
+                        )
+                    })
+                    .await??
+                };
+                crate::kafka::changelog::ensure_topic(k, &topic, partitions).await?;
+                let durable = crate::storage::DurableOffsets::default();
+                let writer = {
+                    let (k, topic, durable) = (k.clone(), topic.clone(), durable.clone());
+                    tokio::task::spawn_blocking(move || {
+                        crate::kafka::changelog::ChangelogWriter::start(&k, &topic, durable)
+                    })
+                    .await??
+                };
+                tracing::info!(pipeline = name, topic, partitions, "changelog open");
+                let (flush_requests, flushes) = mpsc::channel(4);
+                let (ownership, control) = mpsc::channel(4);
+                (
+                    Some(EngineChangelog {
+                        writer: writer.clone(),
+                        interval: k.commit_interval.get(),
+                        requests: Some(flushes),
+                        control: Some(control),
+                    }),
+                    Some(crate::storage::KafkaDurability {
+                        durable,
+                        resume: Default::default(),
+                        checkpoint: flush_requests,
+                    }),
+                    Some(crate::kafka::consumer::ChangelogLink {
+                        topic,
+                        writer,
+                        factory: factory.clone(),
+                        ownership,
+                    }),
+                )
+            }
+            None => (None, kafka_durability, None),
+        };
     // A component that ends before a stop was asked for fails doraflow:
     // logged, counted, and the process stops (non-zero) rather than run half-dead.
     let failed = CancellationToken::new();

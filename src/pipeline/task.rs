@@ -333,7 +333,10 @@ impl Task {
             for id in dora.take_forgotten() {
                 put(keys::event(id), None);
             }
-            put(vec![keys::PRUNED], Some(Record::Pruned(dora.pruned_state())));
+            put(
+                vec![keys::PRUNED],
+                Some(Record::Pruned(dora.pruned_state())),
+            );
         }
         let mut offsets = Vec::new();
         if std::mem::take(&mut changes.offsets_changed) {
@@ -381,7 +384,9 @@ impl Task {
                 }
                 Some(Record::Pruned(state)) => pruned = Some(state),
                 Some(Record::Offset(o)) => {
-                    changes.next.insert(Arc::from(o.topic.as_str()), o.next_offset);
+                    changes
+                        .next
+                        .insert(Arc::from(o.topic.as_str()), o.next_offset);
                     offsets.push(o);
                 }
                 Some(Record::Fence(_)) | None => {}
@@ -400,11 +405,12 @@ impl Task {
             // reached) is deleted with the next flush.
         }
         if let Some(processor) = task.red.as_mut() {
-            let reset = processor
-                .restore(&red)
-                .map_err(|e| format!("red: {e}"))?;
+            let reset = processor.restore(&red).map_err(|e| format!("red: {e}"))?;
             if !reset.is_empty() {
-                tracing::warn!(?reset, "red windows recorded with another shape start empty");
+                tracing::warn!(
+                    ?reset,
+                    "red windows recorded with another shape start empty"
+                );
             }
         }
         if let Some(processor) = task.alerts.as_mut() {

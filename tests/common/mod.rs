@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod kafka;
 pub mod pagerduty;
 
 use std::net::TcpListener;

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 use super::free_port;
 
+/// The routing key the tests configure (32 characters, as PagerDuty has them).
+pub const ROUTING_KEY: &str = "R0UT1NGK3Y0123456789abcdefABCDEF";
+
 #[derive(Default)]
 pub struct Endpoint {
     /// Statuses to answer with before answering 202.
@@ -184,4 +187,3 @@ pub async fn pagerduty_on(port: u16, script: &[u16]) -> (String, Shared) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://127.0.0.1:{port}/v2/enqueue"), state)
 }
-

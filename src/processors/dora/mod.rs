@@ -866,8 +866,7 @@ impl DoraProcessor {
         keys.extend(incidents_by_series.keys().copied());
         keys.sort_unstable();
         keys.dedup();
-        keys
-            .iter()
+        keys.iter()
             .map(|&(s, e)| {
                 let deployments = self
                     .series

@@ -192,22 +192,21 @@ impl DoraProcessor {
     }
 
     fn baseline_records(&self) -> Vec<proto::BaselineRecord> {
-        self
-        .baselines
-        .iter()
-        .map(|((service, environment), b)| proto::BaselineRecord {
-            service: service.clone(),
-            environment: environment.clone(),
-            deployments: b
-                .deployments
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            failed_changes: b.failed_changes,
-            lead_times: Some(to_histogram(&b.lead_times)),
-            incident_durations: Some(to_histogram(&b.incident_durations)),
-        })
-        .collect()
+        self.baselines
+            .iter()
+            .map(|((service, environment), b)| proto::BaselineRecord {
+                service: service.clone(),
+                environment: environment.clone(),
+                deployments: b
+                    .deployments
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
+                failed_changes: b.failed_changes,
+                lead_times: Some(to_histogram(&b.lead_times)),
+                incident_durations: Some(to_histogram(&b.incident_durations)),
+            })
+            .collect()
     }
 
     /// Replaces the history with a checkpointed one. On error nothing changed.
