@@ -27,7 +27,7 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 26] = [
+    let sections: [(&str, String, &[&str]); 27] = [
         (
             "receivers.otlp.grpc.tls",
             format!(
@@ -103,6 +103,13 @@ fn every_config_key_is_in_the_readme() {
         (
             "receivers.kafka",
             format!("receivers:\n  kafka: {{ brokers: k, topics: [], __probe__: 1 }}\n{PIPELINE}"),
+            &[],
+        ),
+        (
+            "receivers.kafka.changelog",
+            format!(
+                "receivers:\n  kafka: {{ brokers: k, topics: [], changelog: {{ __probe__: 1 }} }}\n{PIPELINE}"
+            ),
             &[],
         ),
         (

@@ -82,6 +82,11 @@ struct Args {
     /// The topic for `--kafka`.
     #[arg(long, default_value = "otlp_spans")]
     topic: String,
+    /// With `--kafka`: produce the synthetic delivery history (`--events`
+    /// CDEvents, as `--write-history` writes it) keyed by service, as
+    /// doraflow's Kafka exporter keys them, instead of OTLP requests.
+    #[arg(long)]
+    history: bool,
     /// Messages to produce with `--kafka` (then `--duration` is not used).
     #[arg(long, default_value_t = 10_000)]
     messages: u64,
@@ -404,6 +409,9 @@ fn kafka(args: Args, brokers: &str) -> anyhow::Result<()> {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use rdkafka::types::RDKafkaErrorCode;
+    if args.history {
+        return kafka_history(&args, brokers);
+    }
     let batches: Vec<Vec<u8>> = (0..args.distinct.max(1))
         .map(|seed| {
             realistic_batch_among(
@@ -456,6 +464,54 @@ fn kafka(args: Args, brokers: &str) -> anyhow::Result<()> {
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+/// Produces the synthetic delivery history to `--topic`, each event keyed
+/// by its service, and waits until the broker acknowledged every one.
+fn kafka_history(args: &Args, brokers: &str) -> anyhow::Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::types::RDKafkaErrorCode;
+    let now = match args.now {
+        Some(now) => now,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64,
+    };
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()?;
+    let start = Instant::now();
+    for value in doraflow::cdevents::synth::history(args.events, now) {
+        let event = doraflow::cdevents::decode_event(&value)?;
+        let key = doraflow::cdevents::forward_key(&value, &event);
+        let payload = value.to_string();
+        let mut record = BaseRecord::<str, str>::to(&args.topic)
+            .key(key.as_str())
+            .payload(payload.as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => anyhow::bail!("produce failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"mode": "kafka-history", "events": args.events, "seconds": elapsed, "now": now})
+    );
     Ok(())
 }
 

@@ -68,12 +68,20 @@ enum Command {
         value: Vec<u8>,
         done: oneshot::Sender<Result<(), String>>,
     },
+    Forget {
+        partitions: Vec<i32>,
+    },
 }
 
 /// Counts records the broker refused.
 struct WriterContext;
 
-impl ClientContext for WriterContext {}
+impl ClientContext for WriterContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // A broker down is seen by the consumer too, and logged there.
+        tracing::debug!(error = %error, "changelog producer: {reason}");
+    }
+}
 
 impl ProducerContext for WriterContext {
     type DeliveryOpaque = ();
@@ -154,6 +162,14 @@ impl ChangelogWriter {
         });
     }
 
+    /// Forgets what failed flushes left to write of `partitions`: they went
+    /// to another replica, which restores them from what was committed (and
+    /// reads the input again from there), so writing it later would put
+    /// stale state over theirs.
+    pub fn forget(&self, partitions: Vec<i32>) {
+        let _ = self.tx.send(Command::Forget { partitions });
+    }
+
     /// Writes a fence record to `partition` and waits until it is committed.
     pub fn fence(&self, partition: i32, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
         let (done, result) = oneshot::channel();
@@ -230,6 +246,10 @@ fn write_loop(
                         }
                     }
                 }
+            }
+            Command::Forget { partitions } => {
+                carry.retain(|(partition, _), _| !partitions.contains(partition));
+                carried_offsets.retain(|o| !partitions.contains(&o.partition));
             }
             Command::Fence {
                 partition,

@@ -285,6 +285,11 @@ const RESERVED: &[&str] = &[
     "compression.codec",
     "message.timeout.ms",
     "delivery.timeout.ms",
+    // The changelog: partition p of every input topic to one member, and
+    // the changelog read and written in transactions.
+    "partition.assignment.strategy",
+    "transactional.id",
+    "isolation.level",
 ];
 
 fn check_settings(path: &str, settings: &BTreeMap<String, String>, errors: &mut Vec<String>) {
@@ -339,6 +344,14 @@ impl KafkaReceiverConfig {
                     t.topic
                 ));
             }
+        }
+        if let Some(changelog) = self.changelog_topic()
+            && (self.topics.iter().any(|t| t.topic == changelog)
+                || self.dead_letter_topic.as_deref() == Some(changelog.as_str()))
+        {
+            errors.push(format!(
+                "{path}.changelog.topic: `{changelog}` is an input or the dead-letter topic; the changelog needs a topic of its own"
+            ));
         }
         if self.commit_interval.get().is_zero() {
             errors.push(format!("{path}.commit_interval: must be longer than 0"));

@@ -88,7 +88,7 @@ struct ChangelogSide {
     /// The input partitions (numbers) whose state this replica holds.
     owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Offsets restored partitions' state covers, for the loop to skip to.
-    resume: Mutex<Vec<(PartitionKey, i64)>>,
+    resume: Mutex<Vec<(PartitionKey, Option<i64>)>>,
     /// A restore that failed: the receiver stops (and doraflow with it)
     /// rather than consume a partition without its state.
     failed: Mutex<Option<String>>,
@@ -119,9 +119,16 @@ impl ChangelogSide {
                         seconds = started.elapsed().as_secs_f64(),
                         "partition state restored from the changelog"
                     );
+                    // Where the state of each input topic's partition
+                    // ends; one it holds nothing of is read from the
+                    // committed offset, whatever was read of it before.
                     let mut resume = self.resume.lock().unwrap_or_else(|e| e.into_inner());
-                    for o in offsets {
-                        resume.push(((Arc::from(o.topic.as_str()), o.partition), o.next_offset));
+                    for t in &self.config.topics {
+                        let next = offsets
+                            .iter()
+                            .find(|o| o.topic == t.topic)
+                            .map(|o| o.next_offset);
+                        resume.push(((Arc::from(t.topic.as_str()), partition), next));
                     }
                 }
                 Err(e) => {
@@ -887,10 +894,15 @@ impl Receiver {
         let resume =
             std::mem::take(&mut *changelog.resume.lock().unwrap_or_else(|e| e.into_inner()));
         for (key, next) in resume {
-            // The higher: dead-lettered messages are settled here without
-            // being in the state (nothing of theirs was applied).
-            let at = self.next.entry(key).or_insert(next);
-            *at = (*at).max(next);
+            // What the restored state holds, not what this replica read
+            // before: a flush that failed before the partition went (the
+            // broker down, say) left messages read here out of the
+            // changelog, and they must be applied again. (A message
+            // dead-lettered after the last flush may be dead-lettered twice.)
+            match next {
+                Some(next) => self.next.insert(key, next),
+                None => self.next.remove(&key),
+            };
         }
     }
 

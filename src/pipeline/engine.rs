@@ -254,6 +254,9 @@ impl Engine {
                 let _ = done.send(());
             }
             Ownership::Drop { partitions, done } => {
+                if let Some(changelog) = &self.changelog {
+                    changelog.writer.forget(partitions.clone());
+                }
                 for partition in partitions {
                     let Some(task) = self.partitions.remove(&partition) else {
                         continue;
