@@ -62,10 +62,8 @@ enum Command {
         offsets: Vec<KafkaOffset>,
         done: Vec<oneshot::Sender<bool>>,
     },
-    Fence {
-        partition: i32,
-        key: Vec<u8>,
-        value: Vec<u8>,
+    Fences {
+        fences: Vec<Entry>,
         done: oneshot::Sender<Result<(), String>>,
     },
     Forget {
@@ -73,8 +71,16 @@ enum Command {
     },
 }
 
-/// Counts records the broker refused.
-struct WriterContext;
+/// Notes the offset of every record delivered, per partition, and logs
+/// the ones the broker refused.
+struct WriterContext {
+    written: Written,
+}
+
+/// Per changelog partition, the offset of the last record this process
+/// wrote there: a replica that gets a partition back checks that nothing
+/// came after it but its own fence before it reuses the state it kept.
+type Written = std::sync::Arc<std::sync::Mutex<HashMap<i32, i64>>>;
 
 impl ClientContext for WriterContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -86,9 +92,14 @@ impl ClientContext for WriterContext {
 impl ProducerContext for WriterContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
+        match result {
+            Ok(message) => {
+                let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+                let last = written.entry(message.partition()).or_insert(-1);
+                *last = (*last).max(message.offset());
+            }
             // The transaction then fails to commit and is written again.
-            tracing::warn!(error = %e, "changelog record not delivered");
+            Err((e, _)) => tracing::warn!(error = %e, "changelog record not delivered"),
         }
     }
 }
@@ -98,6 +109,7 @@ impl ProducerContext for WriterContext {
 #[derive(Clone)]
 pub struct ChangelogWriter {
     tx: std_mpsc::Sender<Command>,
+    written: Written,
 }
 
 impl ChangelogWriter {
@@ -120,6 +132,7 @@ impl ChangelogWriter {
             std::process::id(),
             crate::clock::Clock::now_ns(&crate::clock::SystemClock)
         );
+        let written = Written::default();
         let producer: BaseProducer<WriterContext> = client
             .set("bootstrap.servers", &config.brokers)
             .set("client.id", format!("{}-changelog", config.client_id))
@@ -127,7 +140,9 @@ impl ChangelogWriter {
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
-            .create_with_context(WriterContext)
+            .create_with_context(WriterContext {
+                written: written.clone(),
+            })
             .map_err(|e| {
                 anyhow::anyhow!("receivers.kafka.changelog: cannot create the producer: {e}")
             })?;
@@ -143,7 +158,7 @@ impl ChangelogWriter {
         std::thread::Builder::new()
             .name("doraflow-changelog".into())
             .spawn(move || write_loop(producer, &topic, &durable, &rx))?;
-        Ok(ChangelogWriter { tx })
+        Ok(ChangelogWriter { tx, written })
     }
 
     /// Writes `entries` and `offsets` (the input offsets they cover) in one
@@ -170,16 +185,21 @@ impl ChangelogWriter {
         let _ = self.tx.send(Command::Forget { partitions });
     }
 
-    /// Writes a fence record to `partition` and waits until it is committed.
-    pub fn fence(&self, partition: i32, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+    /// The offset of the last record this process wrote to `partition`.
+    pub fn last_written(&self, partition: i32) -> Option<i64> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .copied()
+    }
+
+    /// Writes fence records (one per partition restored) in one
+    /// transaction and waits until it is committed.
+    pub fn fences(&self, fences: Vec<Entry>) -> Result<(), String> {
         let (done, result) = oneshot::channel();
         self.tx
-            .send(Command::Fence {
-                partition,
-                key,
-                value,
-                done,
-            })
+            .send(Command::Fences { fences, done })
             .map_err(|_| "the changelog writer has stopped".to_string())?;
         result
             .blocking_recv()
@@ -251,21 +271,9 @@ fn write_loop(
                 carry.retain(|(partition, _), _| !partitions.contains(partition));
                 carried_offsets.retain(|o| !partitions.contains(&o.partition));
             }
-            Command::Fence {
-                partition,
-                key,
-                value,
-                done,
-            } => {
-                let fence = Entry {
-                    partition,
-                    key,
-                    value: Some(value),
-                };
-                let _ = done.send(
-                    transaction(&producer, topic, std::iter::once(&fence))
-                        .map_err(|e| e.to_string()),
-                );
+            Command::Fences { fences, done } => {
+                let _ = done
+                    .send(transaction(&producer, topic, fences.iter()).map_err(|e| e.to_string()));
             }
         }
     }
@@ -300,7 +308,10 @@ fn transaction<'a>(
             }
             written += 1;
         }
-        producer.commit_transaction(TRANSACTION_TIMEOUT)
+        producer.commit_transaction(TRANSACTION_TIMEOUT)?;
+        // Delivery reports (the offsets written) are served by a poll.
+        producer.poll(Duration::ZERO);
+        Ok(())
     })();
     if let Err(e) = sent {
         if let Err(abort) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
@@ -313,15 +324,38 @@ fn transaction<'a>(
     Ok(())
 }
 
-/// Reads partition `partition` of the changelog `topic` from its start up
-/// to the record `fence` (key and value), which the caller wrote first.
-/// Returns the last value of every key still set, in no particular order.
-pub fn read_partition(
+/// A partition's state pieces by key.
+type Pieces = HashMap<Vec<u8>, Vec<u8>>;
+
+/// What [`read_partitions`] read of one partition.
+#[derive(Debug, Default)]
+pub struct PartitionRead {
+    /// The last value of every key still set, in no order.
+    pub pieces: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Records read before the fence (values and tombstones).
+    pub records: usize,
+}
+
+/// One partition to read: from `start` (`None`: its beginning) up to the
+/// fence record `key`, `value`, which the caller wrote first.
+pub struct FencedRead {
+    /// The changelog partition.
+    pub partition: i32,
+    /// The first offset to read.
+    pub start: Option<i64>,
+    /// The fence's key.
+    pub key: Vec<u8>,
+    /// The fence's value.
+    pub value: Vec<u8>,
+}
+
+/// Reads partitions of the changelog `topic`, each from its start up to its
+/// fence, with one reader.
+pub fn read_partitions(
     config: &KafkaReceiverConfig,
     topic: &str,
-    partition: i32,
-    fence: (&[u8], &[u8]),
-) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fences: &[FencedRead],
+) -> anyhow::Result<HashMap<i32, PartitionRead>> {
     let mut client = ClientConfig::new();
     for (key, value) in &config.settings {
         client.set(key, value);
@@ -335,43 +369,73 @@ pub fn read_partition(
         )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        // The fence is the last record: no waiting for more data.
+        .set("fetch.wait.max.ms", "10")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| anyhow::anyhow!("changelog `{topic}`: cannot create a reader: {e}"))?;
     let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(|e| anyhow::anyhow!("changelog `{topic}`: {e}"))?;
+    for f in fences {
+        let start = f.start.map_or(Offset::Beginning, Offset::Offset);
+        assignment
+            .add_partition_offset(topic, f.partition, start)
+            .map_err(|e| anyhow::anyhow!("changelog `{topic}`: {e}"))?;
+    }
     consumer
         .assign(&assignment)
-        .map_err(|e| anyhow::anyhow!("changelog `{topic}` partition {partition}: {e}"))?;
-    let mut state: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        .map_err(|e| anyhow::anyhow!("changelog `{topic}`: {e}"))?;
+    // Per partition: the last value of each key, and records read.
+    let mut state: HashMap<i32, (Pieces, usize)> = HashMap::new();
+    let mut open: HashMap<i32, (&[u8], &[u8])> = fences
+        .iter()
+        .map(|f| (f.partition, (f.key.as_slice(), f.value.as_slice())))
+        .collect();
     let mut last = Instant::now();
-    loop {
+    while !open.is_empty() {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             if last.elapsed() > READ_STALL {
                 anyhow::bail!(
-                    "changelog `{topic}` partition {partition}: no record for {} s before the fence",
+                    "changelog `{topic}` partitions {:?}: no record for {} s before the fence",
+                    open.keys().collect::<Vec<_>>(),
                     READ_STALL.as_secs()
                 );
             }
             continue;
         };
         last = Instant::now();
-        let message = message
-            .map_err(|e| anyhow::anyhow!("changelog `{topic}` partition {partition}: {e}"))?;
+        let message = message.map_err(|e| anyhow::anyhow!("changelog `{topic}`: {e}"))?;
+        let partition = message.partition();
+        let Some(fence) = open.get(&partition) else {
+            // Past its fence: written after the restore began.
+            continue;
+        };
         let key = message.key().unwrap_or_default();
+        let (pieces, records) = state.entry(partition).or_default();
         match message.payload() {
-            Some(value) if key == fence.0 && value == fence.1 => break,
+            Some(value) if key == fence.0 && value == fence.1 => {
+                open.remove(&partition);
+                continue;
+            }
             Some(value) => {
-                state.insert(key.to_vec(), value.to_vec());
+                pieces.insert(key.to_vec(), value.to_vec());
             }
             None => {
-                state.remove(key);
+                pieces.remove(key);
             }
         }
+        *records += 1;
     }
-    Ok(state.into_iter().collect())
+    Ok(fences
+        .iter()
+        .map(|f| {
+            let (pieces, records) = state.remove(&f.partition).unwrap_or_default();
+            let read = PartitionRead {
+                pieces: pieces.into_iter().collect(),
+                records,
+            };
+            (f.partition, read)
+        })
+        .collect())
 }
 
 /// The partitions of the input topics (the most any of them has; they

@@ -89,6 +89,9 @@ struct ChangelogSide {
     owned: Mutex<std::collections::BTreeSet<i32>>,
     /// Offsets restored partitions' state covers, for the loop to skip to.
     resume: Mutex<Vec<(PartitionKey, Option<i64>)>>,
+    /// Partitions handed over cleanly at the last revocation, whose state
+    /// the engine keeps aside in case they come back.
+    suspended: Mutex<std::collections::BTreeSet<i32>>,
     /// A restore that failed: the receiver stops (and doraflow with it)
     /// rather than consume a partition without its state.
     failed: Mutex<Option<String>>,
@@ -96,89 +99,167 @@ struct ChangelogSide {
 
 impl ChangelogSide {
     /// Restores the state of every partition number in `assigned` not held
-    /// yet: reads its changelog partition up to a fence of its own, builds
-    /// the task, hands it to the engine and waits until it is installed.
+    /// yet. A fence of its own goes to each changelog partition first (one
+    /// transaction). A partition this replica handed over cleanly at the
+    /// last rebalance, and to which nobody wrote since but that fence, gets
+    /// the state kept then (no one else owned it meanwhile); every other
+    /// one is read up to its fence (one reader), and its task built and
+    /// installed.
     fn restore(&self, assigned: &std::collections::BTreeSet<i32>) {
         let wanted: Vec<i32> = {
             let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
             assigned.difference(&owned).copied().collect()
         };
-        for partition in wanted {
-            let started = std::time::Instant::now();
-            match self.restore_one(partition) {
-                Ok((records, offsets)) => {
-                    self.owned
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(partition);
-                    counter!(instruments::CHANGELOG_RESTORES).increment(1);
-                    tracing::info!(
-                        topic = self.link.topic,
-                        partition,
-                        records,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "partition state restored from the changelog"
-                    );
-                    // Where the state of each input topic's partition
-                    // ends; one it holds nothing of is read from the
-                    // committed offset, whatever was read of it before.
-                    let mut resume = self.resume.lock().unwrap_or_else(|e| e.into_inner());
-                    for t in &self.config.topics {
-                        let next = offsets
-                            .iter()
-                            .find(|o| o.topic == t.topic)
-                            .map(|o| o.next_offset);
-                        resume.push(((Arc::from(t.topic.as_str()), partition), next));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(topic = self.link.topic, partition, error = %e, "cannot restore a partition's state");
-                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                        "changelog `{}` partition {partition}: {e}",
-                        self.link.topic
-                    ));
-                    return;
-                }
-            }
+        if let Err(e) = self.restore_all(&wanted) {
+            tracing::error!(topic = self.link.topic, partitions = ?wanted, error = %e, "cannot restore partitions' state");
+            *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("changelog `{}`: {e}", self.link.topic));
         }
     }
 
-    fn restore_one(
-        &self,
-        partition: i32,
-    ) -> anyhow::Result<(usize, Vec<crate::proto::KafkaOffset>)> {
-        let (key, value) = crate::pipeline::task_fence(partition);
-        self.link
-            .writer
-            .fence(partition, key.clone(), value.clone())
-            .map_err(|e| anyhow::anyhow!("cannot write the fence: {e}"))?;
-        let records = super::changelog::read_partition(
-            &self.config,
-            &self.link.topic,
-            partition,
-            (&key, &value),
-        )?;
-        let count = records.len();
-        let (task, offsets) =
-            Task::from_changelog(&self.link.factory, records).map_err(|e| anyhow::anyhow!(e))?;
-        let (done, installed) = oneshot::channel();
+    fn restore_all(&self, wanted: &[i32]) -> anyhow::Result<()> {
+        use super::changelog::{Entry, FencedRead};
+        let started = std::time::Instant::now();
+        let kept: Vec<i32> =
+            std::mem::take(&mut *self.suspended.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        // Where this replica's own writes ended, before the fences.
+        let own_end: HashMap<i32, i64> = kept
+            .iter()
+            .filter(|p| wanted.contains(p))
+            .filter_map(|&p| self.link.writer.last_written(p).map(|o| (p, o)))
+            .collect();
+        let fences: Vec<FencedRead> = wanted
+            .iter()
+            .map(|&partition| {
+                let (key, value) = crate::pipeline::task_fence(partition);
+                FencedRead {
+                    partition,
+                    start: None,
+                    key,
+                    value,
+                }
+            })
+            .collect();
+        if !wanted.is_empty() {
+            self.link
+                .writer
+                .fences(
+                    fences
+                        .iter()
+                        .map(|f| Entry {
+                            partition: f.partition,
+                            key: f.key.clone(),
+                            value: Some(f.value.clone()),
+                        })
+                        .collect(),
+                )
+                .map_err(|e| anyhow::anyhow!("cannot write the fences: {e}"))?;
+        }
+        // Kept partitions nobody wrote to since: only the fence follows.
+        let checks: Vec<FencedRead> = fences
+            .iter()
+            .filter_map(|f| {
+                own_end.get(&f.partition).map(|end| FencedRead {
+                    partition: f.partition,
+                    start: Some(end + 1),
+                    key: f.key.clone(),
+                    value: f.value.clone(),
+                })
+            })
+            .collect();
+        let untouched: Vec<i32> = if checks.is_empty() {
+            Vec::new()
+        } else {
+            super::changelog::read_partitions(&self.config, &self.link.topic, &checks)?
+                .into_iter()
+                .filter(|(_, read)| read.records == 0)
+                .map(|(p, _)| p)
+                .collect()
+        };
+        let (done, resumed) = oneshot::channel();
         self.link
             .ownership
-            .blocking_send(Ownership::Install {
-                partition,
-                task: Box::new(task),
+            .blocking_send(Ownership::Resume {
+                partitions: untouched,
                 done,
             })
             .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
-        installed
+        let resumed = resumed
             .blocking_recv()
             .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
-        Ok((count, offsets))
+        for &partition in &resumed {
+            self.owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition);
+            tracing::info!(
+                topic = self.link.topic,
+                partition,
+                seconds = started.elapsed().as_secs_f64(),
+                "partition state kept: nobody owned it since this replica handed it over"
+            );
+        }
+        let full: Vec<FencedRead> = fences
+            .into_iter()
+            .filter(|f| !resumed.contains(&f.partition))
+            .collect();
+        if full.is_empty() {
+            return Ok(());
+        }
+        let mut read = super::changelog::read_partitions(&self.config, &self.link.topic, &full)?;
+        let read_seconds = started.elapsed().as_secs_f64();
+        for f in &full {
+            let partition = f.partition;
+            let records = read.remove(&partition).unwrap_or_default();
+            let count = records.records;
+            let (task, offsets) = Task::from_changelog(&self.link.factory, records.pieces)
+                .map_err(|e| anyhow::anyhow!("partition {partition}: {e}"))?;
+            let (done, installed) = oneshot::channel();
+            self.link
+                .ownership
+                .blocking_send(Ownership::Install {
+                    partition,
+                    task: Box::new(task),
+                    done,
+                })
+                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+            installed
+                .blocking_recv()
+                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+            self.owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition);
+            counter!(instruments::CHANGELOG_RESTORES).increment(1);
+            tracing::info!(
+                topic = self.link.topic,
+                partition,
+                records = count,
+                read_seconds,
+                seconds = started.elapsed().as_secs_f64(),
+                "partition state restored from the changelog"
+            );
+            // Where the state of each input topic's partition ends; one it
+            // holds nothing of is read from the committed offset, whatever
+            // was read of it before.
+            let mut resume = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+            for t in &self.config.topics {
+                let next = offsets
+                    .iter()
+                    .find(|o| o.topic == t.topic)
+                    .map(|o| o.next_offset);
+                resume.push(((Arc::from(t.topic.as_str()), partition), next));
+            }
+        }
+        Ok(())
     }
 
-    /// Drops the state of the partition numbers in `revoked` (flushed and
-    /// committed already) from the engine.
-    fn drop_partitions(&self, revoked: &std::collections::BTreeSet<i32>) {
+    /// Hands the partition numbers in `revoked` back (flushed already):
+    /// their series leave the engine. After a clean flush (`kept`) the
+    /// engine keeps their state aside, hidden, in case they come back.
+    fn drop_partitions(&self, revoked: &std::collections::BTreeSet<i32>, kept: bool) {
         let partitions: Vec<i32> = {
             let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
             let gone: Vec<i32> = owned.intersection(revoked).copied().collect();
@@ -190,11 +271,21 @@ impl ChangelogSide {
         if partitions.is_empty() {
             return;
         }
+        if kept {
+            self.suspended
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(partitions.iter().copied());
+        }
         let (done, dropped) = oneshot::channel();
         if self
             .link
             .ownership
-            .blocking_send(Ownership::Drop { partitions, done })
+            .blocking_send(Ownership::Drop {
+                partitions,
+                keep: kept,
+                done,
+            })
             .is_ok()
         {
             let _ = dropped.blocking_recv();
@@ -298,19 +389,22 @@ impl Shared {
 
     /// With storage, asks for a checkpoint and waits until it is durable,
     /// then stores what it covers. Before a hand-over and at shutdown.
-    fn checkpoint<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+    /// Returns whether it became durable.
+    fn checkpoint<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
         let Some(checkpoint) = &self.checkpoint else {
-            return;
+            return false;
         };
         let (done, durable) = oneshot::channel();
         // Fails only if the engine is gone, and then the reply does too.
         let _ = checkpoint.blocking_send(done);
-        if durable.blocking_recv() != Ok(true) {
+        let durable = durable.blocking_recv() == Ok(true);
+        if !durable {
             tracing::warn!(
                 "no durable checkpoint before the commit; offsets stay where the last one left them"
             );
         }
         store_durable(consumer, self);
+        durable
     }
 }
 
@@ -337,16 +431,20 @@ impl ConsumerContext for GroupContext {
             // Hand-over: everything consumed from these partitions is applied
             // and committed before another member starts on them.
             let settled = settle(consumer, &self.shared, Wait::All);
-            self.shared.checkpoint(consumer);
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
-                && !is_no_offset(&e)
-            {
-                tracing::warn!(group = self.group, error = %e, "commit before hand-over failed");
-            }
+            let flushed = self.shared.checkpoint(consumer);
+            let committed = match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => true,
+                Err(e) if is_no_offset(&e) => true,
+                Err(e) => {
+                    tracing::warn!(group = self.group, error = %e, "commit before hand-over failed");
+                    false
+                }
+            };
             self.shared.revoked.store(true, Ordering::Release);
             if let Some(changelog) = &self.shared.changelog {
-                // Flushed and committed above: the state can go.
-                changelog.drop_partitions(&numbers(partitions));
+                // Flushed and committed above: the state can go, and be
+                // kept aside if it is all in the changelog and committed.
+                changelog.drop_partitions(&numbers(partitions), flushed && committed);
             }
             tracing::info!(
                 group = self.group,
@@ -585,6 +683,7 @@ impl Receiver {
             config: config.clone(),
             owned: Mutex::default(),
             resume: Mutex::default(),
+            suspended: Mutex::default(),
             failed: Mutex::default(),
         });
         let shared = Arc::new(shared);

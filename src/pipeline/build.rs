@@ -296,6 +296,7 @@ pub async fn run_with_clock(
         Engine {
             local,
             partitions: Default::default(),
+            suspended: Default::default(),
             factory,
             alert_interval,
             alert_sinks,

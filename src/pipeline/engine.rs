@@ -31,6 +31,10 @@ pub(super) struct Engine {
     pub(super) local: Task,
     /// With the Kafka changelog: per input partition owned, its state.
     pub(super) partitions: BTreeMap<i32, Task>,
+    /// Partitions handed over cleanly during a rebalance, kept aside
+    /// (hidden) until it ends: one that comes back untouched is not read
+    /// from the changelog again.
+    pub(super) suspended: BTreeMap<i32, Task>,
     /// Builds empty tasks.
     pub(super) factory: TaskFactory,
     /// How often alert rules are evaluated, with an `alerts` processor.
@@ -78,8 +82,20 @@ pub enum Ownership {
     Drop {
         /// The input partitions.
         partitions: Vec<i32>,
+        /// Keep their state aside, hidden: it is all in the changelog, and
+        /// the partitions may come back at the end of the rebalance.
+        keep: bool,
         /// Told once dropped.
         done: oneshot::Sender<()>,
+    },
+    /// Of the partitions kept aside, these are owned again, untouched by
+    /// anyone since: their state comes back as it was. The others kept
+    /// aside are forgotten. Told which came back.
+    Resume {
+        /// The input partitions.
+        partitions: Vec<i32>,
+        /// Told the partitions whose state came back.
+        done: oneshot::Sender<Vec<i32>>,
     },
 }
 
@@ -253,7 +269,25 @@ impl Engine {
                 self.partitions.insert(partition, *task);
                 let _ = done.send(());
             }
-            Ownership::Drop { partitions, done } => {
+            Ownership::Resume { partitions, done } => {
+                let mut resumed = Vec::new();
+                for (partition, task) in std::mem::take(&mut self.suspended) {
+                    if partitions.contains(&partition) {
+                        if let Some(alerts) = task.alerts.as_ref() {
+                            firing_gauges(alerts, 1.0);
+                            super::restore::resume_firing(alerts, &self.alert_sinks);
+                        }
+                        self.partitions.insert(partition, task);
+                        resumed.push(partition);
+                    }
+                }
+                let _ = done.send(resumed);
+            }
+            Ownership::Drop {
+                partitions,
+                keep,
+                done,
+            } => {
                 if let Some(changelog) = &self.changelog {
                     changelog.writer.forget(partitions.clone());
                 }
@@ -283,6 +317,9 @@ impl Engine {
                         for sink in &self.alert_sinks {
                             sink.hand_over(&firing);
                         }
+                    }
+                    if keep {
+                        self.suspended.insert(partition, task);
                     }
                 }
                 let _ = done.send(());
@@ -697,6 +734,7 @@ impl Replayer {
             engine: Engine {
                 local: factory.build(),
                 partitions: BTreeMap::new(),
+                suspended: BTreeMap::new(),
                 factory,
                 alert_interval,
                 alert_sinks: Vec::new(),
