@@ -431,3 +431,206 @@ impl Changes {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::delivery::{DeploymentOutcome, LinkedChange, Nanos};
+    use crate::model::{Signal, delivery::Deployment};
+    use crate::otlp::Encoding;
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+    const S: Nanos = 1_000_000_000;
+    const DAY: Nanos = 86_400 * S;
+
+    fn factory(retention: &str) -> TaskFactory {
+        let config = Config::from_yaml_with_env(
+            &format!(
+                "receivers:\n  kafka: {{ brokers: k, topics: [{{ topic: t, format: cdevents }}] }}\n\
+                 processors:\n  red: {{}}\n  dora: {{ windows: [7d], retention: {retention}, derived_incidents: {{ enabled: false }} }}\n  alerts: {{}}\n\
+                 exporters:\n  prometheus: {{}}\n\
+                 pipelines:\n  main: {{ receivers: [kafka], processors: [red, dora, alerts], exporters: [prometheus] }}\n"
+            ),
+            |_| None,
+        )
+        .expect("valid");
+        let (_, pipeline) = config.pipeline().expect("a pipeline");
+        TaskFactory::new(&config, pipeline).0
+    }
+
+    fn deployment(id: &str, service: &str, at: Nanos, lead: Nanos) -> DeliveryEvent {
+        DeliveryEvent {
+            id: id.into(),
+            time: at,
+            kind: crate::model::delivery::DeliveryKind::Deployment(Deployment {
+                service: service.into(),
+                environment: "production".into(),
+                artifact: None,
+                outcome: DeploymentOutcome::Success,
+                changes: vec![LinkedChange {
+                    id: format!("change-{id}"),
+                    time: Some(at - lead),
+                }],
+            }),
+        }
+    }
+
+    fn spans(service: &str, ok: usize, errors: usize) -> Telemetry {
+        use crate::otlp::synth::{resource, span, trace_request};
+        let t0 = 1_764_000_000_000_000_000u64;
+        let spans = (0..ok + errors)
+            .map(|i| {
+                let status = if i < errors {
+                    StatusCode::Error
+                } else {
+                    StatusCode::Ok
+                };
+                span(SpanKind::Server, t0, t0 + 2_000_000, status, None)
+            })
+            .collect();
+        let body = trace_request(vec![(resource(Some(service), Some("production")), spans)])
+            .encode_to_vec();
+        crate::otlp::decode_borrowed(Signal::Traces, Encoding::Protobuf, &body).expect("valid")
+    }
+
+    /// The changelog as a broker keeps it: the last value of each key, a
+    /// tombstone deleting it.
+    fn compact(log: &[Entry]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut state = BTreeMap::new();
+        for e in log {
+            match &e.value {
+                Some(v) => state.insert(e.key.clone(), v.clone()),
+                None => state.remove(&e.key),
+            };
+        }
+        state.into_iter().collect()
+    }
+
+    type Figures = Vec<(String, u64, Option<f64>, u64, u64)>;
+
+    /// Per series: successful deployments, lead time p50, requests, errors.
+    fn figures(task: &mut Task, now: Nanos) -> Figures {
+        let dora = task.dora.as_ref().expect("dora").snapshot(now);
+        let red = task.red.as_mut().expect("red").snapshot(now as u64);
+        let mut out: Figures = dora
+            .series
+            .iter()
+            .map(|s| {
+                let r = red.series.iter().find(|r| r.service == s.service);
+                (
+                    s.service.clone(),
+                    s.deployments_total["success"],
+                    s.windows[0].lead_time.p50,
+                    r.map_or(0, |r| r.totals.requests),
+                    r.map_or(0, |r| r.totals.errors),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// What a task wrote to its changelog, over several flushes, rebuilds it
+    /// exactly: DORA history, `red` counters, the offsets it covers; a flush
+    /// after nothing changed writes nothing.
+    #[test]
+    fn a_task_rebuilt_from_its_changelog_shows_the_same_figures() {
+        let factory = factory("90d");
+        let now = 1_764_000_000 * S;
+        let topic: Arc<str> = Arc::from("events");
+        let mut task = factory.build_changelogged();
+        let mut log = Vec::new();
+        task.apply(
+            &Telemetry::Delivery(vec![
+                deployment("d1", "checkout", now - 3 * DAY, 3_600 * S),
+                deployment("d2", "checkout", now - 2 * DAY, 7_200 * S),
+                deployment("d3", "cart", now - DAY, 600 * S),
+            ]),
+            now as u64,
+            "unknown",
+        );
+        task.applied_up_to(&topic, 2);
+        task.apply(&spans("checkout", 9, 1), now as u64, "unknown");
+        task.apply(&spans("cart", 5, 0), now as u64, "unknown");
+        task.applied_up_to(&Arc::from("spans"), 7);
+        let (entries, offsets) = task.changelog_entries(3);
+        assert!(entries.iter().all(|e| e.partition == 3));
+        assert_eq!(
+            offsets
+                .iter()
+                .map(|o| (o.topic.as_str(), o.next_offset))
+                .collect::<Vec<_>>(),
+            [("events", 3), ("spans", 8)]
+        );
+        log.extend(entries);
+        // Nothing changed: nothing to write.
+        assert_eq!(task.changelog_entries(3), (Vec::new(), Vec::new()));
+        // A replayed event (same id) and more spans of one series.
+        task.apply(
+            &Telemetry::Delivery(vec![deployment("d3", "cart", now - DAY, 600 * S)]),
+            now as u64,
+            "unknown",
+        );
+        task.apply(&spans("cart", 2, 2), now as u64, "unknown");
+        task.applied_up_to(&topic, 3);
+        let (entries, _) = task.changelog_entries(3);
+        let red_keys = entries.iter().filter(|e| e.key[0] == keys::RED).count();
+        assert_eq!(red_keys, 1, "only the series that changed");
+        log.extend(entries);
+
+        let want = figures(&mut task, now);
+        let plain: Vec<_> = want.iter().map(|f| (f.0.as_str(), f.1, f.3, f.4)).collect();
+        assert_eq!(plain, [("cart", 1, 9, 2), ("checkout", 2, 10, 1)]);
+        // Lead times within the HDR precision: 10 min and 1 h (p50 of 1 h, 2 h).
+        assert!((want[0].2.expect("cart") - 600.0).abs() <= 6.0, "{want:?}");
+        assert!(
+            (want[1].2.expect("checkout") - 3_600.0).abs() <= 36.0,
+            "{want:?}"
+        );
+        let (mut rebuilt, offsets) = Task::from_changelog(&factory, compact(&log)).expect("valid");
+        assert_eq!(figures(&mut rebuilt, now), want);
+        let mut offsets: Vec<_> = offsets
+            .iter()
+            .map(|o| (o.topic.clone(), o.next_offset))
+            .collect();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            [("events".to_string(), 4), ("spans".to_string(), 8)]
+        );
+    }
+
+    /// After a prune, the changelog holds the baselines and deletes the
+    /// events forgotten: a rebuilt task counts every deployment once,
+    /// whether or not the broker compacted.
+    #[test]
+    fn pruned_history_is_deleted_from_the_changelog_and_kept_in_the_baselines() {
+        let factory = factory("10d");
+        let now = 1_764_000_000 * S;
+        let mut task = factory.build_changelogged();
+        let events: Vec<DeliveryEvent> = (0..20)
+            .map(|d| deployment(&format!("d{d}"), "checkout", now - d * DAY, 60 * S))
+            .collect();
+        task.apply(&Telemetry::Delivery(events), now as u64, "unknown");
+        let mut log = task.changelog_entries(0).0;
+        let forgotten = task.dora.as_mut().expect("dora").prune(now);
+        assert_eq!(forgotten, 9, "d11..d19 are before the 10-day cut-off");
+        task.pruned();
+        let flushed = task.changelog_entries(0).0;
+        let tombstones = flushed.iter().filter(|e| e.value.is_none()).count();
+        assert_eq!(tombstones, 9);
+        log.extend(flushed);
+        let total = |t: &Task| {
+            t.dora.as_ref().expect("dora").snapshot(now).series[0].deployments_total["success"]
+        };
+        assert_eq!(total(&task), 20);
+        // Compacted or not: the last record of each key wins either way.
+        let (rebuilt, _) = Task::from_changelog(&factory, compact(&log)).expect("valid");
+        assert_eq!(total(&rebuilt), 20);
+        let in_window = |t: &Task| {
+            t.dora.as_ref().expect("dora").snapshot(now).series[0].windows[0].deployments
+        };
+        assert_eq!(in_window(&rebuilt), in_window(&task));
+    }
+}
