@@ -440,10 +440,9 @@ impl Engine {
     }
 
     fn apply(&mut self, item: &Telemetry, now: u64, source: Option<&KafkaSource>) -> Applied {
-        let default_environment = self.factory.default_environment().to_string();
+        let factory = &self.factory;
         let task = match (source, &self.changelog) {
             (Some(source), Some(_)) => {
-                let factory = &self.factory;
                 let task = self
                     .partitions
                     .entry(source.partition)
@@ -455,7 +454,7 @@ impl Engine {
             }
             _ => &mut self.local,
         };
-        let applied = task.apply(item, now, &default_environment);
+        let applied = task.apply(item, now, factory.default_environment());
         self.send_change_events(now as i64);
         applied
     }
