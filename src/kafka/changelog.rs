@@ -441,16 +441,7 @@ pub fn read_partitions(
 /// The partitions of the input topics (the most any of them has; they
 /// should all have the same), waiting up to `wait` for them to exist.
 pub fn input_partitions(config: &KafkaReceiverConfig, wait: Duration) -> anyhow::Result<i32> {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.settings {
-        client.set(key, value);
-    }
-    let consumer: BaseConsumer = client
-        .set("bootstrap.servers", &config.brokers)
-        .set(
-            "group.id",
-            format!("{}.changelog-metadata", config.group_id),
-        )
+    let consumer: BaseConsumer = metadata_client(config)
         .create()
         .map_err(|e| anyhow::anyhow!("receivers.kafka: cannot create a client: {e}"))?;
     let start = Instant::now();
@@ -538,20 +529,23 @@ pub async fn ensure_topic(
 }
 
 fn topic_partitions(config: &KafkaReceiverConfig, topic: &str) -> anyhow::Result<i32> {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.settings {
-        client.set(key, value);
-    }
-    let consumer: BaseConsumer = client
-        .set("bootstrap.servers", &config.brokers)
-        .set(
-            "group.id",
-            format!("{}.changelog-metadata", config.group_id),
-        )
-        .create()?;
+    let consumer: BaseConsumer = metadata_client(config).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(metadata
         .topics()
         .first()
         .map_or(0, |m| m.partitions().len() as i32))
+}
+
+/// A client for metadata look-ups, with the receiver's settings (TLS, SASL).
+fn metadata_client(config: &KafkaReceiverConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.settings {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.brokers).set(
+        "group.id",
+        format!("{}.changelog-metadata", config.group_id),
+    );
+    client
 }

@@ -299,21 +299,7 @@ impl Engine {
                     // (the same keys), so nothing is sent from here.
                     if let Some(alerts) = task.alerts.as_ref() {
                         firing_gauges(alerts, 0.0);
-                        let firing: Vec<_> = alerts
-                            .active()
-                            .into_iter()
-                            .filter(|a| a.state == AlertState::Firing)
-                            .filter_map(|a| {
-                                alerts.transition(
-                                    a.alertname,
-                                    &a.service,
-                                    &a.environment,
-                                    AlertState::Firing,
-                                    a.since,
-                                    a.value,
-                                )
-                            })
-                            .collect();
+                        let firing = super::restore::firing_transitions(alerts);
                         for sink in &self.alert_sinks {
                             sink.hand_over(&firing);
                         }

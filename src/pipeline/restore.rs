@@ -62,21 +62,7 @@ pub(super) fn resume_outbox(
 /// fires only from transitions, which a restored alert does not make again.
 /// PagerDuty and webhooks heard of it already and are not told twice.
 pub(super) fn resume_firing(alerts: &AlertsProcessor, sinks: &[AlertSink]) {
-    let firing: Vec<Transition> = alerts
-        .active()
-        .into_iter()
-        .filter(|a| a.state == AlertState::Firing)
-        .filter_map(|a| {
-            alerts.transition(
-                a.alertname,
-                &a.service,
-                &a.environment,
-                AlertState::Firing,
-                a.since,
-                a.value,
-            )
-        })
-        .collect();
+    let firing = firing_transitions(alerts);
     for sink in sinks.iter().filter(|s| s.resends_firing()) {
         for t in &firing {
             sink.send(t);
@@ -172,6 +158,25 @@ pub(super) fn restore_storage(
     );
     let outbox = restored.checkpoint.map(|c| c.outbox).unwrap_or_default();
     Ok((storage, restored.next_segment, kafka_next, outbox))
+}
+
+/// The alerts firing now, as the transitions that made them fire.
+pub(super) fn firing_transitions(alerts: &AlertsProcessor) -> Vec<Transition> {
+    alerts
+        .active()
+        .into_iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .filter_map(|a| {
+            alerts.transition(
+                a.alertname,
+                &a.service,
+                &a.environment,
+                AlertState::Firing,
+                a.since,
+                a.value,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
