@@ -360,7 +360,8 @@ impl Task {
         records: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(Task, Vec<KafkaOffset>), String> {
         let mut task = factory.build_changelogged();
-        let mut events = Vec::new();
+        // Nearly every record of a partition is an event.
+        let mut events = Vec::with_capacity(records.len());
         let mut red = proto::RedState::default();
         let mut alerts = proto::AlertsState::default();
         let mut pruned = None;

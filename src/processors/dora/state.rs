@@ -359,6 +359,9 @@ impl DoraProcessor {
     /// they came, and brings the derived-incident state along with the
     /// derived events among them.
     pub fn replay(&mut self, events: &[DeliveryEvent]) {
+        // A restore replays a whole partition at once: one allocation of
+        // the de-duplication table rather than a dozen rehashes.
+        self.seen.reserve(events.len());
         self.apply(events);
         for event in events {
             let Some(rest) = event.id.strip_prefix("derived:") else {
