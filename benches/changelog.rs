@@ -107,6 +107,17 @@ fn restore(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // A take-over of four partitions of 250 services each (the same
+    // 600,000 events), built on every core as the consumer does.
+    let parts: Vec<(i32, doraflow::pipeline::ChangelogRecords)> =
+        (0..4).map(|p| (p, crate::records(SERVICES / 4))).collect();
+    group.bench_function("restore_600k_history_events_4_partitions", |b| {
+        b.iter_batched(
+            || parts.clone(),
+            |parts| black_box(Task::from_changelogs(&factory, parts)),
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 

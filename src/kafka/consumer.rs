@@ -210,11 +210,26 @@ impl ChangelogSide {
         }
         let mut read = super::changelog::read_partitions(&self.config, &self.link.topic, &full)?;
         let read_seconds = started.elapsed().as_secs_f64();
+        // Records read per partition (overwritten ones too), for the log.
+        let mut counts: HashMap<i32, usize> = HashMap::new();
+        let parts: Vec<(i32, crate::pipeline::ChangelogRecords)> = full
+            .iter()
+            .map(|f| {
+                let records = read.remove(&f.partition).unwrap_or_default();
+                counts.insert(f.partition, records.records);
+                (f.partition, records.pieces)
+            })
+            .collect();
+        let mut built: HashMap<i32, crate::pipeline::Restored> =
+            Task::from_changelogs(&self.link.factory, parts)
+                .into_iter()
+                .collect();
         for f in &full {
             let partition = f.partition;
-            let records = read.remove(&partition).unwrap_or_default();
-            let count = records.records;
-            let (task, offsets) = Task::from_changelog(&self.link.factory, records.pieces)
+            let count = counts.get(&partition).copied().unwrap_or_default();
+            let (task, offsets) = built
+                .remove(&partition)
+                .unwrap_or_else(|| Err("its restore stopped unexpectedly".into()))
                 .map_err(|e| anyhow::anyhow!("partition {partition}: {e}"))?;
             let (done, installed) = oneshot::channel();
             self.link

@@ -27,7 +27,7 @@ mod task;
 
 pub use build::{run, run_with_clock};
 pub use engine::{Ownership, Replayer};
-pub use task::{Task, TaskFactory, fence as task_fence};
+pub use task::{ChangelogRecords, Restored, Task, TaskFactory, fence as task_fence};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

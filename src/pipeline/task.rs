@@ -423,6 +423,67 @@ impl Task {
     }
 }
 
+/// A partition's changelog records, as read: (key, value) pairs.
+pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What [`Task::from_changelog`] gives for one partition.
+pub type Restored = Result<(Task, Vec<KafkaOffset>), String>;
+
+impl Task {
+    /// Builds the tasks of several partitions from their records, as
+    /// [`Task::from_changelog`] does each, on as many threads as there are
+    /// cores (and partitions): a take-over is CPU-bound decoding and
+    /// replay, and the partitions share nothing. The results come in the
+    /// order of `parts`.
+    pub fn from_changelogs(
+        factory: &TaskFactory,
+        parts: Vec<(i32, ChangelogRecords)>,
+    ) -> Vec<(i32, Restored)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(parts.len());
+        if threads <= 1 {
+            return parts
+                .into_iter()
+                .map(|(p, records)| (p, Task::from_changelog(factory, records)))
+                .collect();
+        }
+        // Each thread takes the largest partition left (popped from the
+        // end): the longest one does not start last.
+        let mut queue: Vec<(usize, i32, ChangelogRecords)> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(n, (p, records))| (n, p, records))
+            .collect();
+        queue.sort_by_key(|(_, _, records)| records.len());
+        let queue = std::sync::Mutex::new(queue);
+        let mut done: Vec<(usize, i32, Restored)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut built = Vec::new();
+                        loop {
+                            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                            let Some((n, p, records)) = next else {
+                                return built;
+                            };
+                            built.push((n, p, Task::from_changelog(factory, records)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                // A panic in a restore is a bug; its partitions are missing
+                // from the results, which the caller says as their failure.
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        done.sort_by_key(|(n, _, _)| *n);
+        done.into_iter().map(|(_, p, r)| (p, r)).collect()
+    }
+}
+
 impl Changes {
     fn record_events(&mut self, events: &[DeliveryEvent]) {
         self.events.extend(

@@ -104,6 +104,64 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
+/// A series' (service, environment) as borrowed names: the series maps,
+/// keyed by owned names, are looked up through it without building two
+/// `String`s per look-up (see [`series_name`]).
+trait SeriesName {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl SeriesName for (String, String) {
+    fn parts(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl SeriesName for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SeriesName + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn SeriesName + 'a) {
+        self
+    }
+}
+
+// Ordered, compared and hashed as the tuple of strings is, as `Borrow`
+// requires: field by field, a `String` as its `str`.
+impl PartialEq for dyn SeriesName + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SeriesName + '_ {}
+
+impl PartialOrd for dyn SeriesName + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn SeriesName + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+impl std::hash::Hash for dyn SeriesName + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+/// The look-up key of the series `name` in a map keyed by `(String, String)`.
+fn series_name<'a>(name: &'a (&'a str, &'a str)) -> &'a (dyn SeriesName + 'a) {
+    name
+}
+
 /// A map keyed by fingerprints.
 type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
@@ -523,12 +581,13 @@ impl DoraProcessor {
                 refused += 1;
                 continue;
             }
-            if self.seen.insert(key(&event.id), event.time).is_some() {
+            let id = key(&event.id);
+            if self.seen.insert(id, event.time).is_some() {
                 self.duplicates += 1;
                 continue;
             }
             self.applied += 1;
-            self.apply_one(event);
+            self.apply_one(id, event);
         }
         if refused == 0 {
             return Applied::default();
@@ -560,13 +619,14 @@ impl DoraProcessor {
         };
         !self
             .series
-            .contains_key(&(service.clone(), environment.clone()))
+            .contains_key(series_name(&(service, environment)))
     }
 
-    fn apply_one(&mut self, event: &DeliveryEvent) {
+    /// Applies one event, `id` its id's fingerprint.
+    fn apply_one(&mut self, id: Key, event: &DeliveryEvent) {
         let time = event.time;
         match &event.kind {
-            DeliveryKind::Deployment(d) => self.add_deployment(&event.id, time, d),
+            DeliveryKind::Deployment(d) => self.add_deployment(id, time, d),
             DeliveryKind::Change { change, stage } => {
                 let times = self.changes.entry(key(change)).or_default();
                 match stage {
@@ -595,7 +655,7 @@ impl DoraProcessor {
                 let record = self.incidents.entry(key(incident)).or_default();
                 // Two open events for one incident: the earliest (then the
                 // lower id) says what it affects, whatever arrived first.
-                let rank = (time, key(&event.id));
+                let rank = (time, id);
                 if record.opened_by.is_none_or(|by| rank < by) {
                     record.series = Some((service.clone(), environment.clone()));
                     record.artifact = artifact.as_deref().map(key);
@@ -613,7 +673,7 @@ impl DoraProcessor {
                 environment,
             } => match self.settings.deploy_pipelines.get(pipeline).cloned() {
                 Some((default_service, default_environment)) => self.add_deployment(
-                    &event.id,
+                    id,
                     time,
                     &Deployment {
                         service: service.clone().unwrap_or(default_service),
@@ -644,17 +704,25 @@ impl DoraProcessor {
             .unwrap_or_default()
     }
 
-    fn add_deployment(&mut self, id: &str, time: Nanos, d: &Deployment) {
+    fn add_deployment(&mut self, id: Key, time: Nanos, d: &Deployment) {
         if let Some(kept) = self.new_production.as_mut()
             && self.settings.production.contains(&d.environment)
         {
             kept.push((d.clone(), time));
         }
-        let series_key = (d.service.clone(), d.environment.clone());
-        let history = self.series.entry(series_key).or_default();
+        // Looked up by borrowed names: a new series is the rare case, and
+        // an owned key per event was a fifth of a restore's allocations.
+        let name = (d.service.as_str(), d.environment.as_str());
+        if !self.series.contains_key(series_name(&name)) {
+            self.series
+                .insert((d.service.clone(), d.environment.clone()), Vec::new());
+        }
+        let Some(history) = self.series.get_mut(series_name(&name)) else {
+            return;
+        };
         let record = DeploymentRecord {
             time,
-            order: key(id) as u64,
+            order: id as u64,
             outcome: d.outcome,
             artifact: d.artifact.as_deref().map(key),
             changes: d
@@ -753,10 +821,7 @@ impl DoraProcessor {
             .map(|(s, e)| (s.as_str(), e.as_str()))
             .collect();
         for key in incidents_by_series.keys() {
-            if !self
-                .series
-                .contains_key(&(key.0.to_string(), key.1.to_string()))
-            {
+            if !self.series.contains_key(series_name(key)) {
                 keys.push(*key);
             }
         }
@@ -765,7 +830,7 @@ impl DoraProcessor {
         for (service, environment) in keys {
             let deployments = self
                 .series
-                .get(&(service.to_string(), environment.to_string()))
+                .get(series_name(&(service, environment)))
                 .unwrap_or(&empty);
             let incidents = incidents_by_series
                 .get(&(service, environment))
@@ -876,10 +941,7 @@ impl DoraProcessor {
         keys.dedup();
         keys.iter()
             .map(|&(s, e)| {
-                let deployments = self
-                    .series
-                    .get(&(s.to_string(), e.to_string()))
-                    .unwrap_or(&empty);
+                let deployments = self.series.get(series_name(&(s, e))).unwrap_or(&empty);
                 let incidents = incidents_by_series
                     .get(&(s, e))
                     .map(Vec::as_slice)

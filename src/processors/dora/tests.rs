@@ -739,3 +739,24 @@ fn history_is_pruned_every_sixtieth_of_the_retention_between_10_s_and_an_hour() 
     assert_eq!(every(61 * 60), Duration::from_secs(61));
     assert_eq!(every(300), Duration::from_secs(10));
 }
+
+/// The borrowed look-up of a series finds what the owned key holds, in the
+/// tuple's order and by its hash.
+#[test]
+fn series_found_by_borrowed_names() {
+    let names = [("a", "z"), ("ab", "a"), ("a", "b"), ("", "x"), ("b", "")];
+    let mut ordered = BTreeMap::new();
+    let mut hashed = HashMap::new();
+    for (n, (service, environment)) in names.iter().enumerate() {
+        ordered.insert((service.to_string(), environment.to_string()), n);
+        hashed.insert((service.to_string(), environment.to_string()), n);
+    }
+    for (n, name) in names.iter().enumerate() {
+        assert_eq!(ordered.get(series_name(name)), Some(&n), "{name:?}");
+        assert_eq!(hashed.get(series_name(name)), Some(&n), "{name:?}");
+    }
+    assert_eq!(ordered.get(series_name(&("a", "x"))), None);
+    assert_eq!(hashed.get(series_name(&("ab", ""))), None);
+    let order: Vec<usize> = ordered.values().copied().collect();
+    assert_eq!(order, vec![3, 2, 0, 1, 4]);
+}
