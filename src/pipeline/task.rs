@@ -355,10 +355,7 @@ impl Task {
 
     /// Rebuilds a partition's task from its changelog records (the last
     /// value of each key). Returns it and the input offsets it covers.
-    pub fn from_changelog(
-        factory: &TaskFactory,
-        records: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(Task, Vec<KafkaOffset>), String> {
+    pub fn from_changelog(factory: &TaskFactory, records: ChangelogRecords) -> Restored {
         let mut task = factory.build_changelogged();
         // Nearly every record of a partition is an event.
         let mut events = Vec::with_capacity(records.len());
@@ -433,8 +430,8 @@ impl Task {
     /// Builds the tasks of several partitions from their records, as
     /// [`Task::from_changelog`] does each, on as many threads as there are
     /// cores (and partitions): a take-over is CPU-bound decoding and
-    /// replay, and the partitions share nothing. The results come in the
-    /// order of `parts`.
+    /// replay, and the partitions share nothing. The results come in no
+    /// particular order; a partition whose restore panicked has none.
     pub fn from_changelogs(
         factory: &TaskFactory,
         parts: Vec<(i32, ChangelogRecords)>,
@@ -450,24 +447,20 @@ impl Task {
         }
         // Each thread takes the largest partition left (popped from the
         // end): the longest one does not start last.
-        let mut queue: Vec<(usize, i32, ChangelogRecords)> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(n, (p, records))| (n, p, records))
-            .collect();
-        queue.sort_by_key(|(_, _, records)| records.len());
+        let mut queue = parts;
+        queue.sort_by_key(|(_, records)| records.len());
         let queue = std::sync::Mutex::new(queue);
-        let mut done: Vec<(usize, i32, Restored)> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut built = Vec::new();
                         loop {
                             let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                            let Some((n, p, records)) = next else {
+                            let Some((p, records)) = next else {
                                 return built;
                             };
-                            built.push((n, p, Task::from_changelog(factory, records)));
+                            built.push((p, Task::from_changelog(factory, records)));
                         }
                     })
                 })
@@ -478,9 +471,7 @@ impl Task {
                 // from the results, which the caller says as their failure.
                 .flat_map(|w| w.join().unwrap_or_default())
                 .collect()
-        });
-        done.sort_by_key(|(n, _, _)| *n);
-        done.into_iter().map(|(_, p, r)| (p, r)).collect()
+        })
     }
 }
 

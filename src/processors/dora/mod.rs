@@ -713,12 +713,12 @@ impl DoraProcessor {
         // Looked up by borrowed names: a new series is the rare case, and
         // an owned key per event was a fifth of a restore's allocations.
         let name = (d.service.as_str(), d.environment.as_str());
-        if !self.series.contains_key(series_name(&name)) {
-            self.series
-                .insert((d.service.clone(), d.environment.clone()), Vec::new());
-        }
-        let Some(history) = self.series.get_mut(series_name(&name)) else {
-            return;
+        let history = match self.series.get_mut(series_name(&name)) {
+            Some(history) => history,
+            None => self
+                .series
+                .entry((d.service.clone(), d.environment.clone()))
+                .or_default(),
         };
         let record = DeploymentRecord {
             time,
