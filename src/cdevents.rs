@@ -139,10 +139,19 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
     }
     let kind = match (subject, predicate) {
         ("service", "deployed" | "upgraded" | "rolledback") => {
-            let outcome = if predicate == "rolledback" {
-                DeploymentOutcome::Rollback
-            } else {
-                DeploymentOutcome::Success
+            // `customData.outcome` is doraflow's extension for a deployment
+            // that was attempted and failed (CDEvents has no such event; the
+            // native sources forward failed deployments this way).
+            let outcome = match (predicate, optional_str(event, "customData.outcome")?) {
+                ("rolledback", _) => DeploymentOutcome::Rollback,
+                (_, None | Some("success")) => DeploymentOutcome::Success,
+                (_, Some("failure" | "error")) => DeploymentOutcome::Failure,
+                (_, Some(other)) => {
+                    return Err(error(
+                        "customData.outcome",
+                        format!("`{other}` is not one of success, failure, error"),
+                    ));
+                }
             };
             DeliveryKind::Deployment(Deployment {
                 service: service_name(required_str(event, "subject.id")?).to_string(),
@@ -151,6 +160,15 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 outcome,
                 changes: linked_changes(event)?,
             })
+        }
+        // A revision of a repository (a push): doraflow's extension, which
+        // the native sources forward and read back.
+        ("change", "merged") if at(event, "customData.revision").is_some() => {
+            DeliveryKind::Revision {
+                revision: required_str(event, "customData.revision")?.to_string(),
+                parent: optional_str(event, "customData.parent")?.map(str::to_string),
+                changes: linked_changes(event)?,
+            }
         }
         ("change", "created" | "merged") => DeliveryKind::Change {
             change: required_str(event, "subject.id")?.to_string(),
@@ -170,6 +188,15 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 None => DeliveryKind::Other {
                     event_type: format!("{subject}.{predicate}"),
                 },
+            }
+        }
+        // doraflow's extension for a resolved incident opened again, as
+        // PagerDuty's `incident.reopened` is forwarded.
+        ("incident", "detected" | "reported")
+            if at(event, "customData.reopened") == Some(&Value::Bool(true)) =>
+        {
+            DeliveryKind::IncidentReopened {
+                incident: required_str(event, "subject.id")?.to_string(),
             }
         }
         ("incident", "detected" | "reported") => DeliveryKind::IncidentOpened {
@@ -224,7 +251,8 @@ fn split_type(event_type: &str) -> Result<(&str, &str), EventError> {
     }
 }
 
-/// `customData.changes: [{"id": ..., "timestamp": ...}]` on a deployment.
+/// `customData.changes: [{"id": ..., "timestamp": ...}]` on a deployment
+/// or a revision.
 fn linked_changes(event: &Value) -> Result<Vec<LinkedChange>, EventError> {
     let Some(changes) = at(event, "customData.changes") else {
         return Ok(Vec::new());

@@ -62,6 +62,9 @@ async fn every_conformance_vector_is_accepted() {
             }
             DeliveryKind::PipelineFailed { .. } => "pipelinerun",
             DeliveryKind::Other { .. } => "other",
+            // doraflow's extensions (customData.revision, customData.reopened):
+            // never in a standard vector.
+            DeliveryKind::Revision { .. } | DeliveryKind::IncidentReopened { .. } => "extension",
         };
         let want = match name.as_ref() {
             "service_deployed" | "service_upgraded" | "service_rolledback" => "deployment",

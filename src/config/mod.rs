@@ -238,6 +238,15 @@ pub struct WebhookReceiverConfig {
     /// Default 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// GitHub's own webhooks on `POST /github`. Default: off.
+    #[serde(default)]
+    pub github: Option<crate::receivers::sources::github::GithubConfig>,
+    /// PagerDuty's Webhooks v3 on `POST /pagerduty`. Default: off.
+    #[serde(default)]
+    pub pagerduty: Option<crate::receivers::sources::pagerduty::PagerdutyConfig>,
+    /// Alertmanager's webhook on `POST /alertmanager`. Default: off.
+    #[serde(default)]
+    pub alertmanager: Option<crate::receivers::sources::alertmanager::AlertmanagerSourceConfig>,
 }
 
 fn default_webhook_endpoint() -> String {

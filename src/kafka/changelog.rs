@@ -121,6 +121,12 @@ impl ChangelogWriter {
         durable: DurableOffsets,
     ) -> anyhow::Result<ChangelogWriter> {
         let mut client = ClientConfig::new();
+        // lz4 rather than zstd: the changelog is written on the consume
+        // path, and zstd's CPU cost there was a measured 20% of the
+        // spans per CPU-second (BENCHMARKS.md); lz4 keeps most of the
+        // size saving for a fraction of it. The user's settings may
+        // override both.
+        client.set("compression.type", "lz4").set("linger.ms", "5");
         for (key, value) in &config.settings {
             client.set(key, value);
         }
@@ -138,8 +144,6 @@ impl ChangelogWriter {
             .set("client.id", format!("{}-changelog", config.client_id))
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
             .create_with_context(WriterContext {
                 written: written.clone(),
             })

@@ -37,6 +37,18 @@ pub enum DeliveryKind {
         /// The change it contains (`content.change.id`).
         change: String,
     },
+    /// A source revision and the commits it brought, from a push (GitHub,
+    /// GitLab) or a `change.merged` CDEvent with `customData.revision`. A
+    /// deployment naming the revision as its artifact deploys these
+    /// changes and, through `parent`, those of the revisions before it.
+    Revision {
+        /// The revision's id (e.g. `pkg:github/owner/repo@<sha>`).
+        revision: String,
+        /// The revision it follows (the push's `before`), if known.
+        parent: Option<String>,
+        /// The commits it added, with their times.
+        changes: Vec<LinkedChange>,
+    },
     /// An incident opened (`incident.detected`, `incident.reported`).
     IncidentOpened {
         /// The incident's id (`subject.id`).
@@ -50,6 +62,13 @@ pub enum DeliveryKind {
     },
     /// An incident was resolved (`incident.resolved`).
     IncidentResolved {
+        /// The incident's id (`subject.id`).
+        incident: String,
+    },
+    /// A resolved incident opened again (PagerDuty's `incident.reopened`;
+    /// `incident.reported` with `customData.reopened: true`): service was
+    /// not restored by the resolution before it.
+    IncidentReopened {
         /// The incident's id (`subject.id`).
         incident: String,
     },

@@ -10,6 +10,7 @@
 mod listener;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod sources;
 pub mod webhook;
 
 use metrics::counter;

@@ -40,6 +40,7 @@ struct Webhook {
 pub fn router(sink: PipelineSink, config: &WebhookReceiverConfig) -> Router {
     let max_body = config.max_request_body_size_mib * 1024 * 1024;
     let admission = Admission::new(sink.clone(), config.max_concurrent_requests, max_body);
+    let native = super::sources::router(sink.clone(), admission.clone(), max_body, config);
     Router::new()
         .route("/cdevents", post(receive))
         .with_state(Webhook {
@@ -49,6 +50,7 @@ pub fn router(sink: PipelineSink, config: &WebhookReceiverConfig) -> Router {
             signature: config.signature.clone(),
             max_body,
         })
+        .merge(native)
 }
 
 /// Serves `POST /cdevents` on `listener` until `stop` is cancelled.
@@ -66,13 +68,18 @@ pub async fn serve(
     super::serve_http(listener, app, config.tls.as_ref(), limits, stop).await
 }
 
-fn answer(code: StatusCode, body: Value) -> Response {
+pub(super) fn answer(code: StatusCode, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
 /// 401: nothing read is applied.
 fn unauthorized(problem: &str) -> Response {
-    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "unauthenticated")
+    unauthorized_on("webhook", problem)
+}
+
+/// 401 on `receiver`'s route: nothing read is applied.
+pub(super) fn unauthorized_on(receiver: &'static str, problem: &str) -> Response {
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "unauthenticated")
         .increment(1);
     let mut response = answer(StatusCode::UNAUTHORIZED, json!({ "error": problem }));
     response
@@ -81,7 +88,7 @@ fn unauthorized(problem: &str) -> Response {
     response
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -131,7 +138,7 @@ pub fn verify(
 }
 
 /// 64 hex digits to 32 bytes.
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+pub(super) fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if hex.len() != 64 {
         return None;
     }
@@ -143,11 +150,59 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 }
 
 fn refuse(reason: &'static str, message: String) -> Response {
-    counter!(instruments::RECEIVER_REFUSED, "receiver" => "webhook", "reason" => reason)
+    refuse_on("webhook", reason, message)
+}
+
+/// 400 on `receiver`'s route, counted under `reason`.
+pub(super) fn refuse_on(receiver: &'static str, reason: &'static str, message: String) -> Response {
+    counter!(instruments::RECEIVER_REFUSED, "receiver" => receiver, "reason" => reason)
         .increment(1);
-    counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => reason)
+    counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => reason)
         .increment(1);
     answer(StatusCode::BAD_REQUEST, json!({ "error": message }))
+}
+
+/// Admits a request on `receiver`'s route and reads its body whole, or
+/// answers why not (429 under back-pressure, 413, 400).
+pub(super) async fn admit_and_read(
+    receiver: &'static str,
+    admission: &Admission,
+    body: Body,
+    max_body: usize,
+) -> Result<(Bytes, super::Admitted), Response> {
+    // Refused before the body is read: memory short, or enough in flight.
+    let Some(admitted) = admission.admit() else {
+        counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "backpressure")
+            .increment(1);
+        let mut response = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "error": "too many requests in flight or memory short; retry later" }),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return Err(response);
+    };
+    match read_body(body, max_body).await {
+        Ok(bytes) => Ok((bytes, admitted)),
+        Err(BodyError::TooLarge) => {
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "too_large")
+                .increment(1);
+            Err(answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("body larger than {max_body} bytes") }),
+            ))
+        }
+        Err(BodyError::Incomplete(e)) => {
+            tracing::debug!(receiver, error = %e, "webhook request body broke off");
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "incomplete")
+                .increment(1);
+            Err(answer(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("the request body could not be read whole: {e}") }),
+            ))
+        }
+    }
 }
 
 async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body) -> Response {
@@ -173,39 +228,11 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
     if !authorized(webhook.auth.as_ref().map(|a| &a.bearer_token), &headers) {
         return unauthorized("a valid bearer token is required");
     }
-    // Refused before the body is read: memory short, or enough in flight.
-    let Some(_admitted) = webhook.admission.admit() else {
-        counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "backpressure")
-            .increment(1);
-        let mut response = answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({ "error": "too many requests in flight or memory short; retry later" }),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        return response;
-    };
-    let bytes = match read_body(body, webhook.max_body).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
-            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "too_large")
-                .increment(1);
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": format!("body larger than {} bytes", webhook.max_body) }),
-            );
-        }
-        Err(BodyError::Incomplete(e)) => {
-            tracing::debug!(error = %e, "webhook request body broke off");
-            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "incomplete")
-                .increment(1);
-            return answer(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": format!("the request body could not be read whole: {e}") }),
-            );
-        }
-    };
+    let (bytes, _admitted) =
+        match admit_and_read("webhook", &webhook.admission, body, webhook.max_body).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
     if let Some(signature) = &webhook.signature
         && let Err(problem) = verify(signature, &headers, &bytes, unix_now())
     {
@@ -222,11 +249,22 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
         Ok(decoded) => decoded,
         Err(e) => return refuse("malformed", e.to_string()),
     };
-    let forward = webhook.sink.forwards().then(|| {
+    submit("webhook", &webhook.sink, events, &values).await
+}
+
+/// Applies `events` (decoded from `values`, forwarded as they are) and
+/// answers 202 with what was accepted, or 429/503 with `Retry-After`.
+pub(super) async fn submit(
+    receiver: &'static str,
+    sink: &PipelineSink,
+    events: Vec<crate::model::delivery::DeliveryEvent>,
+    values: &[Value],
+) -> Response {
+    let forward = sink.forwards().then(|| {
         Forward::Events(
             events
                 .iter()
-                .zip(&values)
+                .zip(values)
                 .map(|(event, value)| ForwardEvent {
                     key: cdevents::forward_key(value, event),
                     json: Bytes::from(value.to_string()),
@@ -235,14 +273,14 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
         )
     });
     let count = events.len() as u64;
-    match webhook
-        .sink
+    match sink
         .submit_forwarding(Telemetry::Delivery(events), forward)
         .await
     {
         Ok(applied) => {
-            counter!(instruments::RECEIVER_ACCEPTED, "receiver" => "webhook", "transport" => "http", "signal" => "events").increment(count - applied.refused);
-            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => "success").increment(1);
+            counter!(instruments::RECEIVER_ACCEPTED, "receiver" => receiver, "transport" => "http", "signal" => "events").increment(count - applied.refused);
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "success")
+                .increment(1);
             answer(
                 StatusCode::ACCEPTED,
                 json!({ "accepted": count - applied.refused, "refused": applied.refused, "message": applied.reason }),
@@ -253,9 +291,9 @@ async fn receive(State(webhook): State<Webhook>, headers: HeaderMap, body: Body)
                 SubmitError::Full => (StatusCode::TOO_MANY_REQUESTS, "backpressure"),
                 SubmitError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             };
-            counter!(instruments::RECEIVER_REFUSED, "receiver" => "webhook", "reason" => reason)
+            counter!(instruments::RECEIVER_REFUSED, "receiver" => receiver, "reason" => reason)
                 .increment(count);
-            counter!(instruments::RECEIVER_REQUESTS, "receiver" => "webhook", "result" => reason)
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => reason)
                 .increment(1);
             let mut response = answer(code, json!({ "error": e.to_string() }));
             response

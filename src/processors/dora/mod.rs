@@ -187,7 +187,25 @@ struct Incident {
     /// (time, event id) of the open event that set `series` and `artifact`.
     opened_by: Option<(Nanos, Key)>,
     opened: Option<Nanos>,
+    /// The earliest resolution.
     resolved: Option<Nanos>,
+    /// The latest resolution and the latest reopening (PagerDuty's
+    /// `incident.reopened`), kept only once an incident is reopened.
+    last_resolved: Option<Nanos>,
+    reopened: Option<Nanos>,
+}
+
+impl Incident {
+    /// When service was restored: the earliest resolution, or for a
+    /// reopened incident the resolution after the reopening (none while it
+    /// is open again). A reopening means service was not restored, so the
+    /// time to restore runs from the first opening to the last resolution.
+    fn restored(&self) -> Option<Nanos> {
+        match self.reopened {
+            None => self.resolved,
+            Some(reopened) => self.last_resolved.filter(|&r| r >= reopened),
+        }
+    }
 }
 
 /// Created and merged times of a change.
@@ -494,6 +512,9 @@ pub struct DoraProcessor {
     changes: KeyMap<ChangeTimes>,
     /// Artifact → (time of its latest link event, its changes).
     artifact_changes: KeyMap<(Nanos, Vec<Key>)>,
+    /// Revision → the revision it follows (a push's `before`); kept while
+    /// the revision is in `artifact_changes`.
+    revision_parents: KeyMap<Key>,
     /// What pruning took out of each series.
     baselines: HashMap<(String, String), Baseline>,
     /// Events older than this are dropped: their ids may have been pruned.
@@ -543,6 +564,7 @@ impl DoraProcessor {
             seen: KeyMap::default(),
             changes: KeyMap::default(),
             artifact_changes: KeyMap::default(),
+            revision_parents: KeyMap::default(),
             baselines: HashMap::new(),
             horizon: Nanos::MIN,
             new_production: None,
@@ -646,6 +668,30 @@ impl DoraProcessor {
                     changes.push(change);
                 }
             }
+            DeliveryKind::Revision {
+                revision,
+                parent,
+                changes,
+            } => {
+                let (linked, linked_changes) = self
+                    .artifact_changes
+                    .entry(key(revision))
+                    .or_insert_with(|| (time, Vec::with_capacity(changes.len())));
+                *linked = (*linked).max(time);
+                for change in changes {
+                    let change_key = key(&change.id);
+                    if let Some(at) = change.time {
+                        let times = self.changes.entry(change_key).or_default();
+                        times.created = min_option(times.created, at);
+                    }
+                    if !linked_changes.contains(&change_key) {
+                        linked_changes.push(change_key);
+                    }
+                }
+                if let Some(parent) = parent {
+                    self.revision_parents.insert(key(revision), key(parent));
+                }
+            }
             DeliveryKind::IncidentOpened {
                 incident,
                 service,
@@ -666,6 +712,11 @@ impl DoraProcessor {
             DeliveryKind::IncidentResolved { incident } => {
                 let record = self.incidents.entry(key(incident)).or_default();
                 record.resolved = min_option(record.resolved, time);
+                record.last_resolved = Some(record.last_resolved.map_or(time, |r| r.max(time)));
+            }
+            DeliveryKind::IncidentReopened { incident } => {
+                let record = self.incidents.entry(key(incident)).or_default();
+                record.reopened = Some(record.reopened.map_or(time, |r| r.max(time)));
             }
             DeliveryKind::PipelineFailed {
                 pipeline,
@@ -1004,16 +1055,33 @@ impl DoraProcessor {
 
         // First successful deployment of each change, with its lead time.
         let mut first_deployed: KeyMap<(Nanos, Option<Nanos>)> = KeyMap::default();
+        // Revisions whose changes an earlier deployment of the series
+        // already took (with their ancestors): the walk stops there, so each
+        // revision is read once per series however long the history.
+        let mut reached: KeyMap<()> = KeyMap::default();
+        let mut artifacts: Vec<Key> = Vec::new();
         for d in deployments
             .iter()
             .filter(|d| d.outcome == DeploymentOutcome::Success)
         {
-            let via_artifact = d
-                .artifact
-                .and_then(|a| self.artifact_changes.get(&a))
-                .map(|(_, changes)| changes)
-                .into_iter()
-                .flatten()
+            artifacts.clear();
+            let mut next = d.artifact;
+            while let Some(artifact) = next {
+                if self.revision_parents.is_empty() {
+                    // No revision graph (CDEvents artifacts only): no walk.
+                    artifacts.push(artifact);
+                    break;
+                }
+                if reached.insert(artifact, ()).is_some() {
+                    break;
+                }
+                artifacts.push(artifact);
+                next = self.revision_parents.get(&artifact).copied();
+            }
+            let via_artifact = artifacts
+                .iter()
+                .filter_map(|a| self.artifact_changes.get(a))
+                .flat_map(|(_, changes)| changes)
                 .map(|&change| (change, None));
             for (change, linked_time) in d.changes.iter().copied().chain(via_artifact) {
                 let known = self.changes.get(&change).and_then(ChangeTimes::time);
@@ -1032,7 +1100,7 @@ impl DoraProcessor {
 
         let mut incident_durations: Vec<(Nanos, Nanos)> = incidents
             .iter()
-            .filter_map(|i| match (i.opened, i.resolved) {
+            .filter_map(|i| match (i.opened, i.restored()) {
                 (Some(o), Some(r)) => Some((r, (r - o).max(0))),
                 _ => None,
             })
@@ -1056,7 +1124,7 @@ impl DoraProcessor {
                 } else {
                     failing_incidents[i]
                         .iter()
-                        .map(|inc| inc.resolved)
+                        .map(|inc| inc.restored())
                         .collect::<Option<Vec<_>>>()
                         .and_then(|times| times.into_iter().max())
                 };
@@ -1221,7 +1289,7 @@ impl DoraProcessor {
         }
         let open: Vec<Nanos> = incidents
             .iter()
-            .filter(|i| i.opened.is_some_and(|o| o <= now) && i.resolved.is_none_or(|r| r > now))
+            .filter(|i| i.opened.is_some_and(|o| o <= now) && i.restored().is_none_or(|r| r > now))
             .filter_map(|i| i.opened)
             .collect();
         SeriesFigures {
@@ -1276,13 +1344,16 @@ impl DoraProcessor {
         }
         self.series.retain(|_, history| !history.is_empty());
         self.incidents.retain(|_, i| {
-            i.resolved.is_none_or(|r| r >= cutoff)
-                && (i.opened.is_some() || i.resolved.is_some_and(|r| r >= cutoff))
+            i.restored().is_none_or(|r| r >= cutoff)
+                && (i.opened.is_some() || i.restored().is_some_and(|r| r >= cutoff))
         });
         self.changes
             .retain(|_, c| c.created.max(c.merged).is_some_and(|t| t >= cutoff));
         self.artifact_changes
             .retain(|_, (linked, _)| *linked >= cutoff);
+        let artifacts = &self.artifact_changes;
+        self.revision_parents
+            .retain(|revision, _| artifacts.contains_key(revision));
         match self.forgotten.as_mut() {
             Some(forgotten) => self.seen.retain(|id, time| {
                 let keep = *time >= cutoff;
@@ -1348,7 +1419,7 @@ impl DoraProcessor {
             let (Some(series), Some(opened)) = (&incident.series, incident.opened) else {
                 continue;
             };
-            if opened <= now && incident.resolved.is_none_or(|r| r > now) {
+            if opened <= now && incident.restored().is_none_or(|r| r > now) {
                 let oldest = &mut facts
                     .entry(series.clone())
                     .or_default()

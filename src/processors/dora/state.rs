@@ -118,6 +118,7 @@ impl DoraProcessor {
                     artifact: Some(to_key(*artifact)),
                     linked_ns: *linked,
                     changes: changes.iter().map(|c| to_key(*c)).collect(),
+                    parent: self.revision_parents.get(artifact).map(|p| to_key(*p)),
                 })
                 .collect(),
             baselines: self.baseline_records(),
@@ -161,6 +162,9 @@ impl DoraProcessor {
                     opened_by_event: i.opened_by.map(|b| to_key(b.1)),
                     opened_ns: i.opened,
                     resolved_ns: i.resolved,
+                    // Kept where it differs from the earliest resolution.
+                    last_resolved_ns: i.last_resolved.filter(|&l| Some(l) != i.resolved),
+                    reopened_ns: i.reopened,
                 })
                 .collect(),
             derived: self
@@ -227,16 +231,18 @@ impl DoraProcessor {
             );
         }
         let mut artifact_changes = KeyMap::default();
+        let mut revision_parents = KeyMap::default();
         for a in &state.artifacts {
             let linked = a
                 .changes
                 .iter()
                 .map(|c| from_key(Some(c), "an artifact's change"))
                 .collect::<Result<Vec<_>, _>>()?;
-            artifact_changes.insert(
-                from_key(a.artifact.as_ref(), "an artifact")?,
-                (a.linked_ns, linked),
-            );
+            let artifact = from_key(a.artifact.as_ref(), "an artifact")?;
+            if let Some(parent) = &a.parent {
+                revision_parents.insert(artifact, from_key(Some(parent), "a revision's parent")?);
+            }
+            artifact_changes.insert(artifact, (a.linked_ns, linked));
         }
         let mut baselines = HashMap::new();
         for b in &state.baselines {
@@ -324,6 +330,8 @@ impl DoraProcessor {
                     opened_by,
                     opened: i.opened_ns,
                     resolved: i.resolved_ns,
+                    last_resolved: i.last_resolved_ns.or(i.resolved_ns),
+                    reopened: i.reopened_ns,
                 },
             );
         }
@@ -343,6 +351,7 @@ impl DoraProcessor {
         self.seen = seen;
         self.changes = changes;
         self.artifact_changes = artifact_changes;
+        self.revision_parents = revision_parents;
         self.baselines = baselines;
         self.horizon = state.horizon_ns.unwrap_or(i64::MIN);
         self.series = series;
@@ -432,7 +441,23 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             environment: environment.clone(),
             artifact: artifact.clone(),
         }),
+        DeliveryKind::Revision {
+            revision,
+            parent,
+            changes,
+        } => Kind::Revision(proto::RevisionEvent {
+            revision: revision.clone(),
+            parent: parent.clone(),
+            changes: changes
+                .iter()
+                .map(|c| proto::LinkedChangeEvent {
+                    id: c.id.clone(),
+                    time_ns: c.time,
+                })
+                .collect(),
+        }),
         DeliveryKind::IncidentResolved { incident } => Kind::IncidentResolved(incident.clone()),
+        DeliveryKind::IncidentReopened { incident } => Kind::IncidentReopened(incident.clone()),
         DeliveryKind::PipelineFailed {
             pipeline,
             service,
@@ -486,7 +511,20 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
             environment: i.environment,
             artifact: i.artifact,
         },
+        Some(Kind::Revision(r)) => DeliveryKind::Revision {
+            revision: r.revision,
+            parent: r.parent,
+            changes: r
+                .changes
+                .into_iter()
+                .map(|c| LinkedChange {
+                    id: c.id,
+                    time: c.time_ns,
+                })
+                .collect(),
+        },
         Some(Kind::IncidentResolved(incident)) => DeliveryKind::IncidentResolved { incident },
+        Some(Kind::IncidentReopened(incident)) => DeliveryKind::IncidentReopened { incident },
         Some(Kind::PipelineFailed(p)) => DeliveryKind::PipelineFailed {
             pipeline: p.pipeline,
             service: p.service,

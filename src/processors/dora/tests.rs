@@ -760,3 +760,122 @@ fn series_found_by_borrowed_names() {
     let order: Vec<usize> = ordered.values().copied().collect();
     assert_eq!(order, vec![3, 2, 0, 1, 4]);
 }
+
+fn revision(
+    id: &str,
+    time: Nanos,
+    rev: &str,
+    parent: Option<&str>,
+    commits: &[(&str, Nanos)],
+) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::Revision {
+            revision: rev.into(),
+            parent: parent.map(Into::into),
+            changes: commits
+                .iter()
+                .map(|(c, at)| LinkedChange {
+                    id: (*c).into(),
+                    time: Some(*at),
+                })
+                .collect(),
+        },
+    )
+}
+
+fn reopened(id: &str, time: Nanos, incident: &str) -> DeliveryEvent {
+    event(
+        id,
+        time,
+        DeliveryKind::IncidentReopened {
+            incident: incident.into(),
+        },
+    )
+}
+
+/// Pushes r1 (c1 @d1 0h, c2 @d1 2h), r2 after r1 (c3 @d2 0h), r3 after r2
+/// (c4 @d3 0h). Production deploys r2 @d2 6h (takes c3 and, through r1,
+/// c1 and c2: lead 6h, 28h, 30h), fails r3 @d3 1h, deploys r3 @d3 4h (c4:
+/// 4h; the walk stops at r2). Staging deploys r3 @d3 2h: c1..c4, first time.
+/// Incident i1 opens @d4 0h, resolves @d4 1h, is reopened @d4 2h and
+/// resolves again @d4 5h: restored after 5h, not 1h.
+fn pushed_and_reopened() -> Vec<DeliveryEvent> {
+    vec![
+        revision(
+            "p1",
+            t(1, 2),
+            "r1",
+            None,
+            &[("c1", t(1, 0)), ("c2", t(1, 2))],
+        ),
+        revision("p2", t(2, 0), "r2", Some("r1"), &[("c3", t(2, 0))]),
+        revision("p3", t(3, 0), "r3", Some("r2"), &[("c4", t(3, 0))]),
+        deploy("d1", t(2, 6), "production", "r2", Success),
+        deploy(
+            "d2",
+            t(3, 1),
+            "production",
+            "r3",
+            DeploymentOutcome::Failure,
+        ),
+        deploy("d3", t(3, 4), "production", "r3", Success),
+        deploy("s1", t(3, 2), "staging", "r3", Success),
+        opened("i1-open", t(4, 0), "i1", None),
+        resolved("i1-res", t(4, 1), "i1"),
+        reopened("i1-reopen", t(4, 2), "i1"),
+        resolved("i1-res2", t(4, 5), "i1"),
+    ]
+}
+
+#[test]
+fn a_deployed_revision_takes_the_commits_of_the_revisions_before_it() {
+    let mut dora = DoraProcessor::new(&config());
+    dora.apply(&pushed_and_reopened());
+    let snapshot = dora.snapshot(t(6, 0));
+    let week = &production(&snapshot).windows[0];
+    // Lead times 4h, 6h, 28h, 30h: mean 17h, p50 6h, p95 30h.
+    assert_eq!(week.lead_time.mean, Some(17.0 * 3_600.0));
+    assert_eq!(week.lead_time.p50, Some(6.0 * 3_600.0));
+    assert_eq!(week.lead_time.p95, Some(30.0 * 3_600.0));
+    let staging = snapshot
+        .series
+        .iter()
+        .find(|s| s.environment == "staging")
+        .unwrap();
+    // c4 2h, c3 26h, c2 48h, c1 50h: mean 31.5h.
+    assert_eq!(staging.windows[0].lead_time.mean, Some(31.5 * 3_600.0));
+    // The reopened incident: restored at the resolution after the reopening.
+    assert_eq!(week.time_to_restore.mean, Some(5.0 * 3_600.0));
+    assert_eq!(production(&snapshot).open_incidents, 0);
+    // Between the reopening and the second resolution it is open.
+    let during = dora.snapshot(t(4, 3));
+    assert_eq!(production(&during).open_incidents, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn revisions_and_reopenings_in_any_order_and_through_a_checkpoint(
+        order in Just(pushed_and_reopened()).prop_shuffle(),
+        split in 0usize..11,
+    ) {
+        let mut expected = DoraProcessor::new(&config());
+        expected.apply(&pushed_and_reopened());
+        let mut before = DoraProcessor::new(&config());
+        before.apply(&order[..split]);
+        let mut after = through_checkpoint(&before, &config());
+        after.apply(&order[split..]);
+        let (a, b) = (expected.snapshot(t(6, 0)), after.snapshot(t(6, 0)));
+        prop_assert_eq!(a.series, b.series);
+    }
+}
+
+#[test]
+fn revision_and_reopen_records_give_back_the_events() {
+    for e in pushed_and_reopened() {
+        let back = super::state::from_event_record(super::state::event_record(&e)).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,505 @@
+//! Native sources on the webhook listener: the services' own webhooks,
+//! each translated into the CDEvents it means and applied as if those had
+//! come to `POST /cdevents`.
+//!
+//! - [`github`]: `POST /github` (deployments, deploy workflows, pushes,
+//!   merged pull requests).
+//! - [`pagerduty`]: `POST /pagerduty` (incidents, Webhooks v3).
+//! - [`alertmanager`]: `POST /alertmanager` (alerts as incidents).
+//!
+//! Translating into CDEvents rather than straight into the model is what
+//! keeps the tiers one: a sidecar forwards on its Kafka exporter exactly
+//! the events it applied, keyed by service, and the cluster tier reads them
+//! as any other CDEvents. The event ids are the source's own ids of the
+//! fact (a deployment status id, a pushed revision, a pull request), not of
+//! the delivery: a redelivery and the same fact sent by a second hook (the
+//! repository's and the organisation's) are one event.
+
+pub mod alertmanager;
+pub mod github;
+pub mod pagerduty;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use metrics::counter;
+use serde_json::{Value, json};
+
+use super::Admission;
+use super::webhook::{admit_and_read, answer, refuse_on, submit, unauthorized_on};
+use crate::config::{Secret, WebhookReceiverConfig};
+use crate::instruments;
+use crate::pipeline::PipelineSink;
+
+/// What a source made of one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// CDEvents to apply (and forward).
+    Events(Vec<Value>),
+    /// A well-formed delivery doraflow has no use for: accepted, counted
+    /// and otherwise ignored; says what it was.
+    Ignored(String),
+    /// Answered and nothing applied (GitHub's `ping`).
+    Pong(Value),
+}
+
+/// A field doraflow needs that a payload lacks or has wrong: a 400 naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    /// The field's path in the payload, e.g. `deployment.sha`.
+    pub field: String,
+    /// What was wrong with it.
+    pub problem: String,
+}
+
+fn field_error(field: &str, problem: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Follows `path` (dot-separated) from `root`.
+fn at<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(root, |v, key| v.get(key))
+}
+
+/// The string at `path`, required and non-empty.
+fn text<'a>(root: &'a Value, path: &str) -> Result<&'a str, FieldError> {
+    match at(root, path) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(field_error(path, "empty")),
+        None | Some(Value::Null) => Err(field_error(path, "missing")),
+        Some(_) => Err(field_error(path, "expected a string")),
+    }
+}
+
+/// The string at `path` if there is a non-empty one.
+fn optional_text<'a>(root: &'a Value, path: &str) -> Option<&'a str> {
+    at(root, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// An id at `path`: a number or a non-empty string, as text.
+fn id_text(root: &Value, path: &str) -> Result<String, FieldError> {
+    match at(root, path) {
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        None | Some(Value::Null) => Err(field_error(path, "missing")),
+        Some(_) => Err(field_error(path, "expected a number or a string")),
+    }
+}
+
+/// A timestamp at `path` in any form these services write, as RFC 3339 in
+/// UTC: RFC 3339 (`2019-05-15T15:20:55Z`, `...-05:00`), GitLab's
+/// `2021-04-28 21:50:00 +0200` and `2016-08-12 15:23:28 UTC`.
+fn time(root: &Value, path: &str) -> Result<String, FieldError> {
+    let raw = text(root, path)?;
+    parse_time(raw).ok_or_else(|| {
+        field_error(
+            path,
+            format!("`{raw}` is not a timestamp (RFC 3339, or `YYYY-MM-DD hh:mm:ss +hhmm|UTC`)"),
+        )
+    })
+}
+
+fn parse_time(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let at: DateTime<Utc> = DateTime::parse_from_rfc3339(raw)
+        .or_else(|_| DateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S %z"))
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            let local = raw.strip_suffix(" UTC")?;
+            NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S")
+                .ok()
+                .map(|t| t.and_utc())
+        })?;
+    Some(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// Repository → service: the configured table (by full path, then by
+/// name), else the repository's name.
+fn mapped_service(
+    services: &std::collections::BTreeMap<String, String>,
+    full_name: &str,
+    name: &str,
+) -> String {
+    services
+        .get(full_name)
+        .or_else(|| services.get(name))
+        .cloned()
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// The CDEvents a source emits, in the v0.4.1 shape. `customData.service`
+/// is on every one: it keys the event on the Kafka exporter, so a
+/// revision lands in the partition of the deployments that use it.
+mod emit {
+    use serde_json::{Value, json};
+
+    fn context(id: &str, source: &str, event_type: &str, time: &str) -> Value {
+        json!({
+            "version": "0.4.1",
+            "id": id,
+            "source": source,
+            "type": event_type,
+            "timestamp": time,
+        })
+    }
+
+    /// A deployment of `service` to `environment`; `failed` adds
+    /// doraflow's `customData.outcome: failure`.
+    pub fn deployment(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        environment: &str,
+        artifact: Option<&str>,
+        failed: bool,
+    ) -> Value {
+        let mut content = json!({ "environment": { "id": environment } });
+        if let Some(artifact) = artifact {
+            content["artifactId"] = json!(artifact);
+        }
+        let mut custom = json!({ "service": service });
+        if failed {
+            custom["outcome"] = json!("failure");
+        }
+        json!({
+            "context": context(id, source, "dev.cdevents.service.deployed.0.2.0", time),
+            "subject": { "id": service, "source": source, "type": "service", "content": content },
+            "customData": custom,
+            "customDataContentType": "application/json",
+        })
+    }
+
+    /// A revision of `repository` (a push), with the commits it added and
+    /// the revision before it: a `change.merged` of the head commit with
+    /// the graph in `customData`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn revision(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        repository: &str,
+        revision: &str,
+        parent: Option<&str>,
+        commits: &[(String, String)],
+    ) -> Value {
+        let changes: Vec<Value> = commits
+            .iter()
+            .map(|(id, time)| json!({ "id": id, "timestamp": time }))
+            .collect();
+        let mut custom = json!({ "service": service, "revision": revision, "changes": changes });
+        if let Some(parent) = parent {
+            custom["parent"] = json!(parent);
+        }
+        json!({
+            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
+            "subject": {
+                "id": revision,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": custom,
+            "customDataContentType": "application/json",
+        })
+    }
+
+    /// An incident of `service` in `environment` opened (or, `reopened`,
+    /// opened again: doraflow's `customData.reopened`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn incident_opened(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        environment: &str,
+        incident: &str,
+        description: Option<&str>,
+        reopened: bool,
+    ) -> Value {
+        let mut content = json!({
+            "environment": { "id": environment },
+            "service": { "id": service },
+        });
+        if let Some(description) = description {
+            content["description"] = json!(description);
+        }
+        let mut custom = json!({ "service": service });
+        if reopened {
+            custom["reopened"] = json!(true);
+        }
+        let predicate = if reopened { "reported" } else { "detected" };
+        json!({
+            "context": context(id, source, &format!("dev.cdevents.incident.{predicate}.0.2.0"), time),
+            "subject": { "id": incident, "source": source, "type": "incident", "content": content },
+            "customData": custom,
+            "customDataContentType": "application/json",
+        })
+    }
+
+    /// An incident resolved.
+    pub fn incident_resolved(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        environment: &str,
+        incident: &str,
+    ) -> Value {
+        json!({
+            "context": context(id, source, "dev.cdevents.incident.resolved.0.2.0", time),
+            "subject": {
+                "id": incident,
+                "source": source,
+                "type": "incident",
+                "content": { "environment": { "id": environment }, "service": { "id": service } },
+            },
+            "customData": { "service": service },
+            "customDataContentType": "application/json",
+        })
+    }
+
+    /// A change (a merged pull request's merge commit) created at `time`.
+    pub fn change_created(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        repository: &str,
+        change: &str,
+    ) -> Value {
+        json!({
+            "context": context(id, source, "dev.cdevents.change.created.0.3.0", time),
+            "subject": {
+                "id": change,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": { "service": service },
+            "customDataContentType": "application/json",
+        })
+    }
+}
+
+/// HMAC-SHA256 of `body` under `secret`, compared in constant time with
+/// the hex digest `given` (which may carry a `sha256=` prefix).
+fn hmac_matches(secret: &Secret, body: &[u8], given_hex: &str) -> bool {
+    use hmac::{KeyInit, Mac};
+    let Some(given) = super::webhook::decode_hex(given_hex.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+#[derive(Clone)]
+struct Shared {
+    sink: PipelineSink,
+    admission: Admission,
+    max_body: usize,
+    config: std::sync::Arc<WebhookReceiverConfig>,
+}
+
+/// The native routes `config` turns on, sharing the listener's admission.
+pub(super) fn router(
+    sink: PipelineSink,
+    admission: Admission,
+    max_body: usize,
+    config: &WebhookReceiverConfig,
+) -> Router {
+    let shared = Shared {
+        sink,
+        admission,
+        max_body,
+        config: std::sync::Arc::new(config.clone()),
+    };
+    let mut router = Router::new();
+    if config.github.is_some() {
+        router = router.route("/github", post(github_route));
+    }
+    if config.pagerduty.is_some() {
+        router = router.route("/pagerduty", post(pagerduty_route));
+    }
+    if config.alertmanager.is_some() {
+        router = router.route("/alertmanager", post(alertmanager_route));
+    }
+    router.with_state(shared)
+}
+
+async fn github_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let Some(config) = shared.config.github.as_ref() else {
+        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
+    };
+    handle(
+        &shared,
+        "github",
+        &headers,
+        body,
+        |headers, body| github::verify(config, headers, body),
+        |headers, value| github::translate(config, headers, value),
+    )
+    .await
+}
+
+async fn pagerduty_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let Some(config) = shared.config.pagerduty.as_ref() else {
+        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
+    };
+    handle(
+        &shared,
+        "pagerduty",
+        &headers,
+        body,
+        |headers, body| pagerduty::verify(config, headers, body),
+        |_, value| pagerduty::translate(config, value),
+    )
+    .await
+}
+
+async fn alertmanager_route(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(config) = shared.config.alertmanager.as_ref() else {
+        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
+    };
+    handle(
+        &shared,
+        "alertmanager",
+        &headers,
+        body,
+        |headers, body| alertmanager::verify(config, headers, body),
+        |_, value| alertmanager::translate(config, value),
+    )
+    .await
+}
+
+/// One delivery: admitted, read, its signature checked (401 and nothing
+/// applied), parsed, translated (400 naming the field) and applied.
+async fn handle(
+    shared: &Shared,
+    receiver: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    check: impl FnOnce(&HeaderMap, &[u8]) -> Result<(), &'static str>,
+    translate: impl FnOnce(&HeaderMap, &Value) -> Result<Outcome, FieldError>,
+) -> Response {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media_type != "application/json" {
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({ "error": format!(
+                "unsupported content type `{media_type}`: set the webhook's content type to application/json"
+            ) }),
+        );
+    }
+    let (bytes, _admitted) =
+        match admit_and_read(receiver, &shared.admission, body, shared.max_body).await {
+            Ok(read) => read,
+            Err(response) => return response,
+        };
+    if let Err(problem) = check(headers, &bytes) {
+        tracing::debug!(receiver, problem, "delivery with a bad signature refused");
+        return unauthorized_on(receiver, problem);
+    }
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(e) => return refuse_on(receiver, "malformed", format!("malformed JSON: {e}")),
+    };
+    match translate(headers, &value) {
+        Err(e) => refuse_on(receiver, "malformed", e.to_string()),
+        Ok(Outcome::Pong(body)) => {
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "ping")
+                .increment(1);
+            answer(StatusCode::OK, body)
+        }
+        Ok(Outcome::Ignored(what)) => {
+            tracing::debug!(receiver, what, "delivery ignored");
+            counter!(instruments::RECEIVER_REQUESTS, "receiver" => receiver, "result" => "ignored")
+                .increment(1);
+            answer(StatusCode::OK, json!({ "accepted": 0, "ignored": what }))
+        }
+        Ok(Outcome::Events(values)) => match crate::cdevents::decode_values(&values) {
+            Ok(events) => submit(receiver, &shared.sink, events, &values).await,
+            // The translation is ours; a refusal here is still the
+            // payload's (a field of the wrong form), so a 400.
+            Err(e) => refuse_on(receiver, "malformed", e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_in_every_form_these_services_write() {
+        assert_eq!(
+            parse_time("2019-05-15T15:20:55Z").as_deref(),
+            Some("2019-05-15T15:20:55Z")
+        );
+        assert_eq!(
+            parse_time("2019-05-15T15:19:25-05:00").as_deref(),
+            Some("2019-05-15T20:19:25Z")
+        );
+        assert_eq!(
+            parse_time("2021-04-28 21:50:00 +0200").as_deref(),
+            Some("2021-04-28T19:50:00Z")
+        );
+        assert_eq!(
+            parse_time("2016-08-12 15:23:28 UTC").as_deref(),
+            Some("2016-08-12T15:23:28Z")
+        );
+        assert_eq!(
+            parse_time("2024-01-01T00:00:00.250Z").as_deref(),
+            Some("2024-01-01T00:00:00.250Z")
+        );
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn repositories_map_to_services_by_path_then_name() {
+        let mut table = std::collections::BTreeMap::new();
+        table.insert("acme/shop".to_string(), "checkout".to_string());
+        table.insert("billing-api".to_string(), "billing".to_string());
+        assert_eq!(mapped_service(&table, "acme/shop", "shop"), "checkout");
+        assert_eq!(
+            mapped_service(&table, "acme/billing-api", "billing-api"),
+            "billing"
+        );
+        assert_eq!(mapped_service(&table, "acme/cart", "cart"), "cart");
+    }
+
+    #[test]
+    fn signatures_compare_as_hmac_sha256_hex() {
+        let secret = Secret::from("It's a Secret to Everybody");
+        // GitHub's documented example: "Hello, World!" under this secret.
+        let want = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(hmac_matches(&secret, b"Hello, World!", want));
+        assert!(!hmac_matches(&secret, b"Hello, World?", want));
+        assert!(!hmac_matches(&secret, b"Hello, World!", "abc"));
+    }
+}
