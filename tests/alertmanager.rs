@@ -51,13 +51,22 @@ fn start_alertmanager(binary: &str) -> Alertmanager {
 
 /// With `web_config`, Alertmanager's `--web.config.file` (its own basic auth).
 fn start_alertmanager_with(binary: &str, web_config: Option<&str>) -> Alertmanager {
-    let dir = TempDir::new("alertmanager");
-    let config = dir.0.join("alertmanager.yml");
-    std::fs::write(
-        &config,
+    start_alertmanager_configured(
+        binary,
+        web_config,
         "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
     )
-    .unwrap();
+}
+
+/// With `alertmanager.yml` as given.
+fn start_alertmanager_configured(
+    binary: &str,
+    web_config: Option<&str>,
+    config_text: &str,
+) -> Alertmanager {
+    let dir = TempDir::new("alertmanager");
+    let config = dir.0.join("alertmanager.yml");
+    std::fs::write(&config, config_text).unwrap();
     let port = free_port();
     let mut command = Command::new(binary);
     if let Some(web_config) = web_config {
@@ -349,4 +358,145 @@ pipelines:
         ),
         Some(1.0)
     );
+}
+
+/// Alertmanager as a source: a real Alertmanager, routing to doraflow's
+/// `POST /alertmanager` with a bearer token, is given an alert of
+/// `checkout` that started 10 minutes ago; it notifies doraflow, which opens
+/// the incident. The alert then ends (endsAt 2 minutes after it started is
+/// set by the test, 8 minutes ago) and Alertmanager's resolved notification
+/// closes it: time to restore exactly 120 s. An alert of another severity
+/// (not matching the selector) opens nothing.
+#[tokio::test]
+async fn a_real_alertmanager_firing_and_resolving_opens_and_closes_the_incident() {
+    let Some(binary) = binary() else {
+        say_skipped(
+            "a_real_alertmanager_firing_and_resolving_opens_and_closes_the_incident",
+            "no alertmanager binary (scripts/test installs prometheus-alertmanager)",
+        );
+        return;
+    };
+    let dir = TempDir::new("alertmanager-source");
+    let token = dir.0.join("token");
+    std::fs::write(&token, "am-to-doraflow").unwrap();
+    let (prometheus, webhook) = (free_port(), free_port());
+    let doraflow = Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  webhook:
+    endpoint: \"127.0.0.1:{webhook}\"
+    alertmanager:
+      bearer_token: \"${{file:{}}}\"
+      selector: {{ severity: page }}
+processors:
+  dora: {{ windows: [7d] }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+pipelines:
+  main: {{ receivers: [webhook], processors: [dora], exporters: [prometheus] }}
+",
+            token.display()
+        ),
+        prometheus,
+        0,
+        webhook,
+    );
+    let alertmanager = start_alertmanager_configured(
+        &binary,
+        None,
+        &format!(
+            "route:
+  receiver: doraflow
+  group_by: [alertname, service]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: doraflow
+    webhook_configs:
+      - url: http://127.0.0.1:{webhook}/alertmanager
+        send_resolved: true
+        http_config:
+          authorization:
+            credentials_file: {}
+",
+            token.display()
+        ),
+    );
+    let now = common::unix_now();
+    let started = common::rfc3339(now - 600);
+    let client = reqwest::Client::new();
+    let post_alerts = |alerts: Value| {
+        let client = client.clone();
+        let url = format!("http://127.0.0.1:{}/api/v2/alerts", alertmanager.port);
+        async move {
+            let response = client.post(url).json(&alerts).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    let alert = |severity: &str, ends: Option<String>| {
+        let mut alert = serde_json::json!({
+            "labels": { "alertname": "HighErrorRate", "service": "checkout", "severity": severity },
+            "annotations": { "summary": "error ratio above 1%" },
+            "startsAt": started,
+            "generatorURL": "http://prometheus:9090/graph",
+        });
+        if let Some(ends) = ends {
+            alert["endsAt"] = serde_json::json!(ends);
+        }
+        alert
+    };
+    post_alerts(serde_json::json!([
+        alert("page", None),
+        alert("ticket", None)
+    ]))
+    .await;
+    let series = [("service", "checkout"), ("environment", "production")];
+    common::eventually_within("the incident opens", Duration::from_secs(30), || {
+        doraflow.metrics().get("dora_incidents_open", &series) == Some(1.0)
+    })
+    .await;
+    // Ends 2 minutes after it started: Alertmanager sends it as resolved.
+    post_alerts(serde_json::json!([alert(
+        "page",
+        Some(common::rfc3339(now - 480))
+    )]))
+    .await;
+    common::eventually_within("the incident resolves", Duration::from_secs(30), || {
+        doraflow.metrics().get("dora_incidents_open", &series) == Some(0.0)
+    })
+    .await;
+    let m = doraflow.metrics();
+    assert_eq!(
+        m.get(
+            "dora_mean_time_to_restore_seconds",
+            &[
+                ("service", "checkout"),
+                ("environment", "production"),
+                ("window", "7d")
+            ]
+        ),
+        Some(120.0)
+    );
+    // Only the paging alert was an incident; the ticket alert was ignored.
+    assert!(
+        m.counter(
+            "doraflow_receiver_requests_total",
+            &[("receiver", "alertmanager"), ("result", "success")]
+        ) >= 2.0
+    );
+    let (status, api) = common::get(doraflow.prometheus, "/api/v1/dora").unwrap();
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&api).unwrap();
+    let incidents: u64 = api["dora"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["windows"][0]["time_to_restore"]["count"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(incidents, 1, "{api}");
 }

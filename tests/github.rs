@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 const SECRET: &str = "It's a Secret to Everybody";
+const PAGERDUTY_SECRET: &str = "pagerduty signing secret";
 
 fn sign(secret: &str, body: &[u8]) -> String {
     use hmac::{KeyInit, Mac};
@@ -37,6 +38,8 @@ fn start(dir: &TempDir) -> Doraflow {
     let previous = dir.0.join("github-previous-secret");
     std::fs::write(&current, SECRET).unwrap();
     std::fs::write(&previous, "the old one").unwrap();
+    let pagerduty = dir.0.join("pagerduty-secret");
+    std::fs::write(&pagerduty, PAGERDUTY_SECRET).unwrap();
     let (prometheus, webhook) = (free_port(), free_port());
     let config = format!(
         "receivers:
@@ -46,6 +49,9 @@ fn start(dir: &TempDir) -> Doraflow {
       secret: \"${{file:{}}}\"
       previous_secret: \"${{file:{}}}\"
       deploy_workflows: [{{ workflow: Deploy }}]
+    pagerduty:
+      secret: \"${{file:{}}}\"
+      services: {{ \"Shop API\": shop }}
 processors:
   dora: {{ windows: [7d, 30d] }}
 exporters:
@@ -54,7 +60,8 @@ pipelines:
   main: {{ receivers: [webhook], processors: [dora], exporters: [prometheus] }}
 ",
         current.display(),
-        previous.display()
+        previous.display(),
+        pagerduty.display()
     );
     Doraflow::start_yaml(&config, prometheus, 0, webhook)
 }
@@ -88,6 +95,52 @@ async fn signed(
 ) -> (u16, Value) {
     let bytes = body.to_string().into_bytes();
     deliver(client, doraflow, event, &bytes, Some(sign(SECRET, &bytes))).await
+}
+
+/// A PagerDuty Webhooks v3 delivery, signed as PagerDuty signs.
+async fn page(
+    client: &reqwest::Client,
+    doraflow: &Doraflow,
+    event_type: &str,
+    event_id: &str,
+    incident: &str,
+    created: i64,
+    at: i64,
+) -> (u16, Value) {
+    let body = json!({ "event": {
+        "id": event_id, "event_type": event_type, "resource_type": "incident",
+        "occurred_at": common::rfc3339(at),
+        "agent": { "id": "PUSER1", "type": "user_reference" }, "client": null,
+        "data": {
+            "id": incident, "type": "incident", "number": 1, "title": "Checkout errors",
+            "self": format!("https://api.pagerduty.com/incidents/{incident}"),
+            "html_url": format!("https://acme.pagerduty.com/incidents/{incident}"),
+            "status": "triggered", "incident_key": incident, "urgency": "high",
+            "created_at": common::rfc3339(created),
+            "service": { "id": "PSHOP01", "summary": "Shop API", "type": "service_reference",
+                         "self": "https://api.pagerduty.com/services/PSHOP01",
+                         "html_url": "https://acme.pagerduty.com/services/PSHOP01" },
+            "assignees": [], "escalation_policy": { "id": "PEP1", "type": "escalation_policy_reference" },
+            "teams": [], "priority": null, "conference_bridge": null, "resolve_reason": null,
+        },
+    }})
+    .to_string()
+    .into_bytes();
+    let response = client
+        .post(format!("http://127.0.0.1:{}/pagerduty", doraflow.webhook))
+        .header("content-type", "application/json")
+        .header("user-agent", "PagerDuty-Webhook/V3.0")
+        .header(
+            "x-pagerduty-signature",
+            sign(PAGERDUTY_SECRET, &body).replace("sha256=", "v1="),
+        )
+        .header("x-webhook-id", "PWH1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 fn examples() -> Option<PathBuf> {
@@ -304,10 +357,14 @@ fn deployment_status(id: u64, sha: &str, environment: &str, state: &str, at: i64
 /// - push P3 c1 @N-3d-6h; D2 failure of c1 @N-3d; D3 success of c1
 ///   @N-2d: lead 30h (the walk stops at b1, deployed already);
 /// - push P4 d1 @N-1d-4h; D4 success @N-1d: lead 4h; delivered twice;
-/// - a staging status for d1 @N-1d-2h: another series.
+/// - a staging status for d1 @N-1d-2h: another series;
+/// - PagerDuty incident Q1 triggered @N-5d+2h (D1 failed it), acknowledged,
+///   resolved @N-5d+5h: 3h; Q2 triggered @N-1d+1h (D4), resolved
+///   @N-1d+2h, reopened @N-1d+3h, resolved @N-1d+7h: 6h, not 1h.
 ///
-/// Production, 7d: 3 successful deployments (3/7 a day), 1 failed of 4
-/// (0.25); lead times 4, 18, 20, 30, 32, 34 h: p50 20h, p95 34h, mean 23h.
+/// Production, 7d: 3 successful deployments (3/7 a day); failed changes
+/// D1, D2, D4 of 4 (0.75); lead times 4, 18, 20, 30, 32, 34 h: p50 20h,
+/// p95 34h, mean 23h; time to restore 3h and 6h: mean 4.5h, p50 3h, p95 6h.
 #[tokio::test]
 async fn a_week_of_github_gives_exact_dora_figures() {
     let dir = TempDir::new("github-week");
@@ -397,6 +454,32 @@ async fn a_week_of_github_gives_exact_dora_figures() {
         let (status, answer) = signed(&client, &doraflow, event, body).await;
         assert_eq!((status, &answer["accepted"]), (202, &json!(1)), "{event}");
     }
+    let pages = [
+        ("incident.triggered", "E1", "Q1", n - 5 * DAY + 2 * HOUR),
+        ("incident.acknowledged", "E2", "Q1", n - 5 * DAY + 3 * HOUR),
+        ("incident.resolved", "E3", "Q1", n - 5 * DAY + 5 * HOUR),
+        ("incident.triggered", "E4", "Q2", n - DAY + HOUR),
+        ("incident.resolved", "E5", "Q2", n - DAY + 2 * HOUR),
+        ("incident.reopened", "E6", "Q2", n - DAY + 3 * HOUR),
+        ("incident.resolved", "E7", "Q2", n - DAY + 7 * HOUR),
+        // Redelivered: counted once.
+        ("incident.resolved", "E7", "Q2", n - DAY + 7 * HOUR),
+    ];
+    for (event_type, id, incident, at) in pages {
+        let created = if incident == "Q1" {
+            n - 5 * DAY + 2 * HOUR
+        } else {
+            n - DAY + HOUR
+        };
+        let (status, answer) =
+            page(&client, &doraflow, event_type, id, incident, created, at).await;
+        let want = if event_type == "incident.acknowledged" {
+            200
+        } else {
+            202
+        };
+        assert_eq!(status, want, "{event_type} {id}: {answer}");
+    }
     let (status, answer) = signed(
         &client,
         &doraflow,
@@ -431,8 +514,16 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     );
     assert_eq!(
         m.get("dora_change_failure_ratio", &prod(&[("window", "7d")])),
-        Some(0.25)
+        Some(0.75)
     );
+    assert_eq!(
+        m.get(
+            "dora_mean_time_to_restore_seconds",
+            &prod(&[("window", "7d")])
+        ),
+        Some(4.5 * HOUR as f64)
+    );
+    assert_eq!(m.get("dora_incidents_open", &prod(&[])), Some(0.0));
     assert_eq!(
         m.get("dora_change_lead_time_seconds_count", &prod(&[])),
         Some(6.0)
@@ -445,7 +536,7 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     let (status, api) = common::get(doraflow.prometheus, "/api/v1/dora").unwrap();
     assert_eq!(status, 200);
     let api: Value = serde_json::from_str(&api).unwrap();
-    assert_eq!(api["dora"]["duplicates"], 1);
+    assert_eq!(api["dora"]["duplicates"], 2);
     let series = api["dora"]["series"].as_array().unwrap();
     let production = series
         .iter()
@@ -456,6 +547,9 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     assert_eq!(week["lead_time"]["p50"], json!((20 * HOUR) as f64));
     assert_eq!(week["lead_time"]["p95"], json!((34 * HOUR) as f64));
     assert_eq!(week["lead_time"]["mean"], json!((23 * HOUR) as f64));
+    assert_eq!(week["time_to_restore"]["p50"], json!((3 * HOUR) as f64));
+    assert_eq!(week["time_to_restore"]["p95"], json!((6 * HOUR) as f64));
+    assert_eq!(week["failed_changes"], 3);
     let staging = series
         .iter()
         .find(|s| s["service"] == "shop" && s["environment"] == "staging")
