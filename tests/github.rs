@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::sources::{page, sign};
 use common::{Doraflow, TempDir, free_port};
 use doraflow::receivers::sources::{Outcome, github};
 use serde_json::{Value, json};
@@ -17,19 +18,6 @@ const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 const SECRET: &str = "It's a Secret to Everybody";
 const PAGERDUTY_SECRET: &str = "pagerduty signing secret";
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
-}
 
 /// doraflow with `receivers.webhook.github` (secret from a file, a
 /// previous secret for rotation, `Deploy` as a deploy workflow).
@@ -95,52 +83,6 @@ async fn signed(
 ) -> (u16, Value) {
     let bytes = body.to_string().into_bytes();
     deliver(client, doraflow, event, &bytes, Some(sign(SECRET, &bytes))).await
-}
-
-/// A PagerDuty Webhooks v3 delivery, signed as PagerDuty signs.
-async fn page(
-    client: &reqwest::Client,
-    doraflow: &Doraflow,
-    event_type: &str,
-    event_id: &str,
-    incident: &str,
-    created: i64,
-    at: i64,
-) -> (u16, Value) {
-    let body = json!({ "event": {
-        "id": event_id, "event_type": event_type, "resource_type": "incident",
-        "occurred_at": common::rfc3339(at),
-        "agent": { "id": "PUSER1", "type": "user_reference" }, "client": null,
-        "data": {
-            "id": incident, "type": "incident", "number": 1, "title": "Checkout errors",
-            "self": format!("https://api.pagerduty.com/incidents/{incident}"),
-            "html_url": format!("https://acme.pagerduty.com/incidents/{incident}"),
-            "status": "triggered", "incident_key": incident, "urgency": "high",
-            "created_at": common::rfc3339(created),
-            "service": { "id": "PSHOP01", "summary": "Shop API", "type": "service_reference",
-                         "self": "https://api.pagerduty.com/services/PSHOP01",
-                         "html_url": "https://acme.pagerduty.com/services/PSHOP01" },
-            "assignees": [], "escalation_policy": { "id": "PEP1", "type": "escalation_policy_reference" },
-            "teams": [], "priority": null, "conference_bridge": null, "resolve_reason": null,
-        },
-    }})
-    .to_string()
-    .into_bytes();
-    let response = client
-        .post(format!("http://127.0.0.1:{}/pagerduty", doraflow.webhook))
-        .header("content-type", "application/json")
-        .header("user-agent", "PagerDuty-Webhook/V3.0")
-        .header(
-            "x-pagerduty-signature",
-            sign(PAGERDUTY_SECRET, &body).replace("sha256=", "v1="),
-        )
-        .header("x-webhook-id", "PWH1")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 fn examples() -> Option<PathBuf> {
@@ -471,8 +413,17 @@ async fn a_week_of_github_gives_exact_dora_figures() {
         } else {
             n - DAY + HOUR
         };
-        let (status, answer) =
-            page(&client, &doraflow, event_type, id, incident, created, at).await;
+        let (status, answer) = page(
+            &client,
+            doraflow.webhook,
+            PAGERDUTY_SECRET,
+            event_type,
+            id,
+            incident,
+            created,
+            at,
+        )
+        .await;
         let want = if event_type == "incident.acknowledged" {
             200
         } else {

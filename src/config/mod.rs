@@ -241,6 +241,9 @@ pub struct WebhookReceiverConfig {
     /// GitHub's own webhooks on `POST /github`. Default: off.
     #[serde(default)]
     pub github: Option<crate::receivers::sources::github::GithubConfig>,
+    /// GitLab's own webhooks on `POST /gitlab`. Default: off.
+    #[serde(default)]
+    pub gitlab: Option<crate::receivers::sources::gitlab::GitlabConfig>,
     /// PagerDuty's Webhooks v3 on `POST /pagerduty`. Default: off.
     #[serde(default)]
     pub pagerduty: Option<crate::receivers::sources::pagerduty::PagerdutyConfig>,
@@ -828,6 +831,9 @@ impl Config {
         }
         if let Some(webhook) = &self.receivers.webhook {
             check_endpoint("receivers.webhook.endpoint", &webhook.endpoint, &mut errors);
+            if let Some(gitlab) = &webhook.gitlab {
+                gitlab.validate("receivers.webhook.gitlab", &mut errors);
+            }
             if let Some(tls) = &webhook.tls {
                 tls.validate("receivers.webhook.tls", &mut errors);
             }

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod kafka;
 pub mod pagerduty;
+pub mod sources;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

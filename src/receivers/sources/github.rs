@@ -309,10 +309,7 @@ fn push(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldError> {
         Some(at) => at,
         None => match optional_text(body, "head_commit.timestamp") {
             Some(_) => time(body, "head_commit.timestamp")?,
-            None => changes
-                .iter()
-                .map(|(_, t)| t.clone())
-                .max()
+            None => super::latest(changes.iter().map(|(_, t)| t))
                 .ok_or_else(|| field_error("repository.pushed_at", "missing"))?,
         },
     };

@@ -4,6 +4,8 @@
 //!
 //! - [`github`]: `POST /github` (deployments, deploy workflows, pushes,
 //!   merged pull requests).
+//! - [`gitlab`]: `POST /gitlab` (deployments, deploy pipelines, pushes,
+//!   merged merge requests).
 //! - [`pagerduty`]: `POST /pagerduty` (incidents, Webhooks v3).
 //! - [`alertmanager`]: `POST /alertmanager` (alerts as incidents).
 //!
@@ -17,6 +19,7 @@
 
 pub mod alertmanager;
 pub mod github;
+pub mod gitlab;
 pub mod pagerduty;
 
 use axum::Router;
@@ -122,6 +125,15 @@ fn parse_time(raw: &str) -> Option<String> {
                 .map(|t| t.and_utc())
         })?;
     Some(at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// The latest of `times` (RFC 3339, as [`time`] writes them), compared as
+/// instants rather than as text.
+fn latest<'a>(times: impl Iterator<Item = &'a String>) -> Option<String> {
+    times
+        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok().map(|at| (at, t)))
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, t)| t.clone())
 }
 
 /// Repository → service: the configured table (by full path, then by
@@ -333,6 +345,9 @@ pub(super) fn router(
     if config.github.is_some() {
         router = router.route("/github", post(github_route));
     }
+    if config.gitlab.is_some() {
+        router = router.route("/gitlab", post(gitlab_route));
+    }
     if config.pagerduty.is_some() {
         router = router.route("/pagerduty", post(pagerduty_route));
     }
@@ -353,6 +368,21 @@ async fn github_route(State(shared): State<Shared>, headers: HeaderMap, body: Bo
         body,
         |headers, body| github::verify(config, headers, body),
         |headers, value| github::translate(config, headers, value),
+    )
+    .await
+}
+
+async fn gitlab_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let Some(config) = shared.config.gitlab.as_ref() else {
+        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
+    };
+    handle(
+        &shared,
+        "gitlab",
+        &headers,
+        body,
+        |headers, body| gitlab::verify(config, headers, body),
+        |headers, value| gitlab::translate(config, headers, value),
     )
     .await
 }
