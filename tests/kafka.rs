@@ -1204,3 +1204,152 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'sta
         .map(|c| c.unwrap())
         .collect()
 }
+
+/// GitHub and PagerDuty deliveries to a sidecar go out on Kafka as the
+/// CDEvents they mean, keyed by service, and the cluster tier computes
+/// the same figures from them: push a1 @N-10h, a2 @N-8h; a2 deployed to
+/// production @N-2h (lead 8h and 6h: mean 7h); PagerDuty incident
+/// triggered @N-1h, resolved @N-30m (30 min to restore, the deployment a
+/// failed change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_source_deliveries_reach_the_cluster_as_cdevents_keyed_by_service() {
+    let Some(broker) = broker("kafka: native sources to cluster") else {
+        return;
+    };
+    let events = unique("native-events");
+    create_topic(&broker, &events, 3).await;
+    let dir = common::TempDir::new("native-sidecar");
+    let (github_secret, pagerduty_secret) = ("gh-secret", "pd-secret");
+    std::fs::write(dir.0.join("gh"), github_secret).unwrap();
+    std::fs::write(dir.0.join("pd"), pagerduty_secret).unwrap();
+    let (webhook, sidecar_prometheus) = (free_port(), free_port());
+    let sidecar = Doraflow::start_yaml(
+        &format!(
+            "receivers:
+  webhook:
+    endpoint: \"127.0.0.1:{webhook}\"
+    github: {{ secret: \"${{file:{gh}}}\" }}
+    pagerduty: {{ secret: \"${{file:{pd}}}\", services: {{ \"Shop API\": shop }} }}
+exporters:
+  kafka:
+    brokers: \"{broker}\"
+    topics: {{ cdevents: \"{events}\" }}
+  prometheus: {{ endpoint: \"127.0.0.1:{sidecar_prometheus}\" }}
+pipelines:
+  sidecar: {{ receivers: [webhook], exporters: [kafka, prometheus] }}
+",
+            gh = dir.0.join("gh").display(),
+            pd = dir.0.join("pd").display(),
+        ),
+        sidecar_prometheus,
+        0,
+        webhook,
+    );
+    let cluster = start_cluster(&kafka_receiver(
+        &broker,
+        &unique("native-cluster"),
+        &format!("[{{ topic: \"{events}\", format: cdevents }}]"),
+        "",
+    ));
+    let n = common::unix_now();
+    let repository =
+        json!({ "full_name": "acme/shop", "name": "shop", "pushed_at": n - 8 * 3_600 });
+    let push = json!({
+        "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000", "after": "a2",
+        "commits": [{ "id": "a1", "timestamp": common::rfc3339(n - 10 * 3_600) },
+                    { "id": "a2", "timestamp": common::rfc3339(n - 8 * 3_600) }],
+        "repository": repository,
+    });
+    let status = json!({
+        "action": "created",
+        "deployment_status": { "id": 1, "state": "success", "environment": "production",
+                               "created_at": common::rfc3339(n - 2 * 3_600) },
+        "deployment": { "id": 10, "sha": "a2", "environment": "production", "payload": {} },
+        "repository": { "full_name": "acme/shop", "name": "shop" },
+    });
+    let http = reqwest::Client::new();
+    for (event, body) in [("push", push), ("deployment_status", status)] {
+        let bytes = body.to_string().into_bytes();
+        let answer = http
+            .post(format!("http://127.0.0.1:{webhook}/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header(
+                "x-hub-signature-256",
+                common::sources::sign(github_secret, &bytes),
+            )
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202, "{event}");
+    }
+    let opened = n - 3_600;
+    for (event_type, id, at) in [
+        ("incident.triggered", "E1", opened),
+        ("incident.resolved", "E2", n - 1_800),
+    ] {
+        let (status, answer) = common::sources::page(
+            &http,
+            webhook,
+            pagerduty_secret,
+            event_type,
+            id,
+            "Q1",
+            opened,
+            at,
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    until(
+        "the cluster counted the deployment and the incident",
+        &[&cluster],
+        |m| {
+            deployments(&m[0], "shop") == 1.0
+                && m[0].get(
+                    "dora_mean_time_to_restore_seconds",
+                    &[
+                        ("service", "shop"),
+                        ("environment", "production"),
+                        ("window", "7d"),
+                    ],
+                ) == Some(1_800.0)
+        },
+    )
+    .await;
+    let m = cluster.metrics();
+    let week = [
+        ("service", "shop"),
+        ("environment", "production"),
+        ("window", "7d"),
+    ];
+    assert_eq!(m.get("dora_change_failure_ratio", &week), Some(1.0));
+    let (status, api) = common::get(cluster.prometheus, "/api/v1/dora").unwrap();
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_str(&api).unwrap();
+    let shop = api["dora"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "shop")
+        .expect("shop on the cluster");
+    assert_eq!(
+        shop["windows"][0]["lead_time"]["mean"],
+        json!(7.0 * 3_600.0)
+    );
+    // Four CDEvents, every one keyed by the service.
+    let records = read(&broker, &events, 4);
+    let keys: Vec<_> = records.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(keys, ["shop"; 4]);
+    for record in &records {
+        let value: Value = serde_json::from_slice(&record.payload).unwrap();
+        assert!(
+            value["context"]["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("dev.cdevents.")
+        );
+    }
+    drop(sidecar);
+}
