@@ -11,6 +11,7 @@
 //! doraflow-loadgen --endpoint http://127.0.0.1:4317 --connections 4 --batch 1000 --duration 20
 //! doraflow-loadgen --rate 100000 --duration 30 --gzip
 //! doraflow-loadgen --cdevents --endpoint http://127.0.0.1:8088/cdevents --batch 100
+//! doraflow-loadgen --github SECRET --endpoint http://127.0.0.1:8088/github
 //! doraflow-loadgen --kafka 127.0.0.1:9092 --topic otlp_spans --messages 20000 --batch 100
 //! ```
 //!
@@ -110,6 +111,12 @@ struct Args {
     /// leave the history at the rate they come).
     #[arg(long)]
     cdevents_age: Option<i64>,
+    /// Send GitHub deliveries to `POST /github` instead, signed with this
+    /// secret as GitHub signs: each worker alternates a `push` of a new
+    /// revision (one commit) and the `deployment_status` that deploys it,
+    /// over 50 repositories, one delivery a request as GitHub sends them.
+    #[arg(long)]
+    github: Option<String>,
 }
 
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -137,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.cdevents {
         return cdevents(args).await;
+    }
+    if let Some(secret) = args.github.clone() {
+        return github(args, secret).await;
     }
     if let Some(brokers) = args.kafka.clone() {
         return kafka(args, &brokers);
@@ -300,6 +310,139 @@ fn cdevents_batch(n: u64, events: usize, now: i64, at: Option<i64>) -> String {
     }
     out.push(']');
     out
+}
+
+/// `sha256=` + the hex HMAC-SHA256 of `body`, GitHub's signature.
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    use std::fmt::Write as _;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256=");
+    for byte in mac.finalize().into_bytes() {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Delivery `k` of `worker`: a push of revision k (after k-1) when k is
+/// even, else the deployment_status deploying it.
+fn github_delivery(worker: u64, k: u64, now: i64) -> (&'static str, String) {
+    // Never all zeros: that is GitHub's "no commit".
+    let revision = |k: u64| format!("{:08x}{k:032x}", worker + 1);
+    let repo = (worker * 7 + k / 2) % 50;
+    let at = rfc3339_seconds(now);
+    if k % 2 == 0 {
+        let (before, after) = (revision(k.saturating_sub(2)), revision(k));
+        let commit = rfc3339_seconds(now - 3_600);
+        (
+            "push",
+            format!(
+                r#"{{"ref":"refs/heads/main","before":"{before}","after":"{after}","created":false,"deleted":false,"forced":false,"commits":[{{"id":"{after}","timestamp":"{commit}","message":"change","distinct":true}}],"head_commit":{{"id":"{after}","timestamp":"{commit}"}},"repository":{{"full_name":"acme/service-{repo}","name":"service-{repo}","pushed_at":{now}}}}}"#
+            ),
+        )
+    } else {
+        let sha = revision(k - 1);
+        let id = worker * 1_000_000_000 + k;
+        (
+            "deployment_status",
+            format!(
+                r#"{{"action":"created","deployment_status":{{"id":{id},"state":"success","environment":"production","created_at":"{at}"}},"deployment":{{"id":{id},"sha":"{sha}","ref":"main","environment":"production","payload":{{}}}},"repository":{{"full_name":"acme/service-{repo}","name":"service-{repo}"}}}}"#
+            ),
+        )
+    }
+}
+
+fn rfc3339_seconds(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn github(args: Args, secret: String) -> anyhow::Result<()> {
+    let endpoint = if args.endpoint.ends_with(":4317") {
+        "http://127.0.0.1:8088/github".to_string()
+    } else {
+        args.endpoint.clone()
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .tcp_nodelay(true)
+        .build()?;
+    let totals = Arc::new(Totals::default());
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let secret = Arc::new(secret);
+    let mut workers = Vec::new();
+    for worker in 0..args.connections as u64 {
+        let (client, endpoint, totals, latencies, secret) = (
+            client.clone(),
+            endpoint.clone(),
+            totals.clone(),
+            latencies.clone(),
+            secret.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut k = 0u64;
+            while Instant::now() < deadline {
+                let (event, body) = github_delivery(worker, k, now);
+                k += 1;
+                let signature = github_signature(&secret, body.as_bytes());
+                let sent = Instant::now();
+                let result = client
+                    .post(&endpoint)
+                    .header("content-type", "application/json")
+                    .header("x-github-event", event)
+                    .header("x-hub-signature-256", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                let _ = local.record(sent.elapsed().as_micros() as u64);
+                totals.sent_spans.fetch_add(1, Ordering::Relaxed);
+                match result.map(|r| r.status().as_u16()) {
+                    Ok(202) => {
+                        totals.accepted_spans.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(429) => {
+                        totals.refused_requests.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    _ => {
+                        totals.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = latencies.lock().await.add(&local);
+        }));
+    }
+    let (elapsed, latency) = finish(workers, start, &latencies).await?;
+    let accepted = totals.accepted_spans.load(Ordering::Relaxed);
+    let report = serde_json::json!({
+        "mode": "github",
+        "seconds": elapsed,
+        "connections": args.connections,
+        "sent_deliveries": totals.sent_spans.load(Ordering::Relaxed),
+        "applied_deliveries": accepted,
+        "applied_deliveries_per_second": accepted as f64 / elapsed,
+        "refused_requests": totals.refused_requests.load(Ordering::Relaxed),
+        "failed_requests": totals.failed_requests.load(Ordering::Relaxed),
+        "request_latency_us": latency,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
 }
 
 async fn cdevents(args: Args) -> anyhow::Result<()> {
