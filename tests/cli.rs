@@ -42,6 +42,10 @@ fn every_example_pipeline_validates() {
                 .arg(&path)
                 // Examples take secrets from the environment, as they should.
                 .env("PAGERDUTY_ROUTING_KEY", "R0UT1NGK3Y0123456789abcdefABCDEF")
+                .env("GITHUB_WEBHOOK_SECRET", "github-secret")
+                .env("GITLAB_WEBHOOK_TOKEN", "gitlab-token")
+                .env("PAGERDUTY_WEBHOOK_SECRET", "pagerduty-secret")
+                .env("ALERTMANAGER_TOKEN", "alertmanager-token")
                 .output()
                 .unwrap();
             assert!(

@@ -27,7 +27,7 @@ const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [pro
 fn every_config_key_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let sections: [(&str, String, &[&str]); 27] = [
+    let sections: [(&str, String, &[&str]); 31] = [
         (
             "receivers.otlp.grpc.tls",
             format!(
@@ -134,7 +134,42 @@ fn every_config_key_is_in_the_readme() {
         (
             "receivers.webhook",
             format!("receivers:\n  webhook: {{ __probe__: 1 }}\n{PIPELINE}"),
-            &["auth", "signature"],
+            &[
+                "auth",
+                "signature",
+                "github",
+                "gitlab",
+                "pagerduty",
+                "alertmanager",
+            ],
+        ),
+        (
+            "receivers.webhook.github",
+            format!(
+                "receivers:\n  webhook: {{ github: {{ __probe__: 1, secret: s }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.gitlab",
+            format!(
+                "receivers:\n  webhook: {{ gitlab: {{ __probe__: 1, token: s }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.pagerduty",
+            format!(
+                "receivers:\n  webhook: {{ pagerduty: {{ __probe__: 1, secret: s }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.alertmanager",
+            format!(
+                "receivers:\n  webhook: {{ alertmanager: {{ __probe__: 1, bearer_token: s }} }}\n{PIPELINE}"
+            ),
+            &[],
         ),
         (
             "processors.dora",
