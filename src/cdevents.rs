@@ -170,6 +170,21 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 changes: linked_changes(event)?,
             }
         }
+        // A pull request's merge commit dated from its first commit:
+        // doraflow's extension, as the GitHub source forwards it.
+        ("change", "merged") if at(event, "customData.firstCommitOf").is_some() => {
+            let commits = at(event, "customData.firstCommitOf.commits")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    error("customData.firstCommitOf.commits", "missing or not a count")
+                })?;
+            DeliveryKind::ChangeFromCommits {
+                change: required_str(event, "subject.id")?.to_string(),
+                head: required_str(event, "customData.firstCommitOf.revision")?.to_string(),
+                commits,
+            }
+        }
         ("change", "created" | "merged") => DeliveryKind::Change {
             change: required_str(event, "subject.id")?.to_string(),
             stage: if predicate == "created" {

@@ -64,7 +64,9 @@ async fn every_conformance_vector_is_accepted() {
             DeliveryKind::Other { .. } => "other",
             // doraflow's extensions (customData.revision, customData.reopened):
             // never in a standard vector.
-            DeliveryKind::Revision { .. } | DeliveryKind::IncidentReopened { .. } => "extension",
+            DeliveryKind::Revision { .. }
+            | DeliveryKind::IncidentReopened { .. }
+            | DeliveryKind::ChangeFromCommits { .. } => "extension",
         };
         let want = match name.as_ref() {
             "service_deployed" | "service_upgraded" | "service_rolledback" => "deployment",

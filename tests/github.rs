@@ -577,6 +577,17 @@ async fn signatures_right_wrong_missing_and_rotated() {
     let (status, answer) = signed(&client, &doraflow, "deployment_status", &no_sha).await;
     assert_eq!(status, 400);
     assert_eq!(answer["error"], "deployment.sha: missing");
+    // Larger than `max_request_body_size_mib` (4): 413, as on /cdevents.
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let (status, _) = deliver(
+        &client,
+        &doraflow,
+        "deployment_status",
+        &huge,
+        Some(sign(SECRET, &huge)),
+    )
+    .await;
+    assert_eq!(status, 413);
     let (status, answer) = signed(&client, &doraflow, "deployment_status", &json!([1, 2])).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(

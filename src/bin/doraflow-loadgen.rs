@@ -334,7 +334,7 @@ fn github_delivery(worker: u64, k: u64, now: i64) -> (&'static str, String) {
     let revision = |k: u64| format!("{:08x}{k:032x}", worker + 1);
     let repo = (worker * 7 + k / 2) % 50;
     let at = rfc3339_seconds(now);
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let (before, after) = (revision(k.saturating_sub(2)), revision(k));
         let commit = rfc3339_seconds(now - 3_600);
         (

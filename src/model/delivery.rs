@@ -49,6 +49,18 @@ pub enum DeliveryKind {
         /// The commits it added, with their times.
         changes: Vec<LinkedChange>,
     },
+    /// A change (a merged pull request's merge commit) whose work began
+    /// with the first of the `commits` commits that end at revision `head`
+    /// (the pull request's branch, as pushed): `change.merged` with
+    /// `customData.firstCommitOf`.
+    ChangeFromCommits {
+        /// The change's id (the merge commit).
+        change: String,
+        /// The revision its commits end at (the pull request's head).
+        head: String,
+        /// How many commits it has.
+        commits: u32,
+    },
     /// An incident opened (`incident.detected`, `incident.reported`).
     IncidentOpened {
         /// The incident's id (`subject.id`).

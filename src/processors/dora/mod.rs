@@ -213,6 +213,9 @@ impl Incident {
 struct ChangeTimes {
     created: Option<Nanos>,
     merged: Option<Nanos>,
+    /// A pull request's merge commit: its work began with the first of
+    /// this many commits ending at this revision.
+    first_commit_of: Option<(Key, u32)>,
 }
 
 impl ChangeTimes {
@@ -668,6 +671,15 @@ impl DoraProcessor {
                     changes.push(change);
                 }
             }
+            DeliveryKind::ChangeFromCommits {
+                change,
+                head,
+                commits,
+            } => {
+                let times = self.changes.entry(key(change)).or_default();
+                times.merged = min_option(times.merged, time);
+                times.first_commit_of = Some((key(head), *commits));
+            }
             DeliveryKind::Revision {
                 revision,
                 parent,
@@ -738,6 +750,31 @@ impl DoraProcessor {
             },
             DeliveryKind::Other { .. } => self.ignored += 1,
         }
+    }
+
+    /// The earliest commit time among the `n` commits that end at revision
+    /// `head`, walking back through the revisions before it (newest
+    /// first); none if no commit of theirs has a known time.
+    fn first_commit(&self, head: Key, n: u32) -> Option<Nanos> {
+        let mut earliest: Option<Nanos> = None;
+        let mut left = n as usize;
+        let mut next = Some(head);
+        let mut visited: KeyMap<()> = KeyMap::default();
+        while let Some(revision) = next {
+            if left == 0 || visited.insert(revision, ()).is_some() {
+                break;
+            }
+            if let Some((_, commits)) = self.artifact_changes.get(&revision) {
+                for commit in commits.iter().rev().take(left) {
+                    if let Some(at) = self.changes.get(commit).and_then(|c| c.created) {
+                        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    }
+                }
+                left = left.saturating_sub(commits.len());
+            }
+            next = self.revision_parents.get(&revision).copied();
+        }
+        earliest
     }
 
     /// Keeps the production deployments applied from now on, for
@@ -1084,7 +1121,15 @@ impl DoraProcessor {
                 .flat_map(|(_, changes)| changes)
                 .map(|&change| (change, None));
             for (change, linked_time) in d.changes.iter().copied().chain(via_artifact) {
-                let known = self.changes.get(&change).and_then(ChangeTimes::time);
+                let known = self.changes.get(&change).and_then(|c| {
+                    let first = c
+                        .first_commit_of
+                        .and_then(|(head, n)| self.first_commit(head, n));
+                    match (c.time(), first) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                });
                 let started = match (linked_time, known) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

@@ -109,6 +109,8 @@ impl DoraProcessor {
                     change: Some(to_key(*change)),
                     created_ns: times.created,
                     merged_ns: times.merged,
+                    first_commit_head: times.first_commit_of.map(|(head, _)| to_key(head)),
+                    first_commit_count: times.first_commit_of.map_or(0, |(_, n)| n),
                 })
                 .collect(),
             artifacts: self
@@ -227,6 +229,13 @@ impl DoraProcessor {
                 ChangeTimes {
                     created: c.created_ns,
                     merged: c.merged_ns,
+                    first_commit_of: match &c.first_commit_head {
+                        Some(head) => Some((
+                            from_key(Some(head), "a change's first-commit head")?,
+                            c.first_commit_count,
+                        )),
+                        None => None,
+                    },
                 },
             );
         }
@@ -458,6 +467,15 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
         }),
         DeliveryKind::IncidentResolved { incident } => Kind::IncidentResolved(incident.clone()),
         DeliveryKind::IncidentReopened { incident } => Kind::IncidentReopened(incident.clone()),
+        DeliveryKind::ChangeFromCommits {
+            change,
+            head,
+            commits,
+        } => Kind::ChangeFromCommits(proto::ChangeFromCommitsEvent {
+            change: change.clone(),
+            head: head.clone(),
+            commits: *commits,
+        }),
         DeliveryKind::PipelineFailed {
             pipeline,
             service,
@@ -525,6 +543,11 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
         },
         Some(Kind::IncidentResolved(incident)) => DeliveryKind::IncidentResolved { incident },
         Some(Kind::IncidentReopened(incident)) => DeliveryKind::IncidentReopened { incident },
+        Some(Kind::ChangeFromCommits(c)) => DeliveryKind::ChangeFromCommits {
+            change: c.change,
+            head: c.head,
+            commits: c.commits,
+        },
         Some(Kind::PipelineFailed(p)) => DeliveryKind::PipelineFailed {
             pipeline: p.pipeline,
             service: p.service,

@@ -879,3 +879,67 @@ fn revision_and_reopen_records_give_back_the_events() {
         assert_eq!(back, e);
     }
 }
+
+#[test]
+fn a_pull_request_dated_from_its_first_commit_walks_its_branch() {
+    let pull_request = |commits: u32| {
+        event(
+            "pr",
+            t(2, 0),
+            DeliveryKind::ChangeFromCommits {
+                change: "m".into(),
+                head: "f2".into(),
+                commits,
+            },
+        )
+    };
+    let history = |commits: u32| {
+        vec![
+            // The branch: f1 (x1 @d1 0h, x2 @d1 3h), then f2 (x3 @d1 6h).
+            revision(
+                "pf1",
+                t(1, 3),
+                "f1",
+                None,
+                &[("x1", t(1, 0)), ("x2", t(1, 3))],
+            ),
+            revision("pf2", t(1, 6), "f2", Some("f1"), &[("x3", t(1, 6))]),
+            pull_request(commits),
+            // Squashed onto main as m, deployed @d2 4h.
+            revision("pm", t(2, 0), "r1", None, &[("m", t(2, 0))]),
+            deploy("d1", t(2, 4), "production", "r1", Success),
+        ]
+    };
+    let lead = |events: &[DeliveryEvent]| {
+        let mut dora = DoraProcessor::new(&config());
+        dora.apply(events);
+        production(&dora.snapshot(t(6, 0))).windows[0]
+            .lead_time
+            .mean
+    };
+    // Three commits: x1 is the first, 28h before the deployment.
+    assert_eq!(lead(&history(3)), Some(28.0 * 3_600.0));
+    // Two: the newest two are x3 and x2; x2 @d1 3h is the first: 25h.
+    assert_eq!(lead(&history(2)), Some(25.0 * 3_600.0));
+    // The branch never pushed: the merge commit's own time, 4h.
+    let unseen: Vec<_> = history(3).into_iter().skip(2).collect();
+    assert_eq!(lead(&unseen), Some(4.0 * 3_600.0));
+    // Any order, and through a checkpoint.
+    let mut reversed = history(3);
+    reversed.reverse();
+    let mut dora = DoraProcessor::new(&config());
+    dora.apply(&reversed[..2]);
+    let mut after = through_checkpoint(&dora, &config());
+    after.apply(&reversed[2..]);
+    assert_eq!(
+        production(&after.snapshot(t(6, 0))).windows[0]
+            .lead_time
+            .mean,
+        Some(28.0 * 3_600.0)
+    );
+    let record = super::state::event_record(&pull_request(3));
+    assert_eq!(
+        super::state::from_event_record(record).unwrap(),
+        pull_request(3)
+    );
+}

@@ -49,6 +49,23 @@ pub struct GithubConfig {
     /// none (deployments come from `deployment_status`).
     #[serde(default)]
     pub deploy_workflows: Vec<DeployWorkflow>,
+    /// When a merged pull request's work began: `opened` (the pull
+    /// request's `created_at`) or `first_commit` (the earliest of its
+    /// commits, found through the pushes of its branch; without them, the
+    /// merge commit's own time). Default `opened`.
+    #[serde(default)]
+    pub pull_request_time: PullRequestTime,
+}
+
+/// `pull_request_time`: where a merged pull request's lead time starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestTime {
+    /// At the pull request's opening.
+    #[default]
+    Opened,
+    /// At its first commit.
+    FirstCommit,
 }
 
 /// A GitHub Actions workflow (or one job of it) that deploys.
@@ -343,10 +360,28 @@ fn pull_request(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldErr
     }
     let (full, name) = repository(body)?;
     let merge_commit = text(body, "pull_request.merge_commit_sha")?;
-    let opened = time(body, "pull_request.created_at")?;
     let number = id_text(body, "pull_request.id")?;
     let service = mapped_service(&config.services, &full, &name);
     let id = format!("github:{full}:pull_request:{number}:merged");
+    if config.pull_request_time == PullRequestTime::FirstCommit {
+        let head = text(body, "pull_request.head.sha")?;
+        let commits = body
+            .pointer("/pull_request/commits")
+            .and_then(Value::as_u64)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| field_error("pull_request.commits", "missing or not a count"))?;
+        return Ok(Outcome::Events(vec![emit::change_from_commits(
+            &id,
+            &source(&full),
+            &time(body, "pull_request.merged_at")?,
+            &service,
+            &full,
+            &commit_id(&full, merge_commit),
+            &commit_id(&full, head),
+            commits,
+        )]));
+    }
+    let opened = time(body, "pull_request.created_at")?;
     Ok(Outcome::Events(vec![emit::change_created(
         &id,
         &source(&full),
@@ -373,6 +408,7 @@ mod tests {
                 environment: "production".into(),
                 service: None,
             }],
+            pull_request_time: PullRequestTime::Opened,
         }
     }
 
@@ -516,6 +552,29 @@ mod tests {
             translate(&config(), &headers("pull_request"), &unmerged).unwrap(),
             Outcome::Ignored(_)
         ));
+    }
+
+    #[test]
+    fn with_first_commit_a_merged_pull_request_names_its_head_and_commits() {
+        let mut config = config();
+        config.pull_request_time = PullRequestTime::FirstCommit;
+        let body = json!({
+            "action": "closed",
+            "pull_request": { "id": 42, "merged": true, "merge_commit_sha": "m1", "commits": 3,
+                              "created_at": "2024-04-30T08:00:00Z",
+                              "merged_at": "2024-05-01T08:00:00Z", "head": { "sha": "H9" } },
+            "repository": repo(),
+        });
+        let events = decoded(translate(&config, &headers("pull_request"), &body).unwrap());
+        assert_eq!(events[0].time, 1_714_550_400_000_000_000);
+        assert_eq!(
+            events[0].kind,
+            DeliveryKind::ChangeFromCommits {
+                change: "pkg:github/acme/shop@m1".into(),
+                head: "pkg:github/acme/shop@h9".into(),
+                commits: 3,
+            }
+        );
     }
 
     #[test]

@@ -283,6 +283,35 @@ mod emit {
         })
     }
 
+    /// A pull request's merge commit `change`, merged at `time`, whose work
+    /// began with the first of the `commits` commits ending at `head`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn change_from_commits(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        repository: &str,
+        change: &str,
+        head: &str,
+        commits: u64,
+    ) -> Value {
+        json!({
+            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
+            "subject": {
+                "id": change,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": {
+                "service": service,
+                "firstCommitOf": { "revision": head, "commits": commits },
+            },
+            "customDataContentType": "application/json",
+        })
+    }
+
     /// A change (a merged pull request's merge commit) created at `time`.
     pub fn change_created(
         id: &str,
