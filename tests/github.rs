@@ -247,6 +247,24 @@ async fn every_github_example_is_accepted_or_ignored_as_its_event_says() {
         github::translate(&config(), &headers("pull_request"), &closed).unwrap(),
         Outcome::Ignored(_)
     ));
+    // The real pull request, as GitHub sends it once merged.
+    let mut merged = closed.clone();
+    merged["pull_request"]["merged"] = json!(true);
+    let events = decoded("pull_request", &merged);
+    assert_eq!(
+        events[0].id,
+        "github:codertocat/hello-world:pull_request:279147437:merged"
+    );
+    // Opened 2019-05-15T15:20:33Z.
+    assert_eq!(events[0].time, 1_557_933_633_000_000_000);
+    assert_eq!(
+        events[0].kind,
+        doraflow::model::delivery::DeliveryKind::Change {
+            change: "pkg:github/codertocat/hello-world@c4295bd74fb0f4fda03689c3df3f2803b658fd85"
+                .into(),
+            stage: doraflow::model::delivery::ChangeStage::Created,
+        }
+    );
 }
 
 fn files_and_dirs(root: &Path) -> Vec<PathBuf> {
