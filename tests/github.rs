@@ -595,8 +595,35 @@ async fn signatures_right_wrong_missing_and_rotated() {
     let (status, answer) = signed(&client, &doraflow, "deployment_status", &no_sha).await;
     assert_eq!(status, 400);
     assert_eq!(answer["error"], "deployment.sha: missing");
+    // GitHub's other content type: the JSON form-encoded in `payload`,
+    // the signature over the form body.
+    let form_delivery = format!(
+        "payload={}",
+        deployment_status(11, "e4", "production", "success", n - HOUR)
+            .to_string()
+            .replace('%', "%25")
+            .replace('&', "%26")
+            .replace('+', "%2B")
+            .replace('=', "%3D")
+            .replace(' ', "+")
+    )
+    .into_bytes();
+    let response = client
+        .post(format!("http://127.0.0.1:{}/github", doraflow.webhook))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-github-event", "deployment_status")
+        .header("x-hub-signature-256", sign(SECRET, &form_delivery))
+        .body(form_delivery)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        doraflow.metrics().get("dora_deployments_total", &success),
+        Some(2.0)
+    );
     // Larger than `max_request_body_size_mib` (4): 413, as on /cdevents.
-    let huge = vec![b' '; 5 * 1024 * 1024];
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
     let (status, _) = deliver(
         &client,
         &doraflow,
@@ -610,6 +637,6 @@ async fn signatures_right_wrong_missing_and_rotated() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(
         doraflow.metrics().get("dora_deployments_total", &success),
-        Some(1.0)
+        Some(2.0)
     );
 }

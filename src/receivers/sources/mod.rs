@@ -393,6 +393,7 @@ async fn github_route(State(shared): State<Shared>, headers: HeaderMap, body: Bo
     handle(
         &shared,
         "github",
+        true,
         &headers,
         body,
         |headers, body| github::verify(config, headers, body),
@@ -408,6 +409,7 @@ async fn gitlab_route(State(shared): State<Shared>, headers: HeaderMap, body: Bo
     handle(
         &shared,
         "gitlab",
+        false,
         &headers,
         body,
         |headers, body| gitlab::verify(config, headers, body),
@@ -423,6 +425,7 @@ async fn pagerduty_route(State(shared): State<Shared>, headers: HeaderMap, body:
     handle(
         &shared,
         "pagerduty",
+        false,
         &headers,
         body,
         |headers, body| pagerduty::verify(config, headers, body),
@@ -442,6 +445,7 @@ async fn alertmanager_route(
     handle(
         &shared,
         "alertmanager",
+        false,
         &headers,
         body,
         |headers, body| alertmanager::verify(config, headers, body),
@@ -451,10 +455,14 @@ async fn alertmanager_route(
 }
 
 /// One delivery: admitted, read, its signature checked (401 and nothing
-/// applied), parsed, translated (400 naming the field) and applied.
+/// applied), parsed, translated (400 naming the field) and applied. With
+/// `form` (GitHub's other content type) a form body carries the JSON in
+/// its `payload` field; the signature covers the body as sent.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
     receiver: &'static str,
+    form: bool,
     headers: &HeaderMap,
     body: Body,
     check: impl FnOnce(&HeaderMap, &[u8]) -> Result<(), &'static str>,
@@ -467,14 +475,18 @@ async fn handle(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if media_type != "application/json" {
-        return answer(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({ "error": format!(
-                "unsupported content type `{media_type}`: set the webhook's content type to application/json"
-            ) }),
-        );
-    }
+    let form_body = match media_type.as_str() {
+        "application/json" => false,
+        "application/x-www-form-urlencoded" if form => true,
+        _ => {
+            return answer(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({ "error": format!(
+                    "unsupported content type `{media_type}`: set the webhook's content type to application/json"
+                ) }),
+            );
+        }
+    };
     let (bytes, _admitted) =
         match admit_and_read(receiver, &shared.admission, body, shared.max_body).await {
             Ok(read) => read,
@@ -484,7 +496,21 @@ async fn handle(
         tracing::debug!(receiver, problem, "delivery with a bad signature refused");
         return unauthorized_on(receiver, problem);
     }
-    let value: Value = match serde_json::from_slice(&bytes) {
+    let payload = if form_body {
+        match form_urlencoded::parse(&bytes).find(|(key, _)| key == "payload") {
+            Some((_, payload)) => payload.into_owned().into_bytes(),
+            None => {
+                return refuse_on(
+                    receiver,
+                    "malformed",
+                    "a form-encoded delivery must carry its JSON in `payload`".to_string(),
+                );
+            }
+        }
+    } else {
+        bytes.to_vec()
+    };
+    let value: Value = match serde_json::from_slice(&payload) {
         Ok(value) => value,
         Err(e) => return refuse_on(receiver, "malformed", format!("malformed JSON: {e}")),
     };
