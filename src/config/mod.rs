@@ -459,10 +459,12 @@ pub struct DoraConfig {
     /// How long after a deployment an incident still makes it a failed change. Default `24h`.
     #[serde(default = "default_failure_window")]
     pub failure_window: ConfigDuration,
-    /// The DORA benchmark profile the levels follow: `2023` (default), `2021` or `2019`.
+    /// The DORA benchmark profile the levels follow: `2023` (default),
+    /// `2024`, `2021` or `2019`; `levels: <preset>` says the same.
     #[serde(default)]
     pub profile: crate::processors::dora::levels::ProfileName,
-    /// Cut-offs that replace the profile's, metric by metric.
+    /// A preset (`levels: 2024`), or cut-offs that replace the preset's,
+    /// metric by metric (`levels: { preset: 2024, lead_time: [...] }`).
     #[serde(default)]
     pub levels: crate::processors::dora::levels::CutoffOverrides,
     /// Pipelines whose failed runs (`pipelinerun.finished`, outcome `failure`)
@@ -608,6 +610,16 @@ impl DoraConfig {
             errors.push(format!("{path}.failure_window: must be longer than 0"));
         }
         self.levels.validate(&format!("{path}.levels"), errors);
+        if let Some(preset) = self.levels.preset
+            && self.profile != crate::processors::dora::levels::ProfileName::default()
+            && preset != self.profile
+        {
+            errors.push(format!(
+                "{path}.levels: preset `{}` and {path}.profile `{}` disagree: give one",
+                preset.as_str(),
+                self.profile.as_str()
+            ));
+        }
         let longest = self
             .windows
             .iter()

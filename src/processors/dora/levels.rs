@@ -51,6 +51,35 @@ pub enum ProfileName {
     #[default]
     #[serde(rename = "2023")]
     Dora2023,
+    /// Accelerate State of DevOps 2024.
+    #[serde(rename = "2024")]
+    Dora2024,
+}
+
+impl ProfileName {
+    /// Every preset, oldest first.
+    pub const ALL: [ProfileName; 4] = [
+        ProfileName::Dora2019,
+        ProfileName::Dora2021,
+        ProfileName::Dora2023,
+        ProfileName::Dora2024,
+    ];
+
+    /// The name in config (`2019`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProfileName::Dora2019 => "2019",
+            ProfileName::Dora2021 => "2021",
+            ProfileName::Dora2023 => "2023",
+            ProfileName::Dora2024 => "2024",
+        }
+    }
+
+    fn parse(name: &str) -> Option<ProfileName> {
+        ProfileName::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name.trim())
+    }
 }
 
 const HOUR: f64 = 3_600.0;
@@ -73,6 +102,19 @@ impl Cutoffs {
     /// The published cut-offs of a profile.
     pub fn of(profile: ProfileName) -> Cutoffs {
         match profile {
+            // Elite: on demand; high: daily to weekly; medium: weekly to
+            // monthly; low: monthly to every 6 months. Lead time < 1 day /
+            // 1 day–1 week / 1 week–1 month. Change failure rate 5% / 20% /
+            // 10% / 40%: the medium cluster fails less often than the high
+            // one (it is medium for its throughput), so per metric a rate
+            // up to 20% is high and medium is never given for it. Recovery
+            // < 1 hour / < 1 day / < 1 day / 1 week–1 month.
+            ProfileName::Dora2024 => Cutoffs {
+                deployment_frequency: [1.0, 1.0 / 7.0, 1.0 / 30.0],
+                lead_time: [DAY, 7.0 * DAY, 30.0 * DAY],
+                change_failure_rate: [0.05, 0.20, 0.10],
+                time_to_restore: [HOUR, DAY, DAY],
+            },
             // Elite: on demand; high: daily to weekly; medium: weekly to
             // monthly. Lead time < 1 day / < 1 week / < 1 month; failure rate
             // <= 5% / 10% / 15%; recovery < 1 hour / < 1 day / < 1 week.
@@ -161,11 +203,13 @@ fn below(value: f64, c: &[f64; 3]) -> Level {
     level_of([value < c[0], value < c[1], value < c[2]])
 }
 
-/// `processors.dora.levels`: cut-offs replacing the profile's, each a list
-/// of three values for elite, high and medium.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `processors.dora.levels`: a preset's name (`levels: 2024`), or a map of
+/// cut-offs replacing the preset's, each a list of three values for elite,
+/// high and medium, with the `preset` they start from.
+#[derive(Debug, Clone, Default)]
 pub struct CutoffOverrides {
+    /// The preset the levels start from; `None`: `processors.dora.profile`.
+    pub preset: Option<ProfileName>,
     /// Deployments per day at least, e.g. `[1, 0.142857, 0.033333]`.
     pub deployment_frequency: Option<[f64; 3]>,
     /// Lead time strictly below, e.g. `[1d, 7d, 30d]`.
@@ -174,6 +218,96 @@ pub struct CutoffOverrides {
     pub change_failure_rate: Option<[f64; 3]>,
     /// Time to restore strictly below, e.g. `[1h, 1d, 7d]`.
     pub time_to_restore: Option<[ConfigDuration; 3]>,
+}
+
+/// The map form, read with the parser's own errors (unknown keys named).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CutoffMap {
+    #[serde(default)]
+    preset: Option<PresetName>,
+    deployment_frequency: Option<[f64; 3]>,
+    lead_time: Option<[ConfigDuration; 3]>,
+    change_failure_rate: Option<[f64; 3]>,
+    time_to_restore: Option<[ConfigDuration; 3]>,
+}
+
+/// A preset's name, written as a string or a bare year.
+struct PresetName(ProfileName);
+
+struct PresetVisitor;
+
+impl serde::de::Visitor<'_> for PresetVisitor {
+    type Value = ProfileName;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a preset: 2019, 2021, 2023 or 2024")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ProfileName, E> {
+        ProfileName::parse(v).ok_or_else(|| {
+            E::custom(format!(
+                "unknown preset `{v}`: expected 2019, 2021, 2023 or 2024"
+            ))
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ProfileName, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ProfileName, E> {
+        self.visit_str(&v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PresetName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PresetVisitor).map(PresetName)
+    }
+}
+
+impl<'de> Deserialize<'de> for CutoffOverrides {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = CutoffOverrides;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a preset (2019, 2021, 2023, 2024) or a map of cut-offs")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CutoffOverrides, E> {
+                Ok(CutoffOverrides {
+                    preset: Some(PresetVisitor.visit_str(v)?),
+                    ..CutoffOverrides::default()
+                })
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<CutoffOverrides, E> {
+                self.visit_str(&v.to_string())
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<CutoffOverrides, E> {
+                self.visit_str(&v.to_string())
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<CutoffOverrides, A::Error> {
+                let m = CutoffMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(CutoffOverrides {
+                    preset: m.preset.map(|p| p.0),
+                    deployment_frequency: m.deployment_frequency,
+                    lead_time: m.lead_time,
+                    change_failure_rate: m.change_failure_rate,
+                    time_to_restore: m.time_to_restore,
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 impl CutoffOverrides {
@@ -240,6 +374,95 @@ mod tests {
         let c = Cutoffs::of(ProfileName::Dora2021);
         assert_eq!(c.lead_time(2.0 * HOUR), Level::High);
         assert_eq!(c.change_failure_rate(0.20), Level::High);
+    }
+
+    /// Each preset at the edges of every cut-off: the value on the edge
+    /// and the one just past it.
+    #[test]
+    fn every_preset_at_its_edges() {
+        let eps = 1e-9;
+        for preset in ProfileName::ALL {
+            let c = Cutoffs::of(preset);
+            let name = preset.as_str();
+            for (i, level) in [Level::Elite, Level::High, Level::Medium]
+                .into_iter()
+                .enumerate()
+            {
+                // A later cut-off looser than an earlier one (2024's change
+                // failure rate) hands its edge to the earlier level: checked
+                // by the table below, not here.
+                let shadowed = |cut: &[f64; 3], better: fn(f64, f64) -> bool| {
+                    (0..i).any(|j| better(cut[j], cut[i]) || cut[j] == cut[i])
+                };
+                let df = c.deployment_frequency;
+                if !shadowed(&df, |a, b| a < b) {
+                    assert_eq!(c.deployment_frequency(df[i]), level, "{name} df");
+                    assert!(c.deployment_frequency(df[i] - eps) > level, "{name} df");
+                }
+                let lt = c.lead_time;
+                if !shadowed(&lt, |a, b| a > b) {
+                    assert_eq!(c.lead_time(lt[i] - eps), level, "{name} lt");
+                    assert!(c.lead_time(lt[i]) > level, "{name} lt");
+                }
+                let cfr = c.change_failure_rate;
+                if !shadowed(&cfr, |a, b| a > b) {
+                    assert_eq!(c.change_failure_rate(cfr[i]), level, "{name} cfr");
+                    assert!(c.change_failure_rate(cfr[i] + eps) > level, "{name} cfr");
+                }
+                let ttr = c.time_to_restore;
+                if !shadowed(&ttr, |a, b| a > b) {
+                    assert_eq!(c.time_to_restore(ttr[i] - eps), level, "{name} ttr");
+                    assert!(c.time_to_restore(ttr[i]) > level, "{name} ttr");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_2024_table() {
+        let c = Cutoffs::of(ProfileName::Dora2024);
+        // Change failure rate: 5% elite; up to 20% high (the medium
+        // cluster's 10% is better than high's, so medium is never given).
+        assert_eq!(c.change_failure_rate(0.05), Level::Elite);
+        assert_eq!(c.change_failure_rate(0.08), Level::High);
+        assert_eq!(c.change_failure_rate(0.20), Level::High);
+        assert_eq!(c.change_failure_rate(0.21), Level::Low);
+        // Recovery: < 1 hour elite, < 1 day high, then low.
+        assert_eq!(c.time_to_restore(HOUR - 1.0), Level::Elite);
+        assert_eq!(c.time_to_restore(DAY - 1.0), Level::High);
+        assert_eq!(c.time_to_restore(DAY), Level::Low);
+        assert_eq!(c.deployment_frequency(1.0 / 7.0), Level::High);
+        assert_eq!(c.deployment_frequency(1.0 / 30.0), Level::Medium);
+        assert_eq!(c.lead_time(7.0 * DAY), Level::Medium);
+    }
+
+    #[test]
+    fn levels_take_a_preset_name_or_a_map_with_one() {
+        let parse = |levels: &str| {
+            crate::config::Config::from_yaml_with_env(
+                &format!(
+                    "receivers:\n  otlp: {{ grpc: {{}} }}\nprocessors:\n  dora: {{ levels: {levels} }}\nexporters:\n  prometheus: {{}}\npipelines:\n  main: {{ receivers: [otlp], processors: [dora], exporters: [prometheus] }}\n"
+                ),
+                |_| None,
+            )
+        };
+        for text in ["2024", "\"2024\""] {
+            let config = parse(text).unwrap();
+            let dora = config.processors.dora.unwrap();
+            assert_eq!(dora.levels.preset, Some(ProfileName::Dora2024), "{text}");
+        }
+        let config = parse("{ preset: 2021, lead_time: [1h, 1d, 7d] }").unwrap();
+        let levels = config.processors.dora.unwrap().levels;
+        assert_eq!(levels.preset, Some(ProfileName::Dora2021));
+        let c = Cutoffs::of(levels.preset.unwrap()).with(&levels);
+        assert_eq!(c.lead_time(2.0 * HOUR), Level::High);
+        assert_eq!(c.change_failure_rate(0.30), Level::High);
+        let e = parse("2025").unwrap_err().to_string();
+        assert!(e.contains("unknown preset `2025`"), "{e}");
+        let e = parse("{ lead_tme: [1h, 1d, 7d] }").unwrap_err().to_string();
+        assert!(e.contains("lead_tme"), "{e}");
+        let e = parse("2024, profile: 2021").unwrap_err().to_string();
+        assert!(e.contains("disagree"), "{e}");
     }
 
     #[test]

@@ -548,7 +548,8 @@ impl DoraProcessor {
                     .collect(),
                 failure_window: config.failure_window.get().as_nanos() as Nanos,
                 production: config.production_environments.clone(),
-                cutoffs: Cutoffs::of(config.profile).with(&config.levels),
+                cutoffs: Cutoffs::of(config.levels.preset.unwrap_or(config.profile))
+                    .with(&config.levels),
                 deploy_pipelines: config
                     .deploy_pipelines
                     .iter()
