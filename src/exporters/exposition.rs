@@ -12,7 +12,7 @@
 use std::fmt::Write;
 
 use crate::instruments;
-use crate::processors::dora::levels::Level;
+use crate::processors::dora::levels::{FrequencyAnswer, Level};
 use crate::processors::dora::{
     DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
     WindowFigures,
@@ -386,6 +386,31 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
                         Some(if candidate == level { 1.0 } else { 0.0 }),
                     );
                 }
+            }
+        }
+    }
+    w.family(
+        "dora_deployment_frequency_answer",
+        Kind::Gauge,
+        "Deployment frequency as the DORA survey's answer (on_demand, daily, weekly, monthly, less), from the days with deployments: 1 for the answer, 0 for the others.",
+    );
+    for s in series {
+        let [a, b] = ids(s);
+        for f in &s.windows {
+            for candidate in FrequencyAnswer::ALL {
+                w.sample(
+                    &[
+                        (a.0, &a.1),
+                        (b.0, &b.1),
+                        ("window", &f.window),
+                        ("answer", candidate.as_str()),
+                    ],
+                    Some(if candidate == f.deployment_frequency_answer {
+                        1.0
+                    } else {
+                        0.0
+                    }),
+                );
             }
         }
     }

@@ -103,7 +103,12 @@ fn window_row(label: String, f: &WindowFigures) -> Vec<String> {
             "{} ({} failed, {} rolled back)",
             f.deployments, f.failed_deployments, f.rollbacks
         ),
-        format_frequency(f.deployment_frequency_per_day),
+        // With the DORA survey's answer: how the report asks it.
+        format!(
+            "{} ({})",
+            format_frequency(f.deployment_frequency_per_day),
+            f.deployment_frequency_answer.as_str().replace('_', " ")
+        ),
         format!(
             "{} / {}",
             format_duration(f.lead_time.p50),

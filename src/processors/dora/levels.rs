@@ -38,6 +38,106 @@ impl Level {
     }
 }
 
+/// Deployment frequency as the DORA survey asks it ("how often does your
+/// team deploy to production?"), answered from the days with deployments:
+/// - `daily`: in most weeks of the window, deployments on at least 3 of
+///   its 7 days (Four Keys' rule for daily);
+/// - `on_demand`: daily, and most deploying days have more than one;
+/// - `weekly`: a deployment in most weeks;
+/// - `monthly`: a deployment in most 30-day months;
+/// - `less`: otherwise.
+///
+/// Weeks and months are 7- and 30-day blocks back from now (a window
+/// shorter than one counts as one); "most" is the nearest-rank median.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrequencyAnswer {
+    /// Multiple deploys a day, most days.
+    OnDemand,
+    /// Between once a day and once a week: most days.
+    Daily,
+    /// Between once a week and once a month.
+    Weekly,
+    /// Between once a month and once every six months.
+    Monthly,
+    /// Less often.
+    Less,
+}
+
+impl FrequencyAnswer {
+    /// Every answer, most frequent first.
+    pub const ALL: [FrequencyAnswer; 5] = [
+        FrequencyAnswer::OnDemand,
+        FrequencyAnswer::Daily,
+        FrequencyAnswer::Weekly,
+        FrequencyAnswer::Monthly,
+        FrequencyAnswer::Less,
+    ];
+
+    /// The `answer` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrequencyAnswer::OnDemand => "on_demand",
+            FrequencyAnswer::Daily => "daily",
+            FrequencyAnswer::Weekly => "weekly",
+            FrequencyAnswer::Monthly => "monthly",
+            FrequencyAnswer::Less => "less",
+        }
+    }
+
+    /// The answer for successful deployments `ago` (nanoseconds before
+    /// now, each in `[0, length)`) in a window of `length`.
+    pub fn of(ago: impl Iterator<Item = i64>, length: i64) -> FrequencyAnswer {
+        const DAY: i64 = 86_400_000_000_000;
+        let days = ((length + DAY - 1) / DAY).max(1) as usize;
+        let weeks = (days / 7).max(1);
+        let months = (days / 30).max(1);
+        let mut per_day = vec![0u32; days];
+        for t in ago {
+            if let Some(count) = usize::try_from(t / DAY)
+                .ok()
+                .and_then(|d| per_day.get_mut(d))
+            {
+                *count += 1;
+            }
+        }
+        let mut days_per_week = vec![0u32; weeks];
+        let mut per_month = vec![0u32; months];
+        for (day, &count) in per_day.iter().enumerate() {
+            if let Some(week) = days_per_week.get_mut(day / 7) {
+                *week += u32::from(count > 0);
+            }
+            if let Some(month) = per_month.get_mut(day / 30) {
+                *month += count;
+            }
+        }
+        let deploying: Vec<u32> = per_day.iter().copied().filter(|&c| c > 0).collect();
+        let days_a_week = median(days_per_week);
+        if days_a_week >= 3 {
+            if median(deploying) >= 2 {
+                FrequencyAnswer::OnDemand
+            } else {
+                FrequencyAnswer::Daily
+            }
+        } else if days_a_week >= 1 {
+            FrequencyAnswer::Weekly
+        } else if median(per_month) >= 1 {
+            FrequencyAnswer::Monthly
+        } else {
+            FrequencyAnswer::Less
+        }
+    }
+}
+
+/// The nearest-rank median (the lower of two middles); 0 when empty.
+fn median(mut values: Vec<u32>) -> u32 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    values[values.len().div_ceil(2) - 1]
+}
+
 /// Which report's benchmarks the levels follow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ProfileName {
@@ -416,6 +516,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn deployment_frequency_answers_from_the_days_with_deployments() {
+        const D: i64 = 86_400_000_000_000;
+        const H: i64 = D / 24;
+        let month = 30 * D;
+        let answer = |ago: &[i64], length: i64| FrequencyAnswer::of(ago.iter().copied(), length);
+        // 30 days: 4 weeks of 7 (days 0..28) and a remainder.
+        // Weeks 0-3 with deployments on 3 days each, one a day: daily.
+        let daily: Vec<i64> = (0..4)
+            .flat_map(|w| [0, 2, 4].map(|d| (w * 7 + d) * D + H))
+            .collect();
+        assert_eq!(answer(&daily, month), FrequencyAnswer::Daily);
+        // The same with two a day: on demand.
+        let twice: Vec<i64> = daily.iter().flat_map(|&t| [t, t + H]).collect();
+        assert_eq!(answer(&twice, month), FrequencyAnswer::OnDemand);
+        // Only 3 of the 4 weeks on 3 days (the 4th on one): the median week
+        // (nearest rank, the 2nd of 4) has 3: still daily.
+        let mut three_weeks: Vec<i64> = daily.iter().copied().filter(|&t| t < 21 * D).collect();
+        three_weeks.push(22 * D);
+        assert_eq!(answer(&three_weeks, month), FrequencyAnswer::Daily);
+        // Two weeks on 3 days, two on one: the median week has 1: weekly.
+        let mut two_weeks: Vec<i64> = daily.iter().copied().filter(|&t| t < 14 * D).collect();
+        two_weeks.extend([15 * D, 22 * D]);
+        assert_eq!(answer(&two_weeks, month), FrequencyAnswer::Weekly);
+        // One deployment a week in 2 of 4 weeks: the median week has 0; the
+        // month has 2: monthly.
+        assert_eq!(answer(&[D, 8 * D], month), FrequencyAnswer::Monthly);
+        // 90 days (3 months): deployments in one month only: less.
+        assert_eq!(answer(&[D, 2 * D], 90 * D), FrequencyAnswer::Less);
+        // ... in two of three: monthly.
+        assert_eq!(answer(&[D, 31 * D], 90 * D), FrequencyAnswer::Monthly);
+        // A 7-day window: one week, one month.
+        assert_eq!(answer(&[0, D, 2 * D], 7 * D), FrequencyAnswer::Daily);
+        assert_eq!(answer(&[3 * D], 7 * D), FrequencyAnswer::Weekly);
+        assert_eq!(answer(&[], 7 * D), FrequencyAnswer::Less);
     }
 
     #[test]

@@ -241,6 +241,8 @@ pub struct WindowFigures {
     pub rollbacks: u64,
     /// Successful deployments per day.
     pub deployment_frequency_per_day: f64,
+    /// Deployment frequency as the DORA survey's answer.
+    pub deployment_frequency_answer: levels::FrequencyAnswer,
     /// Lead time for changes, seconds.
     pub lead_time: Quantiles,
     /// Deployments that were failed changes / deployments (successful and failed).
@@ -1216,12 +1218,16 @@ impl DoraProcessor {
         let mut rollbacks = 0;
         let mut counted_in = 0;
         let mut failed_in = 0;
+        let mut deployed_ago = Vec::new();
         for d in histories.iter().flat_map(|h| &h.deployments) {
             if !inside(d.time) {
                 continue;
             }
             match d.outcome {
-                DeploymentOutcome::Success => deployed += 1,
+                DeploymentOutcome::Success => {
+                    deployed += 1;
+                    deployed_ago.push(now - d.time);
+                }
                 DeploymentOutcome::Failure => failed_deployments += 1,
                 DeploymentOutcome::Rollback => rollbacks += 1,
             }
@@ -1252,6 +1258,10 @@ impl DoraProcessor {
             failed_deployments,
             rollbacks,
             deployment_frequency_per_day: frequency,
+            deployment_frequency_answer: levels::FrequencyAnswer::of(
+                deployed_ago.into_iter(),
+                length,
+            ),
             levels: MetricLevels {
                 deployment_frequency: Some(cutoffs.deployment_frequency(frequency)),
                 lead_time: lead_time.p50.map(|s| cutoffs.lead_time(s)),
