@@ -76,6 +76,7 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
             id: format!("{:08x}-deploy-{n}", n),
             time,
             kind: DeliveryKind::Deployment(Deployment {
+                rework: false,
                 service: format!("service-{service:03}"),
                 environment: "production".into(),
                 artifact: Some(artifact),

@@ -154,6 +154,7 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 }
             };
             DeliveryKind::Deployment(Deployment {
+                rework: at(event, "customData.rework") == Some(&Value::Bool(true)),
                 service: service_name(required_str(event, "subject.id")?).to_string(),
                 environment: required_str(event, "subject.content.environment.id")?.to_string(),
                 artifact: optional_str(event, "subject.content.artifactId")?.map(str::to_string),

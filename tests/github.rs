@@ -519,6 +519,14 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     assert_eq!(week["time_to_restore"]["p50"], json!((3 * HOUR) as f64));
     assert_eq!(week["time_to_restore"]["p95"], json!((6 * HOUR) as f64));
     assert_eq!(week["failed_changes"], 3);
+    // Q1 resolved before the next deployment came, and none came after Q2
+    // opened: no rework.
+    assert_eq!(
+        (&week["rework_deployments"], &week["rework_ratio"]),
+        (&json!(0), &json!(0.0))
+    );
+    // Deployed on 3 distinct days of the week: daily.
+    assert_eq!(week["deployment_frequency_answer"], "daily");
     let staging = series
         .iter()
         .find(|s| s["service"] == "shop" && s["environment"] == "staging")

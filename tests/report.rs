@@ -271,8 +271,8 @@ async fn every_figure_of_the_report_is_the_apis_and_the_hand_computed_one() {
         "{md}"
     );
     assert!(md.contains("**checkout (production)**: deployment frequency 0.100/day (medium; high needs at least 0.143/day); change failure rate 25.0% (low; high needs at most 10.0%)"), "{md}");
-    assert!(md.contains("| last 7d | 2 (1 failed, 0 rolled back) | 0.286/day (weekly) | 1.00 h / 4.00 h | 33.3% (1 failed changes) | — / — | 1.00 d |"), "{md}");
-    assert!(md.contains("| 7d before | 1 (0 failed, 0 rolled back) | 0.143/day (weekly) | 2.00 h / 2.00 h | 0.0% (0 failed changes) | — / — | — |"), "{md}");
+    assert!(md.contains("| last 7d | 2 (1 failed, 0 rolled back) | 0.286/day (weekly) | 1.00 h / 4.00 h | 33.3% (1 failed changes) | 0.0% (0 rework) | — / — | 1.00 d |"), "{md}");
+    assert!(md.contains("| 7d before | 1 (0 failed, 0 rolled back) | 0.143/day (weekly) | 2.00 h / 2.00 h | 0.0% (0 failed changes) | 0.0% (0 rework) | — / — | — |"), "{md}");
     assert!(
         md.contains("| HighErrorRate | > 1.0% | 5m | 0 s | critical |"),
         "{md}"

@@ -459,6 +459,10 @@ pub struct DoraConfig {
     /// How long after a deployment an incident still makes it a failed change. Default `24h`.
     #[serde(default = "default_failure_window")]
     pub failure_window: ConfigDuration,
+    /// Whether the next deployment of a series after one of its incidents
+    /// opened, while it is still open, is rework (the fix). Default `true`.
+    #[serde(default = "default_true")]
+    pub rework_after_incident: bool,
     /// The DORA benchmark profile the levels follow: `2023` (default),
     /// `2024`, `2021` or `2019`; `levels: <preset>` says the same.
     #[serde(default)]
@@ -575,6 +579,7 @@ impl Default for DoraConfig {
             windows: default_dora_windows(),
             production_environments: default_production_environments(),
             failure_window: default_failure_window(),
+            rework_after_incident: true,
             profile: Default::default(),
             levels: Default::default(),
             deploy_pipelines: Vec::new(),

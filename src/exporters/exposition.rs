@@ -303,7 +303,7 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
         &'static str,
         fn(&WindowFigures) -> Option<f64>,
     );
-    let gauges: [Gauge; 3] = [
+    let gauges: [Gauge; 4] = [
         (
             "dora_deployment_frequency_per_day",
             "Successful deployments per day over the window.",
@@ -313,6 +313,11 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
             "dora_change_failure_ratio",
             "Failed changes / deployments over the window; NaN without deployments.",
             |f| f.change_failure_ratio,
+        ),
+        (
+            "dora_deployment_rework_ratio",
+            "Deployment rework rate (DORA 2024): rework deployments (unplanned, made because of an incident) / deployments over the window; NaN without deployments.",
+            |f| f.rework_ratio,
         ),
         (
             "dora_mean_time_to_restore_seconds",

@@ -123,6 +123,9 @@ pub struct Deployment {
     pub outcome: DeploymentOutcome,
     /// Changes the producer linked directly (`customData.changes`).
     pub changes: Vec<LinkedChange>,
+    /// Marked as rework by its producer (`customData.rework: true`, a
+    /// native source's hotfix rule): unplanned, made because of an incident.
+    pub rework: bool,
 }
 
 /// How a deployment ended.

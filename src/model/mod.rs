@@ -146,6 +146,7 @@ impl LogDeployment {
                 .unwrap_or_else(|| format!("otlp-log:{service}:{environment}:{time}")),
             time,
             kind: DeliveryKind::Deployment(Deployment {
+                rework: false,
                 service: delivery::service_name(&service).to_string(),
                 environment,
                 artifact: None,

@@ -517,6 +517,7 @@ mod tests {
             id: id.into(),
             time: at,
             kind: crate::model::delivery::DeliveryKind::Deployment(Deployment {
+                rework: false,
                 service: service.into(),
                 environment: "production".into(),
                 artifact: None,

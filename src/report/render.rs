@@ -120,6 +120,11 @@ fn window_row(label: String, f: &WindowFigures) -> Vec<String> {
             f.failed_changes
         ),
         format!(
+            "{} ({} rework)",
+            format_ratio(f.rework_ratio),
+            f.rework_deployments
+        ),
+        format!(
             "{} / {}",
             format_duration(f.time_to_restore.p50),
             format_duration(f.time_to_restore.p95)
@@ -254,6 +259,7 @@ pub fn document(report: &Report) -> Vec<Block> {
             "frequency",
             "lead time p50 / p95",
             "change failure rate",
+            "rework rate",
             "time to restore p50 / p95",
             "failed deployment recovery p50",
         ]

@@ -26,6 +26,7 @@ fn report_with_service(name: &str) -> Report {
         time: 1_714_521_600_000_000_000,
         kind: crate::model::delivery::DeliveryKind::Deployment(
             crate::model::delivery::Deployment {
+                rework: false,
                 service: name.into(),
                 environment: "production".into(),
                 artifact: None,

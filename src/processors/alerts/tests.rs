@@ -193,6 +193,7 @@ fn a_backfilled_month_pages_nobody() {
             id: format!("deploy-{d}"),
             time: T0 + d * day,
             kind: DeliveryKind::Deployment(Deployment {
+                rework: false,
                 service: "checkout".into(),
                 environment: "production".into(),
                 artifact: None,

@@ -176,6 +176,8 @@ struct DeploymentRecord {
     /// Changes the producer linked, with the time it gave; usually none, so
     /// a boxed slice (16 bytes) rather than a vector (24).
     changes: Box<[(Key, Option<Nanos>)]>,
+    /// Marked as rework by its producer.
+    rework: bool,
 }
 
 /// An incident as far as it is known: its open and resolve events may come
@@ -249,6 +251,11 @@ pub struct WindowFigures {
     pub change_failure_ratio: Option<f64>,
     /// Failed changes in the window.
     pub failed_changes: u64,
+    /// Deployment rework rate (DORA 2024): rework deployments / deployments
+    /// (successful and failed); `None` without deployments.
+    pub rework_ratio: Option<f64>,
+    /// Rework deployments in the window.
+    pub rework_deployments: u64,
     /// Time to restore, seconds.
     pub time_to_restore: Quantiles,
     /// Failed deployment recovery time, seconds.
@@ -485,6 +492,9 @@ struct Deployed {
     outcome: DeploymentOutcome,
     /// A failed change (rollbacks never are: they are the fix).
     failed: bool,
+    /// Rework: unplanned, made because of an incident (rollbacks never are:
+    /// they are not changes).
+    rework: bool,
     cause: &'static str,
 }
 
@@ -507,6 +517,7 @@ struct Settings {
     derived: DerivedIncidentsConfig,
     retention: Nanos,
     max_series: usize,
+    rework_after_incident: bool,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -565,6 +576,7 @@ impl DoraProcessor {
                 derived: config.derived_incidents.clone(),
                 retention: config.retention.get().as_nanos() as Nanos,
                 max_series: config.max_series,
+                rework_after_incident: config.rework_after_incident,
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -742,6 +754,7 @@ impl DoraProcessor {
                     id,
                     time,
                     &Deployment {
+                        rework: false,
                         service: service.clone().unwrap_or(default_service),
                         environment: environment.clone().unwrap_or(default_environment),
                         artifact: None,
@@ -822,6 +835,7 @@ impl DoraProcessor {
                 .map(|c| (key(&c.id), c.time))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
+            rework: d.rework,
         };
         // Kept sorted by (time, id) whatever the arrival order; in order
         // (a restore replays sorted history, and deployments mostly come in
@@ -1093,6 +1107,24 @@ impl DoraProcessor {
             }
         }
 
+        // Rework: marked so, or (as configured) the next deployment after an
+        // incident of the series opened, while it is still open: the fix.
+        let mut rework: Vec<bool> = deployments.iter().map(|d| d.rework && counted(d)).collect();
+        if self.settings.rework_after_incident {
+            for incident in incidents {
+                let Some(opened) = incident.opened else {
+                    continue;
+                };
+                let restored = incident.restored();
+                let next = deployments.partition_point(|d| d.time <= opened);
+                if let Some(i) = (next..deployments.len()).find(|&i| counted(&deployments[i]))
+                    && restored.is_none_or(|r| deployments[i].time < r)
+                {
+                    rework[i] = true;
+                }
+            }
+        }
+
         // First successful deployment of each change, with its lead time.
         let mut first_deployed: KeyMap<(Nanos, Option<Nanos>)> = KeyMap::default();
         // Revisions whose changes an earlier deployment of the series
@@ -1187,10 +1219,12 @@ impl DoraProcessor {
             deployments: deployments
                 .iter()
                 .zip(failed.iter().zip(causes))
-                .map(|(d, (&failed, cause))| Deployed {
+                .zip(rework)
+                .map(|((d, (&failed, cause)), rework)| Deployed {
                     time: d.time,
                     outcome: d.outcome,
                     failed: failed && counted(d),
+                    rework,
                     cause,
                 })
                 .collect(),
@@ -1218,6 +1252,7 @@ impl DoraProcessor {
         let mut rollbacks = 0;
         let mut counted_in = 0;
         let mut failed_in = 0;
+        let mut rework_in = 0;
         let mut deployed_ago = Vec::new();
         for d in histories.iter().flat_map(|h| &h.deployments) {
             if !inside(d.time) {
@@ -1234,6 +1269,7 @@ impl DoraProcessor {
             if d.outcome != DeploymentOutcome::Rollback {
                 counted_in += 1;
                 failed_in += u64::from(d.failed);
+                rework_in += u64::from(d.rework);
             }
         }
         let pooled = |pick: fn(&History) -> &[(Nanos, Nanos)]| {
@@ -1251,6 +1287,7 @@ impl DoraProcessor {
         let time_to_restore = pooled(|h| &h.incident_durations);
         let failed_deployment_recovery = pooled(|h| &h.recovery);
         let change_failure_ratio = (counted_in > 0).then(|| failed_in as f64 / counted_in as f64);
+        let rework_ratio = (counted_in > 0).then(|| rework_in as f64 / counted_in as f64);
         let cutoffs = &self.settings.cutoffs;
         WindowFigures {
             window: label.to_string(),
@@ -1271,6 +1308,8 @@ impl DoraProcessor {
             lead_time,
             change_failure_ratio,
             failed_changes: failed_in,
+            rework_ratio,
+            rework_deployments: rework_in,
             time_to_restore,
             failed_deployment_recovery,
             previous: trend

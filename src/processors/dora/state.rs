@@ -147,6 +147,7 @@ impl DoraProcessor {
                                         time_ns: *time,
                                     })
                                     .collect(),
+                                rework: d.rework,
                             })
                             .collect(),
                     },
@@ -297,6 +298,7 @@ impl DoraProcessor {
                         .map(|c| Ok((from_key(c.change.as_ref(), "a linked change")?, c.time_ns)))
                         .collect::<Result<Vec<_>, String>>()?
                         .into_boxed_slice(),
+                    rework: d.rework,
                 };
                 if records.last().is_some_and(|p: &DeploymentRecord| {
                     (p.time, p.order) > (record.time, record.order)
@@ -419,6 +421,7 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             service: d.service.clone(),
             environment: d.environment.clone(),
             artifact: d.artifact.clone(),
+            rework: d.rework,
             outcome: to_outcome(d.outcome),
             changes: d
                 .changes
@@ -498,6 +501,7 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
 pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, String> {
     let kind = match record.kind {
         Some(Kind::Deployment(d)) => DeliveryKind::Deployment(Deployment {
+            rework: d.rework,
             service: d.service,
             environment: d.environment,
             artifact: d.artifact,

@@ -39,6 +39,7 @@ fn deploy(
         id,
         time,
         DeliveryKind::Deployment(Deployment {
+            rework: false,
             service: "checkout".into(),
             environment: env.into(),
             artifact: Some(artifact.into()),
@@ -504,6 +505,7 @@ fn deploy_of(
         id,
         time,
         DeliveryKind::Deployment(Deployment {
+            rework: false,
             service: service.into(),
             environment: "production".into(),
             artifact: Some(format!("{id}-artifact")),
@@ -538,6 +540,7 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
             "s1",
             t(12, 0),
             DeliveryKind::Deployment(Deployment {
+                rework: false,
                 service: "checkout".into(),
                 environment: "staging".into(),
                 artifact: None,
@@ -941,5 +944,55 @@ fn a_pull_request_dated_from_its_first_commit_walks_its_branch() {
     assert_eq!(
         super::state::from_event_record(record).unwrap(),
         pull_request(3)
+    );
+}
+
+/// d1 @d1 0h; incident i1 opens @d1 2h, resolved @d1 6h; d2 @d1 4h is the
+/// next deployment while it is open: rework; d3 @d1 5h is not (only the
+/// next one); d4 @d2 0h is marked rework by its producer; i2 opens @d3 0h,
+/// resolved @d3 1h, and d5 @d3 2h comes after it: not rework; a rollback
+/// @d3 3h is not a change. 2 of 5 deployments: 0.4; without the incident
+/// rule only d4: 0.2.
+#[test]
+fn rework_is_marked_or_the_next_deployment_while_an_incident_is_open() {
+    let marked = {
+        let mut d = deploy("d4", t(2, 0), "production", "a4", Success);
+        if let DeliveryKind::Deployment(dep) = &mut d.kind {
+            dep.rework = true;
+        }
+        d
+    };
+    let events = vec![
+        deploy("d1", t(1, 0), "production", "a1", Success),
+        opened("i1-open", t(1, 2), "i1", None),
+        deploy("d2", t(1, 4), "production", "a2", Success),
+        deploy("d3", t(1, 5), "production", "a3", Success),
+        resolved("i1-res", t(1, 6), "i1"),
+        marked,
+        opened("i2-open", t(3, 0), "i2", None),
+        resolved("i2-res", t(3, 1), "i2"),
+        deploy("d5", t(3, 2), "production", "a5", Success),
+        deploy("r1", t(3, 3), "production", "a4", Rollback),
+    ];
+    let rework = |config: &DoraConfig| {
+        let mut dora = DoraProcessor::new(config);
+        dora.apply(&events);
+        let snapshot = dora.snapshot(t(6, 0));
+        let week = production(&snapshot).windows[0].clone();
+        (week.rework_deployments, week.rework_ratio)
+    };
+    assert_eq!(rework(&config()), (2, Some(0.4)));
+    let without = DoraConfig {
+        rework_after_incident: false,
+        ..config()
+    };
+    assert_eq!(rework(&without), (1, Some(0.2)));
+    // Through a checkpoint, the mark is kept.
+    let mut dora = DoraProcessor::new(&without);
+    dora.apply(&events);
+    let restored = through_checkpoint(&dora, &without);
+    assert_eq!(
+        production(&restored.snapshot(t(6, 0))).windows[0].rework_deployments,
+        1
     );
 }

@@ -55,6 +55,12 @@ pub struct GithubConfig {
     /// merge commit's own time). Default `opened`.
     #[serde(default)]
     pub pull_request_time: PullRequestTime,
+    /// Refs whose deployments are rework (hotfixes), as `*` globs on the
+    /// deployment's `ref` or the run's branch, e.g. `[hotfix/*]`; a
+    /// deployment whose `payload.rework` is `true` is rework too. Default
+    /// none.
+    #[serde(default)]
+    pub rework_refs: Vec<String>,
 }
 
 /// `pull_request_time`: where a merged pull request's lead time starts.
@@ -215,7 +221,7 @@ fn deployment_status(config: &GithubConfig, body: &Value) -> Result<Outcome, Fie
         id_text(body, "deployment_status.id")?
     );
     let artifact = commit_id(&full, sha);
-    Ok(Outcome::Events(vec![emit::deployment(
+    let mut event = emit::deployment(
         &id,
         &source(&full),
         &at,
@@ -223,7 +229,17 @@ fn deployment_status(config: &GithubConfig, body: &Value) -> Result<Outcome, Fie
         environment,
         Some(&artifact),
         failed,
-    )]))
+    );
+    let marked = match deployment.get("payload") {
+        Some(Value::Object(p)) => p.get("rework") == Some(&Value::Bool(true)),
+        Some(Value::String(p)) => serde_json::from_str::<Value>(p)
+            .is_ok_and(|v| v.get("rework") == Some(&Value::Bool(true))),
+        _ => false,
+    };
+    if marked || super::rework_ref(&config.rework_refs, optional_text(body, "deployment.ref")) {
+        super::mark_rework(&mut event);
+    }
+    Ok(Outcome::Events(vec![event]))
 }
 
 fn workflow(config: &GithubConfig, body: &Value, job: bool) -> Result<Outcome, FieldError> {
@@ -279,7 +295,7 @@ fn workflow(config: &GithubConfig, body: &Value, job: bool) -> Result<Outcome, F
         .clone()
         .unwrap_or_else(|| mapped_service(&config.services, &full, &name));
     let id = format!("github:{full}:{what}:{run}:{attempt}");
-    Ok(Outcome::Events(vec![emit::deployment(
+    let mut event = emit::deployment(
         &id,
         &source(&full),
         &at,
@@ -287,7 +303,14 @@ fn workflow(config: &GithubConfig, body: &Value, job: bool) -> Result<Outcome, F
         &listed.environment,
         Some(&commit_id(&full, sha)),
         failed,
-    )]))
+    );
+    if super::rework_ref(
+        &config.rework_refs,
+        optional_text(body, &format!("{what}.head_branch")),
+    ) {
+        super::mark_rework(&mut event);
+    }
+    Ok(Outcome::Events(vec![event]))
 }
 
 fn push(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldError> {
@@ -409,6 +432,7 @@ mod tests {
                 service: None,
             }],
             pull_request_time: PullRequestTime::Opened,
+            rework_refs: vec!["hotfix/*".into()],
         }
     }
 
@@ -466,6 +490,28 @@ mod tests {
             (d.service.as_str(), d.environment.as_str(), d.outcome),
             ("cart", "prod", DeploymentOutcome::Failure)
         );
+    }
+
+    #[test]
+    fn hotfix_refs_and_marked_payloads_are_rework() {
+        let status = |reference: &str, payload: Value| {
+            json!({
+                "deployment_status": { "id": 9, "state": "success", "created_at": "2024-05-01T12:00:00Z" },
+                "deployment": { "sha": "abc", "ref": reference, "environment": "production", "payload": payload },
+                "repository": repo(),
+            })
+        };
+        let rework = |body: Value| {
+            let events =
+                decoded(translate(&config(), &headers("deployment_status"), &body).unwrap());
+            let DeliveryKind::Deployment(d) = &events[0].kind else {
+                panic!()
+            };
+            d.rework
+        };
+        assert!(rework(status("hotfix/login", json!({}))));
+        assert!(rework(status("main", json!({ "rework": true }))));
+        assert!(!rework(status("main", json!({}))));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct GitlabConfig {
     /// (deployments come from `Deployment Hook`).
     #[serde(default)]
     pub deploy_pipelines: Vec<DeployPipeline>,
+    /// Refs whose deployments are rework (hotfixes), as `*` globs on the
+    /// deployment's or pipeline's `ref`, e.g. `[hotfix/*]`. Default none.
+    #[serde(default)]
+    pub rework_refs: Vec<String>,
 }
 
 /// A GitLab pipeline that deploys: matched on its name and/or its ref.
@@ -183,7 +187,7 @@ fn deployment(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError
         "gitlab:{full}:deployment:{}:{status}",
         id_text(body, "deployment_id")?
     );
-    Ok(Outcome::Events(vec![emit::deployment(
+    let mut event = emit::deployment(
         &id,
         &source(body, &full),
         &at,
@@ -191,7 +195,11 @@ fn deployment(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError
         environment,
         Some(&commit_id(&full, &sha)),
         failed,
-    )]))
+    );
+    if super::rework_ref(&config.rework_refs, optional_text(body, "ref")) {
+        super::mark_rework(&mut event);
+    }
+    Ok(Outcome::Events(vec![event]))
 }
 
 fn pipeline(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> {
@@ -220,7 +228,7 @@ fn pipeline(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> 
         "gitlab:{full}:pipeline:{}",
         id_text(body, "object_attributes.id")?
     );
-    Ok(Outcome::Events(vec![emit::deployment(
+    let mut event = emit::deployment(
         &id,
         &source(body, &full),
         &at,
@@ -228,7 +236,11 @@ fn pipeline(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> 
         &listed.environment,
         Some(&commit_id(&full, sha)),
         failed,
-    )]))
+    );
+    if super::rework_ref(&config.rework_refs, reference) {
+        super::mark_rework(&mut event);
+    }
+    Ok(Outcome::Events(vec![event]))
 }
 
 fn push(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> {
@@ -322,6 +334,7 @@ mod tests {
                 environment: "production".into(),
                 service: None,
             }],
+            rework_refs: vec!["hotfix/*".into()],
         }
     }
 
@@ -361,6 +374,30 @@ mod tests {
             d.artifact.as_deref(),
             Some("pkg:gitlab/acme/shop@279484c09fbe69ededfced8c1bb6e6d24616b468")
         );
+    }
+
+    #[test]
+    fn deployments_of_hotfix_refs_are_rework() {
+        let body = |reference: &str| {
+            json!({
+                "object_kind": "deployment", "status": "success", "deployment_id": 16,
+                "status_changed_at": "2021-04-28 21:50:00 +0200", "environment": "production",
+                "ref": reference,
+                "commit_url": "http://gitlab/acme/shop/-/commit/279484c09fbe69ededfced8c1bb6e6d24616b468",
+                "project": { "path_with_namespace": "acme/shop" },
+            })
+        };
+        let rework = |reference: &str| {
+            let events = decoded(
+                translate(&config(), &headers("Deployment Hook"), &body(reference)).unwrap(),
+            );
+            let DeliveryKind::Deployment(d) = &events[0].kind else {
+                panic!()
+            };
+            d.rework
+        };
+        assert!(rework("hotfix/checkout-500s"));
+        assert!(!rework("main"));
     }
 
     #[test]

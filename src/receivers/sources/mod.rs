@@ -136,6 +136,46 @@ fn latest<'a>(times: impl Iterator<Item = &'a String>) -> Option<String> {
         .map(|(_, t)| t.clone())
 }
 
+/// Whether `reference` (a branch or tag, `refs/heads/` stripped) matches
+/// one of `patterns`, where `*` matches any run of characters.
+fn rework_ref(patterns: &[String], reference: Option<&str>) -> bool {
+    let Some(reference) = reference else {
+        return false;
+    };
+    let reference = reference
+        .strip_prefix("refs/heads/")
+        .or_else(|| reference.strip_prefix("refs/tags/"))
+        .unwrap_or(reference);
+    patterns.iter().any(|p| glob(p, reference))
+}
+
+/// `*`-only glob matching, whole string.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Marks a deployment CDEvent as rework (`customData.rework: true`).
+fn mark_rework(event: &mut Value) {
+    if let Some(custom) = event.get_mut("customData").and_then(Value::as_object_mut) {
+        custom.insert("rework".to_string(), Value::Bool(true));
+    }
+}
+
 /// Repository → service: the configured table (by full path, then by
 /// name), else the repository's name.
 fn mapped_service(
@@ -563,6 +603,24 @@ mod tests {
             Some("2024-01-01T00:00:00.250Z")
         );
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn rework_refs_match_as_globs() {
+        let patterns = vec![
+            "hotfix/*".to_string(),
+            "*-fix".to_string(),
+            "release".to_string(),
+        ];
+        assert!(rework_ref(&patterns, Some("refs/heads/hotfix/login")));
+        assert!(rework_ref(&patterns, Some("hotfix/")));
+        assert!(rework_ref(&patterns, Some("payment-fix")));
+        assert!(rework_ref(&patterns, Some("release")));
+        assert!(!rework_ref(&patterns, Some("release-2")));
+        assert!(!rework_ref(&patterns, Some("main")));
+        assert!(!rework_ref(&patterns, None));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXcYYb"));
     }
 
     #[test]
