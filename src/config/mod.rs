@@ -459,6 +459,10 @@ pub struct DoraConfig {
     /// How long after a deployment an incident still makes it a failed change. Default `24h`.
     #[serde(default = "default_failure_window")]
     pub failure_window: ConfigDuration,
+    /// Service → team: each team's figures pool its services' events (and
+    /// the organisation's pool every service's). Default: no teams.
+    #[serde(default)]
+    pub teams: BTreeMap<String, String>,
     /// Whether the next deployment of a series after one of its incidents
     /// opened, while it is still open, is rework (the fix). Default `true`.
     #[serde(default = "default_true")]
@@ -580,6 +584,7 @@ impl Default for DoraConfig {
             production_environments: default_production_environments(),
             failure_window: default_failure_window(),
             rework_after_incident: true,
+            teams: BTreeMap::new(),
             profile: Default::default(),
             levels: Default::default(),
             deploy_pipelines: Vec::new(),

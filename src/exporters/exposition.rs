@@ -445,6 +445,73 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
             &s.incident_durations,
         );
     }
+    write_teams(snapshot, w);
+}
+
+/// The `dora_team_*` families: each configured team's series pooled, per
+/// environment and window (teams come from config only, so the label is
+/// bounded by it).
+fn write_teams(snapshot: &DoraSnapshot, w: &mut impl Families) {
+    if snapshot.teams.is_empty() {
+        return;
+    }
+    type TeamGauge = (
+        &'static str,
+        &'static str,
+        fn(&WindowFigures) -> Option<f64>,
+    );
+    let gauges: [TeamGauge; 4] = [
+        (
+            "dora_team_deployment_frequency_per_day",
+            "Successful deployments per day of the team's services together.",
+            |f| Some(f.deployment_frequency_per_day),
+        ),
+        (
+            "dora_team_change_failure_ratio",
+            "Failed changes / deployments over all the team's deployments; NaN without deployments.",
+            |f| f.change_failure_ratio,
+        ),
+        (
+            "dora_team_deployment_rework_ratio",
+            "Rework deployments / deployments over all the team's deployments; NaN without deployments.",
+            |f| f.rework_ratio,
+        ),
+        (
+            "dora_team_mean_time_to_restore_seconds",
+            "Mean time to restore over all the team's resolved incidents; NaN without any.",
+            |f| f.time_to_restore.mean,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        w.family(name, Kind::Gauge, help);
+        for t in &snapshot.teams {
+            let team = t.team.as_deref().unwrap_or_default();
+            for f in &t.windows {
+                let pairs = [
+                    ("team", team),
+                    ("environment", t.environment.as_str()),
+                    ("window", f.window.as_str()),
+                ];
+                w.sample(&pairs, value(f));
+            }
+        }
+    }
+    w.family(
+        "dora_team_lead_time_seconds",
+        Kind::Gauge,
+        "Lead time for changes over all the team's changes (p50, p95), seconds.",
+    );
+    for t in &snapshot.teams {
+        let team = t.team.as_deref().unwrap_or_default();
+        for f in &t.windows {
+            let pairs = [
+                ("team", team),
+                ("environment", t.environment.as_str()),
+                ("window", f.window.as_str()),
+            ];
+            quantile_samples(w, &pairs, &f.lead_time);
+        }
+    }
 }
 
 /// Writes the per-service families of `snapshot` to `w`, as [`render_red`]
@@ -563,6 +630,65 @@ mod tests {
                 "# TYPE dora_service_latency_seconds gauge",
             ]
         );
+    }
+
+    #[test]
+    fn team_families_carry_the_pooled_figures() {
+        use crate::config::DoraConfig;
+        use crate::model::delivery::{
+            DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
+        };
+        use crate::processors::dora::DoraProcessor;
+        let mut config = DoraConfig::default();
+        config.teams.insert("checkout".into(), "payments".into());
+        config.teams.insert("cart".into(), "payments".into());
+        let hour = 3_600_000_000_000i64;
+        let now = 1_714_521_600_000_000_000i64;
+        let deploy = |id: &str, service: &str, ago: i64, lead: i64| DeliveryEvent {
+            id: id.into(),
+            time: now - ago,
+            kind: DeliveryKind::Deployment(Deployment {
+                service: service.into(),
+                environment: "production".into(),
+                artifact: None,
+                outcome: DeploymentOutcome::Success,
+                changes: vec![LinkedChange {
+                    id: format!("{id}-c"),
+                    time: Some(now - ago - lead),
+                }],
+                rework: false,
+            }),
+        };
+        let mut dora = DoraProcessor::new(&config);
+        dora.apply(&[
+            deploy("a", "checkout", 2 * hour, hour),
+            deploy("b", "cart", 3 * hour, 3 * hour),
+            deploy("c", "search", hour, 5 * hour),
+        ]);
+        let text = render_dora(&dora.snapshot(now));
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .to_string()
+        };
+        assert_eq!(
+            line(
+                "dora_team_deployment_frequency_per_day{team=\"payments\",environment=\"production\",window=\"7d\"}"
+            ),
+            format!(
+                "dora_team_deployment_frequency_per_day{{team=\"payments\",environment=\"production\",window=\"7d\"}} {}",
+                2.0 / 7.0
+            )
+        );
+        // Lead times 1h and 3h pooled: p95 3h (search, in no team, is not in it).
+        assert_eq!(
+            line(
+                "dora_team_lead_time_seconds{team=\"payments\",environment=\"production\",window=\"7d\",quantile=\"0.95\"}"
+            ),
+            "dora_team_lead_time_seconds{team=\"payments\",environment=\"production\",window=\"7d\",quantile=\"0.95\"} 10800"
+        );
+        assert!(!text.contains("team=\"search\""));
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Report {
     pub production: Option<WindowFigures>,
     /// Each production series over the summary window.
     pub summary: Vec<SummaryRow>,
+    /// Each team (`processors.dora.teams`) per environment, its series
+    /// pooled, over the summary window.
+    pub teams: Vec<TeamRow>,
     /// Production series whose figures fall below `high`, and why.
     pub below_high: Vec<BelowHigh>,
     /// Every series in detail.
@@ -68,6 +71,19 @@ pub struct SummaryRow {
     /// Its environment.
     pub environment: String,
     /// Its figures over the summary window.
+    pub figures: WindowFigures,
+}
+
+/// A team's series in one environment, pooled.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeamRow {
+    /// The team.
+    pub team: String,
+    /// The environment.
+    pub environment: String,
+    /// Its services.
+    pub services: Vec<String>,
+    /// Their figures together over the summary window.
     pub figures: WindowFigures,
 }
 
@@ -211,6 +227,21 @@ pub fn build(inputs: &ReportInputs, now: i64) -> Report {
             });
         }
     }
+    let teams = match (dora, summary_at) {
+        (Some(d), Some(i)) => d
+            .teams
+            .iter()
+            .filter_map(|t| {
+                Some(TeamRow {
+                    team: t.team.clone()?,
+                    environment: t.environment.clone(),
+                    services: t.services.clone(),
+                    figures: strip(t.windows.get(i)?),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let services = dora
         .map(|d| {
             d.series
@@ -264,6 +295,7 @@ pub fn build(inputs: &ReportInputs, now: i64) -> Report {
         cutoffs: dora.map(|d| d.cutoffs),
         production,
         summary,
+        teams,
         below_high,
         services,
         alerts: AlertsSection {

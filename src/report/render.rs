@@ -195,6 +195,30 @@ pub fn document(report: &Report) -> Vec<Block> {
         }
     }
 
+    if !report.teams.is_empty() {
+        doc.push(Block::Heading(2, format!("Teams, last {window}")));
+        doc.push(Block::Paragraph(
+            "Each team's services together: every deployment, lead time and incident of theirs counted as one, not an average of the services.".into(),
+        ));
+        let mut header = vec!["team".to_string(), "services".to_string()];
+        header.extend(METRICS.iter().map(|m| m.to_string()));
+        header.push("rework rate".to_string());
+        let rows = report
+            .teams
+            .iter()
+            .map(|t| {
+                let mut row = vec![
+                    format!("{} ({})", t.team, t.environment),
+                    t.services.join(", "),
+                ];
+                row.extend(summary_cells(&t.figures));
+                row.push(format_ratio(t.figures.rework_ratio));
+                row
+            })
+            .collect();
+        doc.push(Block::Table(header, rows));
+    }
+
     doc.push(Block::Heading(2, "Below high".into()));
     if report.below_high.is_empty() {
         doc.push(Block::Paragraph(format!(

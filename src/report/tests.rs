@@ -74,3 +74,54 @@ fn a_lone_deployment_is_below_high_on_frequency_only() {
     assert_eq!(drag.high_needs, 1.0 / 7.0);
     assert_eq!(report.below_high[0].drags.len(), 1);
 }
+
+/// checkout (lead 1h) and cart (lead 3h, and a failed deployment) are team
+/// payments; its row pools them over 30 days: 2 deployments (0.0667/day), lead
+/// p50 1h, 1 failed change of 3 (33.3%).
+#[test]
+fn teams_get_a_row_of_their_pooled_figures() {
+    use crate::model::delivery::{
+        DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
+    };
+    let mut config = crate::config::DoraConfig::default();
+    config.teams.insert("checkout".into(), "payments".into());
+    config.teams.insert("cart".into(), "payments".into());
+    let now = 1_714_521_600_000_000_000i64;
+    let hour = 3_600_000_000_000i64;
+    let deploy = |id: &str, service: &str, ago: i64, outcome, lead: i64| DeliveryEvent {
+        id: id.into(),
+        time: now - ago,
+        kind: DeliveryKind::Deployment(Deployment {
+            service: service.into(),
+            environment: "production".into(),
+            artifact: None,
+            outcome,
+            changes: vec![LinkedChange {
+                id: format!("{id}-c"),
+                time: Some(now - ago - lead),
+            }],
+            rework: false,
+        }),
+    };
+    let mut dora = crate::processors::dora::DoraProcessor::new(&config);
+    dora.apply(&[
+        deploy("a", "checkout", 2 * hour, DeploymentOutcome::Success, hour),
+        deploy("b", "cart", 3 * hour, DeploymentOutcome::Success, 3 * hour),
+        deploy("c", "cart", hour, DeploymentOutcome::Failure, hour),
+    ]);
+    let report = build(
+        &ReportInputs {
+            dora: Some(dora.snapshot_with_trend(now)),
+            ..Default::default()
+        },
+        now,
+    );
+    assert_eq!(report.teams.len(), 1);
+    assert_eq!(report.teams[0].services, ["cart", "checkout"]);
+    let md = markdown(&report);
+    assert!(md.contains("## Teams, last 30d"), "{md}");
+    assert!(
+        md.contains("| payments (production) | cart, checkout | 0.0667/day (medium) | 1.00 h (elite) | 33.3% (low) | — (—) | 0.0% |"),
+        "{md}"
+    );
+}

@@ -434,6 +434,12 @@ pub struct DoraSnapshot {
     pub cutoffs: levels::Cutoffs,
     /// Every series, ordered by service then environment.
     pub series: Vec<SeriesFigures>,
+    /// Per team (`processors.dora.teams`) and environment, the team's
+    /// series pooled: every deployment, lead and restore time of its
+    /// services counted together, not an average of theirs.
+    pub teams: Vec<GroupFigures>,
+    /// Per environment, every series pooled: the organisation's figures.
+    pub organisation: Vec<GroupFigures>,
     /// Events applied (after de-duplication).
     pub events_applied: u64,
     /// Events dropped as duplicates of one already applied.
@@ -442,6 +448,21 @@ pub struct DoraSnapshot {
     pub ignored: u64,
     /// Events dropped as older than the retention.
     pub expired: u64,
+}
+
+/// The figures of a group of series pooled: a team's in one environment,
+/// or the organisation's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupFigures {
+    /// The team; `None` for the organisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The environment.
+    pub environment: String,
+    /// Its services, in order.
+    pub services: Vec<String>,
+    /// Per window, as for a series.
+    pub windows: Vec<WindowFigures>,
 }
 
 /// A deployment that was a failed change.
@@ -518,6 +539,8 @@ struct Settings {
     retention: Nanos,
     max_series: usize,
     rework_after_incident: bool,
+    /// Service → team.
+    teams: HashMap<String, String>,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -577,6 +600,11 @@ impl DoraProcessor {
                 retention: config.retention.get().as_nanos() as Nanos,
                 max_series: config.max_series,
                 rework_after_incident: config.rework_after_incident,
+                teams: config
+                    .teams
+                    .iter()
+                    .map(|(service, team)| (service.clone(), team.clone()))
+                    .collect(),
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -878,14 +906,61 @@ impl DoraProcessor {
 
     fn pooled(parts: &[&DoraProcessor], now: Nanos, trend: bool) -> DoraSnapshot {
         let mut series = Vec::new();
-        let mut production = Vec::new();
+        let mut histories = Vec::new();
         for part in parts {
-            part.series_figures_into(now, trend, &mut series, &mut production);
+            part.series_figures_into(now, trend, &mut series, &mut histories);
         }
         series.sort_by(|a, b| (&a.service, &a.environment).cmp(&(&b.service, &b.environment)));
-        let pooled: Vec<&History> = production.iter().collect();
         let first = parts[0];
+        let pooled: Vec<&History> = histories
+            .iter()
+            .filter(|(_, environment, _)| first.is_production(environment))
+            .map(|(_, _, h)| h)
+            .collect();
+        // Teams and the organisation: the histories of their series pooled.
+        // Per group: its services and their histories.
+        type Members<'a> = (Vec<&'a str>, Vec<&'a History>);
+        let mut teams: BTreeMap<(&str, &str), Members> = BTreeMap::new();
+        let mut organisation: BTreeMap<&str, Members> = BTreeMap::new();
+        for (service, environment, history) in &histories {
+            if let Some(team) = first.settings.teams.get(service.as_str()) {
+                let entry = teams
+                    .entry((team.as_str(), environment.as_str()))
+                    .or_default();
+                entry.0.push(service);
+                entry.1.push(history);
+            }
+            let entry = organisation.entry(environment.as_str()).or_default();
+            entry.0.push(service);
+            entry.1.push(history);
+        }
+        let group = |team: Option<&str>, environment: &str, services: &[&str], of: &[&History]| {
+            let mut services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+            services.sort_unstable();
+            services.dedup();
+            GroupFigures {
+                team: team.map(str::to_string),
+                environment: environment.to_string(),
+                services,
+                windows: first
+                    .settings
+                    .windows
+                    .iter()
+                    .map(|(label, length)| first.window_figures(of, label, *length, now, trend))
+                    .collect(),
+            }
+        };
         DoraSnapshot {
+            teams: teams
+                .iter()
+                .map(|((team, environment), (services, of))| {
+                    group(Some(team), environment, services, of)
+                })
+                .collect(),
+            organisation: organisation
+                .iter()
+                .map(|(environment, (services, of))| group(None, environment, services, of))
+                .collect(),
             at: now,
             cutoffs: first.settings.cutoffs,
             production: first
@@ -902,14 +977,14 @@ impl DoraProcessor {
         }
     }
 
-    /// Appends every series' figures to `series`, and the histories of the
-    /// production ones to `production`.
+    /// Appends every series' figures to `series`, and its history with its
+    /// service and environment to `histories`.
     fn series_figures_into(
         &self,
         now: Nanos,
         trend: bool,
         series: &mut Vec<SeriesFigures>,
-        production: &mut Vec<History>,
+        histories: &mut Vec<(String, String, History)>,
     ) {
         let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
         for incident in self.incidents.values() {
@@ -950,9 +1025,7 @@ impl DoraProcessor {
                 now,
                 trend,
             );
-            if figures.production {
-                production.push(history);
-            }
+            histories.push((service.to_string(), environment.to_string(), history));
             series.push(figures);
         }
     }

@@ -996,3 +996,77 @@ fn rework_is_marked_or_the_next_deployment_while_an_incident_is_open() {
         1
     );
 }
+
+/// Team `payments` owns checkout and cart; search has no team. In the
+/// week before d6: checkout deploys c1..c3 (lead 1h, 2h, 3h) and fails c4;
+/// cart deploys k1 (lead 10h), made a failed change by an incident 1h
+/// later, resolved 2h after that; search deploys s1 (lead 20h).
+///
+/// Team, pooled: 4 successful deployments (4/7 a day), lead times 1, 2, 3,
+/// 10 h (mean 4h, where the mean of the services' means is 6h), 2 failed
+/// changes of 5 (0.4, where the mean of the services' rates is 0.625),
+/// restore 2h. The organisation adds search: lead mean 7.2h, 2 of 6.
+#[test]
+fn teams_and_the_organisation_pool_their_series_not_average_them() {
+    let mut config = config();
+    config.teams.insert("checkout".into(), "payments".into());
+    config.teams.insert("cart".into(), "payments".into());
+    let events = vec![
+        deploy_of("c1", "checkout", t(1, 0), HOUR, Success),
+        deploy_of("c2", "checkout", t(2, 0), 2 * HOUR, Success),
+        deploy_of("c3", "checkout", t(3, 0), 3 * HOUR, Success),
+        deploy_of("c4", "checkout", t(4, 0), HOUR, DeploymentOutcome::Failure),
+        deploy_of("k1", "cart", t(2, 0), 10 * HOUR, Success),
+        event(
+            "k-open",
+            t(2, 1),
+            DeliveryKind::IncidentOpened {
+                incident: "k-inc".into(),
+                service: "cart".into(),
+                environment: "production".into(),
+                artifact: None,
+            },
+        ),
+        resolved("k-res", t(2, 3), "k-inc"),
+        deploy_of("s1", "search", t(3, 0), 20 * HOUR, Success),
+    ];
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&events);
+    let snapshot = dora.snapshot(t(6, 0));
+    assert_eq!(snapshot.teams.len(), 1);
+    let team = &snapshot.teams[0];
+    assert_eq!(team.team.as_deref(), Some("payments"));
+    assert_eq!(team.environment, "production");
+    assert_eq!(team.services, ["cart", "checkout"]);
+    let week = &team.windows[0];
+    assert_eq!(week.deployments, 4);
+    assert_eq!(week.deployment_frequency_per_day, 4.0 / 7.0);
+    assert_eq!(week.lead_time.mean, Some(4.0 * 3_600.0));
+    assert_eq!(week.lead_time.p50, Some(2.0 * 3_600.0));
+    assert_eq!(week.change_failure_ratio, Some(0.4));
+    assert_eq!(week.time_to_restore.mean, Some(2.0 * 3_600.0));
+    // Averaging the services would have said otherwise.
+    let service = |name: &str| {
+        snapshot
+            .series
+            .iter()
+            .find(|s| s.service == name)
+            .unwrap()
+            .windows[0]
+            .clone()
+    };
+    let (checkout, cart) = (service("checkout"), service("cart"));
+    let mean_of_means = (checkout.lead_time.mean.unwrap() + cart.lead_time.mean.unwrap()) / 2.0;
+    assert_eq!(mean_of_means, 6.0 * 3_600.0);
+    let mean_of_rates =
+        (checkout.change_failure_ratio.unwrap() + cart.change_failure_ratio.unwrap()) / 2.0;
+    assert_eq!(mean_of_rates, 0.625);
+    // The organisation: every series of the environment.
+    assert_eq!(snapshot.organisation.len(), 1);
+    let org = &snapshot.organisation[0];
+    assert_eq!(org.team, None);
+    assert_eq!(org.services, ["cart", "checkout", "search"]);
+    assert_eq!(org.windows[0].lead_time.mean, Some(25_920.0));
+    assert_eq!(org.windows[0].change_failure_ratio, Some(2.0 / 6.0));
+    assert_eq!(org.windows[0], snapshot.production[0]);
+}
