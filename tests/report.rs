@@ -201,6 +201,22 @@ async fn every_figure_of_the_report_is_the_apis_and_the_hand_computed_one() {
         assert_eq!(section["recent_failed_changes"], s["recent_failed_changes"]);
     }
     assert_eq!(report["events"]["applied"], dora["events_applied"]);
+    // The advice in JSON, as in Markdown below.
+    let advice = report["advice"].as_array().expect("advice");
+    assert_eq!(advice.len(), 2);
+    assert_eq!(advice[0]["metric"], "deployment_frequency");
+    assert_eq!(advice[1]["metric"], "change_failure_rate");
+    assert_eq!(advice[1]["level"], "low");
+    assert_eq!(
+        advice[1]["practices"],
+        json!([
+            "automated testing",
+            "canary or blue-green releases",
+            "feature flags",
+            "automated rollback"
+        ])
+    );
+    assert_eq!(report["trends"][0]["direction"], "better");
     // Below high, with what drags each service down.
     let below = report["below_high"].as_array().expect("below_high");
     let drags = |service: &str| -> Vec<String> {
@@ -271,6 +287,34 @@ async fn every_figure_of_the_report_is_the_apis_and_the_hand_computed_one() {
         "{md}"
     );
     assert!(md.contains("**checkout (production)**: deployment frequency 0.100/day (medium; high needs at least 0.143/day); change failure rate 25.0% (low; high needs at most 10.0%)"), "{md}");
+    // The advice, for every production service pooled over 30 days
+    // (target high): 4 deployments (days 1, 5, 10 and 20 back: a
+    // deployment in most weeks, weekly) and 2 failed changes of 5 (d3's
+    // failed pipeline, p1's incident); lead time (2 h) and time to restore
+    // (2 h) are high or better.
+    assert!(md.contains("## Advice: production, last 30d"), "{md}");
+    assert!(
+        md.contains("### Deployment frequency: medium (target high)"),
+        "{md}"
+    );
+    assert!(md.contains("4 successful deployments in the last 30d (0.133/day, the DORA answer: weekly); high needs at least 0.143/day."), "{md}");
+    assert!(
+        md.contains("### Change failure rate: low (target high)"),
+        "{md}"
+    );
+    assert!(md.contains("2 of 5 deployments were failed changes (40.0%): 1 made so by an incident after them, 0 rolled back, 1 failed deployments; high needs at most 10.0%."), "{md}");
+    assert!(md.contains("What the assessment recommends, the first where the data points: automated testing, canary or blue-green releases, feature flags, automated rollback."), "{md}");
+    assert!(!md.contains("### Lead time for changes"), "{md}");
+    assert!(!md.contains("### Time to restore"), "{md}");
+    // Trends: nothing in the 30 days before.
+    assert!(
+        md.contains("| Deployment frequency | 0.133/day | 0/day | better |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| Change failure rate | 40.0% | — | unknown |"),
+        "{md}"
+    );
     assert!(md.contains("| last 7d | 2 (1 failed, 0 rolled back) | 0.286/day (weekly) | 1.00 h / 4.00 h | 33.3% (1 failed changes) | 0.0% (0 rework) | — / — | 1.00 d |"), "{md}");
     assert!(md.contains("| 7d before | 1 (0 failed, 0 rolled back) | 0.143/day (weekly) | 2.00 h / 2.00 h | 0.0% (0 failed changes) | 0.0% (0 rework) | — / — | — |"), "{md}");
     assert!(
@@ -288,6 +332,14 @@ async fn every_figure_of_the_report_is_the_apis_and_the_hand_computed_one() {
     assert!(page.starts_with("<!doctype html>"));
     assert!(!page.contains("http://") && !page.contains("https://"));
     assert!(page.contains("<td><strong>all production services</strong></td><td>0.133/day (medium)</td><td>2.00 h (elite)</td><td>40.0% (low)</td><td>2.00 h (high)</td>"), "{page}");
+    assert!(
+        page.contains("<h3>Change failure rate: low (target high)</h3>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("2 of 5 deployments were failed changes (40.0%)"),
+        "{page}"
+    );
     let (status, _) = get_text(&format!("{base}/report?format=pdf")).await;
     assert_eq!(status, 400);
 

@@ -459,6 +459,10 @@ pub struct DoraConfig {
     /// How long after a deployment an incident still makes it a failed change. Default `24h`.
     #[serde(default = "default_failure_window")]
     pub failure_window: ConfigDuration,
+    /// The level the report's advice aims at: `elite`, `high` (default) or
+    /// `medium`; keys below it get a finding and the practices for them.
+    #[serde(default = "default_target_level")]
+    pub target_level: crate::processors::dora::levels::Level,
     /// Service → team: each team's figures pool its services' events (and
     /// the organisation's pool every service's). Default: no teams.
     #[serde(default)]
@@ -573,6 +577,10 @@ fn default_production_environments() -> Vec<String> {
     vec!["production".to_string(), "prod".to_string()]
 }
 
+fn default_target_level() -> crate::processors::dora::levels::Level {
+    crate::processors::dora::levels::Level::High
+}
+
 fn default_failure_window() -> ConfigDuration {
     ConfigDuration::from_secs(86_400)
 }
@@ -584,6 +592,7 @@ impl Default for DoraConfig {
             production_environments: default_production_environments(),
             failure_window: default_failure_window(),
             rework_after_incident: true,
+            target_level: default_target_level(),
             teams: BTreeMap::new(),
             profile: Default::default(),
             levels: Default::default(),

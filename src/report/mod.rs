@@ -6,6 +6,7 @@
 //! (so the two agree number for number), and rendered through one document
 //! model ([`Block`]) to Markdown or HTML.
 
+pub mod advice;
 pub mod dashboard;
 mod render;
 
@@ -50,6 +51,13 @@ pub struct Report {
     pub production: Option<WindowFigures>,
     /// Each production series over the summary window.
     pub summary: Vec<SummaryRow>,
+    /// The keys of every production service pooled that fall below the
+    /// targeted level (`processors.dora.target_level`): what the data
+    /// shows and the practices for each, ranked by it.
+    pub advice: Vec<advice::Advice>,
+    /// Each key of every production service pooled, the summary window
+    /// against the one before.
+    pub trends: Vec<advice::Trend>,
     /// Each team (`processors.dora.teams`) per environment, its series
     /// pooled, over the summary window.
     pub teams: Vec<TeamRow>,
@@ -201,10 +209,13 @@ pub fn build(inputs: &ReportInputs, now: i64) -> Report {
         previous: None,
         ..w.clone()
     };
-    let production = dora
-        .zip(summary_at)
-        .and_then(|(d, i)| d.production.get(i))
-        .map(strip);
+    let pooled = dora.zip(summary_at).and_then(|(d, i)| d.production.get(i));
+    let trends = pooled.map(advice::trends).unwrap_or_default();
+    let advice = match (dora, pooled) {
+        (Some(d), Some(p)) => advice::advise(p, &p.window, &d.cutoffs, d.target_level),
+        _ => Vec::new(),
+    };
+    let production = pooled.map(strip);
     let mut summary = Vec::new();
     let mut below_high = Vec::new();
     if let (Some(dora), Some(i)) = (dora, summary_at) {
@@ -295,6 +306,8 @@ pub fn build(inputs: &ReportInputs, now: i64) -> Report {
         cutoffs: dora.map(|d| d.cutoffs),
         production,
         summary,
+        advice,
+        trends,
         teams,
         below_high,
         services,

@@ -68,6 +68,26 @@ fn three_figures(value: f64) -> String {
     format!("{value:.digits$}")
 }
 
+/// A key's name for people.
+fn metric_name(metric: &str) -> &'static str {
+    match metric {
+        "deployment_frequency" => "Deployment frequency",
+        "lead_time" => "Lead time for changes",
+        "change_failure_rate" => "Change failure rate",
+        "time_to_restore" => "Time to restore",
+        _ => "Other",
+    }
+}
+
+/// A key's value for people.
+fn metric_value(metric: &str, value: Option<f64>) -> String {
+    match metric {
+        "deployment_frequency" => value.map_or_else(|| "—".to_string(), format_frequency),
+        "change_failure_rate" => format_ratio(value),
+        _ => format_duration(value),
+    }
+}
+
 /// The four keys of one window, as summary cells: value (level).
 fn summary_cells(f: &WindowFigures) -> [String; 4] {
     let l = &f.levels;
@@ -192,6 +212,61 @@ pub fn document(report: &Report) -> Vec<Block> {
                     format_duration(Some(c.time_to_restore[2])),
                 )));
             }
+        }
+    }
+
+    if report.production.is_some() {
+        let target = report
+            .advice
+            .first()
+            .map(|a| a.target.as_str())
+            .unwrap_or("the targeted level");
+        doc.push(Block::Heading(
+            2,
+            format!("Advice: production, last {window}"),
+        ));
+        if report.advice.is_empty() {
+            doc.push(Block::Paragraph(format!(
+                "Every key is at {target} or better: nothing to advise."
+            )));
+        }
+        for a in &report.advice {
+            doc.push(Block::Heading(
+                3,
+                format!(
+                    "{}: {} (target {})",
+                    metric_name(a.metric),
+                    a.level.as_str(),
+                    a.target.as_str()
+                ),
+            ));
+            doc.push(Block::Paragraph(a.finding.clone()));
+            doc.push(Block::Paragraph(format!(
+                "What the assessment recommends, the first where the data points: {}.",
+                a.practices.join(", ")
+            )));
+        }
+        if !report.trends.is_empty() {
+            doc.push(Block::Heading(
+                2,
+                format!("Trends: production, last {window} against the {window} before"),
+            ));
+            let header = ["key", "this window", "the one before", "direction"]
+                .map(String::from)
+                .to_vec();
+            let rows = report
+                .trends
+                .iter()
+                .map(|t| {
+                    vec![
+                        metric_name(t.metric).to_string(),
+                        metric_value(t.metric, t.current),
+                        metric_value(t.metric, t.previous),
+                        t.direction.to_string(),
+                    ]
+                })
+                .collect();
+            doc.push(Block::Table(header, rows));
         }
     }
 

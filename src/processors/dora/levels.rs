@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigDuration;
 
 /// A performance level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// The best.

@@ -256,6 +256,8 @@ pub struct WindowFigures {
     pub rework_ratio: Option<f64>,
     /// Rework deployments in the window.
     pub rework_deployments: u64,
+    /// The failed changes by what made them so.
+    pub failed_by_cause: FailureCauses,
     /// Time to restore, seconds.
     pub time_to_restore: Quantiles,
     /// Failed deployment recovery time, seconds.
@@ -265,6 +267,17 @@ pub struct WindowFigures {
     /// The same figures over the window before this one (the trend), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<WindowFigures>>,
+}
+
+/// Failed changes by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct FailureCauses {
+    /// An incident of the series opened after the deployment.
+    pub incident: u64,
+    /// A rollback replaced it.
+    pub rolled_back: u64,
+    /// The deployment itself failed.
+    pub deployment_failed: u64,
 }
 
 /// Levels per metric.
@@ -432,6 +445,8 @@ pub struct DoraSnapshot {
     pub production: Vec<WindowFigures>,
     /// The level cut-offs in force (elite, high, medium per metric).
     pub cutoffs: levels::Cutoffs,
+    /// The level the report's advice aims at (`processors.dora.target_level`).
+    pub target_level: levels::Level,
     /// Every series, ordered by service then environment.
     pub series: Vec<SeriesFigures>,
     /// Per team (`processors.dora.teams`) and environment, the team's
@@ -541,6 +556,7 @@ struct Settings {
     rework_after_incident: bool,
     /// Service → team.
     teams: HashMap<String, String>,
+    target_level: levels::Level,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -600,6 +616,7 @@ impl DoraProcessor {
                 retention: config.retention.get().as_nanos() as Nanos,
                 max_series: config.max_series,
                 rework_after_incident: config.rework_after_incident,
+                target_level: config.target_level,
                 teams: config
                     .teams
                     .iter()
@@ -963,6 +980,7 @@ impl DoraProcessor {
                 .collect(),
             at: now,
             cutoffs: first.settings.cutoffs,
+            target_level: first.settings.target_level,
             production: first
                 .settings
                 .windows
@@ -1326,6 +1344,7 @@ impl DoraProcessor {
         let mut counted_in = 0;
         let mut failed_in = 0;
         let mut rework_in = 0;
+        let mut causes = FailureCauses::default();
         let mut deployed_ago = Vec::new();
         for d in histories.iter().flat_map(|h| &h.deployments) {
             if !inside(d.time) {
@@ -1343,6 +1362,13 @@ impl DoraProcessor {
                 counted_in += 1;
                 failed_in += u64::from(d.failed);
                 rework_in += u64::from(d.rework);
+                if d.failed {
+                    match d.cause {
+                        "rolled back" => causes.rolled_back += 1,
+                        "deployment failed" => causes.deployment_failed += 1,
+                        _ => causes.incident += 1,
+                    }
+                }
             }
         }
         let pooled = |pick: fn(&History) -> &[(Nanos, Nanos)]| {
@@ -1383,6 +1409,7 @@ impl DoraProcessor {
             failed_changes: failed_in,
             rework_ratio,
             rework_deployments: rework_in,
+            failed_by_cause: causes,
             time_to_restore,
             failed_deployment_recovery,
             previous: trend
