@@ -217,3 +217,111 @@ async fn the_dashboard_shows_the_four_keys_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+/// The team filter: team payments owns checkout and payments, search has
+/// none. In 30 days: checkout deploys at -1h (lead 1h) and -4d (lead 3h),
+/// payments at -2d (lead 2h), search at -3d (lead 30 min). Opened as
+/// `/#team=payments`, the page shows the team's figures: 3 deployments
+/// (0.100/day), lead median 2.00 h; every service's would be 4 (0.133/day)
+/// and 1.00 h. The services table holds the team's services only. A
+/// screenshot is kept at `target/test-artifacts/dashboard-team.png`.
+#[tokio::test]
+async fn the_team_filter_shows_a_teams_pooled_figures_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        say_skipped(
+            "dashboard team filter in chromium",
+            "no chromium (scripts/setup installs Debian's)",
+        );
+        return;
+    };
+    let doraflow = Doraflow::start_config(
+        "window: 5m, slice: 10s",
+        "windows: [7d, 30d], teams: { checkout: payments, payments: payments }",
+        "interval: 1s",
+        256,
+    );
+    let now = common::unix_now();
+    let deployed = |id: &str, service: &str, ago: i64, lead: i64| {
+        json!({
+            "context": {"specversion": "0.5.1", "id": id, "source": "/ci", "type": "dev.cdevents.service.deployed.0.3.0", "timestamp": ts(now - ago)},
+            "subject": {"id": format!("service/{service}"), "content": {"environment": {"id": "production"}}},
+            "customData": {"changes": [{"id": format!("{id}-change"), "timestamp": ts(now - ago - lead)}]}
+        })
+    };
+    let events = json!([
+        deployed("d0", "checkout", 3_600, 3_600),
+        deployed("d1", "payments", 2 * 86_400, 7_200),
+        deployed("d2", "search", 3 * 86_400, 1_800),
+        deployed("d3", "checkout", 4 * 86_400, 3 * 3_600),
+    ]);
+    let answer = reqwest::Client::new()
+        .post(doraflow.webhook_url())
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(events.to_string())
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(answer.status(), 202);
+    let base = format!("http://127.0.0.1:{}", doraflow.prometheus);
+    let all: Value = reqwest::get(format!("{base}/api/v1/dashboard"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(all["teams"], json!(["payments"]));
+    assert_eq!(all["tiles"][0]["value"], "0.133/day");
+    assert_eq!(all["tiles"][1]["value"], "1.00 h");
+
+    let url = format!("{base}/#team=payments");
+    let dom = tokio::task::spawn_blocking({
+        let chromium = chromium.clone();
+        let url = url.clone();
+        move || headless(&chromium, &url, &["--dump-dom"])
+    })
+    .await
+    .expect("chromium");
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    assert_eq!(
+        tile_part(&dom, "deployment_frequency", "value"),
+        "0.100/day"
+    );
+    assert_eq!(tile_part(&dom, "lead_time", "value"), "2.00 h");
+    assert_eq!(tile_part(&dom, "rework_rate", "value"), "0.0%");
+    assert!(
+        dom.contains("<span id=\"scope\">· team payments</span>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>checkout</td>") && dom.contains("<td>payments</td>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<td>search</td>"), "{dom}");
+    assert!(
+        dom.contains("<option value=\"payments\">payments</option>"),
+        "{dom}"
+    );
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("test-artifacts"))
+        .expect("target dir");
+    std::fs::create_dir_all(&shot).expect("artifacts dir");
+    let shot = shot.join("dashboard-team.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            headless(
+                &chromium,
+                &url,
+                &[&format!("--screenshot={}", shot.display())],
+            )
+        }
+    })
+    .await
+    .expect("chromium");
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    eprintln!("dashboard screenshot: {}", shot.display());
+}

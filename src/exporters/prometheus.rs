@@ -202,8 +202,19 @@ async fn dashboard_page() -> Response {
         .into_response()
 }
 
-/// `GET /api/v1/dashboard`: what the dashboard draws.
-async fn api_dashboard(State(exporter): State<PrometheusExporter>) -> Response {
+/// Query of `/api/v1/dashboard`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DashboardQuery {
+    /// Show this team's figures and services.
+    team: Option<String>,
+}
+
+/// `GET /api/v1/dashboard`: what the dashboard draws (`?team=` for one
+/// team's).
+async fn api_dashboard(
+    State(exporter): State<PrometheusExporter>,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
     let Some(inputs) = exporter
         .reader
         .report_inputs_with_days(crate::report::dashboard::TREND_DAYS)
@@ -215,7 +226,12 @@ async fn api_dashboard(State(exporter): State<PrometheusExporter>) -> Response {
         || crate::clock::Clock::now_ns(&crate::clock::SystemClock) as i64,
         |d| d.at,
     );
-    axum::Json(crate::report::dashboard::build_dashboard(&inputs, now)).into_response()
+    axum::Json(crate::report::dashboard::build_dashboard(
+        &inputs,
+        now,
+        query.team.as_deref().filter(|t| !t.is_empty()),
+    ))
+    .into_response()
 }
 
 /// `GET /report`: the DORA assessment, Markdown by default, `?format=json`

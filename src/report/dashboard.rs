@@ -22,7 +22,12 @@ pub struct Dashboard {
     pub generated_at: String,
     /// The tiles' window (the longest configured).
     pub window: Option<String>,
-    /// The four keys for every production service pooled.
+    /// The teams there are (`processors.dora.teams`), for the filter.
+    pub teams: Vec<String>,
+    /// The team shown, if one is chosen (and known).
+    pub team: Option<String>,
+    /// The four keys and the rework rate for every production service
+    /// pooled, or for the chosen team's.
     pub tiles: Vec<Tile>,
     /// Production per day, oldest first.
     pub trend: Vec<TrendDay>,
@@ -114,9 +119,29 @@ fn rate(requests: u64, window: &str) -> String {
 }
 
 /// Builds what the page draws.
-pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
+pub fn build_dashboard(inputs: &ReportInputs, now: i64, team: Option<&str>) -> Dashboard {
     let report = build(inputs, now);
-    let tiles = match &report.production {
+    let mut teams: Vec<String> = report.teams.iter().map(|t| t.team.clone()).collect();
+    teams.dedup();
+    let production = |environment: &str| {
+        inputs.dora.as_ref().is_some_and(|d| {
+            d.series
+                .iter()
+                .any(|s| s.environment == environment && s.production)
+        })
+    };
+    // The chosen team's production row (its services pooled), if known.
+    let chosen = team.and_then(|team| {
+        report
+            .teams
+            .iter()
+            .find(|t| t.team == team && production(&t.environment))
+    });
+    let figures = match chosen {
+        Some(row) => Some(&row.figures),
+        None => report.production.as_ref(),
+    };
+    let tiles = match figures {
         None => Vec::new(),
         Some(p) => vec![
             Tile {
@@ -150,6 +175,13 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
                 value: format_duration(p.time_to_restore.p50),
                 level: p.levels.time_to_restore,
                 detail: format!("median of {} incidents", p.time_to_restore.count),
+            },
+            Tile {
+                key: "rework_rate",
+                title: "Deployment rework rate",
+                value: format_ratio(p.rework_ratio),
+                level: None,
+                detail: format!("{} rework deployments", p.rework_deployments),
             },
         ],
     };
@@ -226,9 +258,14 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64) -> Dashboard {
         }
     }
     services.sort_by(|a, b| (&a.service, &a.environment).cmp(&(&b.service, &b.environment)));
+    if let Some(row) = chosen {
+        services.retain(|s| row.services.contains(&s.service));
+    }
     Dashboard {
         generated_at: report.generated_at.clone(),
         window: report.summary_window.clone(),
+        teams,
+        team: chosen.map(|row| row.team.clone()),
         tiles,
         trend,
         services,
