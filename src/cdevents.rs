@@ -171,6 +171,13 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 changes: linked_changes(event)?,
             }
         }
+        // A change labelled rework: doraflow's extension, as the GitHub and
+        // GitLab sources forward a hotfix-labelled merge.
+        ("change", "updated") if at(event, "customData.rework") == Some(&Value::Bool(true)) => {
+            DeliveryKind::ChangeRework {
+                change: required_str(event, "subject.id")?.to_string(),
+            }
+        }
         // A pull request's merge commit dated from its first commit:
         // doraflow's extension, as the GitHub source forwards it.
         ("change", "merged") if at(event, "customData.firstCommitOf").is_some() => {

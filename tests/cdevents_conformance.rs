@@ -66,7 +66,8 @@ async fn every_conformance_vector_is_accepted() {
             // never in a standard vector.
             DeliveryKind::Revision { .. }
             | DeliveryKind::IncidentReopened { .. }
-            | DeliveryKind::ChangeFromCommits { .. } => "extension",
+            | DeliveryKind::ChangeFromCommits { .. }
+            | DeliveryKind::ChangeRework { .. } => "extension",
         };
         let want = match name.as_ref() {
             "service_deployed" | "service_upgraded" | "service_rolledback" => "deployment",

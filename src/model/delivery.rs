@@ -61,6 +61,13 @@ pub enum DeliveryKind {
         /// How many commits it has.
         commits: u32,
     },
+    /// A change labelled rework (a pull or merge request with a hotfix
+    /// label): the deployment that first carries it is rework.
+    /// `change.updated` with `customData.rework: true`.
+    ChangeRework {
+        /// The change's id.
+        change: String,
+    },
     /// An incident opened (`incident.detected`, `incident.reported`).
     IncidentOpened {
         /// The incident's id (`subject.id`).

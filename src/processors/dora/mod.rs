@@ -218,6 +218,8 @@ struct ChangeTimes {
     /// A pull request's merge commit: its work began with the first of
     /// this many commits ending at this revision.
     first_commit_of: Option<(Key, u32)>,
+    /// Labelled rework (a hotfix pull request).
+    rework: bool,
 }
 
 impl ChangeTimes {
@@ -731,6 +733,9 @@ impl DoraProcessor {
                     changes.push(change);
                 }
             }
+            DeliveryKind::ChangeRework { change } => {
+                self.changes.entry(key(change)).or_default().rework = true;
+            }
             DeliveryKind::ChangeFromCommits {
                 change,
                 head,
@@ -1223,9 +1228,10 @@ impl DoraProcessor {
         // revision is read once per series however long the history.
         let mut reached: KeyMap<()> = KeyMap::default();
         let mut artifacts: Vec<Key> = Vec::new();
-        for d in deployments
+        for (index, d) in deployments
             .iter()
-            .filter(|d| d.outcome == DeploymentOutcome::Success)
+            .enumerate()
+            .filter(|(_, d)| d.outcome == DeploymentOutcome::Success)
         {
             artifacts.clear();
             let mut next = d.artifact;
@@ -1260,7 +1266,16 @@ impl DoraProcessor {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                first_deployed.entry(change).or_insert((d.time, started));
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    first_deployed.entry(change)
+                {
+                    slot.insert((d.time, started));
+                    // A change labelled rework (a hotfix pull request)
+                    // makes the deployment that first carries it rework.
+                    if self.changes.get(&change).is_some_and(|c| c.rework) {
+                        rework[index] = true;
+                    }
+                }
             }
         }
         let mut lead_times: Vec<(Nanos, Nanos)> = first_deployed

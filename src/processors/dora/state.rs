@@ -111,6 +111,7 @@ impl DoraProcessor {
                     merged_ns: times.merged,
                     first_commit_head: times.first_commit_of.map(|(head, _)| to_key(head)),
                     first_commit_count: times.first_commit_of.map_or(0, |(_, n)| n),
+                    rework: times.rework,
                 })
                 .collect(),
             artifacts: self
@@ -237,6 +238,7 @@ impl DoraProcessor {
                         )),
                         None => None,
                     },
+                    rework: c.rework,
                 },
             );
         }
@@ -470,6 +472,7 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
         }),
         DeliveryKind::IncidentResolved { incident } => Kind::IncidentResolved(incident.clone()),
         DeliveryKind::IncidentReopened { incident } => Kind::IncidentReopened(incident.clone()),
+        DeliveryKind::ChangeRework { change } => Kind::ChangeRework(change.clone()),
         DeliveryKind::ChangeFromCommits {
             change,
             head,
@@ -547,6 +550,7 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
         },
         Some(Kind::IncidentResolved(incident)) => DeliveryKind::IncidentResolved { incident },
         Some(Kind::IncidentReopened(incident)) => DeliveryKind::IncidentReopened { incident },
+        Some(Kind::ChangeRework(change)) => DeliveryKind::ChangeRework { change },
         Some(Kind::ChangeFromCommits(c)) => DeliveryKind::ChangeFromCommits {
             change: c.change,
             head: c.head,

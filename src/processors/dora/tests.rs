@@ -1070,3 +1070,34 @@ fn teams_and_the_organisation_pool_their_series_not_average_them() {
     assert_eq!(org.windows[0].change_failure_ratio, Some(2.0 / 6.0));
     assert_eq!(org.windows[0], snapshot.production[0]);
 }
+
+/// A hotfix-labelled change m (in revision r2, after r1) makes the first
+/// deployment that carries it rework: d2 of r2; d1 of r1 is not, nor is
+/// d3 redeploying r2. 1 of 3.
+#[test]
+fn a_change_labelled_rework_makes_its_first_deployment_rework() {
+    let events = vec![
+        revision("p1", t(1, 0), "r1", None, &[("a", t(1, 0))]),
+        revision("p2", t(2, 0), "r2", Some("r1"), &[("m", t(2, 0))]),
+        event(
+            "m-rework",
+            t(2, 0),
+            DeliveryKind::ChangeRework { change: "m".into() },
+        ),
+        deploy("d1", t(1, 2), "production", "r1", Success),
+        deploy("d2", t(2, 2), "production", "r2", Success),
+        deploy("d3", t(3, 0), "production", "r2", Success),
+    ];
+    let mut dora = DoraProcessor::new(&config());
+    dora.apply(&events);
+    let week = production(&dora.snapshot(t(6, 0))).windows[0].clone();
+    assert_eq!(week.rework_deployments, 1);
+    assert_eq!(week.rework_ratio, Some(1.0 / 3.0));
+    let restored = through_checkpoint(&dora, &config());
+    assert_eq!(
+        production(&restored.snapshot(t(6, 0))).windows[0].rework_deployments,
+        1
+    );
+    let record = super::state::event_record(&events[2]);
+    assert_eq!(super::state::from_event_record(record).unwrap(), events[2]);
+}

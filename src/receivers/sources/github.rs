@@ -61,6 +61,11 @@ pub struct GithubConfig {
     /// none.
     #[serde(default)]
     pub rework_refs: Vec<String>,
+    /// Pull request labels that make it rework (a hotfix): the deployment
+    /// that first carries its merge commit is rework, e.g. `[hotfix]`.
+    /// Default none.
+    #[serde(default)]
+    pub rework_labels: Vec<String>,
 }
 
 /// `pull_request_time`: where a merged pull request's lead time starts.
@@ -386,6 +391,17 @@ fn pull_request(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldErr
     let number = id_text(body, "pull_request.id")?;
     let service = mapped_service(&config.services, &full, &name);
     let id = format!("github:{full}:pull_request:{number}:merged");
+    let mut events = Vec::with_capacity(2);
+    if super::labelled(body, "pull_request.labels", "name", &config.rework_labels) {
+        events.push(emit::change_rework(
+            &format!("github:{full}:pull_request:{number}:rework"),
+            &source(&full),
+            &time(body, "pull_request.created_at")?,
+            &service,
+            &full,
+            &commit_id(&full, merge_commit),
+        ));
+    }
     if config.pull_request_time == PullRequestTime::FirstCommit {
         let head = text(body, "pull_request.head.sha")?;
         let commits = body
@@ -393,7 +409,7 @@ fn pull_request(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldErr
             .and_then(Value::as_u64)
             .filter(|&n| n > 0)
             .ok_or_else(|| field_error("pull_request.commits", "missing or not a count"))?;
-        return Ok(Outcome::Events(vec![emit::change_from_commits(
+        events.push(emit::change_from_commits(
             &id,
             &source(&full),
             &time(body, "pull_request.merged_at")?,
@@ -402,17 +418,19 @@ fn pull_request(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldErr
             &commit_id(&full, merge_commit),
             &commit_id(&full, head),
             commits,
-        )]));
+        ));
+        return Ok(Outcome::Events(events));
     }
     let opened = time(body, "pull_request.created_at")?;
-    Ok(Outcome::Events(vec![emit::change_created(
+    events.push(emit::change_created(
         &id,
         &source(&full),
         &opened,
         &service,
         &full,
         &commit_id(&full, merge_commit),
-    )]))
+    ));
+    Ok(Outcome::Events(events))
 }
 
 #[cfg(test)]
@@ -433,6 +451,7 @@ mod tests {
             }],
             pull_request_time: PullRequestTime::Opened,
             rework_refs: vec!["hotfix/*".into()],
+            rework_labels: vec!["hotfix".into()],
         }
     }
 
@@ -490,6 +509,26 @@ mod tests {
             (d.service.as_str(), d.environment.as_str(), d.outcome),
             ("cart", "prod", DeploymentOutcome::Failure)
         );
+    }
+
+    #[test]
+    fn a_hotfix_labelled_pull_request_marks_its_merge_commit() {
+        let body = json!({
+            "action": "closed",
+            "pull_request": { "id": 43, "merged": true, "merge_commit_sha": "m2",
+                              "created_at": "2024-04-30T08:00:00Z",
+                              "labels": [{ "name": "bug" }, { "name": "HotFix" }] },
+            "repository": repo(),
+        });
+        let events = decoded(translate(&config(), &headers("pull_request"), &body).unwrap());
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].kind,
+            DeliveryKind::ChangeRework {
+                change: "pkg:github/acme/shop@m2".into()
+            }
+        );
+        assert!(matches!(events[1].kind, DeliveryKind::Change { .. }));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct GitlabConfig {
     /// deployment's or pipeline's `ref`, e.g. `[hotfix/*]`. Default none.
     #[serde(default)]
     pub rework_refs: Vec<String>,
+    /// Merge request labels that make it rework (a hotfix): the deployment
+    /// that first carries its merged commit is rework. Default none.
+    #[serde(default)]
+    pub rework_labels: Vec<String>,
 }
 
 /// A GitLab pipeline that deploys: matched on its name and/or its ref.
@@ -303,18 +307,28 @@ fn merge_request(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldEr
         .map_or_else(|| text(body, "object_attributes.last_commit.id"), Ok)?;
     let opened = time(body, "object_attributes.created_at")?;
     let service = mapped_service(&config.services, &full, &name);
-    let id = format!(
-        "gitlab:{full}:merge_request:{}:merged",
-        id_text(body, "object_attributes.id")?
-    );
-    Ok(Outcome::Events(vec![emit::change_created(
+    let number = id_text(body, "object_attributes.id")?;
+    let id = format!("gitlab:{full}:merge_request:{number}:merged");
+    let mut events = Vec::with_capacity(2);
+    if super::labelled(body, "labels", "title", &config.rework_labels) {
+        events.push(emit::change_rework(
+            &format!("gitlab:{full}:merge_request:{number}:rework"),
+            &source(body, &full),
+            &opened,
+            &service,
+            &full,
+            &commit_id(&full, merged),
+        ));
+    }
+    events.push(emit::change_created(
         &id,
         &source(body, &full),
         &opened,
         &service,
         &full,
         &commit_id(&full, merged),
-    )]))
+    ));
+    Ok(Outcome::Events(events))
 }
 
 #[cfg(test)]
@@ -335,6 +349,7 @@ mod tests {
                 service: None,
             }],
             rework_refs: vec!["hotfix/*".into()],
+            rework_labels: vec!["hotfix".into()],
         }
     }
 

@@ -169,6 +169,20 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.ends_with(last)
 }
 
+/// Whether any of the label names at `path` (an array of objects with
+/// `field`) is one of `wanted`.
+fn labelled(body: &Value, path: &str, field: &str, wanted: &[String]) -> bool {
+    at(body, path)
+        .and_then(Value::as_array)
+        .is_some_and(|labels| {
+            labels.iter().any(|l| {
+                l.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| wanted.iter().any(|w| w.eq_ignore_ascii_case(name)))
+            })
+        })
+}
+
 /// Marks a deployment CDEvent as rework (`customData.rework: true`).
 fn mark_rework(event: &mut Value) {
     if let Some(custom) = event.get_mut("customData").and_then(Value::as_object_mut) {
@@ -348,6 +362,28 @@ mod emit {
                 "service": service,
                 "firstCommitOf": { "revision": head, "commits": commits },
             },
+            "customDataContentType": "application/json",
+        })
+    }
+
+    /// `change` labelled rework (a hotfix pull or merge request).
+    pub fn change_rework(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        repository: &str,
+        change: &str,
+    ) -> Value {
+        json!({
+            "context": context(id, source, "dev.cdevents.change.updated.0.2.0", time),
+            "subject": {
+                "id": change,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": { "service": service, "rework": true },
             "customDataContentType": "application/json",
         })
     }
