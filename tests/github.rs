@@ -412,7 +412,13 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     ];
     for (event, body) in &deliveries {
         let (status, answer) = signed(&client, &doraflow, event, body).await;
-        assert_eq!((status, &answer["accepted"]), (202, &json!(1)), "{event}");
+        // A merged pull request is its opening and its merge.
+        let events = if *event == "pull_request" { 2 } else { 1 };
+        assert_eq!(
+            (status, &answer["accepted"]),
+            (202, &json!(events)),
+            "{event}"
+        );
     }
     let pages = [
         ("incident.triggered", "E1", "Q1", n - 5 * DAY + 2 * HOUR),
@@ -519,6 +525,17 @@ async fn a_week_of_github_gives_exact_dora_figures() {
     assert_eq!(week["time_to_restore"]["p50"], json!((3 * HOUR) as f64));
     assert_eq!(week["time_to_restore"]["p95"], json!((6 * HOUR) as f64));
     assert_eq!(week["failed_changes"], 3);
+    // The one change whose merge is known, b1: opened N-5d-20h, merged
+    // N-5d-12h, deployed N-5d: 8h before the merge, 12h after.
+    assert_eq!(week["lead_time_before_merge"]["count"], 1);
+    assert_eq!(
+        week["lead_time_before_merge"]["p50"],
+        json!((8 * HOUR) as f64)
+    );
+    assert_eq!(
+        week["lead_time_after_merge"]["p50"],
+        json!((12 * HOUR) as f64)
+    );
     // Q1 resolved before the next deployment came, and none came after Q2
     // opened: no rework.
     assert_eq!(

@@ -101,6 +101,21 @@ pub fn advise(f: &WindowFigures, window: &str, cutoffs: &Cutoffs, target: Level)
                 " A long tail: the slowest changes wait over four times the median, as long-lived branches do.",
             );
         }
+        if let (Some(before), Some(after)) =
+            (f.lead_time_before_merge.p50, f.lead_time_after_merge.p50)
+        {
+            finding.push_str(&format!(
+                " Of the {} changes whose merge is known: p50 {} before the merge, {} after it: the waiting is {}.",
+                f.lead_time_before_merge.count,
+                format_duration(Some(before)),
+                format_duration(Some(after)),
+                if before >= after {
+                    "before the merge (review and long-lived branches)"
+                } else {
+                    "after the merge (the path to production)"
+                }
+            ));
+        }
         out.push(Advice {
             metric: "lead_time",
             level,
@@ -249,6 +264,18 @@ mod tests {
             p95: Some(500_000.0),
         };
         f.levels.lead_time = Some(Level::High);
+        f.lead_time_before_merge = Quantiles {
+            count: 6,
+            mean: None,
+            p50: Some(72_000.0),
+            p95: None,
+        };
+        f.lead_time_after_merge = Quantiles {
+            count: 6,
+            mean: None,
+            p50: Some(7_200.0),
+            p95: None,
+        };
         // Against high: only the change failure rate, rollbacks first.
         let advice = advise(&f, "30d", &cutoffs, Level::High);
         assert_eq!(advice.len(), 1);
@@ -272,6 +299,11 @@ mod tests {
         );
         assert!(
             advice[0].finding.contains("elite needs below 1.00 d"),
+            "{}",
+            advice[0].finding
+        );
+        assert!(
+            advice[0].finding.ends_with(" Of the 6 changes whose merge is known: p50 20.0 h before the merge, 2.00 h after it: the waiting is before the merge (review and long-lived branches)."),
             "{}",
             advice[0].finding
         );

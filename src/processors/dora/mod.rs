@@ -249,6 +249,10 @@ pub struct WindowFigures {
     pub deployment_frequency_answer: levels::FrequencyAnswer,
     /// Lead time for changes, seconds.
     pub lead_time: Quantiles,
+    /// Of the changes whose merge time is known: their start to the merge.
+    pub lead_time_before_merge: Quantiles,
+    /// ... and the merge to their first deployment.
+    pub lead_time_after_merge: Quantiles,
     /// Deployments that were failed changes / deployments (successful and failed).
     pub change_failure_ratio: Option<f64>,
     /// Failed changes in the window.
@@ -518,6 +522,9 @@ struct History {
     deployments: Vec<Deployed>,
     /// (first deployed, lead time) per change.
     lead_times: Vec<(Nanos, Nanos)>,
+    /// (first deployed, started → merged, merged → deployed) per change
+    /// whose merge time is known: where the lead time was spent.
+    merge_waits: Vec<(Nanos, Nanos, Nanos)>,
     /// (resolved, duration) per incident.
     incident_durations: Vec<(Nanos, Nanos)>,
     /// (deployed, time to recovery) per failed deployment.
@@ -1283,6 +1290,21 @@ impl DoraProcessor {
             .filter_map(|&(deployed, started)| started.map(|s| (deployed, (deployed - s).max(0))))
             .collect();
         lead_times.sort_unstable();
+        // Before and after the merge, for changes whose merge is known and
+        // falls between their start and their deployment.
+        let mut merge_waits: Vec<(Nanos, Nanos, Nanos)> = first_deployed
+            .iter()
+            .filter_map(|(change, &(deployed, started))| {
+                let merged = self.changes.get(change)?.merged?;
+                let started = started?;
+                (started <= merged && merged <= deployed).then_some((
+                    deployed,
+                    merged - started,
+                    deployed - merged,
+                ))
+            })
+            .collect();
+        merge_waits.sort_unstable();
 
         let mut incident_durations: Vec<(Nanos, Nanos)> = incidents
             .iter()
@@ -1335,6 +1357,7 @@ impl DoraProcessor {
                 })
                 .collect(),
             lead_times,
+            merge_waits,
             incident_durations,
             recovery,
         }
@@ -1398,6 +1421,17 @@ impl DoraProcessor {
         let days = length as f64 / (86_400.0 * NS_PER_SEC);
         let frequency = deployed as f64 / days;
         let lead_time = pooled(|h| &h.lead_times);
+        let waits = |pick: fn(&(Nanos, Nanos, Nanos)) -> Nanos| {
+            quantiles(
+                histories
+                    .iter()
+                    .flat_map(|h| &h.merge_waits)
+                    .filter(|w| inside(w.0))
+                    .map(pick),
+            )
+        };
+        let before_merge = waits(|w| w.1);
+        let after_merge = waits(|w| w.2);
         let time_to_restore = pooled(|h| &h.incident_durations);
         let failed_deployment_recovery = pooled(|h| &h.recovery);
         let change_failure_ratio = (counted_in > 0).then(|| failed_in as f64 / counted_in as f64);
@@ -1420,6 +1454,8 @@ impl DoraProcessor {
                 time_to_restore: time_to_restore.p50.map(|s| cutoffs.time_to_restore(s)),
             },
             lead_time,
+            lead_time_before_merge: before_merge,
+            lead_time_after_merge: after_merge,
             change_failure_ratio,
             failed_changes: failed_in,
             rework_ratio,

@@ -430,6 +430,17 @@ fn pull_request(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldErr
         &full,
         &commit_id(&full, merge_commit),
     ));
+    // When it merged: splits its lead time into before and after the merge.
+    if optional_text(body, "pull_request.merged_at").is_some() {
+        events.push(emit::change_merged(
+            &format!("github:{full}:pull_request:{number}:merged_at"),
+            &source(&full),
+            &time(body, "pull_request.merged_at")?,
+            &service,
+            &full,
+            &commit_id(&full, merge_commit),
+        ));
+    }
     Ok(Outcome::Events(events))
 }
 

@@ -388,6 +388,28 @@ mod emit {
         })
     }
 
+    /// A change merged at `time` (a pull request's merge commit).
+    pub fn change_merged(
+        id: &str,
+        source: &str,
+        time: &str,
+        service: &str,
+        repository: &str,
+        change: &str,
+    ) -> Value {
+        json!({
+            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
+            "subject": {
+                "id": change,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": { "service": service },
+            "customDataContentType": "application/json",
+        })
+    }
+
     /// A change (a merged pull request's merge commit) created at `time`.
     pub fn change_created(
         id: &str,
