@@ -329,19 +329,7 @@ fn push(config: &GithubConfig, body: &Value) -> Result<Outcome, FieldError> {
     }
     let (full, name) = repository(body)?;
     let before = optional_text(body, "before").filter(|b| *b != NO_COMMIT);
-    let commits = match body.get("commits") {
-        Some(Value::Array(commits)) => commits,
-        None | Some(Value::Null) => &Vec::new(),
-        Some(_) => return Err(field_error("commits", "expected an array")),
-    };
-    let mut changes = Vec::with_capacity(commits.len());
-    for (i, commit) in commits.iter().enumerate() {
-        let id =
-            text(commit, "id").map_err(|e| field_error(&format!("commits[{i}].id"), e.problem))?;
-        let at = time(commit, "timestamp")
-            .map_err(|e| field_error(&format!("commits[{i}].timestamp"), e.problem))?;
-        changes.push((commit_id(&full, id), at));
-    }
+    let changes = super::pushed_commits(body, |sha| commit_id(&full, sha))?;
     // The push's own time: when GitHub received it, else its newest commit.
     let at = match body.pointer("/repository/pushed_at") {
         Some(Value::Number(n)) => n

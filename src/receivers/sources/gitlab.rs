@@ -258,19 +258,7 @@ fn push(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> {
     }
     let (full, name) = project(body)?;
     let before = optional_text(body, "before").filter(|b| *b != NO_COMMIT);
-    let commits = match body.get("commits") {
-        Some(Value::Array(commits)) => commits,
-        None | Some(Value::Null) => &Vec::new(),
-        Some(_) => return Err(field_error("commits", "expected an array")),
-    };
-    let mut changes = Vec::with_capacity(commits.len());
-    for (i, commit) in commits.iter().enumerate() {
-        let id =
-            text(commit, "id").map_err(|e| field_error(&format!("commits[{i}].id"), e.problem))?;
-        let at = time(commit, "timestamp")
-            .map_err(|e| field_error(&format!("commits[{i}].timestamp"), e.problem))?;
-        changes.push((commit_id(&full, id), at));
-    }
+    let changes = super::pushed_commits(body, |sha| commit_id(&full, sha))?;
     // A push has no time of its own in GitLab's payload: its newest
     // commit's, or (none pushed) the time it came.
     let at = super::latest(changes.iter().map(|(_, t)| t)).unwrap_or_else(|| {

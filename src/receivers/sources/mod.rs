@@ -136,6 +136,30 @@ fn latest<'a>(times: impl Iterator<Item = &'a String>) -> Option<String> {
         .map(|(_, t)| t.clone())
 }
 
+/// A push's `commits`: each one's id (as `id` makes it) and timestamp.
+fn pushed_commits(
+    body: &Value,
+    id: impl Fn(&str) -> String,
+) -> Result<Vec<(String, String)>, FieldError> {
+    let commits = match body.get("commits") {
+        Some(Value::Array(commits)) => commits.as_slice(),
+        None | Some(Value::Null) => &[],
+        Some(_) => return Err(field_error("commits", "expected an array")),
+    };
+    commits
+        .iter()
+        .enumerate()
+        .map(|(i, commit)| {
+            let in_commit =
+                |e: FieldError| field_error(&format!("commits[{i}].{}", e.field), e.problem);
+            Ok((
+                id(text(commit, "id").map_err(in_commit)?),
+                time(commit, "timestamp").map_err(in_commit)?,
+            ))
+        })
+        .collect()
+}
+
 /// Whether `reference` (a branch or tag, `refs/heads/` stripped) matches
 /// one of `patterns`, where `*` matches any run of characters.
 fn rework_ref(patterns: &[String], reference: Option<&str>) -> bool {
@@ -220,6 +244,30 @@ mod emit {
         })
     }
 
+    /// A `change.*` event of `subject` in `repository`, with `custom`
+    /// (which carries the service) as its `customData`.
+    fn change(
+        id: &str,
+        source: &str,
+        time: &str,
+        event_type: &str,
+        subject: &str,
+        repository: &str,
+        custom: Value,
+    ) -> Value {
+        json!({
+            "context": context(id, source, event_type, time),
+            "subject": {
+                "id": subject,
+                "source": source,
+                "type": "change",
+                "content": { "repository": { "id": repository, "source": source } },
+            },
+            "customData": custom,
+            "customDataContentType": "application/json",
+        })
+    }
+
     /// A deployment of `service` to `environment`; `failed` adds
     /// doraflow's `customData.outcome: failure`.
     pub fn deployment(
@@ -269,17 +317,8 @@ mod emit {
         if let Some(parent) = parent {
             custom["parent"] = json!(parent);
         }
-        json!({
-            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
-            "subject": {
-                "id": revision,
-                "source": source,
-                "type": "change",
-                "content": { "repository": { "id": repository, "source": source } },
-            },
-            "customData": custom,
-            "customDataContentType": "application/json",
-        })
+        let merged = "dev.cdevents.change.merged.0.2.0";
+        change(id, source, time, merged, revision, repository, custom)
     }
 
     /// An incident of `service` in `environment` opened (or, `reopened`,
@@ -346,24 +385,16 @@ mod emit {
         time: &str,
         service: &str,
         repository: &str,
-        change: &str,
+        subject: &str,
         head: &str,
         commits: u64,
     ) -> Value {
-        json!({
-            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
-            "subject": {
-                "id": change,
-                "source": source,
-                "type": "change",
-                "content": { "repository": { "id": repository, "source": source } },
-            },
-            "customData": {
-                "service": service,
-                "firstCommitOf": { "revision": head, "commits": commits },
-            },
-            "customDataContentType": "application/json",
-        })
+        let custom = json!({
+            "service": service,
+            "firstCommitOf": { "revision": head, "commits": commits },
+        });
+        let merged = "dev.cdevents.change.merged.0.2.0";
+        change(id, source, time, merged, subject, repository, custom)
     }
 
     /// `change` labelled rework (a hotfix pull or merge request).
@@ -373,19 +404,11 @@ mod emit {
         time: &str,
         service: &str,
         repository: &str,
-        change: &str,
+        subject: &str,
     ) -> Value {
-        json!({
-            "context": context(id, source, "dev.cdevents.change.updated.0.2.0", time),
-            "subject": {
-                "id": change,
-                "source": source,
-                "type": "change",
-                "content": { "repository": { "id": repository, "source": source } },
-            },
-            "customData": { "service": service, "rework": true },
-            "customDataContentType": "application/json",
-        })
+        let custom = json!({ "service": service, "rework": true });
+        let updated = "dev.cdevents.change.updated.0.2.0";
+        change(id, source, time, updated, subject, repository, custom)
     }
 
     /// A change merged at `time` (a pull request's merge commit).
@@ -395,19 +418,11 @@ mod emit {
         time: &str,
         service: &str,
         repository: &str,
-        change: &str,
+        subject: &str,
     ) -> Value {
-        json!({
-            "context": context(id, source, "dev.cdevents.change.merged.0.2.0", time),
-            "subject": {
-                "id": change,
-                "source": source,
-                "type": "change",
-                "content": { "repository": { "id": repository, "source": source } },
-            },
-            "customData": { "service": service },
-            "customDataContentType": "application/json",
-        })
+        let custom = json!({ "service": service });
+        let merged = "dev.cdevents.change.merged.0.2.0";
+        change(id, source, time, merged, subject, repository, custom)
     }
 
     /// A change (a merged pull request's merge commit) created at `time`.
@@ -417,19 +432,11 @@ mod emit {
         time: &str,
         service: &str,
         repository: &str,
-        change: &str,
+        subject: &str,
     ) -> Value {
-        json!({
-            "context": context(id, source, "dev.cdevents.change.created.0.3.0", time),
-            "subject": {
-                "id": change,
-                "source": source,
-                "type": "change",
-                "content": { "repository": { "id": repository, "source": source } },
-            },
-            "customData": { "service": service },
-            "customDataContentType": "application/json",
-        })
+        let custom = json!({ "service": service });
+        let created = "dev.cdevents.change.created.0.3.0";
+        change(id, source, time, created, subject, repository, custom)
     }
 }
 
@@ -470,84 +477,108 @@ pub(super) fn router(
     };
     let mut router = Router::new();
     if config.github.is_some() {
-        router = router.route("/github", post(github_route));
+        router = router.route("/github", post(route::<github::GithubConfig>));
     }
     if config.gitlab.is_some() {
-        router = router.route("/gitlab", post(gitlab_route));
+        router = router.route("/gitlab", post(route::<gitlab::GitlabConfig>));
     }
     if config.pagerduty.is_some() {
-        router = router.route("/pagerduty", post(pagerduty_route));
+        router = router.route("/pagerduty", post(route::<pagerduty::PagerdutyConfig>));
     }
     if config.alertmanager.is_some() {
-        router = router.route("/alertmanager", post(alertmanager_route));
+        router = router.route(
+            "/alertmanager",
+            post(route::<alertmanager::AlertmanagerSourceConfig>),
+        );
     }
     router.with_state(shared)
 }
 
-async fn github_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let Some(config) = shared.config.github.as_ref() else {
-        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
-    };
-    handle(
-        &shared,
-        "github",
-        true,
-        &headers,
-        body,
-        |headers, body| github::verify(config, headers, body),
-        |headers, value| github::translate(config, headers, value),
-    )
-    .await
+/// A native source: its route's name, its section of the listener's
+/// config, its check and its translation.
+trait Source: Send + Sync + 'static {
+    /// The route's name, also the `receiver` label.
+    const NAME: &'static str;
+    /// Whether a form-encoded body (`payload=<json>`) is read too.
+    const FORM: bool = false;
+    /// Its section, if configured.
+    fn section(config: &WebhookReceiverConfig) -> Option<&Self>;
+    /// The signature or token check.
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str>;
+    /// The payload into CDEvents.
+    fn translate(&self, headers: &HeaderMap, body: &Value) -> Result<Outcome, FieldError>;
 }
 
-async fn gitlab_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let Some(config) = shared.config.gitlab.as_ref() else {
-        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
-    };
-    handle(
-        &shared,
-        "gitlab",
-        false,
-        &headers,
-        body,
-        |headers, body| gitlab::verify(config, headers, body),
-        |headers, value| gitlab::translate(config, headers, value),
-    )
-    .await
+impl Source for github::GithubConfig {
+    const NAME: &'static str = "github";
+    const FORM: bool = true;
+    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+        config.github.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        github::verify(self, headers, body)
+    }
+    fn translate(&self, headers: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        github::translate(self, headers, body)
+    }
 }
 
-async fn pagerduty_route(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let Some(config) = shared.config.pagerduty.as_ref() else {
-        return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
-    };
-    handle(
-        &shared,
-        "pagerduty",
-        false,
-        &headers,
-        body,
-        |headers, body| pagerduty::verify(config, headers, body),
-        |_, value| pagerduty::translate(config, value),
-    )
-    .await
+impl Source for gitlab::GitlabConfig {
+    const NAME: &'static str = "gitlab";
+    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+        config.gitlab.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        gitlab::verify(self, headers, body)
+    }
+    fn translate(&self, headers: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        gitlab::translate(self, headers, body)
+    }
 }
 
-async fn alertmanager_route(
+impl Source for pagerduty::PagerdutyConfig {
+    const NAME: &'static str = "pagerduty";
+    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+        config.pagerduty.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        pagerduty::verify(self, headers, body)
+    }
+    fn translate(&self, _: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        pagerduty::translate(self, body)
+    }
+}
+
+impl Source for alertmanager::AlertmanagerSourceConfig {
+    const NAME: &'static str = "alertmanager";
+    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+        config.alertmanager.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        alertmanager::verify(self, headers, body)
+    }
+    fn translate(&self, _: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        alertmanager::translate(self, body)
+    }
+}
+
+/// `POST /<source>`.
+async fn route<S: Source>(
     State(shared): State<Shared>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(config) = shared.config.alertmanager.as_ref() else {
+    let Some(config) = S::section(&shared.config) else {
         return answer(StatusCode::NOT_FOUND, json!({ "error": "not configured" }));
     };
     handle(
         &shared,
-        "alertmanager",
-        false,
+        S::NAME,
+        S::FORM,
         &headers,
         body,
-        |headers, body| alertmanager::verify(config, headers, body),
-        |_, value| alertmanager::translate(config, value),
+        |headers, body| config.verify(headers, body),
+        |headers, value| config.translate(headers, value),
     )
     .await
 }
