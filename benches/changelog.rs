@@ -51,6 +51,7 @@ fn records(services: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
             time,
             kind: DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: format!("service-{service:04}"),
                 environment: "production".into(),
                 artifact: Some(format!("pkg:oci/service-{service:04}@sha256:{n:064x}")),

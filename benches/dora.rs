@@ -77,6 +77,7 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
             time,
             kind: DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: format!("service-{service:03}"),
                 environment: "production".into(),
                 artifact: Some(artifact),

@@ -155,6 +155,7 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
             };
             DeliveryKind::Deployment(Deployment {
                 rework: at(event, "customData.rework") == Some(&Value::Bool(true)),
+                team: optional_str(event, "customData.team")?.map(str::to_string),
                 service: service_name(required_str(event, "subject.id")?).to_string(),
                 environment: required_str(event, "subject.content.environment.id")?.to_string(),
                 artifact: optional_str(event, "subject.content.artifactId")?.map(str::to_string),
@@ -517,8 +518,7 @@ mod tests {
             "production",
             "2024-05-01T12:00:00Z",
         );
-        event["customData"] =
-            json!({"changes": [{"id": "c1", "timestamp": "2024-04-30T12:00:00Z"}, {"id": "c2"}]});
+        event["customData"] = json!({"changes": [{"id": "c1", "timestamp": "2024-04-30T12:00:00Z"}, {"id": "c2"}], "team": "payments"});
         let decoded = decode_event(&event).unwrap();
         assert_eq!(decoded.id, "e1");
         assert_eq!(decoded.time, 1_714_564_800_000_000_000);
@@ -531,6 +531,7 @@ mod tests {
         );
         assert_eq!(d.artifact.as_deref(), Some("pkg:oci/app@sha256:1"));
         assert_eq!(d.outcome, DeploymentOutcome::Success);
+        assert_eq!(d.team.as_deref(), Some("payments"));
         assert_eq!(
             d.changes,
             vec![

@@ -448,9 +448,9 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
     write_teams(snapshot, w);
 }
 
-/// The `dora_team_*` families: each configured team's series pooled, per
-/// environment and window (teams come from config only, so the label is
-/// bounded by it).
+/// The `dora_team_*` families: each team's series pooled, per environment
+/// and window (teams from config, and at most `MAX_LEARNED_TEAMS` named by
+/// deployments: the label is bounded).
 fn write_teams(snapshot: &DoraSnapshot, w: &mut impl Families) {
     if snapshot.teams.is_empty() {
         return;
@@ -657,6 +657,7 @@ mod tests {
                     time: Some(now - ago - lead),
                 }],
                 rework: false,
+                team: None,
             }),
         };
         let mut dora = DoraProcessor::new(&config);

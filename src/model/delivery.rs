@@ -133,6 +133,8 @@ pub struct Deployment {
     /// Marked as rework by its producer (`customData.rework: true`, a
     /// native source's hotfix rule): unplanned, made because of an incident.
     pub rework: bool,
+    /// The team its producer names (`customData.team`), if any.
+    pub team: Option<String>,
 }
 
 /// How a deployment ended.

@@ -147,6 +147,7 @@ impl LogDeployment {
             time,
             kind: DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: delivery::service_name(&service).to_string(),
                 environment,
                 artifact: None,

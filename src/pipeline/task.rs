@@ -518,6 +518,7 @@ mod tests {
             time: at,
             kind: crate::model::delivery::DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: service.into(),
                 environment: "production".into(),
                 artifact: None,

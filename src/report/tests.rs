@@ -27,6 +27,7 @@ fn report_with_service(name: &str) -> Report {
         kind: crate::model::delivery::DeliveryKind::Deployment(
             crate::model::delivery::Deployment {
                 rework: false,
+                team: None,
                 service: name.into(),
                 environment: "production".into(),
                 artifact: None,
@@ -101,6 +102,7 @@ fn teams_get_a_row_of_their_pooled_figures() {
                 time: Some(now - ago - lead),
             }],
             rework: false,
+            team: None,
         }),
     };
     let mut dora = crate::processors::dora::DoraProcessor::new(&config);

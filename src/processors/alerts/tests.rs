@@ -194,6 +194,7 @@ fn a_backfilled_month_pages_nobody() {
             time: T0 + d * day,
             kind: DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: "checkout".into(),
                 environment: "production".into(),
                 artifact: None,

@@ -43,6 +43,10 @@ use levels::{Cutoffs, Level};
 
 const NS_PER_SEC: f64 = 1e9;
 
+/// Distinct teams learned from deployments (`customData.team`) at most:
+/// the `team` label's bound.
+pub const MAX_LEARNED_TEAMS: usize = 100;
+
 /// A 128-bit fingerprint of an id (event, change, artifact, incident).
 ///
 /// The history refers to ids only to match them, never to show them, so it
@@ -579,6 +583,8 @@ pub struct DoraProcessor {
     /// Revision → the revision it follows (a push's `before`); kept while
     /// the revision is in `artifact_changes`.
     revision_parents: KeyMap<Key>,
+    /// Service → (time, team) of the latest deployment that named its team.
+    learned_teams: HashMap<String, (Nanos, String)>,
     /// What pruning took out of each series.
     baselines: HashMap<(String, String), Baseline>,
     /// Events older than this are dropped: their ids may have been pruned.
@@ -637,6 +643,7 @@ impl DoraProcessor {
             changes: KeyMap::default(),
             artifact_changes: KeyMap::default(),
             revision_parents: KeyMap::default(),
+            learned_teams: HashMap::new(),
             baselines: HashMap::new(),
             horizon: Nanos::MIN,
             new_production: None,
@@ -812,6 +819,7 @@ impl DoraProcessor {
                     time,
                     &Deployment {
                         rework: false,
+                        team: None,
                         service: service.clone().unwrap_or(default_service),
                         environment: environment.clone().unwrap_or(default_environment),
                         artifact: None,
@@ -823,6 +831,35 @@ impl DoraProcessor {
             },
             DeliveryKind::Other { .. } => self.ignored += 1,
         }
+    }
+
+    /// Remembers that `service` belongs to `team` as of `time`: the latest
+    /// deployment naming one wins (then the greater name, so the order of
+    /// arrival does not matter). At most [`MAX_LEARNED_TEAMS`] distinct
+    /// teams are learned; a new one beyond is not.
+    fn learn_team(&mut self, service: &str, time: Nanos, team: &str) {
+        if self
+            .learned_teams
+            .get(service)
+            .is_some_and(|(t, name)| (*t, name.as_str()) >= (time, team))
+        {
+            return;
+        }
+        let known = self.learned_teams.values().any(|(_, name)| name == team);
+        if !known {
+            let mut teams: Vec<&str> = self
+                .learned_teams
+                .values()
+                .map(|(_, n)| n.as_str())
+                .collect();
+            teams.sort_unstable();
+            teams.dedup();
+            if teams.len() >= MAX_LEARNED_TEAMS {
+                return;
+            }
+        }
+        self.learned_teams
+            .insert(service.to_string(), (time, team.to_string()));
     }
 
     /// The earliest commit time among the `n` commits that end at revision
@@ -866,6 +903,9 @@ impl DoraProcessor {
     }
 
     fn add_deployment(&mut self, id: Key, time: Nanos, d: &Deployment) {
+        if let Some(team) = d.team.as_deref().filter(|t| !t.is_empty()) {
+            self.learn_team(&d.service, time, team);
+        }
         if let Some(kept) = self.new_production.as_mut()
             && self.settings.production.contains(&d.environment)
         {
@@ -946,16 +986,26 @@ impl DoraProcessor {
             .filter(|(_, environment, _)| first.is_production(environment))
             .map(|(_, _, h)| h)
             .collect();
+        // A service's team: the configured table, else the latest
+        // deployment that named one (in any part).
+        let team_of = |service: &str| -> Option<String> {
+            if let Some(team) = first.settings.teams.get(service) {
+                return Some(team.clone());
+            }
+            parts
+                .iter()
+                .filter_map(|p| p.learned_teams.get(service))
+                .max()
+                .map(|(_, team)| team.clone())
+        };
         // Teams and the organisation: the histories of their series pooled.
         // Per group: its services and their histories.
         type Members<'a> = (Vec<&'a str>, Vec<&'a History>);
-        let mut teams: BTreeMap<(&str, &str), Members> = BTreeMap::new();
+        let mut teams: BTreeMap<(String, &str), Members> = BTreeMap::new();
         let mut organisation: BTreeMap<&str, Members> = BTreeMap::new();
         for (service, environment, history) in &histories {
-            if let Some(team) = first.settings.teams.get(service.as_str()) {
-                let entry = teams
-                    .entry((team.as_str(), environment.as_str()))
-                    .or_default();
+            if let Some(team) = team_of(service) {
+                let entry = teams.entry((team, environment.as_str())).or_default();
                 entry.0.push(service);
                 entry.1.push(history);
             }

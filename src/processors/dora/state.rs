@@ -126,6 +126,7 @@ impl DoraProcessor {
                 .collect(),
             baselines: self.baseline_records(),
             horizon_ns: (self.horizon != i64::MIN).then_some(self.horizon),
+            teams: self.team_records(),
             series: self
                 .series
                 .iter()
@@ -188,13 +189,31 @@ impl DoraProcessor {
         }
     }
 
-    /// What pruning took out, alone: the horizon and every series'
-    /// baseline. A changelog writes it whole after each prune, in the same
-    /// transaction as the tombstones of the events it forgot.
+    /// The teams deployments named, for a checkpoint (and the pruned
+    /// record: they outlive the deployments that named them).
+    fn team_records(&self) -> Vec<proto::ServiceTeam> {
+        let mut teams: Vec<proto::ServiceTeam> = self
+            .learned_teams
+            .iter()
+            .map(|(service, (time, team))| proto::ServiceTeam {
+                service: service.clone(),
+                team: team.clone(),
+                time_ns: *time,
+            })
+            .collect();
+        teams.sort_by(|a, b| a.service.cmp(&b.service));
+        teams
+    }
+
+    /// What pruning took out, alone: the horizon, every series' baseline
+    /// and the teams deployments named. A changelog writes it whole after
+    /// each prune, in the same transaction as the tombstones of the events
+    /// it forgot.
     pub fn pruned_state(&self) -> proto::DoraState {
         proto::DoraState {
             baselines: self.baseline_records(),
             horizon_ns: (self.horizon != i64::MIN).then_some(self.horizon),
+            teams: self.team_records(),
             ..Default::default()
         }
     }
@@ -365,6 +384,11 @@ impl DoraProcessor {
         self.changes = changes;
         self.artifact_changes = artifact_changes;
         self.revision_parents = revision_parents;
+        self.learned_teams = state
+            .teams
+            .iter()
+            .map(|t| (t.service.clone(), (t.time_ns, t.team.clone())))
+            .collect();
         self.baselines = baselines;
         self.horizon = state.horizon_ns.unwrap_or(i64::MIN);
         self.series = series;
@@ -424,6 +448,7 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             environment: d.environment.clone(),
             artifact: d.artifact.clone(),
             rework: d.rework,
+            team: d.team.clone(),
             outcome: to_outcome(d.outcome),
             changes: d
                 .changes
@@ -505,6 +530,7 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
     let kind = match record.kind {
         Some(Kind::Deployment(d)) => DeliveryKind::Deployment(Deployment {
             rework: d.rework,
+            team: d.team,
             service: d.service,
             environment: d.environment,
             artifact: d.artifact,

@@ -40,6 +40,7 @@ fn deploy(
         time,
         DeliveryKind::Deployment(Deployment {
             rework: false,
+            team: None,
             service: "checkout".into(),
             environment: env.into(),
             artifact: Some(artifact.into()),
@@ -506,6 +507,7 @@ fn deploy_of(
         time,
         DeliveryKind::Deployment(Deployment {
             rework: false,
+            team: None,
             service: service.into(),
             environment: "production".into(),
             artifact: Some(format!("{id}-artifact")),
@@ -541,6 +543,7 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
             t(12, 0),
             DeliveryKind::Deployment(Deployment {
                 rework: false,
+                team: None,
                 service: "checkout".into(),
                 environment: "staging".into(),
                 artifact: None,
@@ -1100,4 +1103,60 @@ fn a_change_labelled_rework_makes_its_first_deployment_rework() {
     );
     let record = super::state::event_record(&events[2]);
     assert_eq!(super::state::from_event_record(record).unwrap(), events[2]);
+}
+
+/// Teams named by deployments (`customData.team`): the latest deployment's
+/// wins whatever the arrival order, the configured table wins over them,
+/// they survive a checkpoint, and at most `MAX_LEARNED_TEAMS` are learned.
+#[test]
+fn deployments_name_their_team_and_the_table_overrides_them() {
+    let named = |id: &str, service: &str, at: Nanos, team: &str| {
+        let mut d = deploy_of(id, service, at, HOUR, Success);
+        if let DeliveryKind::Deployment(dep) = &mut d.kind {
+            dep.team = Some(team.into());
+        }
+        d
+    };
+    let mut config = config();
+    config.teams.insert("search".into(), "discovery".into());
+    let events = vec![
+        named("c2", "checkout", t(2, 0), "checkout-team"),
+        named("c1", "checkout", t(1, 0), "payments"),
+        named("k1", "cart", t(1, 0), "payments"),
+        named("s1", "search", t(1, 0), "payments"),
+    ];
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&events);
+    let teams = |snapshot: &DoraSnapshot| -> Vec<(String, Vec<String>)> {
+        snapshot
+            .teams
+            .iter()
+            .map(|t| (t.team.clone().unwrap(), t.services.clone()))
+            .collect()
+    };
+    let want = vec![
+        ("checkout-team".to_string(), vec!["checkout".to_string()]),
+        ("discovery".to_string(), vec!["search".to_string()]),
+        ("payments".to_string(), vec!["cart".to_string()]),
+    ];
+    assert_eq!(teams(&dora.snapshot(t(6, 0))), want);
+    let restored = through_checkpoint(&dora, &config);
+    assert_eq!(teams(&restored.snapshot(t(6, 0))), want);
+    // 120 services each naming its own team: 100 teams learned.
+    let many: Vec<_> = (0..120)
+        .map(|i| {
+            named(
+                &format!("m{i}"),
+                &format!("svc{i}"),
+                t(1, 0),
+                &format!("team{i}"),
+            )
+        })
+        .collect();
+    let mut dora = DoraProcessor::new(&DoraConfig {
+        max_series: 1_000,
+        ..DoraConfig::default()
+    });
+    dora.apply(&many);
+    assert_eq!(dora.snapshot(t(6, 0)).teams.len(), MAX_LEARNED_TEAMS);
 }
