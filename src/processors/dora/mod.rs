@@ -585,6 +585,9 @@ pub struct DoraProcessor {
     revision_parents: KeyMap<Key>,
     /// Service → (time, team) of the latest deployment that named its team.
     learned_teams: HashMap<String, (Nanos, String)>,
+    /// Team → how many services `learned_teams` gives it: the distinct
+    /// teams, counted without a scan of every service.
+    learned_team_sizes: HashMap<String, usize>,
     /// What pruning took out of each series.
     baselines: HashMap<(String, String), Baseline>,
     /// Events older than this are dropped: their ids may have been pruned.
@@ -644,6 +647,7 @@ impl DoraProcessor {
             artifact_changes: KeyMap::default(),
             revision_parents: KeyMap::default(),
             learned_teams: HashMap::new(),
+            learned_team_sizes: HashMap::new(),
             baselines: HashMap::new(),
             horizon: Nanos::MIN,
             new_production: None,
@@ -838,26 +842,30 @@ impl DoraProcessor {
     /// arrival does not matter). At most [`MAX_LEARNED_TEAMS`] distinct
     /// teams are learned; a new one beyond is not.
     fn learn_team(&mut self, service: &str, time: Nanos, team: &str) {
-        if self
-            .learned_teams
-            .get(service)
-            .is_some_and(|(t, name)| (*t, name.as_str()) >= (time, team))
+        let old = match self.learned_teams.get_mut(service) {
+            Some((t, name)) if (*t, name.as_str()) >= (time, team) => return,
+            // The same team again, newer: only its time moves.
+            Some((t, name)) if name == team => {
+                *t = time;
+                return;
+            }
+            Some((_, name)) => Some(name.clone()),
+            None => None,
+        };
+        if !self.learned_team_sizes.contains_key(team)
+            && self.learned_team_sizes.len() >= MAX_LEARNED_TEAMS
         {
             return;
         }
-        let known = self.learned_teams.values().any(|(_, name)| name == team);
-        if !known {
-            let mut teams: Vec<&str> = self
-                .learned_teams
-                .values()
-                .map(|(_, n)| n.as_str())
-                .collect();
-            teams.sort_unstable();
-            teams.dedup();
-            if teams.len() >= MAX_LEARNED_TEAMS {
-                return;
+        if let Some(old) = old
+            && let Some(size) = self.learned_team_sizes.get_mut(&old)
+        {
+            *size -= 1;
+            if *size == 0 {
+                self.learned_team_sizes.remove(&old);
             }
         }
+        *self.learned_team_sizes.entry(team.to_string()).or_default() += 1;
         self.learned_teams
             .insert(service.to_string(), (time, team.to_string()));
     }
@@ -1279,7 +1287,8 @@ impl DoraProcessor {
         }
 
         // First successful deployment of each change, with its lead time.
-        let mut first_deployed: KeyMap<(Nanos, Option<Nanos>)> = KeyMap::default();
+        // Change → (first deployed, started, merged).
+        let mut first_deployed: KeyMap<(Nanos, Option<Nanos>, Option<Nanos>)> = KeyMap::default();
         // Revisions whose changes an earlier deployment of the series
         // already took (with their ancestors): the walk stops there, so each
         // revision is read once per series however long the history.
@@ -1310,7 +1319,14 @@ impl DoraProcessor {
                 .flat_map(|(_, changes)| changes)
                 .map(|&change| (change, None));
             for (change, linked_time) in d.changes.iter().copied().chain(via_artifact) {
-                let known = self.changes.get(&change).and_then(|c| {
+                // Only a change's first deployment counts: what a later one
+                // would compute (a first-commit walk among it) is skipped.
+                let std::collections::hash_map::Entry::Vacant(slot) = first_deployed.entry(change)
+                else {
+                    continue;
+                };
+                let times = self.changes.get(&change);
+                let known = times.and_then(|c| {
                     let first = c
                         .first_commit_of
                         .and_then(|(head, n)| self.first_commit(head, n));
@@ -1323,30 +1339,27 @@ impl DoraProcessor {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    first_deployed.entry(change)
-                {
-                    slot.insert((d.time, started));
-                    // A change labelled rework (a hotfix pull request)
-                    // makes the deployment that first carries it rework.
-                    if self.changes.get(&change).is_some_and(|c| c.rework) {
-                        rework[index] = true;
-                    }
+                slot.insert((d.time, started, times.and_then(|c| c.merged)));
+                // A change labelled rework (a hotfix pull request) makes the
+                // deployment that first carries it rework.
+                if times.is_some_and(|c| c.rework) {
+                    rework[index] = true;
                 }
             }
         }
         let mut lead_times: Vec<(Nanos, Nanos)> = first_deployed
             .values()
-            .filter_map(|&(deployed, started)| started.map(|s| (deployed, (deployed - s).max(0))))
+            .filter_map(|&(deployed, started, _)| {
+                started.map(|s| (deployed, (deployed - s).max(0)))
+            })
             .collect();
         lead_times.sort_unstable();
         // Before and after the merge, for changes whose merge is known and
         // falls between their start and their deployment.
         let mut merge_waits: Vec<(Nanos, Nanos, Nanos)> = first_deployed
-            .iter()
-            .filter_map(|(change, &(deployed, started))| {
-                let merged = self.changes.get(change)?.merged?;
-                let started = started?;
+            .values()
+            .filter_map(|&(deployed, started, merged)| {
+                let (started, merged) = (started?, merged?);
                 (started <= merged && merged <= deployed).then_some((
                     deployed,
                     merged - started,

@@ -389,6 +389,10 @@ impl DoraProcessor {
             .iter()
             .map(|t| (t.service.clone(), (t.time_ns, t.team.clone())))
             .collect();
+        self.learned_team_sizes.clear();
+        for (_, team) in self.learned_teams.values() {
+            *self.learned_team_sizes.entry(team.clone()).or_default() += 1;
+        }
         self.baselines = baselines;
         self.horizon = state.horizon_ns.unwrap_or(i64::MIN);
         self.series = series;
