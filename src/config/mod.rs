@@ -375,6 +375,8 @@ pub struct Processors {
     pub dora: Option<DoraConfig>,
     /// Alert rules on the current state.
     pub alerts: Option<crate::processors::alerts::AlertsConfig>,
+    /// Dependencies, queues, caches and the service graph from spans.
+    pub dependencies: Option<crate::processors::dependencies::DependenciesConfig>,
     /// Refuse new data above a memory limit.
     pub memory_limiter: Option<crate::memory::MemoryLimiterConfig>,
 }
@@ -386,6 +388,7 @@ impl Processors {
             self.red.is_some().then_some("red"),
             self.dora.is_some().then_some("dora"),
             self.alerts.is_some().then_some("alerts"),
+            self.dependencies.is_some().then_some("dependencies"),
             self.memory_limiter.is_some().then_some("memory_limiter"),
         ]
         .into_iter()
@@ -904,6 +907,9 @@ impl Config {
         if let Some(alerts) = &self.processors.alerts {
             alerts.validate("processors.alerts", &mut errors);
         }
+        if let Some(dependencies) = &self.processors.dependencies {
+            dependencies.validate("processors.dependencies", &mut errors);
+        }
         if let Some(limiter) = &self.processors.memory_limiter {
             limiter.validate("processors.memory_limiter", &mut errors);
         }
@@ -1008,7 +1014,8 @@ impl Config {
 }
 
 impl RedConfig {
-    fn validate(&self, path: &str, errors: &mut Vec<String>) {
+    /// Collects what is wrong, each under `path`.
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<String>) {
         let window = self.window.get();
         let slice = self.slice.get();
         if slice.is_zero() {

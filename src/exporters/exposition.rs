@@ -12,6 +12,9 @@
 use std::fmt::Write;
 
 use crate::instruments;
+use crate::processors::dependencies::{
+    CacheFigures, DependencyFigures, DependencySnapshot, EdgeFigures, GraphSnapshot, QueueFigures,
+};
 use crate::processors::dora::levels::{FrequencyAnswer, Level};
 use crate::processors::dora::{
     DoraSnapshot, HistogramCounts, INCIDENT_BUCKETS, LEAD_TIME_BUCKETS, Quantiles, SeriesFigures,
@@ -547,6 +550,233 @@ pub fn write_red(snapshot: &RedSnapshot, w: &mut impl Families) {
             w.sample(&[a, b, ("window", window), ("quantile", quantile)], seconds);
         }
     }
+}
+
+/// Writes the `dependencies` processor's families of `snapshot` to `w`:
+/// `dora_dependency_*`, `dora_messaging_wait_seconds`, `dora_cache_*`,
+/// `dora_queue_length*`, and the service graph in the OpenTelemetry
+/// Collector `servicegraph` connector's names and labels.
+pub fn write_dependencies(snapshot: &DependencySnapshot, w: &mut impl Families) {
+    fn ids(d: &DependencyFigures) -> [(&'static str, &str); 6] {
+        [
+            ("service", &d.service),
+            ("environment", &d.environment),
+            ("type", d.kind.as_str()),
+            ("system", &d.system),
+            ("dependency", &d.dependency),
+            ("operation", &d.operation),
+        ]
+    }
+    let window = snapshot.window.as_str();
+    let deps = &snapshot.dependencies;
+    w.family(
+        "dora_dependency_calls_total",
+        Kind::Counter,
+        "Calls to a dependency (CLIENT, PRODUCER and CONSUMER spans) per service.",
+    );
+    for d in deps {
+        w.sample(&ids(d), Some(d.calls as f64));
+    }
+    w.family(
+        "dora_dependency_errors_total",
+        Kind::Counter,
+        "Calls to a dependency that were errors (status ERROR, or HTTP status >= 500).",
+    );
+    for d in deps {
+        w.sample(&ids(d), Some(d.errors as f64));
+    }
+    w.family(
+        "dora_dependency_error_ratio",
+        Kind::Gauge,
+        "Errors / calls to a dependency over the rolling window; NaN without calls.",
+    );
+    for d in deps {
+        let mut pairs = ids(d).to_vec();
+        pairs.push(("window", window));
+        w.sample(&pairs, d.window.error_ratio());
+    }
+    w.family(
+        "dora_dependency_latency_seconds",
+        Kind::Gauge,
+        "Latency quantiles of calls to a dependency over the rolling window (a consumer's: its processing time); NaN without calls.",
+    );
+    for d in deps {
+        let mut pairs = ids(d).to_vec();
+        pairs.push(("window", window));
+        latency_samples(w, &pairs, d.window.quantiles_us);
+    }
+    w.family(
+        "dora_messaging_wait_seconds",
+        Kind::Gauge,
+        "How long consumed messages waited (consumer start - producer end, or - creation time) over the rolling window; NaN without a known wait.",
+    );
+    for d in deps {
+        let Some(wait) = &d.wait else { continue };
+        let mut pairs = ids(d).to_vec();
+        pairs.push(("window", window));
+        latency_samples(w, &pairs, wait.quantiles_us);
+    }
+    type Cache = (&'static str, &'static str, fn(&CacheFigures) -> u64);
+    let counters: [Cache; 2] = [
+        (
+            "dora_cache_lookups_total",
+            "Cache lookups (spans with the cache hit attribute) per service and cache.",
+            |c| c.lookups,
+        ),
+        ("dora_cache_hits_total", "Cache lookups that hit.", |c| {
+            c.hits
+        }),
+    ];
+    let cache_ids = |c: &CacheFigures| {
+        [
+            ("service", c.service.clone()),
+            ("environment", c.environment.clone()),
+            ("cache", c.cache.clone()),
+        ]
+    };
+    for (name, help, value) in counters {
+        w.family(name, Kind::Counter, help);
+        for c in &snapshot.caches {
+            let ids = cache_ids(c);
+            let pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            w.sample(&pairs, Some(value(c) as f64));
+        }
+    }
+    w.family(
+        "dora_cache_hit_ratio",
+        Kind::Gauge,
+        "Hits / lookups over the rolling window; NaN without lookups.",
+    );
+    for c in &snapshot.caches {
+        let ids = cache_ids(c);
+        let mut pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        pairs.push(("window", window));
+        w.sample(&pairs, c.hit_ratio);
+    }
+    let queue_ids = |q: &QueueFigures| {
+        [
+            ("service", q.service.clone()),
+            ("environment", q.environment.clone()),
+            ("metric", q.metric.clone()),
+            ("destination", q.destination.clone()),
+        ]
+    };
+    w.family(
+        "dora_queue_length",
+        Kind::Gauge,
+        "The queue length last reported in a configured OTLP metric.",
+    );
+    for q in &snapshot.queues {
+        let ids = queue_ids(q);
+        let pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.sample(&pairs, Some(q.last));
+    }
+    w.family(
+        "dora_queue_length_max",
+        Kind::Gauge,
+        "The largest queue length reported over the rolling window; NaN if none was.",
+    );
+    for q in &snapshot.queues {
+        let ids = queue_ids(q);
+        let mut pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        pairs.push(("window", window));
+        w.sample(&pairs, q.max);
+    }
+    if let Some(graph) = &snapshot.graph {
+        write_service_graph(graph, w);
+    }
+}
+
+/// p50, p95, p99 in seconds (NaN without data) of a window's quantiles.
+fn latency_samples(w: &mut impl Families, base: &[(&str, &str)], quantiles_us: Option<[u64; 3]>) {
+    for (i, quantile) in QUANTILE_LABELS.iter().enumerate() {
+        let mut pairs = base.to_vec();
+        pairs.push(("quantile", quantile));
+        w.sample(&pairs, quantiles_us.map(|q| q[i] as f64 / 1e6));
+    }
+}
+
+/// The service graph, as the `servicegraph` connector names it, so that
+/// Grafana's service graph panels read it unchanged.
+fn write_service_graph(graph: &GraphSnapshot, w: &mut impl Families) {
+    fn ids(e: &EdgeFigures) -> [(&'static str, &str); 3] {
+        [
+            ("client", &e.client),
+            ("server", &e.server),
+            ("connection_type", e.connection_type.as_str()),
+        ]
+    }
+    w.family(
+        "traces_service_graph_request_total",
+        Kind::Counter,
+        "Requests between two nodes (paired client and server spans).",
+    );
+    for e in &graph.edges {
+        w.sample(&ids(e), Some(e.requests as f64));
+    }
+    w.family(
+        "traces_service_graph_request_failed_total",
+        Kind::Counter,
+        "Requests between two nodes that failed (either side an error).",
+    );
+    for e in &graph.edges {
+        w.sample(&ids(e), Some(e.failed as f64));
+    }
+    w.family(
+        "traces_service_graph_request_server_seconds",
+        Kind::Histogram,
+        "Time for a request between two nodes as seen from the server.",
+    );
+    for e in &graph.edges {
+        w.histogram(&ids(e), &graph.buckets, &e.server_seconds);
+    }
+    w.family(
+        "traces_service_graph_request_client_seconds",
+        Kind::Histogram,
+        "Time for a request between two nodes as seen from the client.",
+    );
+    for e in &graph.edges {
+        w.histogram(&ids(e), &graph.buckets, &e.client_seconds);
+    }
+    w.family(
+        "traces_service_graph_request_messaging_system_seconds",
+        Kind::Histogram,
+        "Time between the producer's end and the consumer's start, for services communicating through a messaging system.",
+    );
+    for e in &graph.edges {
+        if let Some(h) = &e.messaging_seconds {
+            w.histogram(&ids(e), &graph.buckets, h);
+        }
+    }
+    for (name, help, lost) in [
+        (
+            "traces_service_graph_unpaired_spans_total",
+            "Spans whose partner did not come within the wait (the missing side's label empty).",
+            &graph.unpaired,
+        ),
+        (
+            "traces_service_graph_dropped_spans_total",
+            "Spans dropped because the store of spans waiting was full.",
+            &graph.dropped,
+        ),
+    ] {
+        w.family(name, Kind::Counter, help);
+        for u in lost {
+            let pairs = [
+                ("client", u.client.as_str()),
+                ("server", u.server.as_str()),
+                ("connection_type", u.connection_type.as_str()),
+            ];
+            w.sample(&pairs, Some(u.spans as f64));
+        }
+    }
+}
+
+/// Writes the `dependencies` families of `snapshot` as text.
+pub fn render_dependencies(snapshot: &DependencySnapshot, out: &mut String) {
+    let mut w = Writer::new();
+    write_dependencies(snapshot, &mut w);
+    out.push_str(&w.out);
 }
 
 #[cfg(test)]

@@ -396,6 +396,9 @@ fn requests_of(figures: &Figures, start_ns: u64, now_ns: u64, max_points: usize)
     if let Some(red) = &figures.red {
         exposition::write_red(red, &mut out);
     }
+    if let Some(dependencies) = &figures.dependencies {
+        exposition::write_dependencies(dependencies, &mut out);
+    }
     if let Some(dora) = &figures.dora {
         exposition::write_dora(dora, &mut out);
     }
@@ -798,6 +801,7 @@ mod tests {
                 alert("HighErrorRate", State::Firing),
                 alert("HighLatency", State::Pending),
             ]),
+            dependencies: None,
         };
         let parts = requests(&figures, 100, 200);
         assert_eq!(parts.len(), 1);

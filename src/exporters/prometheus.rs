@@ -62,6 +62,8 @@ impl PrometheusExporter {
         let api = Router::new()
             .route("/api/v1/dora", get(api_dora))
             .route("/api/v1/alerts", get(api_alerts))
+            .route("/api/v1/dependencies", get(api_dependencies))
+            .route("/api/v1/servicegraph", get(api_servicegraph))
             .route("/report", get(report))
             .route("/api/v1/dashboard", get(api_dashboard));
         let api = match api_token {
@@ -135,6 +137,9 @@ async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
         exposition::render_red(red, &mut text);
     }
     drop(red);
+    if let Some(dependencies) = exporter.reader.dependencies_snapshot().await {
+        exposition::render_dependencies(&dependencies, &mut text);
+    }
     if let Some(dora) = exporter.reader.dora_snapshot().await {
         text.push_str(&exposition::render_dora(&dora));
     }
@@ -150,6 +155,51 @@ async fn metrics(State(exporter): State<PrometheusExporter>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/dependencies`: the `dependencies` processor's figures
+/// (404 without one).
+async fn api_dependencies(State(exporter): State<PrometheusExporter>) -> Response {
+    match exporter.reader.dependencies_snapshot().await {
+        Some(snapshot) => axum::Json(snapshot).into_response(),
+        None => no_dependencies(),
+    }
+}
+
+/// `GET /api/v1/servicegraph`: the service graph's nodes and edges (404
+/// without a `dependencies` processor, or with its graph disabled).
+async fn api_servicegraph(State(exporter): State<PrometheusExporter>) -> Response {
+    let Some(graph) = exporter
+        .reader
+        .dependencies_snapshot()
+        .await
+        .and_then(|s| s.graph)
+    else {
+        return no_dependencies();
+    };
+    let mut nodes: Vec<&str> = graph
+        .edges
+        .iter()
+        .flat_map(|e| [e.client.as_str(), e.server.as_str()])
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    axum::Json(serde_json::json!({
+        "nodes": nodes,
+        "edges": graph.edges,
+        "unpaired": graph.unpaired,
+        "dropped": graph.dropped,
+        "waiting": graph.waiting,
+    }))
+    .into_response()
+}
+
+fn no_dependencies() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "the pipeline has no dependencies processor (or its service_graph is disabled)\n",
     )
         .into_response()
 }

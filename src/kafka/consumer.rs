@@ -1058,6 +1058,7 @@ impl Receiver {
             format,
             message.payload().unwrap_or_default(),
             message.headers(),
+            self.sink.span_detail(),
         );
         let item = match decoded {
             Ok(item) => item,
@@ -1289,6 +1290,7 @@ fn decode(
     format: TopicFormat,
     payload: &[u8],
     headers: Option<&rdkafka::message::BorrowedHeaders>,
+    detail: otlp::Detail<'_>,
 ) -> Result<Telemetry, String> {
     if payload.is_empty() {
         return Err("empty message".to_string());
@@ -1304,10 +1306,12 @@ fn decode(
             Ok(Telemetry::Delivery(events))
         }
         (KafkaFormat::OtlpProto, Some(signal)) => {
-            otlp::decode_borrowed(signal, Encoding::Protobuf, payload).map_err(|e| e.to_string())
+            otlp::decode_borrowed_with(signal, Encoding::Protobuf, payload, detail)
+                .map_err(|e| e.to_string())
         }
         (KafkaFormat::OtlpJson, Some(signal)) => {
-            otlp::decode_borrowed(signal, Encoding::Json, payload).map_err(|e| e.to_string())
+            otlp::decode_borrowed_with(signal, Encoding::Json, payload, detail)
+                .map_err(|e| e.to_string())
         }
         (_, None) => Err("topic has no signal configured".to_string()),
     }

@@ -7,6 +7,7 @@
 //! the request body.
 
 pub mod delivery;
+pub mod spans;
 
 use bytes::Bytes;
 
@@ -46,6 +47,17 @@ pub struct TraceSummary {
     pub spans: u64,
     /// Spans refused as invalid (an entry span that ends before it starts).
     pub rejected_spans: u64,
+    /// Set before decoding: read [`Self::details`] too, with these keys
+    /// (a pipeline with the `dependencies` processor).
+    pub detail_keys: Option<std::sync::Arc<spans::SpanKeys>>,
+    /// With `detail_keys`: the spans the `dependencies` processor reads
+    /// (CLIENT, PRODUCER, CONSUMER, SERVER with a parent, and any with the
+    /// cache hit attribute), in request order.
+    pub details: Vec<spans::SpanDetail>,
+    /// The resources of [`Self::details`].
+    pub detail_resources: Vec<ResourceIdentity>,
+    /// The attribute values of [`Self::details`], one after another.
+    pub detail_text: Vec<u8>,
 }
 
 impl TraceSummary {
@@ -66,6 +78,28 @@ impl TraceSummary {
             }));
         self.spans += other.spans;
         self.rejected_spans += other.rejected_spans;
+        if other.details.is_empty() {
+            return;
+        }
+        let resources = self.detail_resources.len() as u32;
+        let text = self.detail_text.len() as u32;
+        self.detail_resources.extend(other.detail_resources);
+        self.detail_text.extend_from_slice(&other.detail_text);
+        self.details.extend(other.details.into_iter().map(|mut d| {
+            d.resource += resources;
+            for t in d.attributes.iter_mut().filter(|t| t.len > 0) {
+                t.start += text;
+            }
+            d
+        }));
+    }
+
+    /// The text of `t`, a [`spans::Text`] of this summary's details.
+    pub fn text(&self, t: spans::Text) -> &[u8] {
+        let start = t.start as usize;
+        self.detail_text
+            .get(start..start + t.len as usize)
+            .unwrap_or_default()
     }
 }
 
@@ -183,7 +217,25 @@ pub struct MetricSummary {
     pub points: u64,
     /// CPU and memory utilization readings, for the alert rules.
     pub utilization: Vec<Utilization>,
+    /// Queue lengths, of the metrics a `dependencies` processor names.
+    pub queues: Vec<QueueReading>,
 }
+
+/// One queue length reported in an OTLP metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueReading {
+    /// The reporting service.
+    pub identity: ResourceIdentity,
+    /// The metric's name.
+    pub metric: String,
+    /// The point's `messaging.destination.name` (else `topic`, else
+    /// `queue`) attribute, or empty.
+    pub destination: String,
+    /// The value.
+    pub value: f64,
+}
+
+impl Eq for QueueReading {}
 
 /// What a utilization reading measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

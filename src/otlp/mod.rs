@@ -8,6 +8,8 @@
 pub mod synth;
 pub mod wire;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -15,9 +17,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
 
+use crate::model::spans::SpanKeys;
 use crate::model::{
-    LogSummary, MetricGroup, MetricSummary, Resource as ModelResource, ResourceIdentity, Signal,
-    Telemetry, TraceSummary, UNKNOWN_SERVICE, Utilization,
+    LogSummary, MetricGroup, MetricSummary, QueueReading, Resource as ModelResource,
+    ResourceIdentity, Signal, Telemetry, TraceSummary, UNKNOWN_SERVICE, Utilization,
 };
 
 pub use wire::WireError;
@@ -46,13 +49,30 @@ pub enum DecodeError {
     Json(String),
 }
 
+/// The span details to read besides the entry spans: the keys of a
+/// pipeline with the `dependencies` processor, else `None`.
+pub type Detail<'a> = Option<&'a Arc<SpanKeys>>;
+
 /// Decodes one export request of `signal`.
 pub fn decode(signal: Signal, encoding: Encoding, body: Bytes) -> Result<Telemetry, DecodeError> {
+    decode_with(signal, encoding, body, None)
+}
+
+/// As [`decode`], reading trace requests' span details with `detail`.
+pub fn decode_with(
+    signal: Signal,
+    encoding: Encoding,
+    body: Bytes,
+    detail: Detail<'_>,
+) -> Result<Telemetry, DecodeError> {
     match (signal, encoding) {
-        (Signal::Traces, Encoding::Protobuf) => traces_protobuf(&body).map(Telemetry::Traces),
+        (Signal::Traces, Encoding::Protobuf) => {
+            traces_protobuf_with(&body, detail).map(Telemetry::Traces)
+        }
         (Signal::Traces, Encoding::Json) => {
             let request: ExportTraceServiceRequest = json(&body)?;
-            traces_protobuf(&Bytes::from(request.encode_to_vec())).map(Telemetry::Traces)
+            traces_protobuf_with(&Bytes::from(request.encode_to_vec()), detail)
+                .map(Telemetry::Traces)
         }
         (Signal::Logs, Encoding::Protobuf) => logs_protobuf(&body).map(Telemetry::Logs),
         (Signal::Logs, Encoding::Json) => {
@@ -62,11 +82,11 @@ pub fn decode(signal: Signal, encoding: Encoding, body: Bytes) -> Result<Telemet
         (Signal::Metrics, Encoding::Protobuf) => {
             let request = ExportMetricsServiceRequest::decode(body)
                 .map_err(|e| DecodeError::FullProtobuf(e.to_string()))?;
-            Ok(Telemetry::Metrics(metrics(&request)))
+            Ok(Telemetry::Metrics(metrics(&request, detail)))
         }
         (Signal::Metrics, Encoding::Json) => {
             let request: ExportMetricsServiceRequest = json(&body)?;
-            Ok(Telemetry::Metrics(metrics(&request)))
+            Ok(Telemetry::Metrics(metrics(&request, detail)))
         }
     }
 }
@@ -80,9 +100,22 @@ pub fn decode_borrowed(
     encoding: Encoding,
     body: &[u8],
 ) -> Result<Telemetry, DecodeError> {
+    decode_borrowed_with(signal, encoding, body, None)
+}
+
+/// As [`decode_borrowed`], reading trace requests' span details with `detail`.
+pub fn decode_borrowed_with(
+    signal: Signal,
+    encoding: Encoding,
+    body: &[u8],
+    detail: Detail<'_>,
+) -> Result<Telemetry, DecodeError> {
     match (signal, encoding) {
         (Signal::Traces, Encoding::Protobuf) => {
-            let mut summary = TraceSummary::default();
+            let mut summary = TraceSummary {
+                detail_keys: detail.cloned(),
+                ..TraceSummary::default()
+            };
             wire::summarize_traces_borrowed(body, &mut summary)?;
             Ok(Telemetry::Traces(summary))
         }
@@ -91,7 +124,7 @@ pub fn decode_borrowed(
             wire::summarize_logs_borrowed(body, &mut summary)?;
             Ok(Telemetry::Logs(summary))
         }
-        _ => decode(signal, encoding, Bytes::copy_from_slice(body)),
+        _ => decode_with(signal, encoding, Bytes::copy_from_slice(body), detail),
     }
 }
 
@@ -109,8 +142,16 @@ impl StreamDecode {
     /// For a protobuf request of `signal` of `len` bytes; `None` for
     /// metrics, which are decoded whole.
     pub fn new(signal: Signal, len: usize) -> Option<Self> {
+        Self::new_with(signal, len, None)
+    }
+
+    /// As [`Self::new`], reading span details with `detail`.
+    pub fn new_with(signal: Signal, len: usize, detail: Detail<'_>) -> Option<Self> {
         match signal {
-            Signal::Traces => Some(StreamDecode::Traces(wire::RequestStream::traces(len))),
+            Signal::Traces => Some(StreamDecode::Traces(wire::RequestStream::traces_with(
+                len,
+                detail.cloned(),
+            ))),
             Signal::Logs => Some(StreamDecode::Logs(wire::RequestStream::logs(len))),
             Signal::Metrics => None,
         }
@@ -163,7 +204,15 @@ pub fn to_protobuf(signal: Signal, encoding: Encoding, body: &Bytes) -> Option<B
 
 /// Reads an `ExportTraceServiceRequest` body.
 pub fn traces_protobuf(body: &Bytes) -> Result<TraceSummary, DecodeError> {
-    let mut summary = TraceSummary::default();
+    traces_protobuf_with(body, None)
+}
+
+/// As [`traces_protobuf`], reading span details with `detail`.
+pub fn traces_protobuf_with(body: &Bytes, detail: Detail<'_>) -> Result<TraceSummary, DecodeError> {
+    let mut summary = TraceSummary {
+        detail_keys: detail.cloned(),
+        ..TraceSummary::default()
+    };
     wire::summarize_traces(body, &mut summary)?;
     Ok(summary)
 }
@@ -179,8 +228,9 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
-fn metrics(request: &ExportMetricsServiceRequest) -> MetricSummary {
+fn metrics(request: &ExportMetricsServiceRequest, detail: Detail<'_>) -> MetricSummary {
     let mut summary = MetricSummary::default();
+    let queue_metrics = detail.map_or(&[][..], |d| &d.queue_metrics[..]);
     for resource_metrics in &request.resource_metrics {
         let attributes = resource_metrics
             .resource
@@ -208,6 +258,14 @@ fn metrics(request: &ExportMetricsServiceRequest) -> MetricSummary {
             attributes,
             &mut summary.utilization,
         );
+        if !queue_metrics.is_empty() {
+            queues(
+                resource_metrics,
+                &identity,
+                queue_metrics,
+                &mut summary.queues,
+            );
+        }
         summary.groups.push(MetricGroup { identity, points });
     }
     summary
@@ -293,6 +351,46 @@ fn utilization(
                 instance: instance.clone(),
                 resource,
                 value: share.clamp(0.0, 1.0),
+            });
+        }
+    }
+}
+
+/// The readings of the queue-length metrics `names` in one resource: every
+/// gauge or sum point, by its destination attribute.
+fn queues(
+    resource_metrics: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    identity: &ResourceIdentity,
+    names: &[String],
+    out: &mut Vec<QueueReading>,
+) {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    for metric in resource_metrics
+        .scope_metrics
+        .iter()
+        .flat_map(|s| &s.metrics)
+        .filter(|m| names.contains(&m.name))
+    {
+        let points = match &metric.data {
+            Some(Data::Gauge(g)) => &g.data_points,
+            Some(Data::Sum(s)) => &s.data_points,
+            _ => continue,
+        };
+        for point in points {
+            let value = match point.value {
+                Some(Number::AsDouble(v)) => v,
+                Some(Number::AsInt(v)) => v as f64,
+                None => continue,
+            };
+            let destination = ["messaging.destination.name", "topic", "queue"]
+                .iter()
+                .find_map(|k| string_attribute(&point.attributes, k))
+                .unwrap_or_default();
+            out.push(QueueReading {
+                identity: identity.clone(),
+                metric: metric.name.clone(),
+                destination,
+                value,
             });
         }
     }

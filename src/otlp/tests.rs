@@ -2,6 +2,8 @@
 //! of the wire reader against a full `opentelemetry-proto` decode, and
 //! malformed input.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -352,7 +354,122 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    /// A span of any kind with ids, maybe a parent and a link, and some of
+    /// the attributes the `dependencies` processor reads, in any order.
+    fn arb_detail_span()(base in arb_span(), id in 1u8..6, parent in 0u8..6,
+                         link in proptest::option::of(1u8..6),
+                         attrs in proptest::collection::vec(0usize..8, 0..6)) -> Span {
+        let mut span = base;
+        span.span_id = vec![id; 8];
+        span.parent_span_id = if parent == 0 { Vec::new() } else { vec![parent; 8] };
+        span.links = link.into_iter().map(|l| opentelemetry_proto::tonic::trace::v1::span::Link {
+            trace_id: vec![1; 16],
+            span_id: vec![l; 8],
+            ..Default::default()
+        }).collect();
+        for a in attrs {
+            span.attributes.push(match a {
+                0 => attr("db.system.name", Value::StringValue("postgresql".into())),
+                1 => attr("server.address", Value::StringValue("db.internal".into())),
+                2 => attr("cache.hit", Value::BoolValue(a % 2 == 0)),
+                3 => attr("http.response.status_code", Value::IntValue(503)),
+                4 => attr("messaging.system", Value::StringValue("kafka".into())),
+                5 => attr("db.operation.name", Value::StringValue("SELECT".into())),
+                6 => attr("cache.hit", Value::StringValue("miss".into())),
+                _ => attr("peer.service", Value::IntValue(7)),
+            });
+        }
+        span
+    }
+}
+
+/// The summary of `body` with span details.
+fn detailed(body: &[u8]) -> TraceSummary {
+    let keys = Arc::new(crate::model::spans::SpanKeys::default());
+    traces_protobuf_with(&Bytes::copy_from_slice(body), Some(&keys)).unwrap()
+}
+
 proptest! {
+    /// Reading span details changes nothing `red` reads, and the details
+    /// agree with a full decode; read in pieces, borrowed or appended, they
+    /// are the same.
+    #[test]
+    fn span_details_agree_with_full_decode_and_leave_red_alone(
+        a in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_detail_span(), 0..12)),
+            0..4),
+        b in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(arb_detail_span(), 0..12)),
+            0..4),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        use crate::model::spans::{Attr, SpanKind as Kind};
+        let build = |groups: Vec<(Option<String>, Vec<Span>)>| request(groups.into_iter()
+            .map(|(svc, spans)| (resource(svc.as_deref(), Some("prod")), spans))
+            .collect());
+        let (ra, rb) = (build(a), build(b));
+        let (a, b) = (ra.encode_to_vec(), rb.encode_to_vec());
+        let plain = traces_protobuf(&Bytes::copy_from_slice(&a)).unwrap();
+        let with = detailed(&a);
+        prop_assert_eq!(&with.groups, &plain.groups);
+        prop_assert_eq!(&with.latencies_ns, &plain.latencies_ns);
+        prop_assert_eq!((with.spans, with.rejected_spans), (plain.spans, plain.rejected_spans));
+        // The reference: every span a detail is kept for, in order.
+        let mut expected = Vec::new();
+        for rs in &ra.resource_spans {
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                let first = |key: &str| span.attributes.iter().find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref());
+                let hit = match first("cache.hit") {
+                    Some(Value::BoolValue(b)) => Some(*b),
+                    Some(Value::StringValue(s)) if s == "miss" => Some(false),
+                    _ => None,
+                };
+                let kind = Kind::from_otlp(span.kind as u64);
+                let wanted = matches!(kind, Kind::Client | Kind::Producer | Kind::Consumer)
+                    || (kind == Kind::Server && !span.parent_span_id.is_empty())
+                    || hit.is_some();
+                if !wanted || span.end_time_unix_nano < span.start_time_unix_nano {
+                    continue;
+                }
+                let http_error = matches!(first("http.response.status_code"), Some(Value::IntValue(c)) if *c >= 500);
+                let error = http_error || span.status.as_ref().is_some_and(|s| s.code == ERROR);
+                let system = match first("db.system.name") {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                expected.push((kind, error, span.span_id[0], span.parent_span_id.first().copied(),
+                    span.links.first().map(|l| l.span_id[0]), hit, system,
+                    span.end_time_unix_nano - span.start_time_unix_nano));
+            }
+        }
+        let got: Vec<_> = with.details.iter().map(|d| (d.kind, d.error, d.span_id[0],
+            d.has_parent().then_some(d.parent_span_id[0]), d.link.map(|l| l.1[0]), d.cache_hit,
+            String::from_utf8(with.text(d.attributes[Attr::DbSystemName as usize]).to_vec()).unwrap(),
+            d.duration_ns())).collect();
+        prop_assert_eq!(got, expected);
+        // In pieces.
+        let mut stream = StreamDecode::new_with(Signal::Traces, a.len(),
+            with.detail_keys.as_ref()).unwrap();
+        for piece in cut(&a, &cuts) {
+            stream.push(piece).unwrap();
+        }
+        match stream.finish().unwrap() {
+            Telemetry::Traces(t) => prop_assert_eq!(&t, &with),
+            other => panic!("not traces: {other:?}"),
+        }
+        // Borrowed and appended: the summary of both in one request.
+        let borrowed = |body: &[u8]| match decode_borrowed_with(Signal::Traces, Encoding::Protobuf,
+            body, with.detail_keys.as_ref()).unwrap() {
+            Telemetry::Traces(t) => t,
+            other => panic!("not traces: {other:?}"),
+        };
+        let mut appended = borrowed(&a);
+        appended.append(borrowed(&b));
+        prop_assert_eq!(appended, detailed(&[a.as_slice(), b.as_slice()].concat()));
+    }
+
     /// The borrowed reader (Kafka) equals the shared one, and two requests'
     /// summaries appended (Kafka's merged batches) equal the summary of
     /// both in one request: protobuf concatenation of two requests is the

@@ -15,6 +15,7 @@
 
 use bytes::Bytes;
 
+use crate::model::spans::{SpanDetail, SpanKeys, SpanKind, SpanRef, TEXT_ATTRS, Text, extra};
 use crate::model::{
     LogDeployment, LogGroup, LogSummary, RequestGroup, ResourceIdentity, TraceSummary,
     UNKNOWN_SERVICE,
@@ -198,6 +199,7 @@ const SEVERITY_NUMBER_ERROR: u64 = 17;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum AttributeValue<'a> {
     String(&'a [u8]),
+    Bool(bool),
     Int(i64),
     Double(f64),
     Other,
@@ -207,9 +209,9 @@ enum AttributeValue<'a> {
 /// `wanted` and the scalar value. Keys are compared as bytes before anything
 /// else is read, so the (often long) values of other attributes are skipped
 /// unread.
-fn wanted_key_value<'a>(
+fn wanted_key_value<'a, K: AsRef<[u8]>>(
     buf: &'a [u8],
-    wanted: &[&[u8]],
+    wanted: &[K],
 ) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
     const MSG: &str = "KeyValue";
     let mut which = None;
@@ -219,7 +221,7 @@ fn wanted_key_value<'a>(
         match field? {
             (1, v) => {
                 let key = expect_bytes(v, MSG)?;
-                which = wanted.iter().position(|w| *w == key);
+                which = wanted.iter().position(|w| w.as_ref() == key);
                 if which.is_none() {
                     return Ok(None);
                 }
@@ -242,6 +244,7 @@ fn any_value(buf: &[u8]) -> Result<AttributeValue<'_>, WireError> {
     while let Some(field) = fields.next_field() {
         value = match field? {
             (1, v) => AttributeValue::String(utf8(expect_bytes(v, MSG)?, MSG)?),
+            (2, Value::Varint(b)) => AttributeValue::Bool(b != 0),
             (3, v) => AttributeValue::Int(expect_varint(v, MSG)? as i64),
             (4, v) => AttributeValue::Double(f64::from_bits(expect_fixed64(v, MSG)?)),
             _ => AttributeValue::Other,
@@ -383,6 +386,166 @@ fn span_facts(buf: &[u8]) -> Result<SpanFacts, WireError> {
     Ok(facts)
 }
 
+/// The longest attribute value a detail keeps, in bytes: the processors
+/// normalise to shorter, and a client's megabyte-long "table name" is not
+/// copied.
+const MAX_DETAIL_TEXT: usize = 256;
+
+/// Reads a span in one pass for the `dependencies` processor: its facts, as
+/// [`span_facts`] gives them (the same figures for `red`), and its detail
+/// when the span is one that processor reads.
+fn span_detail(
+    buf: &[u8],
+    keys: &SpanKeys,
+    text: &mut Vec<u8>,
+    resource: u32,
+) -> Result<(SpanFacts, Option<SpanDetail>), WireError> {
+    const MSG: &str = "Span";
+    let text_start = text.len();
+    let mut facts = SpanFacts {
+        kind: 0,
+        start: 0,
+        end: 0,
+        status_error: false,
+        http_error: None,
+    };
+    let mut detail = SpanDetail {
+        resource,
+        kind: SpanKind::Internal,
+        error: false,
+        start_ns: 0,
+        end_ns: 0,
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: [0; 8],
+        link: None,
+        attributes: [Text::default(); TEXT_ATTRS],
+        cache_hit: None,
+        creation_ns: None,
+    };
+    // The first of a repeated attribute decides, as for `red`'s status.
+    let mut seen: u64 = 0;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        match field? {
+            (1, v) => detail.trace_id = id(expect_bytes(v, MSG)?),
+            (2, v) => detail.span_id = id(expect_bytes(v, MSG)?),
+            (4, v) => detail.parent_span_id = id(expect_bytes(v, MSG)?),
+            (6, v) => facts.kind = expect_varint(v, MSG)?,
+            (7, v) => facts.start = expect_fixed64(v, MSG)?,
+            (8, v) => facts.end = expect_fixed64(v, MSG)?,
+            (9, v) => {
+                let Some((i, value)) = wanted_key_value(expect_bytes(v, MSG)?, &keys.keys)? else {
+                    continue;
+                };
+                if seen & (1 << i) != 0 {
+                    continue;
+                }
+                seen |= 1 << i;
+                match (i, value) {
+                    (i, AttributeValue::String(s)) if i < TEXT_ATTRS => {
+                        let mut n = s.len().min(MAX_DETAIL_TEXT);
+                        // `s` is UTF-8: cut at a character boundary.
+                        while n < s.len() && (s[n] & 0xC0) == 0x80 {
+                            n -= 1;
+                        }
+                        detail.attributes[i] = Text {
+                            start: text.len() as u32,
+                            len: n as u32,
+                        };
+                        text.extend_from_slice(&s[..n]);
+                    }
+                    (extra::HTTP_STATUS | extra::HTTP_STATUS_OLD, value)
+                        if facts.http_error.is_none() =>
+                    {
+                        facts.http_error = Some(status_code(value) >= 500);
+                    }
+                    (extra::CACHE_HIT, value) => detail.cache_hit = cache_hit(value),
+                    (extra::CREATION_TIME, AttributeValue::Int(ns)) if ns > 0 => {
+                        detail.creation_ns = Some(ns as u64);
+                    }
+                    _ => {}
+                }
+            }
+            (13, v) if detail.link.is_none() => detail.link = link(expect_bytes(v, MSG)?)?,
+            (15, v) => facts.status_error = status_is_error(expect_bytes(v, MSG)?)?,
+            _ => {}
+        }
+    }
+    detail.kind = SpanKind::from_otlp(facts.kind);
+    detail.error = facts.status_error || facts.http_error == Some(true);
+    // `red` reads the HTTP status of SERVER spans only.
+    if facts.kind != SPAN_KIND_SERVER {
+        facts.http_error = None;
+    }
+    let wanted = match detail.kind {
+        SpanKind::Client | SpanKind::Producer | SpanKind::Consumer => true,
+        SpanKind::Server => detail.parent_span_id != [0; 8],
+        SpanKind::Internal => false,
+    } || detail.cache_hit.is_some();
+    if !wanted || facts.end < facts.start {
+        text.truncate(text_start);
+        return Ok((facts, None));
+    }
+    detail.start_ns = facts.start;
+    detail.end_ns = facts.end;
+    Ok((facts, Some(detail)))
+}
+
+/// A trace or span id of `N` bytes; all zero when it has another length
+/// (absent, or invalid: such a span pairs with nothing).
+fn id<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.try_into().unwrap_or([0; N])
+}
+
+/// The (trace id, span id) of a `Span.Link`.
+fn link(buf: &[u8]) -> Result<Option<SpanRef>, WireError> {
+    const MSG: &str = "Span.Link";
+    let (mut trace, mut span) = ([0; 16], [0; 8]);
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        match field? {
+            (1, v) => trace = id(expect_bytes(v, MSG)?),
+            (2, v) => span = id(expect_bytes(v, MSG)?),
+            _ => {}
+        }
+    }
+    Ok((span != [0; 8]).then_some((trace, span)))
+}
+
+/// An HTTP status attribute's value as a number (0 when it is none).
+fn status_code(value: AttributeValue<'_>) -> i64 {
+    match value {
+        AttributeValue::Int(i) => i,
+        AttributeValue::Double(d) => d as i64,
+        AttributeValue::String(s) => std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        AttributeValue::Bool(_) | AttributeValue::Other => 0,
+    }
+}
+
+/// A cache hit attribute: a boolean, `true`/`false`/`hit`/`miss` (any
+/// case), or 1/0.
+fn cache_hit(value: AttributeValue<'_>) -> Option<bool> {
+    match value {
+        AttributeValue::Bool(b) => Some(b),
+        AttributeValue::Int(1) => Some(true),
+        AttributeValue::Int(0) => Some(false),
+        AttributeValue::String(s) => {
+            if s.eq_ignore_ascii_case(b"true") || s.eq_ignore_ascii_case(b"hit") {
+                Some(true)
+            } else if s.eq_ignore_ascii_case(b"false") || s.eq_ignore_ascii_case(b"miss") {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// The keys of a span's HTTP response status: the current semantic
 /// convention, then the older one.
 const HTTP_STATUS_KEYS: [&[u8]; 2] = [b"http.response.status_code", b"http.status_code"];
@@ -393,16 +556,7 @@ fn http_status_attribute(buf: &[u8]) -> Result<Option<bool>, WireError> {
     let Some((_, value)) = wanted_key_value(buf, &HTTP_STATUS_KEYS)? else {
         return Ok(None);
     };
-    let code = match value {
-        AttributeValue::Int(i) => i,
-        AttributeValue::Double(d) => d as i64,
-        AttributeValue::String(s) => std::str::from_utf8(s)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0),
-        AttributeValue::Other => 0,
-    };
-    Ok(Some(code >= 500))
+    Ok(Some(status_code(value) >= 500))
 }
 
 fn status_is_error(buf: &[u8]) -> Result<bool, WireError> {
@@ -482,6 +636,9 @@ fn resource_spans(
     let identity = find_resource(body, resource_spans, RS)?;
     let first = out.latencies_ns.len();
     let mut errors = 0;
+    let keys = out.detail_keys.clone();
+    let first_detail = out.details.len();
+    let resource = out.detail_resources.len() as u32;
     let mut scopes = Fields::new(resource_spans, RS);
     while let Some(field) = scopes.next_field() {
         let (2, v) = field? else { continue };
@@ -490,7 +647,14 @@ fn resource_spans(
             let (2, v) = field? else { continue };
             let span = expect_bytes(v, SS)?;
             out.spans += 1;
-            let facts = span_facts(span)?;
+            let facts = match keys.as_deref() {
+                None => span_facts(span)?,
+                Some(keys) => {
+                    let (facts, detail) = span_detail(span, keys, &mut out.detail_text, resource)?;
+                    out.details.extend(detail);
+                    facts
+                }
+            };
             if facts.kind != SPAN_KIND_SERVER && facts.kind != SPAN_KIND_CONSUMER {
                 continue;
             }
@@ -502,6 +666,9 @@ fn resource_spans(
             errors += u64::from(error);
             out.latencies_ns.push(facts.end - facts.start);
         }
+    }
+    if out.details.len() > first_detail {
+        out.detail_resources.push(identity.clone());
     }
     if out.latencies_ns.len() > first {
         out.groups.push(RequestGroup {
@@ -712,7 +879,14 @@ pub struct RequestStream<S> {
 impl RequestStream<TraceSummary> {
     /// Reads an `ExportTraceServiceRequest` of `len` bytes.
     pub fn traces(len: usize) -> Self {
-        RequestStream::new(len, TRACES_REQUEST, resource_spans)
+        Self::traces_with(len, None)
+    }
+
+    /// As [`Self::traces`], reading span details with `keys`.
+    pub fn traces_with(len: usize, keys: Option<std::sync::Arc<SpanKeys>>) -> Self {
+        let mut stream = RequestStream::new(len, TRACES_REQUEST, resource_spans);
+        stream.summary.detail_keys = keys;
+        stream
     }
 }
 

@@ -102,6 +102,20 @@ pub async fn run_with_clock(
         Some(tx) => forwarding_queue(pipeline.queue_size, tx.clone()),
         None => queue(pipeline.queue_size),
     };
+    let dependencies = config
+        .processors
+        .dependencies
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "dependencies"))
+        .map(|c| {
+            crate::processors::dependencies::DependencyProcessor::new(
+                c,
+                factory.default_environment(),
+            )
+        });
+    if let Some(d) = &dependencies {
+        sink.span_keys = Some(d.span_keys().clone());
+    }
     let limiter_stop = CancellationToken::new();
     let limiter = config
         .processors
@@ -306,6 +320,7 @@ pub async fn run_with_clock(
             storage,
             changelog,
             last_figures,
+            dependencies,
         }
         .run_to_end(data, query_rx),
     );

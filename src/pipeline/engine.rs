@@ -19,6 +19,7 @@ use crate::kafka::changelog::ChangelogWriter;
 use crate::model::Telemetry;
 use crate::processors::Applied;
 use crate::processors::alerts::{ActiveAlert, AlertsProcessor, State as AlertState};
+use crate::processors::dependencies::{DependencyProcessor, DependencySnapshot};
 use crate::processors::dora::{DoraProcessor, DoraSnapshot};
 use crate::processors::red::{RedProcessor, RedSnapshot};
 
@@ -53,6 +54,10 @@ pub(super) struct Engine {
     /// Told the figures once the queue has drained at shutdown (the OTLP
     /// exporter's last push).
     pub(super) last_figures: Option<oneshot::Sender<Figures>>,
+    /// The `dependencies` processor, if the pipeline has one. One per
+    /// replica, not per partition: the service graph pairs spans of
+    /// different services, which different partitions hold.
+    pub(super) dependencies: Option<DependencyProcessor>,
 }
 
 /// The engine's side of the Kafka changelog.
@@ -426,6 +431,13 @@ impl Engine {
     }
 
     fn apply(&mut self, item: &Telemetry, now: u64, source: Option<&KafkaSource>) -> Applied {
+        if let Some(dependencies) = self.dependencies.as_mut() {
+            match item {
+                Telemetry::Traces(traces) => dependencies.apply_traces(traces, now),
+                Telemetry::Metrics(metrics) => dependencies.apply_metrics(metrics, now),
+                _ => {}
+            }
+        }
         let factory = &self.factory;
         let task = match (source, &self.changelog) {
             (Some(source), Some(_)) => {
@@ -617,6 +629,10 @@ impl Engine {
         merged
     }
 
+    fn dependencies_snapshot(&mut self, now: u64) -> Option<DependencySnapshot> {
+        self.dependencies.as_mut().map(|d| d.snapshot(now))
+    }
+
     fn dora_parts(&self) -> Vec<&DoraProcessor> {
         self.tasks().filter_map(|t| t.dora.as_ref()).collect()
     }
@@ -641,6 +657,7 @@ impl Engine {
             red: self.red_snapshot(now),
             dora: self.dora_snapshot(now as i64, false),
             alerts: self.active_alerts(),
+            dependencies: self.dependencies_snapshot(now),
         }
     }
 
@@ -673,6 +690,10 @@ impl Engine {
             Query::Red(reply) => {
                 let now = self.clock.now_ns();
                 let _ = reply.send(self.red_snapshot(now));
+            }
+            Query::Dependencies(reply) => {
+                let now = self.clock.now_ns();
+                let _ = reply.send(self.dependencies_snapshot(now));
             }
             Query::Alerts(reply) => {
                 let _ = reply.send(self.active_alerts());
@@ -729,6 +750,8 @@ impl Replayer {
                 storage: None,
                 changelog: None,
                 last_figures: None,
+                // The report reads none of its figures.
+                dependencies: None,
             },
         })
     }

@@ -105,6 +105,8 @@ pub struct PipelineSink {
     forward: Option<mpsc::Sender<Forward>>,
     /// The memory limiter, if the pipeline has one.
     memory: Option<crate::memory::MemoryGate>,
+    /// With a `dependencies` processor: the span attributes it reads.
+    span_keys: Option<Arc<crate::model::spans::SpanKeys>>,
 }
 
 impl PipelineSink {
@@ -129,6 +131,12 @@ impl PipelineSink {
     /// receivers then keep the bytes as received for [`Self::submit_forwarding`].
     pub fn forwards(&self) -> bool {
         self.forward.is_some()
+    }
+
+    /// What decoders read of spans besides the entry spans (see
+    /// [`crate::otlp::Detail`]): the `dependencies` processor's keys.
+    pub fn span_detail(&self) -> crate::otlp::Detail<'_> {
+        self.span_keys.as_ref()
     }
 
     /// As [`Self::submit`], and once applied the batch is forwarded as
@@ -209,6 +217,7 @@ pub fn queue(capacity: usize) -> (PipelineSink, PipelineQueue) {
             tx,
             forward: None,
             memory: None,
+            span_keys: None,
         },
         PipelineQueue { rx },
     )
@@ -233,6 +242,8 @@ pub struct Figures {
     pub dora: Option<DoraSnapshot>,
     /// The alerts pending or firing, if the pipeline has an `alerts` processor.
     pub alerts: Option<Vec<ActiveAlert>>,
+    /// The `dependencies` processor's, if the pipeline has one.
+    pub dependencies: Option<crate::processors::dependencies::DependencySnapshot>,
 }
 
 enum Query {
@@ -241,6 +252,7 @@ enum Query {
     Red(oneshot::Sender<Option<RedSnapshot>>),
     Dora(oneshot::Sender<Option<DoraSnapshot>>),
     Alerts(oneshot::Sender<Option<Vec<ActiveAlert>>>),
+    Dependencies(oneshot::Sender<Option<crate::processors::dependencies::DependencySnapshot>>),
 }
 
 /// The exporters' read access to the processors' state.
@@ -289,6 +301,16 @@ impl PipelineReader {
         let (reply, figures) = oneshot::channel();
         self.tx.send(Query::Figures(reply)).await.ok()?;
         figures.await.ok()
+    }
+
+    /// The `dependencies` processor's figures now, `None` if the pipeline
+    /// has no `dependencies` processor or has stopped.
+    pub async fn dependencies_snapshot(
+        &self,
+    ) -> Option<crate::processors::dependencies::DependencySnapshot> {
+        let (reply, snapshot) = oneshot::channel();
+        self.tx.send(Query::Dependencies(reply)).await.ok()?;
+        snapshot.await.ok().flatten()
     }
 
     /// The `dora` processor's figures now, `None` if the pipeline has no

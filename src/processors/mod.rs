@@ -1,10 +1,13 @@
 //! Processors: what doraflow computes from the received data.
 //!
 //! - [`red`]: per-(service, environment) requests, errors and latency.
+//! - [`dependencies`]: what services call (databases, peers, queues,
+//!   caches) and the service graph.
 //! - [`dora`]: the four DORA metrics from delivery events.
 //! - [`alerts`]: the assessment's alert rules on the current state.
 
 pub mod alerts;
+pub mod dependencies;
 pub mod dora;
 pub mod red;
 

@@ -229,7 +229,10 @@ impl<S: OtlpService> UnaryService<Bytes> for ExportMethod<S> {
                         signal: S::SIGNAL,
                         body: body.clone(),
                     });
-                    (otlp::decode(S::SIGNAL, Encoding::Protobuf, body), forward)
+                    (
+                        otlp::decode_with(S::SIGNAL, Encoding::Protobuf, body, sink.span_detail()),
+                        forward,
+                    )
                 }
             };
             match export(&sink, S::SIGNAL, "grpc", decoded, forward).await {
@@ -286,14 +289,16 @@ where
         let stream = S::SIGNAL != Signal::Metrics
             && !self.sink.forwards()
             && request.headers().get("grpc-encoding").is_none();
+        let detail = self.sink.span_detail().cloned();
         Box::pin(async move {
             let mut grpc = Grpc::new(RawCodec)
                 .apply_compression_config(compression, compression)
                 .apply_max_message_size_config(Some(max), None);
             let response = if stream {
                 let slot = StreamedDecode::default();
-                let mut request =
-                    request.map(|body| StreamedBody::new(body, S::SIGNAL, max, slot.clone()));
+                let mut request = request.map(|body| {
+                    StreamedBody::new(body, S::SIGNAL, max, slot.clone(), detail.as_ref())
+                });
                 request.extensions_mut().insert(slot);
                 grpc.unary(method, request).await
             } else {
@@ -342,6 +347,7 @@ struct StreamedBody<B> {
     signal: Signal,
     max: usize,
     slot: StreamedDecode,
+    detail: Option<std::sync::Arc<crate::model::spans::SpanKeys>>,
 }
 
 enum Streaming {
@@ -360,7 +366,13 @@ enum Streaming {
 const EMPTY_MESSAGE: [u8; 5] = [0; 5];
 
 impl<B> StreamedBody<B> {
-    fn new(inner: B, signal: Signal, max: usize, slot: StreamedDecode) -> Self {
+    fn new(
+        inner: B,
+        signal: Signal,
+        max: usize,
+        slot: StreamedDecode,
+        detail: otlp::Detail<'_>,
+    ) -> Self {
         StreamedBody {
             inner: Box::pin(inner),
             state: Streaming::Prefix {
@@ -371,6 +383,7 @@ impl<B> StreamedBody<B> {
             signal,
             max,
             slot,
+            detail: detail.cloned(),
         }
     }
 
@@ -392,7 +405,10 @@ impl<B> StreamedBody<B> {
                     }
                     let len =
                         u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-                    let decode = match (prefix[0], otlp::StreamDecode::new(self.signal, len)) {
+                    let decode = match (
+                        prefix[0],
+                        otlp::StreamDecode::new_with(self.signal, len, self.detail.as_ref()),
+                    ) {
                         (0, Some(decode)) if len <= self.max => decode,
                         _ => {
                             // Compressed, too large or not ours: tonic's.

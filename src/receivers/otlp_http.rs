@@ -185,7 +185,7 @@ async fn handle(
     } else {
         None
     };
-    let decoded = otlp::decode(signal, encoding, body);
+    let decoded = otlp::decode_with(signal, encoding, body, receiver.sink.span_detail());
     match export(&receiver.sink, signal, "http", decoded, forward).await {
         ExportOutcome::Accepted { rejected, message } => {
             let (body, content_type) = match encoding {

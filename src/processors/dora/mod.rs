@@ -367,7 +367,8 @@ pub struct HistogramCounts {
 }
 
 impl HistogramCounts {
-    fn new(bounds: &[f64]) -> Self {
+    /// Empty counts for `bounds`.
+    pub(crate) fn new(bounds: &[f64]) -> Self {
         HistogramCounts {
             buckets: vec![0; bounds.len() + 1],
             sum: 0.0,
@@ -375,7 +376,8 @@ impl HistogramCounts {
         }
     }
 
-    fn observe(&mut self, bounds: &[f64], value: f64) {
+    /// Counts `value` into the bucket of `bounds` it falls in.
+    pub(crate) fn observe(&mut self, bounds: &[f64], value: f64) {
         let at = bounds.partition_point(|b| *b < value);
         self.buckets[at] += 1;
         self.sum += value;
