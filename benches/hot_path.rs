@@ -14,7 +14,10 @@ use doraflow::config::RedConfig;
 use doraflow::exporters::exposition::render_red;
 use doraflow::model::{Signal, Telemetry, TraceSummary};
 use doraflow::otlp::synth::{realistic_batch, realistic_batch_among};
-use doraflow::otlp::{Encoding, StreamDecode, decode_borrowed, traces_protobuf};
+use doraflow::otlp::{
+    Encoding, StreamDecode, decode_borrowed, traces_protobuf, traces_protobuf_with,
+};
+use doraflow::processors::dependencies::{DependenciesConfig, DependencyProcessor};
 use doraflow::processors::red::RedProcessor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -66,6 +69,47 @@ fn hot_path(c: &mut Criterion) {
                     let summary =
                         traces_protobuf(&bodies[i as usize % bodies.len()]).expect("valid");
                     // Advance time 1 ms a batch so slices rotate as they would live.
+                    black_box(red.apply(&Telemetry::Traces(summary), i * 1_000_000))
+                })
+            },
+        );
+
+        // The decode alone, reading the span details as well.
+        group.bench_with_input(
+            BenchmarkId::new("decode_wire_details", spans),
+            &bodies,
+            |b, bodies| {
+                let keys = std::sync::Arc::new(DependenciesConfig::default().span_keys());
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    black_box(
+                        traces_protobuf_with(&bodies[i % bodies.len()], Some(&keys))
+                            .expect("valid"),
+                    )
+                })
+            },
+        );
+
+        // With the `dependencies` processor: the span details read too
+        // (the third of the spans that are CLIENT call one HTTP dependency
+        // per service; every span with a parent waits in the service
+        // graph's store, which fills and then drops, counted).
+        group.bench_with_input(
+            BenchmarkId::new("decode_red_dependencies", spans),
+            &bodies,
+            |b, bodies| {
+                let config = DependenciesConfig::default();
+                let mut red = RedProcessor::new(&RedConfig::default(), "unknown");
+                let mut dependencies = DependencyProcessor::new(&config, "unknown");
+                let keys = dependencies.span_keys().clone();
+                let mut i = 0u64;
+                b.iter(|| {
+                    i += 1;
+                    let summary =
+                        traces_protobuf_with(&bodies[i as usize % bodies.len()], Some(&keys))
+                            .expect("valid");
+                    dependencies.apply_traces(&summary, i * 1_000_000);
                     black_box(red.apply(&Telemetry::Traces(summary), i * 1_000_000))
                 })
             },
@@ -222,12 +266,52 @@ fn window_memory(_: &mut Criterion) {
     );
 }
 
+/// 5,000 dependency series (one HTTP dependency of each of 5,000 services)
+/// through a full `5m` window: the heap they hold, printed, and the
+/// rendering of their families for a scrape, timed.
+fn dependency_series(c: &mut Criterion) {
+    let config = DependenciesConfig::default();
+    let mut dependencies = DependencyProcessor::new(&config, "unknown");
+    let keys = dependencies.span_keys().clone();
+    let slices = 30u64;
+    let batches = slices * 20;
+    for i in 0..batches {
+        let body = realistic_batch_among(1000, i, 50, 5000).encode_to_vec();
+        let summary = traces_protobuf_with(&Bytes::from(body), Some(&keys)).expect("valid");
+        dependencies.apply_traces(&summary, i * 10_000_000_000 / 20);
+    }
+    let snapshot = dependencies.snapshot(slices * 10_000_000_000 - 1);
+    assert_eq!(snapshot.dependencies.len(), 5000);
+    let calls: u64 = snapshot
+        .dependencies
+        .iter()
+        .map(|d| d.window.requests)
+        .sum();
+    let graph = snapshot.graph.as_ref().expect("graph");
+    eprintln!(
+        "dependency memory: {} series, {calls} calls in the window, {} heap bytes in all ({:.0} per series; the graph's store {} waiting, {} edges)",
+        snapshot.dependencies.len(),
+        snapshot.heap_bytes,
+        snapshot.heap_bytes as f64 / snapshot.dependencies.len() as f64,
+        graph.waiting,
+        graph.edges.len(),
+    );
+    c.bench_function("render_dependencies_5000_series", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            doraflow::exporters::exposition::render_dependencies(&snapshot, &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
 criterion_group!(
     benches,
     hot_path,
     kafka_path,
     grpc_frames,
     scrape,
-    window_memory
+    window_memory,
+    dependency_series
 );
 criterion_main!(benches);

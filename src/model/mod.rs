@@ -56,6 +56,8 @@ pub struct TraceSummary {
     pub details: Vec<spans::SpanDetail>,
     /// The resources of [`Self::details`].
     pub detail_resources: Vec<ResourceIdentity>,
+    /// The text attributes of [`Self::details`], each detail's together.
+    pub detail_attributes: Vec<spans::Text>,
     /// The attribute values of [`Self::details`], one after another.
     pub detail_text: Vec<u8>,
 }
@@ -82,20 +84,32 @@ impl TraceSummary {
             return;
         }
         let resources = self.detail_resources.len() as u32;
+        let attributes = self.detail_attributes.len() as u32;
         let text = self.detail_text.len() as u32;
         self.detail_resources.extend(other.detail_resources);
         self.detail_text.extend_from_slice(&other.detail_text);
+        self.detail_attributes
+            .extend(other.detail_attributes.into_iter().map(|t| spans::Text {
+                start: t.start + text,
+                ..t
+            }));
         self.details.extend(other.details.into_iter().map(|mut d| {
             d.resource += resources;
-            for t in d.attributes.iter_mut().filter(|t| t.len > 0) {
-                t.start += text;
-            }
+            d.attributes.0 += attributes;
             d
         }));
     }
 
-    /// The text of `t`, a [`spans::Text`] of this summary's details.
-    pub fn text(&self, t: spans::Text) -> &[u8] {
+    /// The value of `d`'s text attribute `attr`; empty when it has none.
+    pub fn text(&self, d: &spans::SpanDetail, attr: spans::Attr) -> &[u8] {
+        let (first, n) = (d.attributes.0 as usize, d.attributes.1 as usize);
+        let Some(t) = self
+            .detail_attributes
+            .get(first..first + n)
+            .and_then(|all| all.iter().find(|t| t.attr == attr as u8))
+        else {
+            return &[];
+        };
         let start = t.start as usize;
         self.detail_text
             .get(start..start + t.len as usize)

@@ -93,6 +93,9 @@ pub enum Attr {
 /// Attributes kept as text.
 pub const TEXT_ATTRS: usize = Attr::CacheName as usize + 1;
 
+/// Keys longer than this are never looked for (a configured one is ignored).
+pub const MAX_KEY: usize = 128;
+
 /// Positions, in [`SpanKeys::keys`], of the keys that are not text.
 pub mod extra {
     /// `http.response.status_code`.
@@ -135,6 +138,10 @@ const FIXED_KEYS: [&str; TEXT_ATTRS - 1] = [
 pub struct SpanKeys {
     /// Every key, as bytes.
     pub keys: Vec<Vec<u8>>,
+    /// Per key length (up to [`MAX_KEY`]), the keys of that length: a
+    /// span's other attributes are passed over on their length alone, most
+    /// of the time, rather than compared with every key.
+    by_len: Vec<Vec<(u64, u8)>>,
     /// The OTLP metrics that are queue lengths (read from metrics requests).
     pub queue_metrics: Vec<String>,
 }
@@ -151,9 +158,45 @@ impl SpanKeys {
         // Without a configured one, a key no attribute can have (keys are
         // UTF-8; 0xff never is).
         keys.push(creation_time.map_or_else(|| vec![0xff], |k| k.as_bytes().to_vec()));
+        let mut by_len = vec![Vec::new(); MAX_KEY + 1];
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(same) = by_len.get_mut(key.len()) {
+                same.push((prefix(key), i as u8));
+            }
+        }
         SpanKeys {
             keys,
+            by_len,
             queue_metrics: Vec::new(),
+        }
+    }
+
+    /// The position of `key` among the keys, if it is one.
+    #[inline]
+    pub fn find(&self, key: &[u8]) -> Option<usize> {
+        let same = self.by_len.get(key.len())?;
+        if same.is_empty() {
+            return None;
+        }
+        // Keys of one length mostly differ in their first 8 bytes: compared
+        // as one number, before any byte-wise comparison.
+        let head = prefix(key);
+        same.iter()
+            .filter(|(p, _)| *p == head)
+            .map(|&(_, i)| i as usize)
+            .find(|&i| self.keys[i] == key)
+    }
+}
+
+/// The first 8 bytes of `key` as a number (zero-padded when shorter).
+#[inline]
+fn prefix(key: &[u8]) -> u64 {
+    match key.first_chunk::<8>() {
+        Some(head) => u64::from_le_bytes(*head),
+        None => {
+            let mut head = [0u8; 8];
+            head[..key.len()].copy_from_slice(key);
+            u64::from_le_bytes(head)
         }
     }
 }
@@ -167,12 +210,15 @@ impl Default for SpanKeys {
 /// A (trace id, span id): where a span stands.
 pub type SpanRef = ([u8; 16], [u8; 8]);
 
-/// A string in [`super::TraceSummary::detail_text`]; empty when absent.
+/// A text attribute of a detail: which, and where its value is in
+/// [`super::TraceSummary::detail_text`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Text {
+    /// The attribute, an [`Attr`] as a number.
+    pub attr: u8,
     /// Offset of the first byte.
     pub start: u32,
-    /// Length in bytes; 0 when the attribute was absent or empty.
+    /// Length in bytes.
     pub len: u32,
 }
 
@@ -197,8 +243,9 @@ pub struct SpanDetail {
     pub parent_span_id: [u8; 8],
     /// The first link's (trace id, span id), if the span has links.
     pub link: Option<SpanRef>,
-    /// The text attributes, by [`Attr`].
-    pub attributes: [Text; TEXT_ATTRS],
+    /// Where the span's text attributes are in
+    /// [`super::TraceSummary::detail_attributes`]: the first, and how many.
+    pub attributes: (u32, u32),
     /// The cache hit attribute: true, false, or absent.
     pub cache_hit: Option<bool>,
     /// The message creation time attribute, ns since the epoch.

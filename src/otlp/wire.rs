@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 
-use crate::model::spans::{SpanDetail, SpanKeys, SpanKind, SpanRef, TEXT_ATTRS, Text, extra};
+use crate::model::spans::{Attr, SpanDetail, SpanKeys, SpanKind, SpanRef, TEXT_ATTRS, Text, extra};
 use crate::model::{
     LogDeployment, LogGroup, LogSummary, RequestGroup, ResourceIdentity, TraceSummary,
     UNKNOWN_SERVICE,
@@ -191,6 +191,8 @@ const DEPLOYMENT_KEYS: [&[u8]; 5] = [
 
 // OTLP enum values read here.
 const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const SPAN_KIND_PRODUCER: u64 = 4;
 const SPAN_KIND_CONSUMER: u64 = 5;
 const STATUS_CODE_ERROR: u64 = 2;
 const SEVERITY_NUMBER_ERROR: u64 = 17;
@@ -397,11 +399,13 @@ const MAX_DETAIL_TEXT: usize = 256;
 fn span_detail(
     buf: &[u8],
     keys: &SpanKeys,
-    text: &mut Vec<u8>,
+    out: &mut TraceSummary,
     resource: u32,
 ) -> Result<(SpanFacts, Option<SpanDetail>), WireError> {
     const MSG: &str = "Span";
-    let text_start = text.len();
+    let text = &mut out.detail_text;
+    let attributes = &mut out.detail_attributes;
+    let (text_start, attributes_start) = (text.len(), attributes.len());
     let mut facts = SpanFacts {
         kind: 0,
         start: 0,
@@ -419,26 +423,32 @@ fn span_detail(
         span_id: [0; 8],
         parent_span_id: [0; 8],
         link: None,
-        attributes: [Text::default(); TEXT_ATTRS],
+        attributes: (attributes_start as u32, 0),
         cache_hit: None,
         creation_ns: None,
     };
     // The first of a repeated attribute decides, as for `red`'s status.
     let mut seen: u64 = 0;
+    // Which attributes the span's kind needs (all, until the kind is
+    // known: encoders write it first, but need not).
+    let mut needed = u64::MAX;
     let mut fields = Fields::new(buf, MSG);
     while let Some(field) = fields.next_field() {
         match field? {
             (1, v) => detail.trace_id = id(expect_bytes(v, MSG)?),
             (2, v) => detail.span_id = id(expect_bytes(v, MSG)?),
             (4, v) => detail.parent_span_id = id(expect_bytes(v, MSG)?),
-            (6, v) => facts.kind = expect_varint(v, MSG)?,
+            (6, v) => {
+                facts.kind = expect_varint(v, MSG)?;
+                needed = needed_by(facts.kind);
+            }
             (7, v) => facts.start = expect_fixed64(v, MSG)?,
             (8, v) => facts.end = expect_fixed64(v, MSG)?,
             (9, v) => {
-                let Some((i, value)) = wanted_key_value(expect_bytes(v, MSG)?, &keys.keys)? else {
+                let Some((i, value)) = detail_key_value(expect_bytes(v, MSG)?, keys)? else {
                     continue;
                 };
-                if seen & (1 << i) != 0 {
+                if seen & (1 << i) != 0 || needed & (1 << i) == 0 {
                     continue;
                 }
                 seen |= 1 << i;
@@ -449,10 +459,11 @@ fn span_detail(
                         while n < s.len() && (s[n] & 0xC0) == 0x80 {
                             n -= 1;
                         }
-                        detail.attributes[i] = Text {
+                        attributes.push(Text {
+                            attr: i as u8,
                             start: text.len() as u32,
                             len: n as u32,
-                        };
+                        });
                         text.extend_from_slice(&s[..n]);
                     }
                     (extra::HTTP_STATUS | extra::HTTP_STATUS_OLD, value)
@@ -473,6 +484,28 @@ fn span_detail(
         }
     }
     detail.kind = SpanKind::from_otlp(facts.kind);
+    let needed = needed_by(facts.kind);
+    if needed != u64::MAX {
+        // Attributes read before the kind was known: keep what a span of
+        // its kind keeps, as if it had come first.
+        let mut i = attributes_start;
+        while i < attributes.len() {
+            if needed & (1 << attributes[i].attr) == 0 {
+                attributes.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if needed & (1 << extra::CACHE_HIT) == 0 {
+            detail.cache_hit = None;
+        }
+        if needed & (1 << extra::CREATION_TIME) == 0 {
+            detail.creation_ns = None;
+        }
+        if needed & (1 << extra::HTTP_STATUS) == 0 {
+            facts.http_error = None;
+        }
+    }
     detail.error = facts.status_error || facts.http_error == Some(true);
     // `red` reads the HTTP status of SERVER spans only.
     if facts.kind != SPAN_KIND_SERVER {
@@ -485,11 +518,62 @@ fn span_detail(
     } || detail.cache_hit.is_some();
     if !wanted || facts.end < facts.start {
         text.truncate(text_start);
+        attributes.truncate(attributes_start);
         return Ok((facts, None));
     }
+    detail.attributes.1 = (attributes.len() - attributes_start) as u32;
     detail.start_ns = facts.start;
     detail.end_ns = facts.end;
     Ok((facts, Some(detail)))
+}
+
+/// The attributes (bits by position in [`SpanKeys::keys`]) a span of OTLP
+/// kind `kind` needs: a SERVER span its HTTP status only (for its error; it
+/// is read for the service graph, by its ids), an INTERNAL one the cache
+/// attributes only, the others everything.
+fn needed_by(kind: u64) -> u64 {
+    const fn bit(i: usize) -> u64 {
+        1 << i
+    }
+    const STATUS: u64 = bit(extra::HTTP_STATUS) | bit(extra::HTTP_STATUS_OLD);
+    const CACHE: u64 = bit(Attr::CacheName as usize)
+        | bit(Attr::DbSystemName as usize)
+        | bit(Attr::DbSystem as usize)
+        | bit(extra::CACHE_HIT);
+    match kind {
+        SPAN_KIND_SERVER => STATUS,
+        SPAN_KIND_CLIENT | SPAN_KIND_PRODUCER | SPAN_KIND_CONSUMER => u64::MAX,
+        _ => CACHE,
+    }
+}
+
+/// As [`wanted_key_value`], for the `dependencies` processor's keys.
+#[inline]
+fn detail_key_value<'a>(
+    buf: &'a [u8],
+    keys: &SpanKeys,
+) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
+    const MSG: &str = "KeyValue";
+    let mut which = None;
+    let mut value = None;
+    let mut fields = Fields::new(buf, MSG);
+    while let Some(field) = fields.next_field() {
+        match field? {
+            (1, v) => {
+                which = keys.find(expect_bytes(v, MSG)?);
+                if which.is_none() {
+                    return Ok(None);
+                }
+            }
+            (2, v) => value = Some(expect_bytes(v, MSG)?),
+            _ => {}
+        }
+    }
+    match (which, value) {
+        (Some(i), Some(value)) => Ok(Some((i, any_value(value)?))),
+        (Some(i), None) => Ok(Some((i, AttributeValue::Other))),
+        _ => Ok(None),
+    }
 }
 
 /// A trace or span id of `N` bytes; all zero when it has another length
@@ -637,6 +721,13 @@ fn resource_spans(
     let first = out.latencies_ns.len();
     let mut errors = 0;
     let keys = out.detail_keys.clone();
+    if keys.is_some() && out.details.capacity() == 0 {
+        // Most batches have details; growing from one by doubling would
+        // copy them over and over.
+        out.details.reserve(256);
+        out.detail_attributes.reserve(1024);
+        out.detail_text.reserve(8192);
+    }
     let first_detail = out.details.len();
     let resource = out.detail_resources.len() as u32;
     let mut scopes = Fields::new(resource_spans, RS);
@@ -650,7 +741,7 @@ fn resource_spans(
             let facts = match keys.as_deref() {
                 None => span_facts(span)?,
                 Some(keys) => {
-                    let (facts, detail) = span_detail(span, keys, &mut out.detail_text, resource)?;
+                    let (facts, detail) = span_detail(span, keys, out, resource)?;
                     out.details.extend(detail);
                     facts
                 }

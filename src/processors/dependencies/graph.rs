@@ -10,7 +10,11 @@
 //! node. What waits longer than `wait` expires, counted as unpaired; what
 //! arrives while the store is full is dropped, counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash: fast on the short keys here, and seeded per map, so that a
+// client choosing trace ids or names cannot aim at one bucket.
+use foldhash::{HashMap, HashMapExt};
 
 use serde::Deserialize;
 

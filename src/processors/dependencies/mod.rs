@@ -21,10 +21,11 @@
 pub mod graph;
 pub mod naming;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 

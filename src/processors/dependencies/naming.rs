@@ -57,7 +57,7 @@ pub fn name_call(
     d: &SpanDetail,
     key: &mut Vec<u8>,
 ) -> Option<DependencyType> {
-    let text = |a: Attr| summary.text(d.attributes[a as usize]);
+    let text = |a: Attr| summary.text(d, a);
     let first = |attrs: &[Attr]| {
         attrs
             .iter()
@@ -133,7 +133,7 @@ pub fn name_call(
 /// The cache a span with the hit attribute looked up: the configured name
 /// attribute, else its database system, else `cache`; appended to `key`.
 pub fn name_cache(summary: &TraceSummary, d: &SpanDetail, key: &mut Vec<u8>) {
-    let text = |a: Attr| summary.text(d.attributes[a as usize]);
+    let text = |a: Attr| summary.text(d, a);
     let cache = [Attr::CacheName, Attr::DbSystemName, Attr::DbSystem]
         .iter()
         .map(|&a| text(a))
@@ -145,7 +145,7 @@ pub fn name_cache(summary: &TraceSummary, d: &SpanDetail, key: &mut Vec<u8>) {
 /// The name of a database a server span's client calls: the node a
 /// `database` edge of the service graph ends at.
 pub fn database_node(summary: &TraceSummary, d: &SpanDetail) -> Option<String> {
-    let text = |a: Attr| summary.text(d.attributes[a as usize]);
+    let text = |a: Attr| summary.text(d, a);
     if d.kind != SpanKind::Client {
         return None;
     }
