@@ -355,7 +355,8 @@ enum Streaming {
     Prefix { prefix: [u8; 5], have: usize },
     /// Decoding the message; after an error, reading past the rest of it.
     Message {
-        decode: Result<otlp::StreamDecode, DecodeError>,
+        // Boxed: a summary under way is large, the other states small.
+        decode: Result<Box<otlp::StreamDecode>, DecodeError>,
         remaining: usize,
     },
     /// Everything else goes to tonic as it comes.
@@ -418,7 +419,7 @@ impl<B> StreamedBody<B> {
                         }
                     };
                     self.state = Streaming::Message {
-                        decode: Ok(decode),
+                        decode: Ok(Box::new(decode)),
                         remaining: len,
                     };
                     self.finish_if_read();
@@ -444,7 +445,7 @@ impl<B> StreamedBody<B> {
             && let Streaming::Message { decode, .. } =
                 std::mem::replace(&mut self.state, Streaming::Through)
         {
-            self.slot.put(decode.and_then(otlp::StreamDecode::finish));
+            self.slot.put(decode.and_then(|d| d.finish()));
             self.queued.push_back(Bytes::from_static(&EMPTY_MESSAGE));
         }
     }
