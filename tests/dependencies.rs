@@ -26,10 +26,14 @@ processors:
   red: {{}}
   dependencies:
     service_graph: {{ wait: 2s }}
+  alerts:
+    interval: 200ms
+    rules:
+      DependencyErrorRate: {{ enabled: true, threshold: 0.2, min_requests: 3 }}
 exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
 pipelines:
-  main: {{ receivers: [otlp], processors: [red, dependencies], exporters: [prometheus] }}
+  main: {{ receivers: [otlp], processors: [red, dependencies, alerts], exporters: [prometheus] }}
 "
     );
     let mut doraflow = Doraflow::start_yaml(&text, prometheus, grpc, 0);
@@ -246,6 +250,23 @@ fn python_sdk_spans_give_exact_dependencies_caches_queues_and_service_graph() {
                 first["requests"].as_u64()
             ),
             (Some("checkout"), Some("cache.internal"), Some(4))
+        );
+        // One SELECT in three failed: above the rule's 20%, with enough calls.
+        let (status, body) = common::get(doraflow.prometheus, "/api/v1/alerts").expect("alerts");
+        assert_eq!(status, 200, "{body}");
+        let alerts: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let summaries: Vec<&str> = alerts["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .filter(|a| a["alertname"] == "DependencyErrorRate")
+            .filter_map(|a| a["summary"].as_str())
+            .collect();
+        assert_eq!(
+            summaries,
+            [
+                "checkout (production): calls to postgresql shop SELECT orders fail at 33.33% > 20.00%"
+            ]
         );
         let (status, body) =
             common::get(doraflow.prometheus, "/api/v1/dependencies").expect("dependencies");

@@ -538,6 +538,12 @@ impl Engine {
     fn evaluate_alerts(&mut self) {
         let now = self.clock.now_ns();
         let mut transitions = Vec::new();
+        // The dependencies are the replica's, not a partition's: the local
+        // task's rules look at them.
+        let mut dependency_facts = self
+            .dependencies
+            .as_mut()
+            .map(|d| dependency_facts(&d.snapshot(now)));
         for task in std::iter::once(&mut self.local).chain(self.partitions.values_mut()) {
             let Some(alerts) = task.alerts.as_mut() else {
                 continue;
@@ -546,6 +552,12 @@ impl Engine {
                 Some(dora) => dora.alert_facts(now as i64),
                 None => Default::default(),
             };
+            for (series, d) in dependency_facts.take().into_iter().flatten() {
+                let f = facts.entry(series).or_default();
+                f.dependencies = d.dependencies;
+                f.caches = d.caches;
+                f.queues = d.queues;
+            }
             if let Some(red) = task.red.as_mut() {
                 for series in red.snapshot(now).series {
                     let f = facts
@@ -704,6 +716,63 @@ impl Engine {
             }
         }
     }
+}
+
+/// The `dependencies` figures as the alert rules read them, per (service,
+/// environment): each series' dependencies, caches and queues.
+fn dependency_facts(
+    snapshot: &DependencySnapshot,
+) -> BTreeMap<(String, String), crate::processors::alerts::Facts> {
+    use crate::processors::alerts::{CacheFact, DependencyFact, Facts};
+    let mut facts: BTreeMap<(String, String), Facts> = BTreeMap::new();
+    fn of<'a>(
+        facts: &'a mut BTreeMap<(String, String), Facts>,
+        service: &str,
+        environment: &str,
+    ) -> &'a mut Facts {
+        facts
+            .entry((service.to_string(), environment.to_string()))
+            .or_default()
+    }
+    for d in &snapshot.dependencies {
+        let name = [
+            d.system.as_str(),
+            d.dependency.as_str(),
+            d.operation.as_str(),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+        of(&mut facts, &d.service, &d.environment)
+            .dependencies
+            .push(DependencyFact {
+                name,
+                calls: d.window.requests,
+                errors: d.window.errors,
+                p95_seconds: d.window.quantiles_us.map(|q| q[1] as f64 / 1e6),
+            });
+    }
+    for c in &snapshot.caches {
+        of(&mut facts, &c.service, &c.environment)
+            .caches
+            .push(CacheFact {
+                name: c.cache.clone(),
+                lookups: c.window_lookups,
+                hit_ratio: c.hit_ratio,
+            });
+    }
+    for q in &snapshot.queues {
+        let name = if q.destination.is_empty() {
+            q.metric.clone()
+        } else {
+            format!("{} ({})", q.destination, q.metric)
+        };
+        of(&mut facts, &q.service, &q.environment)
+            .queues
+            .push((name, q.last));
+    }
+    facts
 }
 
 /// Sets `doraflow_alerts_firing` of `alerts`' firing alerts to `value`: 1

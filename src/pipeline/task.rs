@@ -63,6 +63,7 @@ pub struct TaskFactory {
     alerts: Option<AlertsConfig>,
     default_environment: String,
     red_window: String,
+    dependencies_window: String,
     /// Production deployments are kept for PagerDuty change events.
     keep_production: bool,
 }
@@ -151,6 +152,11 @@ impl TaskFactory {
                 .red
                 .as_ref()
                 .map_or_else(|| "5m".to_string(), |r| r.window.as_str().to_string()),
+            dependencies_window: config
+                .processors
+                .dependencies
+                .as_ref()
+                .map_or_else(|| "5m".to_string(), |d| d.window.as_str().to_string()),
             default_environment,
             keep_production: false,
         };
@@ -184,6 +190,7 @@ impl TaskFactory {
                 AlertsProcessor::new(c)
                     .with_default_environment(&self.default_environment)
                     .with_red_window(&self.red_window)
+                    .with_dependencies_window(&self.dependencies_window)
             }),
             changes: None,
         }

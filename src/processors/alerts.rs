@@ -121,6 +121,14 @@ enum Check {
     SlowRecovery,
     DeploymentFailed,
     Utilization(UtilizationResource),
+    /// The worst dependency's error ratio (the `dependencies` window).
+    DependencyErrorRate,
+    /// The slowest dependency's p95.
+    DependencyLatencyP95,
+    /// The least-hit cache's hit ratio, below the threshold.
+    CacheHitRate,
+    /// The longest queue's last reported length.
+    QueueBacklog,
 }
 
 const DAY: Nanos = 86_400_000_000_000;
@@ -135,10 +143,14 @@ struct RuleDefaults {
     severity: Severity,
     min_requests: u64,
     window: Nanos,
+    /// Runs unless configured off; the dependency rules are off unless
+    /// configured on.
+    enabled: bool,
 }
 
-/// The rules of SPEC §3.3, with their defaults.
-const DEFAULT_RULES: [RuleDefaults; 6] = [
+/// The rules of SPEC §3.3, with their defaults, then the rules on the
+/// `dependencies` processor's figures (off by default).
+const DEFAULT_RULES: [RuleDefaults; 10] = [
     RuleDefaults {
         name: "HighErrorRate",
         check: Check::ErrorRate,
@@ -147,6 +159,7 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Critical,
         min_requests: 100,
         window: 0,
+        enabled: true,
     },
     RuleDefaults {
         name: "HighLatencyP95",
@@ -156,6 +169,7 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Warning,
         min_requests: 1,
         window: 0,
+        enabled: true,
     },
     RuleDefaults {
         name: "HighCpuUsage",
@@ -165,6 +179,7 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Warning,
         min_requests: 0,
         window: MINUTE,
+        enabled: true,
     },
     RuleDefaults {
         name: "HighMemoryUsage",
@@ -174,6 +189,7 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Warning,
         min_requests: 0,
         window: MINUTE,
+        enabled: true,
     },
     RuleDefaults {
         name: "SlowRecovery",
@@ -183,6 +199,7 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Critical,
         min_requests: 0,
         window: 0,
+        enabled: true,
     },
     RuleDefaults {
         name: "DeploymentFailed",
@@ -192,6 +209,47 @@ const DEFAULT_RULES: [RuleDefaults; 6] = [
         severity: Severity::Critical,
         min_requests: 0,
         window: DAY,
+        enabled: true,
+    },
+    RuleDefaults {
+        name: "DependencyErrorRate",
+        check: Check::DependencyErrorRate,
+        threshold: 0.05,
+        hold: 0,
+        severity: Severity::Warning,
+        min_requests: 20,
+        window: 0,
+        enabled: false,
+    },
+    RuleDefaults {
+        name: "DependencyLatencyP95",
+        check: Check::DependencyLatencyP95,
+        threshold: 0.5,
+        hold: 0,
+        severity: Severity::Warning,
+        min_requests: 20,
+        window: 0,
+        enabled: false,
+    },
+    RuleDefaults {
+        name: "LowCacheHitRate",
+        check: Check::CacheHitRate,
+        threshold: 0.8,
+        hold: 5 * MINUTE,
+        severity: Severity::Warning,
+        min_requests: 100,
+        window: 0,
+        enabled: false,
+    },
+    RuleDefaults {
+        name: "QueueBacklog",
+        check: Check::QueueBacklog,
+        threshold: 1_000.0,
+        hold: 5 * MINUTE,
+        severity: Severity::Warning,
+        min_requests: 0,
+        window: 0,
+        enabled: false,
     },
 ];
 
@@ -242,7 +300,7 @@ impl AlertsConfig {
             .iter()
             .filter_map(|d| {
                 let o = self.rules.get(d.name).cloned().unwrap_or_default();
-                if o.enabled == Some(false) {
+                if !o.enabled.unwrap_or(d.enabled) {
                     return None;
                 }
                 Some(Rule {
@@ -284,6 +342,36 @@ pub struct Facts {
     pub oldest_open_incident: Option<Nanos>,
     /// The latest deployment: when, and whether it failed.
     pub latest_deployment: Option<(Nanos, bool)>,
+    /// The service's dependencies over the `dependencies` window.
+    pub dependencies: Vec<DependencyFact>,
+    /// The service's caches over the window.
+    pub caches: Vec<CacheFact>,
+    /// The queues the service reports, their last length.
+    pub queues: Vec<(String, f64)>,
+}
+
+/// One dependency of a service, as the dependency rules look at it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DependencyFact {
+    /// How the summary names it, e.g. `postgresql shop SELECT orders`.
+    pub name: String,
+    /// Calls in the window.
+    pub calls: u64,
+    /// Errors in the window.
+    pub errors: u64,
+    /// p95 latency over the window, seconds.
+    pub p95_seconds: Option<f64>,
+}
+
+/// One cache of a service.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CacheFact {
+    /// The cache.
+    pub name: String,
+    /// Lookups in the window.
+    pub lookups: u64,
+    /// Hits / lookups over the window.
+    pub hit_ratio: Option<f64>,
 }
 
 /// Where an alert goes.
@@ -387,6 +475,20 @@ impl AlertsProcessor {
             readings: BTreeMap::new(),
             default_environment: "unknown".to_string(),
         }
+    }
+
+    /// The `dependencies` window (e.g. `5m`), which the dependency and
+    /// cache rules look over.
+    pub fn with_dependencies_window(mut self, window: &str) -> Self {
+        for rule in &mut self.rules {
+            if matches!(
+                rule.check,
+                Check::DependencyErrorRate | Check::DependencyLatencyP95 | Check::CacheHitRate
+            ) {
+                rule.window = Some(window.to_string());
+            }
+        }
+        self
     }
 
     /// The `red` window (e.g. `5m`), which the error-rate and latency rules
@@ -535,7 +637,7 @@ impl AlertsProcessor {
             value,
             threshold: rule.threshold,
             severity: rule.severity,
-            summary: summary(rule, service, environment, value),
+            summary: summary(rule, service, environment, value, None),
             window: rule.window.clone(),
         })
     }
@@ -568,7 +670,7 @@ impl AlertsProcessor {
                     value: a.value,
                     threshold: rule.threshold,
                     severity: rule.severity,
-                    summary: summary(rule, &a.service, &a.environment, a.value),
+                    summary: summary(rule, &a.service, &a.environment, a.value, None),
                 },
             );
         }
@@ -614,8 +716,14 @@ impl AlertsProcessor {
                 alertname: r.name,
                 threshold: r.threshold,
                 unit: match r.check {
-                    Check::ErrorRate | Check::Utilization(_) => "ratio",
-                    Check::LatencyP95 | Check::SlowRecovery => "seconds",
+                    Check::ErrorRate
+                    | Check::Utilization(_)
+                    | Check::DependencyErrorRate
+                    | Check::CacheHitRate => "ratio",
+                    Check::LatencyP95 | Check::SlowRecovery | Check::DependencyLatencyP95 => {
+                        "seconds"
+                    }
+                    Check::QueueBacklog => "messages",
                     Check::DeploymentFailed => "failed deployments",
                 },
                 window: r.window.clone(),
@@ -634,11 +742,11 @@ impl AlertsProcessor {
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         for rule in &self.rules {
-            let observed: BTreeMap<(String, String), (bool, f64)> = match rule.check {
+            let observed: BTreeMap<(String, String), Observed> = match rule.check {
                 Check::Utilization(resource) => self
                     .utilization(resource, rule.lookback, now)
                     .into_iter()
-                    .map(|(series, value)| (series, (value > rule.threshold, value)))
+                    .map(|(series, value)| (series, (value > rule.threshold, value, None)))
                     .collect(),
                 _ => facts
                     .iter()
@@ -647,7 +755,14 @@ impl AlertsProcessor {
             };
             for ((service, environment), holds) in &observed {
                 let key = (rule.name, service.clone(), environment.clone());
-                step(&mut self.active, &mut transitions, rule, key, *holds, now);
+                step(
+                    &mut self.active,
+                    &mut transitions,
+                    rule,
+                    key,
+                    holds.clone(),
+                    now,
+                );
             }
             // Alerts of series that disappeared from the facts resolve too.
             let gone: Vec<AlertKey> = self
@@ -664,7 +779,7 @@ impl AlertsProcessor {
                     &mut transitions,
                     rule,
                     key,
-                    (false, 0.0),
+                    (false, 0.0, None),
                     now,
                 );
             }
@@ -673,8 +788,74 @@ impl AlertsProcessor {
     }
 }
 
-/// Whether the rule's condition holds, and the value it looked at.
-fn observe(rule: &Rule, f: &Facts, now: Nanos) -> (bool, f64) {
+/// Whether the rule's condition holds, the value it looked at, and what
+/// it is about when a service has several (a dependency, a cache, a queue).
+fn observe(rule: &Rule, f: &Facts, now: Nanos) -> Observed {
+    let worst = |values: Vec<(f64, &str)>, holds: &dyn Fn(f64) -> bool, low: bool| {
+        let pick = values.into_iter().reduce(|a, b| {
+            if (low && b.0 < a.0) || (!low && b.0 > a.0) {
+                b
+            } else {
+                a
+            }
+        });
+        match pick {
+            Some((value, name)) => (holds(value), value, Some(name.to_string())),
+            None => (false, 0.0, None),
+        }
+    };
+    let min = rule.min_requests;
+    let (holds, value) = match rule.check {
+        Check::DependencyErrorRate => {
+            return worst(
+                f.dependencies
+                    .iter()
+                    .filter(|d| d.calls >= min.max(1))
+                    .map(|d| (d.errors as f64 / d.calls as f64, d.name.as_str()))
+                    .collect(),
+                &|v| v > rule.threshold,
+                false,
+            );
+        }
+        Check::DependencyLatencyP95 => {
+            return worst(
+                f.dependencies
+                    .iter()
+                    .filter(|d| d.calls >= min)
+                    .filter_map(|d| Some((d.p95_seconds?, d.name.as_str())))
+                    .collect(),
+                &|v| v > rule.threshold,
+                false,
+            );
+        }
+        Check::CacheHitRate => {
+            return worst(
+                f.caches
+                    .iter()
+                    .filter(|c| c.lookups >= min.max(1))
+                    .filter_map(|c| Some((c.hit_ratio?, c.name.as_str())))
+                    .collect(),
+                &|v| v < rule.threshold,
+                true,
+            );
+        }
+        Check::QueueBacklog => {
+            return worst(
+                f.queues.iter().map(|(n, v)| (*v, n.as_str())).collect(),
+                &|v| v > rule.threshold,
+                false,
+            );
+        }
+        _ => observe_service(rule, f, now),
+    };
+    (holds, value, None)
+}
+
+/// (holds, value, subject) of one rule on one series.
+type Observed = (bool, f64, Option<String>);
+
+/// [`observe`] for the rules about the service itself.
+fn observe_service(rule: &Rule, f: &Facts, now: Nanos) -> (bool, f64) {
     match rule.check {
         Check::ErrorRate => {
             let ratio = if f.requests == 0 {
@@ -704,13 +885,44 @@ fn observe(rule: &Rule, f: &Facts, now: Nanos) -> (bool, f64) {
             Some((at, true)) if now - at <= rule.lookback => (true, 1.0),
             _ => (false, 0.0),
         },
-        // Read from the processor's own readings in `evaluate`.
-        Check::Utilization(_) => (false, 0.0),
+        // Read from the processor's own readings in `evaluate`; the
+        // dependency rules in `observe`.
+        Check::Utilization(_)
+        | Check::DependencyErrorRate
+        | Check::DependencyLatencyP95
+        | Check::CacheHitRate
+        | Check::QueueBacklog => (false, 0.0),
     }
 }
 
-fn summary(rule: &Rule, service: &str, environment: &str, value: f64) -> String {
+fn summary(
+    rule: &Rule,
+    service: &str,
+    environment: &str,
+    value: f64,
+    subject: Option<&str>,
+) -> String {
+    let subject = subject.unwrap_or("one");
     match rule.check {
+        Check::DependencyErrorRate => format!(
+            "{service} ({environment}): calls to {subject} fail at {:.2}% > {:.2}%",
+            value * 100.0,
+            rule.threshold * 100.0
+        ),
+        Check::DependencyLatencyP95 => format!(
+            "{service} ({environment}): calls to {subject} take {:.0} ms at p95 > {:.0} ms",
+            value * 1_000.0,
+            rule.threshold * 1_000.0
+        ),
+        Check::CacheHitRate => format!(
+            "{service} ({environment}): cache {subject} hits {:.1}% < {:.1}%",
+            value * 100.0,
+            rule.threshold * 100.0
+        ),
+        Check::QueueBacklog => format!(
+            "{service} ({environment}): queue {subject} holds {value:.0} > {:.0}",
+            rule.threshold
+        ),
         Check::ErrorRate => format!(
             "{service} ({environment}): error ratio {:.2}% > {:.2}%",
             value * 100.0,
@@ -746,11 +958,11 @@ fn step(
     transitions: &mut Vec<Transition>,
     rule: &Rule,
     key: AlertKey,
-    (holds, value): (bool, f64),
+    (holds, value, subject): Observed,
     now: Nanos,
 ) {
     let (service, environment) = (key.1.clone(), key.2.clone());
-    let text = summary(rule, &service, &environment, value);
+    let text = summary(rule, &service, &environment, value, subject.as_deref());
     let emit = |state, transitions: &mut Vec<Transition>| {
         transitions.push(Transition {
             alertname: rule.name,

@@ -306,3 +306,117 @@ fn high_memory_needs_its_for_too() {
         [("HighMemoryUsage", State::Resolved)]
     );
 }
+
+fn enabled() -> RuleOverride {
+    RuleOverride {
+        enabled: Some(true),
+        ..RuleOverride::default()
+    }
+}
+
+#[test]
+fn the_dependency_rules_are_off_unless_configured_on() {
+    let failing = Facts {
+        dependencies: vec![DependencyFact {
+            name: "postgresql shop SELECT orders".into(),
+            calls: 100,
+            errors: 50,
+            p95_seconds: Some(2.0),
+        }],
+        caches: vec![CacheFact {
+            name: "redis".into(),
+            lookups: 1_000,
+            hit_ratio: Some(0.1),
+        }],
+        queues: vec![("orders".into(), 1e6)],
+        ..Facts::default()
+    };
+    let mut alerts = processor(&[]);
+    assert!(alerts.evaluate(&facts(failing), T0).is_empty());
+    let names: Vec<_> = alerts.rule_table().iter().map(|r| r.alertname).collect();
+    assert!(!names.contains(&"DependencyErrorRate"), "{names:?}");
+}
+
+#[test]
+fn dependency_rules_name_the_worst_dependency_cache_and_queue() {
+    let mut alerts = processor(&[
+        ("DependencyErrorRate", enabled()),
+        ("DependencyLatencyP95", enabled()),
+        (
+            "LowCacheHitRate",
+            RuleOverride {
+                for_: Some("0s".parse().unwrap()),
+                ..enabled()
+            },
+        ),
+        ("QueueBacklog", enabled()),
+    ]);
+    let dependency = |name: &str, calls, errors, p95| DependencyFact {
+        name: name.into(),
+        calls,
+        errors,
+        p95_seconds: Some(p95),
+    };
+    let f = Facts {
+        dependencies: vec![
+            // 10% errors but too few calls (20 needed) to judge.
+            dependency("http payments GET", 10, 1, 0.1),
+            dependency("postgresql shop SELECT orders", 200, 12, 0.2),
+            dependency("redis cache.internal GET", 400, 0, 0.9),
+        ],
+        caches: vec![
+            CacheFact {
+                name: "redis".into(),
+                lookups: 500,
+                hit_ratio: Some(0.62),
+            },
+            CacheFact {
+                name: "local".into(),
+                lookups: 50,
+                hit_ratio: Some(0.0),
+            },
+        ],
+        queues: vec![
+            ("orders (lag)".into(), 1_500.0),
+            ("refunds (lag)".into(), 3.0),
+        ],
+        ..Facts::default()
+    };
+    let fired = alerts.evaluate(&facts(f.clone()), T0);
+    let got: Vec<_> = fired
+        .iter()
+        .map(|t| (t.alertname, t.state, t.summary.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "DependencyErrorRate",
+                State::Firing,
+                "checkout (production): calls to postgresql shop SELECT orders fail at 6.00% > 5.00%"
+            ),
+            (
+                "DependencyLatencyP95",
+                State::Firing,
+                "checkout (production): calls to redis cache.internal GET take 900 ms at p95 > 500 ms"
+            ),
+            (
+                "LowCacheHitRate",
+                State::Firing,
+                "checkout (production): cache redis hits 62.0% < 80.0%"
+            ),
+            (
+                "QueueBacklog",
+                State::Pending,
+                "checkout (production): queue orders (lag) holds 1500 > 1000"
+            ),
+        ]
+    );
+    // The backlog holds for five minutes: firing.
+    let later = alerts.evaluate(&facts(f), T0 + 300 * S);
+    assert_eq!(states(&later), [("QueueBacklog", State::Firing)]);
+    // Nothing left to look at: all resolve.
+    let resolved = alerts.evaluate(&facts(Facts::default()), T0 + 301 * S);
+    assert_eq!(resolved.len(), 4);
+    assert!(resolved.iter().all(|t| t.state == State::Resolved));
+}
