@@ -89,6 +89,16 @@ fn metric_names(text: &str) -> Vec<String> {
             names.push(name);
         }
     }
+    // The service graph's, in the servicegraph connector's names.
+    for (i, _) in text.match_indices("traces_service_graph_") {
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     names
 }
 
@@ -172,11 +182,13 @@ async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
         );
         return;
     };
-    let doraflow = Doraflow::start_config(
+    let doraflow = Doraflow::start_processors(
         "window: 5m, slice: 10s",
         "windows: [7d, 30d]",
         "interval: 1s",
+        Some("messaging: { queue_metrics: [messaging.kafka.consumer.lag] }"),
         256,
+        "",
     );
     // checkout: 3 deployments this week, the newest followed by an incident
     // of 30 minutes; 100 requests, 5 of them errors (HighErrorRate fires).
@@ -209,6 +221,8 @@ async fn a_real_prometheus_scrapes_doraflow_and_the_rules_evaluate() {
         .expect("webhook");
     assert_eq!(answer.status(), 202);
     common::send_checkout_spans(&doraflow, 95, 5).await;
+    // And what the dashboard's dependency panels read.
+    common::send_dependency_spans(&doraflow).await;
 
     // The deploy/ rules, evaluated every second rather than every minute.
     let dir = TempDir::new("prometheus");

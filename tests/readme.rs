@@ -234,3 +234,32 @@ fn every_config_key_is_in_the_readme() {
         "README config reference lacks {missing:?}"
     );
 }
+
+/// The `dependencies` processor's keys are documented in its own page: each
+/// appears in the example configuration there, under its section.
+#[test]
+fn every_dependencies_key_is_in_its_page() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/dependencies.md"))
+            .unwrap();
+    let mut missing = Vec::new();
+    for (section, probe) in [
+        ("", "__probe__: 1"),
+        ("cache.", "cache: { __probe__: 1 }"),
+        ("messaging.", "messaging: { __probe__: 1 }"),
+        ("service_graph.", "service_graph: { __probe__: 1 }"),
+    ] {
+        let yaml = format!("processors:\n  dependencies: {{ {probe} }}\n{PIPELINE}");
+        let keys = accepted_keys(&yaml);
+        assert!(!keys.is_empty(), "{section}: no keys found");
+        for key in keys {
+            if !page.contains(&format!(
+                "\n    {}{key}:",
+                if section.is_empty() { "" } else { "  " }
+            )) {
+                missing.push(format!("processors.dependencies.{section}{key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/dependencies.md lacks {missing:?}");
+}

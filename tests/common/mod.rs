@@ -97,6 +97,26 @@ impl Doraflow {
         queue_size: usize,
         exporters: &str,
     ) -> Doraflow {
+        Self::start_processors(red, dora, alerts, None, queue_size, exporters)
+    }
+
+    /// As `start_exporting`, with a `dependencies` processor (its settings)
+    /// when given.
+    pub fn start_processors(
+        red: &str,
+        dora: &str,
+        alerts: &str,
+        dependencies: Option<&str>,
+        queue_size: usize,
+        exporters: &str,
+    ) -> Doraflow {
+        let (dependencies, listed) = match dependencies {
+            Some(settings) => (
+                format!("  dependencies: {{ {settings} }}\n"),
+                ", dependencies",
+            ),
+            None => (String::new(), ""),
+        };
         let extra: String = exporters
             .lines()
             .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
@@ -116,11 +136,11 @@ processors:
   red: {{ {red} }}
   dora: {{ {dora} }}
   alerts: {{ {alerts} }}
-exporters:
+{dependencies}exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
 {exporters}
 pipelines:
-  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts], exporters: [prometheus{extra}], queue_size: {queue_size} }}
+  main: {{ receivers: [otlp, webhook], processors: [red, dora, alerts{listed}], exporters: [prometheus{extra}], queue_size: {queue_size} }}
 "
             );
         let mut doraflow = Self::start_yaml(&text, prometheus, grpc, webhook);
@@ -386,6 +406,143 @@ pub fn service_spans(
         })
         .collect();
     trace_request(vec![(resource(Some(service), Some("production")), spans)])
+}
+
+/// Spans and a metric that give every family of the `dependencies`
+/// processor a sample: checkout calls payments (paired), a database and a
+/// cache, and sends a message shipping consumes (paired: its wait); shipping
+/// reports a consumer lag of 42 on `orders` in `messaging.kafka.consumer.lag`.
+/// No SERVER or CONSUMER span of checkout: its `red` figures are untouched.
+pub async fn send_dependency_spans(doraflow: &Doraflow) {
+    use doraflow::otlp::synth::{attr, resource, span, string_attr, trace_request};
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data,
+        number_data_point,
+    };
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    let t0 = 1_764_000_000_000_000_000u64;
+    let ms = 1_000_000;
+    let with = |kind, start: u64, end: u64, id: u8, parent: u8, attributes: Vec<_>| {
+        let mut s = span(kind, start, end, StatusCode::Unset, None);
+        s.trace_id = vec![7; 16];
+        s.span_id = vec![id; 8];
+        s.parent_span_id = if parent == 0 {
+            Vec::new()
+        } else {
+            vec![parent; 8]
+        };
+        s.attributes = attributes;
+        s
+    };
+    let checkout = vec![
+        with(
+            SpanKind::Client,
+            t0,
+            t0 + 30 * ms,
+            10,
+            0,
+            vec![
+                string_attr("http.request.method", "GET"),
+                string_attr("server.address", "payments"),
+            ],
+        ),
+        with(
+            SpanKind::Client,
+            t0,
+            t0 + 5 * ms,
+            12,
+            0,
+            vec![
+                string_attr("db.system.name", "postgresql"),
+                string_attr("db.namespace", "shop"),
+                string_attr("db.operation.name", "SELECT"),
+            ],
+        ),
+        with(
+            SpanKind::Client,
+            t0,
+            t0 + ms,
+            13,
+            0,
+            vec![
+                string_attr("db.system.name", "redis"),
+                attr("cache.hit", Value::BoolValue(true)),
+            ],
+        ),
+        with(
+            SpanKind::Producer,
+            t0,
+            t0 + ms,
+            11,
+            0,
+            vec![
+                string_attr("messaging.system", "kafka"),
+                string_attr("messaging.destination.name", "orders"),
+            ],
+        ),
+    ];
+    let payments = vec![with(
+        SpanKind::Server,
+        t0 + ms,
+        t0 + 25 * ms,
+        20,
+        10,
+        vec![],
+    )];
+    let shipping = vec![with(
+        SpanKind::Consumer,
+        t0 + 100 * ms,
+        t0 + 110 * ms,
+        21,
+        11,
+        vec![
+            string_attr("messaging.system", "kafka"),
+            string_attr("messaging.destination.name", "orders"),
+        ],
+    )];
+    let mut traces = TraceServiceClient::connect(doraflow.grpc_url())
+        .await
+        .expect("connect");
+    traces
+        .export(trace_request(vec![
+            (resource(Some("checkout"), Some("production")), checkout),
+            (resource(Some("payments"), Some("production")), payments),
+            (resource(Some("shipping"), Some("production")), shipping),
+        ]))
+        .await
+        .expect("export spans");
+    let lag = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource(Some("shipping"), Some("production"))),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "messaging.kafka.consumer.lag".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            attributes: vec![string_attr("messaging.destination.name", "orders")],
+                            time_unix_nano: t0,
+                            value: Some(number_data_point::Value::AsInt(42)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    MetricsServiceClient::connect(doraflow.grpc_url())
+        .await
+        .expect("connect")
+        .export(lag)
+        .await
+        .expect("export metrics");
 }
 
 /// Unix time now, seconds.

@@ -10,8 +10,6 @@
 //! node. What waits longer than `wait` expires, counted as unpaired; what
 //! arrives while the store is full is dropped, counted.
 
-use std::collections::BTreeMap;
-
 // foldhash: fast on the short keys here, and seeded per map, so that a
 // client choosing trace ids or names cannot aim at one bucket.
 use foldhash::{HashMap, HashMapExt};
@@ -132,13 +130,27 @@ pub(super) struct Side {
     pub series: Option<u32>,
 }
 
+/// One span waiting for its partner: only one side ever waits (the second
+/// completes the edge and removes it), and the store is read at random, so
+/// it is kept small.
 #[derive(Debug)]
 struct Pending {
-    client: Option<Side>,
-    server: Option<Side>,
+    side: Side,
+    is_client: bool,
     messaging: bool,
     /// When it started waiting (processing time).
     since_ns: u64,
+}
+
+impl Pending {
+    /// (client, server) services, [`NONE`] for the side not seen.
+    fn services(&self) -> (u32, u32) {
+        if self.is_client {
+            (self.side.service, NONE)
+        } else {
+            (NONE, self.side.service)
+        }
+    }
 }
 
 /// An edge's figures, cumulative since it was first seen, and its rolling
@@ -212,7 +224,7 @@ pub struct GraphSnapshot {
 }
 
 type Key = crate::model::spans::SpanRef;
-type Lost = BTreeMap<(u32, u32, Connection), u64>;
+type Lost = HashMap<(u32, u32, Connection), u64>;
 
 /// What pairing a span completed, for the caller: a consumer's series and
 /// how long its message waited.
@@ -251,8 +263,8 @@ impl ServiceGraph {
             edge_index: HashMap::new(),
             database_index: HashMap::new(),
             overflow: None,
-            unpaired: BTreeMap::new(),
-            dropped: BTreeMap::new(),
+            unpaired: HashMap::new(),
+            dropped: HashMap::new(),
             next_sweep_ns: 0,
         }
     }
@@ -299,20 +311,16 @@ impl ServiceGraph {
         is_client: bool,
         ctx: &Ctx<'_>,
     ) -> Option<Waited> {
-        if let Some(p) = self.pending.get_mut(&key) {
-            let slot = if is_client {
-                &mut p.client
-            } else {
-                &mut p.server
-            };
-            if slot.is_none() {
-                *slot = Some(side);
-                if let (Some(client), Some(server)) = (p.client, p.server) {
-                    let messaging = p.messaging || messaging;
-                    self.pending.remove(&key);
-                    return self.complete(client, server, messaging, ctx);
-                }
-                return None;
+        if let Some(p) = self.pending.get(&key) {
+            if p.is_client != is_client {
+                let (waiting, messaging) = (p.side, p.messaging || messaging);
+                self.pending.remove(&key);
+                let (client, server) = if is_client {
+                    (side, waiting)
+                } else {
+                    (waiting, side)
+                };
+                return self.complete(client, server, messaging, ctx);
             }
             // A second span of the same side and key (two consumers of one
             // message, a reused span id): the first keeps its place; this
@@ -336,16 +344,11 @@ impl ServiceGraph {
             *self.dropped.entry(lost).or_default() += 1;
             return None;
         }
-        let (client, server) = if is_client {
-            (Some(side), None)
-        } else {
-            (None, Some(side))
-        };
         self.pending.insert(
             key,
             Pending {
-                client,
-                server,
+                side,
+                is_client,
                 messaging,
                 since_ns: ctx.now_ns,
             },
@@ -486,10 +489,10 @@ impl ServiceGraph {
             if p.since_ns + wait > now_ns {
                 return true;
             }
-            let connection = connection_of(p.messaging);
-            let client = p.client.map_or(NONE, |s| s.service);
-            let server = p.server.map_or(NONE, |s| s.service);
-            *unpaired.entry((client, server, connection)).or_default() += 1;
+            let (client, server) = p.services();
+            *unpaired
+                .entry((client, server, connection_of(p.messaging)))
+                .or_default() += 1;
             false
         });
     }
@@ -502,14 +505,23 @@ impl ServiceGraph {
         self.expire(ctx.now_ns, true);
         let name = |id: u32| self.services.get(id as usize).cloned().unwrap_or_default();
         let lost = |map: &Lost| {
-            map.iter()
+            let mut lost: Vec<Unmatched> = map
+                .iter()
                 .map(|(&(client, server, connection), &spans)| Unmatched {
                     client: name(client),
                     server: name(server),
                     connection_type: connection,
                     spans,
                 })
-                .collect()
+                .collect();
+            lost.sort_by(|a, b| {
+                (&a.client, &a.server, a.connection_type).cmp(&(
+                    &b.client,
+                    &b.server,
+                    b.connection_type,
+                ))
+            });
+            lost
         };
         let mut edges: Vec<EdgeFigures> = self
             .edges
