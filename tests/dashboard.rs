@@ -325,3 +325,124 @@ async fn the_team_filter_shows_a_teams_pooled_figures_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+/// The service graph of a `dependencies` processor, drawn: checkout calls
+/// payments (paired CLIENT and SERVER spans), its database `shop` and a
+/// redis cache, and sends shipping a message; checkout in the first column,
+/// the rest in the second, each edge labelled with its window's figures.
+#[tokio::test]
+async fn the_service_graph_is_drawn_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        say_skipped(
+            "service graph in chromium",
+            "no chromium (scripts/setup installs Debian's)",
+        );
+        return;
+    };
+    let doraflow = Doraflow::start_processors(
+        "window: 5m, slice: 10s",
+        "windows: [7d, 30d]",
+        "interval: 1s",
+        Some(""),
+        256,
+        "",
+    );
+    common::send_dependency_spans(&doraflow).await;
+    let base = format!("http://127.0.0.1:{}", doraflow.prometheus);
+    let api: Value = reqwest::get(format!("{base}/api/v1/dashboard"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let graph = &api["graph"];
+    assert_eq!(
+        graph["nodes"],
+        json!([
+            {"name": "checkout", "depth": 0},
+            {"name": "payments", "depth": 1},
+            {"name": "redis", "depth": 1},
+            {"name": "shipping", "depth": 1},
+            {"name": "shop", "depth": 1},
+        ])
+    );
+    let edges: Vec<(&str, &str, &str)> = graph["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["server"].as_str().unwrap_or_default(),
+                e["connection_type"].as_str().unwrap_or_default(),
+                e["label"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    // Server-side p95 of one request: the payments span's 24 ms, the
+    // database's and cache's their client spans' 5 and 1 ms, the message's
+    // consumer 10 ms; as HDR reports them, the top of their buckets (24.1
+    // for 24 and 5.02 for 5 ms: at most 1% above).
+    assert_eq!(
+        edges,
+        [
+            ("payments", "", "1 req · 0.0% failed · p95 24.1 ms"),
+            ("redis", "database", "1 req · 0.0% failed · p95 1.00 ms"),
+            (
+                "shipping",
+                "messaging_system",
+                "1 req · 0.0% failed · p95 10.0 ms"
+            ),
+            ("shop", "database", "1 req · 0.0% failed · p95 5.02 ms"),
+        ]
+    );
+
+    let url = format!("{base}/");
+    let dom = tokio::task::spawn_blocking({
+        let chromium = chromium.clone();
+        let url = url.clone();
+        move || headless(&chromium, &url, &["--dump-dom"])
+    })
+    .await
+    .expect("chromium");
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    assert!(
+        !dom.contains("<section id=\"graph-section\" hidden"),
+        "{dom}"
+    );
+    for node in ["checkout", "payments", "redis", "shipping", "shop"] {
+        assert!(
+            dom.contains(&format!("data-node=\"{node}\"")),
+            "{node}: {dom}"
+        );
+    }
+    for (server, _, label) in &edges {
+        assert!(
+            dom.contains(&format!("data-edge=\"checkout -&gt; {server}\"")),
+            "{server}: {dom}"
+        );
+        assert!(dom.contains(label), "{label}: {dom}");
+    }
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(|p| p.join("test-artifacts"))
+        .expect("target dir");
+    std::fs::create_dir_all(&shot).expect("artifacts dir");
+    let shot = shot.join("dashboard-graph.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            headless(
+                &chromium,
+                &url,
+                &[&format!("--screenshot={}", shot.display())],
+            )
+        }
+    })
+    .await
+    .expect("chromium");
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    eprintln!("dashboard screenshot: {}", shot.display());
+}

@@ -276,12 +276,26 @@ async fn api_dashboard(
         || crate::clock::Clock::now_ns(&crate::clock::SystemClock) as i64,
         |d| d.at,
     );
-    axum::Json(crate::report::dashboard::build_dashboard(
-        &inputs,
-        now,
-        query.team.as_deref().filter(|t| !t.is_empty()),
-    ))
-    .into_response()
+    let team = query.team.as_deref().filter(|t| !t.is_empty());
+    let mut dashboard = crate::report::dashboard::build_dashboard(&inputs, now, team);
+    if let Some(snapshot) = exporter.reader.dependencies_snapshot().await
+        && let Some(graph) = &snapshot.graph
+    {
+        // A team chosen: its services' edges.
+        let services: Option<Vec<String>> = dashboard.team.as_ref().map(|_| {
+            dashboard
+                .services
+                .iter()
+                .map(|s| s.service.clone())
+                .collect()
+        });
+        dashboard.graph = Some(crate::report::dashboard::graph_view(
+            graph,
+            &snapshot.window,
+            services.as_deref(),
+        ));
+    }
+    axum::Json(dashboard).into_response()
 }
 
 /// `GET /report`: the DORA assessment, Markdown by default, `?format=json`

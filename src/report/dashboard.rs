@@ -35,6 +35,109 @@ pub struct Dashboard {
     pub services: Vec<ServiceRow>,
     /// Alerts pending or firing.
     pub alerts: Vec<AlertRow>,
+    /// The service graph, with a `dependencies` processor (see [`graph_view`]).
+    pub graph: Option<GraphView>,
+}
+
+/// The service graph as the page draws it: nodes in columns by depth (a
+/// caller left of what it calls), edges labelled with their window's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphView {
+    /// Every node, by depth then name.
+    pub nodes: Vec<GraphNode>,
+    /// Every edge.
+    pub edges: Vec<GraphEdge>,
+    /// The window the labels are over.
+    pub window: String,
+}
+
+/// A service or database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphNode {
+    /// Its name.
+    pub name: String,
+    /// Its column: 0 for one nothing calls, else one more than the deepest
+    /// caller (cycles cut).
+    pub depth: usize,
+}
+
+/// A connection between two nodes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphEdge {
+    /// The caller.
+    pub client: String,
+    /// The called.
+    pub server: String,
+    /// `""`, `messaging_system` or `database`.
+    pub connection_type: &'static str,
+    /// One line: requests, failed share and server-side p95 over the window.
+    pub label: String,
+    /// Whether any request failed in the window.
+    pub failing: bool,
+}
+
+/// The page's view of `graph`, over the `window` (e.g. `5m`); only edges
+/// touching `services` when given (a team's).
+pub fn graph_view(
+    graph: &crate::processors::dependencies::GraphSnapshot,
+    window: &str,
+    services: Option<&[String]>,
+) -> GraphView {
+    let edges: Vec<_> = graph
+        .edges
+        .iter()
+        .filter(|e| services.is_none_or(|s| s.contains(&e.client) || s.contains(&e.server)))
+        .collect();
+    let mut names: Vec<&str> = edges
+        .iter()
+        .flat_map(|e| [e.client.as_str(), e.server.as_str()])
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    // Longest path from a node nothing calls, relaxed at most once per node
+    // (so that a cycle ends).
+    let mut depth: std::collections::BTreeMap<&str, usize> =
+        names.iter().map(|n| (*n, 0)).collect();
+    for _ in 0..names.len() {
+        let mut changed = false;
+        for e in &edges {
+            let next = depth[e.client.as_str()] + 1;
+            if e.client != e.server && next < names.len() && depth[e.server.as_str()] < next {
+                depth.insert(e.server.as_str(), next);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut nodes: Vec<GraphNode> = depth
+        .into_iter()
+        .map(|(name, depth)| GraphNode {
+            name: name.to_string(),
+            depth,
+        })
+        .collect();
+    nodes.sort_by(|a, b| (a.depth, &a.name).cmp(&(b.depth, &b.name)));
+    GraphView {
+        nodes,
+        edges: edges
+            .iter()
+            .map(|e| GraphEdge {
+                client: e.client.clone(),
+                server: e.server.clone(),
+                connection_type: e.connection_type.as_str(),
+                label: format!(
+                    "{} req · {} failed · p95 {}",
+                    e.window.requests,
+                    format_ratio(e.window.error_ratio()),
+                    format_duration(e.window.quantiles_us.map(|q| q[1] as f64 / 1e6))
+                ),
+                failing: e.window.errors > 0,
+            })
+            .collect(),
+        window: window.to_string(),
+    }
 }
 
 /// One of the four keys.
@@ -281,5 +384,68 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64, team: Option<&str>) -> D
                 summary: a.summary.clone(),
             })
             .collect(),
+        graph: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processors::dependencies::{Connection, EdgeFigures, GraphSnapshot};
+
+    fn edge(client: &str, server: &str) -> EdgeFigures {
+        EdgeFigures {
+            client: client.into(),
+            server: server.into(),
+            connection_type: Connection::Direct,
+            requests: 1,
+            failed: 0,
+            window: crate::window::WindowStats::default(),
+            server_seconds: Default::default(),
+            client_seconds: Default::default(),
+            messaging_seconds: None,
+        }
+    }
+
+    #[test]
+    fn nodes_stand_one_column_right_of_their_deepest_caller_and_cycles_end() {
+        let graph = GraphSnapshot {
+            edges: vec![
+                edge("web", "api"),
+                edge("api", "db"),
+                edge("web", "db"),
+                // A cycle: db calls back into api.
+                edge("db", "api"),
+                edge("batch", "db"),
+            ],
+            ..GraphSnapshot::default()
+        };
+        let view = graph_view(&graph, "5m", None);
+        let depths: Vec<_> = view
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.depth))
+            .collect();
+        // web → api → db makes db 2; the cycle's db → api makes api 3, and
+        // api → db would make db 4: not below the number of nodes, so the
+        // relaxation ends there.
+        assert_eq!(depths, [("batch", 0), ("web", 0), ("db", 2), ("api", 3)]);
+        let team = graph_view(&graph, "5m", Some(&["batch".to_string()]));
+        assert_eq!(team.edges.len(), 1);
+        assert_eq!(
+            team.nodes,
+            [
+                GraphNode {
+                    name: "batch".into(),
+                    depth: 0
+                },
+                GraphNode {
+                    name: "db".into(),
+                    depth: 1
+                }
+            ]
+        );
+        // Nothing in the window: no figures to show.
+        assert_eq!(team.edges[0].label, "0 req · — failed · p95 —");
     }
 }
