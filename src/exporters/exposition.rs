@@ -23,12 +23,6 @@ use crate::processors::dora::{
 use crate::processors::red::{RedSnapshot, SeriesSnapshot, Totals};
 use crate::window::QUANTILES;
 
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    escape_into(&mut out, value);
-    out
-}
-
 /// Appends `value` escaped as a label value.
 fn escape_into(out: &mut String, value: &str) {
     if !value.contains(['\\', '"', '\n']) {
@@ -48,18 +42,6 @@ fn escape_into(out: &mut String, value: &str) {
 /// The `# HELP` and `# TYPE` lines of a family.
 fn family_head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-fn number(value: Option<f64>) -> String {
-    Number(value).to_string()
 }
 
 /// A sample value as Prometheus writes it: `NaN` for none, `+Inf`.
@@ -125,8 +107,22 @@ impl Writer {
         }
     }
 
+    /// One sample line, written straight into the output (thousands of
+    /// series: no string per label set).
     fn line(&mut self, name: &str, pairs: &[(&str, &str)], value: Option<f64>) {
-        let _ = writeln!(self.out, "{name}{} {}", labels(pairs), number(value));
+        let out = &mut self.out;
+        out.push_str(name);
+        out.push('{');
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_into(out, v);
+            out.push('"');
+        }
+        let _ = writeln!(out, "}} {}", Number(value));
     }
 }
 
@@ -785,10 +781,9 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(
-            labels(&[("service", "a\"b\\c\nd")]),
-            "{service=\"a\\\"b\\\\c\\nd\"}"
-        );
+        let mut w = Writer::new();
+        w.line("m", &[("service", "a\"b\\c\nd"), ("x", "")], None);
+        assert_eq!(w.out, "m{service=\"a\\\"b\\\\c\\nd\",x=\"\"} NaN\n");
     }
 
     #[test]
