@@ -391,6 +391,26 @@ impl RollingHistogram {
         Ok(RollingHistogram { slices })
     }
 
+    /// Adds `requests` and `errors` at `now_ns` without latencies (counts
+    /// read from metrics): the window's counts include them, its quantiles
+    /// do not.
+    pub fn add_counts(&mut self, shape: &WindowShape, now_ns: u64, requests: u64, errors: u64) {
+        let epoch = shape.epoch(now_ns);
+        self.expire(shape, epoch);
+        match self.slices.back_mut() {
+            Some(slice) if slice.epoch >= epoch => {
+                slice.requests += requests;
+                slice.errors += errors;
+            }
+            _ => self.slices.push_back(Slice {
+                epoch,
+                requests,
+                errors,
+                buckets: Vec::new(),
+            }),
+        }
+    }
+
     /// Heap bytes held, for the memory figures in the docs.
     pub fn heap_bytes(&self) -> usize {
         self.slices.capacity() * std::mem::size_of::<Slice>()

@@ -233,7 +233,29 @@ pub struct MetricSummary {
     pub utilization: Vec<Utilization>,
     /// Queue lengths, of the metrics a `dependencies` processor names.
     pub queues: Vec<QueueReading>,
+    /// Cache hit and miss counts, of the metrics a `dependencies` processor names.
+    pub cache_counts: Vec<CacheReading>,
 }
+
+/// One cache hit or miss count reported in an OTLP metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheReading {
+    /// The reporting service.
+    pub identity: ResourceIdentity,
+    /// The cache, as configured.
+    pub cache: String,
+    /// Hits (else misses).
+    pub hits: bool,
+    /// The point's attributes, `key=value` joined: which of the metric's
+    /// series it is (a cumulative count is a series of its own).
+    pub series: String,
+    /// The count.
+    pub value: f64,
+    /// A cumulative count (a gauge or a cumulative sum), else a delta.
+    pub cumulative: bool,
+}
+
+impl Eq for CacheReading {}
 
 /// One queue length reported in an OTLP metric.
 #[derive(Debug, Clone, PartialEq)]

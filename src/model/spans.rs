@@ -144,6 +144,9 @@ pub struct SpanKeys {
     by_len: Vec<Vec<(u64, u8)>>,
     /// The OTLP metrics that are queue lengths (read from metrics requests).
     pub queue_metrics: Vec<String>,
+    /// The OTLP metrics that count cache hits and misses: (hits metric,
+    /// misses metric, cache name).
+    pub cache_metrics: Vec<(String, String, String)>,
 }
 
 impl SpanKeys {
@@ -168,6 +171,7 @@ impl SpanKeys {
             keys,
             by_len,
             queue_metrics: Vec::new(),
+            cache_metrics: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use prost::Message;
 
 use crate::model::spans::SpanKeys;
 use crate::model::{
-    LogSummary, MetricGroup, MetricSummary, QueueReading, Resource as ModelResource,
+    CacheReading, LogSummary, MetricGroup, MetricSummary, QueueReading, Resource as ModelResource,
     ResourceIdentity, Signal, Telemetry, TraceSummary, UNKNOWN_SERVICE, Utilization,
 };
 
@@ -231,6 +231,7 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 fn metrics(request: &ExportMetricsServiceRequest, detail: Detail<'_>) -> MetricSummary {
     let mut summary = MetricSummary::default();
     let queue_metrics = detail.map_or(&[][..], |d| &d.queue_metrics[..]);
+    let cache_metrics = detail.map_or(&[][..], |d| &d.cache_metrics[..]);
     for resource_metrics in &request.resource_metrics {
         let attributes = resource_metrics
             .resource
@@ -264,6 +265,14 @@ fn metrics(request: &ExportMetricsServiceRequest, detail: Detail<'_>) -> MetricS
                 &identity,
                 queue_metrics,
                 &mut summary.queues,
+            );
+        }
+        if !cache_metrics.is_empty() {
+            cache_counts(
+                resource_metrics,
+                &identity,
+                cache_metrics,
+                &mut summary.cache_counts,
             );
         }
         summary.groups.push(MetricGroup { identity, points });
@@ -391,6 +400,76 @@ fn queues(
                 metric: metric.name.clone(),
                 destination,
                 value,
+            });
+        }
+    }
+}
+
+/// The points of the cache hit and miss metrics `names` in one resource.
+fn cache_counts(
+    resource_metrics: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
+    identity: &ResourceIdentity,
+    names: &[(String, String, String)],
+    out: &mut Vec<CacheReading>,
+) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
+    for metric in resource_metrics
+        .scope_metrics
+        .iter()
+        .flat_map(|s| &s.metrics)
+    {
+        let Some((cache, hits)) = names.iter().find_map(|(h, m, cache)| {
+            if *h == metric.name {
+                Some((cache, true))
+            } else if *m == metric.name {
+                Some((cache, false))
+            } else {
+                None
+            }
+        }) else {
+            continue;
+        };
+        let (points, cumulative) = match &metric.data {
+            Some(Data::Gauge(g)) => (&g.data_points, true),
+            Some(Data::Sum(s)) => (
+                &s.data_points,
+                s.aggregation_temporality != AggregationTemporality::Delta as i32,
+            ),
+            _ => continue,
+        };
+        for point in points {
+            let value = match point.value {
+                Some(Number::AsDouble(v)) => v,
+                Some(Number::AsInt(v)) => v as f64,
+                None => continue,
+            };
+            if !value.is_finite() || value < 0.0 {
+                continue;
+            }
+            let mut series: Vec<String> = point
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        Some(Value::IntValue(i)) => i.to_string(),
+                        Some(Value::BoolValue(b)) => b.to_string(),
+                        Some(Value::DoubleValue(d)) => d.to_string(),
+                        _ => String::new(),
+                    };
+                    format!("{}={value}", kv.key)
+                })
+                .collect();
+            series.sort();
+            out.push(CacheReading {
+                identity: identity.clone(),
+                cache: cache.clone(),
+                hits,
+                series: series.join(","),
+                value,
+                cumulative,
             });
         }
     }

@@ -81,6 +81,39 @@ pub struct CacheConfig {
     /// `db.system.name` (e.g. `redis`), else `cache`. Default `cache.name`.
     #[serde(default = "default_name_attribute")]
     pub name_attribute: String,
+    /// Caches whose hits and misses come as OTLP metrics (e.g. the
+    /// Collector's redis receiver: `redis.keyspace.hits`,
+    /// `redis.keyspace.misses`). Default none.
+    #[serde(default)]
+    pub metrics: Vec<CacheMetrics>,
+}
+
+/// `processors.dependencies.cache.metrics[]`: a cache's hit and miss counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheMetrics {
+    /// The metric counting hits (a sum, cumulative or delta, or a gauge
+    /// holding a running count).
+    pub hits: String,
+    /// The metric counting misses.
+    pub misses: String,
+    /// The cache's name. Default the hits metric's name up to its first
+    /// dot (`redis`).
+    #[serde(default)]
+    pub cache: Option<String>,
+}
+
+impl CacheMetrics {
+    /// The cache's name.
+    pub fn name(&self) -> String {
+        self.cache.clone().unwrap_or_else(|| {
+            self.hits
+                .split('.')
+                .next()
+                .unwrap_or(&self.hits)
+                .to_string()
+        })
+    }
 }
 
 fn default_hit_attribute() -> String {
@@ -95,6 +128,7 @@ impl Default for CacheConfig {
         CacheConfig {
             hit_attribute: default_hit_attribute(),
             name_attribute: default_name_attribute(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -159,6 +193,13 @@ impl DependenciesConfig {
                 errors.push(format!("{path}.{name}: must not be empty"));
             }
         }
+        for (i, m) in self.cache.metrics.iter().enumerate() {
+            if m.hits.is_empty() || m.misses.is_empty() || m.hits == m.misses {
+                errors.push(format!(
+                    "{path}.cache.metrics[{i}]: hits and misses must be two metric names"
+                ));
+            }
+        }
         if self
             .messaging
             .creation_time_attribute
@@ -192,6 +233,12 @@ impl DependenciesConfig {
             self.messaging.creation_time_attribute.as_deref(),
         );
         keys.queue_metrics = self.messaging.queue_metrics.clone();
+        keys.cache_metrics = self
+            .cache
+            .metrics
+            .iter()
+            .map(|m| (m.hits.clone(), m.misses.clone(), m.name()))
+            .collect();
         keys
     }
 }
@@ -330,6 +377,8 @@ pub struct DependencyProcessor {
     series: Vec<Series>,
     cache_index: HashMap<Box<[u8]>, usize>,
     caches: Vec<Cache>,
+    /// Per cumulative cache counter (its series), the last value.
+    cache_counters: HashMap<Box<[u8]>, f64>,
     queue_index: HashMap<Box<[u8]>, usize>,
     queues: Vec<Queue>,
     graph: Option<graph::ServiceGraph>,
@@ -357,6 +406,7 @@ impl DependencyProcessor {
             series: Vec::new(),
             cache_index: HashMap::new(),
             caches: Vec::new(),
+            cache_counters: HashMap::new(),
             queue_index: HashMap::new(),
             queues: Vec::new(),
             graph: config
@@ -585,11 +635,60 @@ impl DependencyProcessor {
         self.caches.len() - 1
     }
 
-    /// Applies one metrics batch received at `now_ns`: the queue lengths.
+    /// Applies one metrics batch received at `now_ns`: the queue lengths
+    /// and the cache counts.
     pub fn apply_metrics(&mut self, metrics: &MetricSummary, now_ns: u64) {
         for q in &metrics.queues {
             self.observe_queue(&q.identity, &q.metric, &q.destination, q.value, now_ns);
         }
+        for c in &metrics.cache_counts {
+            self.observe_cache_count(c, now_ns);
+        }
+    }
+
+    /// Adds a hit or miss count to its cache: a delta as it is; a
+    /// cumulative count as its rise since the series' last point (the first
+    /// point is the baseline; a fall is a restart, counting from zero).
+    fn observe_cache_count(&mut self, c: &crate::model::CacheReading, now_ns: u64) {
+        let environment = if c.identity.environment.is_empty() {
+            &self.default_environment
+        } else {
+            &c.identity.environment
+        };
+        let mut key = Vec::with_capacity(64);
+        for part in [&c.identity.service[..], environment, c.cache.as_bytes()] {
+            key.extend_from_slice(part);
+            key.push(0);
+        }
+        let count = if c.cumulative {
+            let mut series = key.clone();
+            series.push(u8::from(c.hits));
+            series.extend_from_slice(c.series.as_bytes());
+            // Bounded like the series: past the cap, new counters are not
+            // followed.
+            if !self.cache_counters.contains_key(series.as_slice())
+                && self.cache_counters.len() >= 4 * self.max_series
+            {
+                return;
+            }
+            match self.cache_counters.insert(series.into(), c.value) {
+                None => return,
+                Some(last) if c.value >= last => c.value - last,
+                Some(_) => c.value,
+            }
+        } else {
+            c.value
+        };
+        let count = count.round() as u64;
+        if count == 0 {
+            return;
+        }
+        let i = self.cache_index(&key);
+        let cache = &mut self.caches[i];
+        cache.lookups += count;
+        let (hits, misses) = if c.hits { (count, 0) } else { (0, count) };
+        cache.hits += hits;
+        cache.window.add_counts(&self.shape, now_ns, count, misses);
     }
 
     /// Records a queue length reading.

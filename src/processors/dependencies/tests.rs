@@ -600,3 +600,88 @@ fn queue_lengths_keep_the_last_and_the_largest_in_the_window() {
     assert_eq!(later.queues[0].max, Some(12.0));
     assert_eq!(later.queues[1].max, None);
 }
+
+#[test]
+fn cache_hit_ratios_from_the_metrics_of_a_cache() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric::Data, number_data_point,
+    };
+    let mut config = DependenciesConfig::default();
+    config.cache.metrics = vec![CacheMetrics {
+        hits: "redis.keyspace.hits".into(),
+        misses: "redis.keyspace.misses".into(),
+        cache: None,
+    }];
+    let mut p = DependencyProcessor::new(&config, "unknown");
+    let keys = Arc::new(config.span_keys());
+    // The collector's redis receiver: cumulative sums since the server started.
+    let request = |hits: i64, misses: i64, temporality: AggregationTemporality| {
+        let sum = |name: &str, v: i64| Metric {
+            name: name.into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    value: Some(number_data_point::Value::AsInt(v)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: temporality as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource(Some("cart"), Some("production"))),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        sum("redis.keyspace.hits", hits),
+                        sum("redis.keyspace.misses", misses),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    };
+    let decode = |r: ExportMetricsServiceRequest| match crate::otlp::decode_with(
+        crate::model::Signal::Metrics,
+        crate::otlp::Encoding::Protobuf,
+        Bytes::from(r.encode_to_vec()),
+        Some(&keys),
+    ) {
+        Ok(crate::model::Telemetry::Metrics(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let cumulative = AggregationTemporality::Cumulative;
+    // The first points are the baseline: 10,000 hits and 500 misses before
+    // doraflow looked count nothing.
+    p.apply_metrics(&decode(request(10_000, 500, cumulative)), T0);
+    assert!(p.snapshot(T0).caches.is_empty());
+    // +900 hits, +100 misses.
+    p.apply_metrics(&decode(request(10_900, 600, cumulative)), T0 + 60 * S);
+    // The server restarted: 30 hits and 70 misses since.
+    p.apply_metrics(&decode(request(30, 70, cumulative)), T0 + 120 * S);
+    let snapshot = p.snapshot(T0 + 120 * S);
+    let redis = &snapshot.caches[0];
+    assert_eq!(
+        (redis.cache.as_str(), redis.lookups, redis.hits),
+        ("redis", 1_100, 930)
+    );
+    assert_eq!(redis.window_lookups, 1_100);
+    let ratio = redis.hit_ratio.expect("lookups");
+    assert!((ratio - 930.0 / 1_100.0).abs() < 1e-12, "{ratio}");
+    // Delta sums count as they come.
+    p.apply_metrics(
+        &decode(request(50, 50, AggregationTemporality::Delta)),
+        T0 + 400 * S,
+    );
+    let later = p.snapshot(T0 + 400 * S);
+    // The first 1,000 left the window at 360 s; the restart's 100 are in
+    // it until 420 s, with the 100 of the delta.
+    assert_eq!(
+        (later.caches[0].lookups, later.caches[0].window_lookups),
+        (1_200, 200)
+    );
+    assert_eq!(later.caches[0].hit_ratio, Some(80.0 / 200.0));
+}
