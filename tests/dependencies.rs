@@ -299,3 +299,73 @@ fn without_the_processor_the_routes_say_so() {
             .is_empty()
     );
 }
+
+/// With `storage`, the figures survive a SIGKILL as of the last checkpoint:
+/// the counters, the windows, the caches, the queues and the service graph's
+/// edges come back exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_figures_survive_a_sigkill_from_the_checkpoint() {
+    let dir = common::TempDir::new("dependencies-state");
+    let (grpc, prometheus) = (free_port(), free_port());
+    let text = format!(
+        "receivers:
+  otlp:
+    grpc: {{ endpoint: \"127.0.0.1:{grpc}\" }}
+processors:
+  red: {{}}
+  dependencies:
+    messaging: {{ queue_metrics: [messaging.kafka.consumer.lag] }}
+exporters:
+  prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
+storage:
+  dir: \"{}\"
+  checkpoint_interval: 1s
+pipelines:
+  main: {{ receivers: [otlp], processors: [red, dependencies], exporters: [prometheus] }}
+",
+        dir.0.join("state").display()
+    );
+    let mut doraflow = Doraflow::start_yaml(&text, prometheus, grpc, 0);
+    common::send_dependency_spans(&doraflow).await;
+    let figures = |m: &Metrics| -> Vec<String> {
+        let mut lines: Vec<String> =
+            m.0.lines()
+                .filter(|l| {
+                    [
+                        "dora_dependency_",
+                        "dora_cache_",
+                        "dora_queue_",
+                        "dora_messaging_",
+                        "traces_service_graph_",
+                    ]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                })
+                .map(str::to_string)
+                .collect();
+        lines.sort();
+        lines
+    };
+    let before = figures(&doraflow.metrics());
+    assert!(
+        before.iter().any(|l| l.starts_with(
+            "traces_service_graph_request_total{client=\"checkout\",server=\"payments\",connection_type=\"\"} 1"
+        )),
+        "{before:#?}"
+    );
+    // A checkpoint taken after the spans: its timestamp moves past them.
+    let sent = common::unix_now() as f64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while doraflow
+        .metrics()
+        .get("doraflow_storage_checkpoint_timestamp_seconds", &[])
+        .is_none_or(|t| t < sent + 1.0)
+    {
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    doraflow.child.kill().expect("SIGKILL");
+    doraflow.child.wait().expect("reaped");
+    let restarted = Doraflow::start_yaml(&text, prometheus, grpc, 0);
+    assert_eq!(figures(&restarted.metrics()), before);
+}

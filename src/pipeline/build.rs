@@ -46,9 +46,20 @@ pub async fn run_with_clock(
         .filter(|_| uses(&pipeline.receivers, "otlp"));
     let (mut factory, alert_interval) = TaskFactory::new(&config, pipeline);
     let mut local = factory.build();
+    let mut dependencies = config
+        .processors
+        .dependencies
+        .as_ref()
+        .filter(|_| uses(&pipeline.processors, "dependencies"))
+        .map(|c| {
+            crate::processors::dependencies::DependencyProcessor::new(
+                c,
+                factory.default_environment(),
+            )
+        });
     // State first: a damaged checkpoint stops doraflow before it listens.
     let mut restored = match &config.storage {
-        Some(c) => Some(restore_storage(c, &mut local)?),
+        Some(c) => Some(restore_storage(c, &mut local, dependencies.as_mut())?),
         None => None,
     };
 
@@ -102,17 +113,6 @@ pub async fn run_with_clock(
         Some(tx) => forwarding_queue(pipeline.queue_size, tx.clone()),
         None => queue(pipeline.queue_size),
     };
-    let dependencies = config
-        .processors
-        .dependencies
-        .as_ref()
-        .filter(|_| uses(&pipeline.processors, "dependencies"))
-        .map(|c| {
-            crate::processors::dependencies::DependencyProcessor::new(
-                c,
-                factory.default_environment(),
-            )
-        });
     if let Some(d) = &dependencies {
         sink.span_keys = Some(d.span_keys().clone());
     }

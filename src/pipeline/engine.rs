@@ -397,6 +397,10 @@ impl Engine {
             dora: self.local.dora.as_ref().map(DoraProcessor::to_state),
             alerts: self.local.alerts.as_ref().map(AlertsProcessor::to_state),
             red: self.local.red.as_ref().map(RedProcessor::to_state),
+            dependencies: self
+                .dependencies
+                .as_ref()
+                .map(DependencyProcessor::to_state),
             outbox: self
                 .alert_sinks
                 .iter()

@@ -83,6 +83,7 @@ pub(super) fn resume_firing(alerts: &AlertsProcessor, sinks: &[AlertSink]) {
 pub(super) fn restore_storage(
     config: &crate::storage::StorageConfig,
     task: &mut Task,
+    dependencies: Option<&mut crate::processors::dependencies::DependencyProcessor>,
 ) -> anyhow::Result<(
     crate::storage::Storage,
     u64,
@@ -132,6 +133,17 @@ pub(super) fn restore_storage(
                 tracing::warn!(
                     ?reset,
                     "red windows recorded with another window or precision start empty"
+                );
+            }
+        }
+        if let (Some(state), Some(dependencies)) = (&checkpoint.dependencies, dependencies) {
+            let reset = dependencies
+                .restore(state)
+                .map_err(|e| refuse("dependencies", e))?;
+            if !reset.is_empty() {
+                tracing::warn!(
+                    ?reset,
+                    "dependencies windows recorded with another window or precision start empty"
                 );
             }
         }

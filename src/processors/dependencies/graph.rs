@@ -116,6 +116,16 @@ impl Connection {
             Connection::Database => "database",
         }
     }
+
+    /// The connection of a label value.
+    pub fn parse(s: &str) -> Option<Connection> {
+        Some(match s {
+            "" => Connection::Direct,
+            "messaging_system" => Connection::MessagingSystem,
+            "database" => Connection::Database,
+            _ => return None,
+        })
+    }
 }
 
 /// One side of a request, as it waits.
@@ -556,6 +566,133 @@ impl ServiceGraph {
             waiting: self.pending.len(),
             buckets: self.config.buckets.clone(),
         }
+    }
+
+    /// The edges and the unmatched counts, for a checkpoint (the spans
+    /// waiting are not kept: a restart loses at most `wait` of pairing).
+    pub(super) fn to_state(
+        &self,
+        shape: &WindowShape,
+        layout: &BucketLayout,
+        out: &mut crate::proto::DependenciesState,
+    ) {
+        use crate::processors::dora::state::to_histogram;
+        out.edges = self
+            .edges
+            .iter()
+            .map(|e| crate::proto::EdgeRecord {
+                client: e.client.clone(),
+                server: e.server.clone(),
+                connection_type: e.connection.as_str().to_string(),
+                requests: e.requests,
+                failed: e.failed,
+                server_seconds: Some(to_histogram(&e.server_seconds)),
+                client_seconds: Some(to_histogram(&e.client_seconds)),
+                messaging_seconds: e.messaging_seconds.as_ref().map(to_histogram),
+                window: Some(e.window.to_state(shape, layout)),
+            })
+            .collect();
+        let name = |id: u32| self.services.get(id as usize).cloned().unwrap_or_default();
+        let lost = |map: &Lost| {
+            map.iter()
+                .map(
+                    |(&(client, server, connection), &spans)| crate::proto::UnmatchedRecord {
+                        client: name(client),
+                        server: name(server),
+                        connection_type: connection.as_str().to_string(),
+                        spans,
+                    },
+                )
+                .collect()
+        };
+        out.unpaired = lost(&self.unpaired);
+        out.dropped = lost(&self.dropped);
+    }
+
+    /// Restores checkpointed edges into an empty graph; windows recorded
+    /// with another shape start empty (named in `reset`).
+    pub(super) fn restore(
+        &mut self,
+        state: &crate::proto::DependenciesState,
+        shape: &WindowShape,
+        layout: &BucketLayout,
+        reset: &mut Vec<String>,
+    ) -> Result<(), String> {
+        use crate::processors::dora::state::from_histogram;
+        let buckets = self.config.buckets.clone();
+        for r in &state.edges {
+            let connection = Connection::parse(&r.connection_type).ok_or_else(|| {
+                format!("edge {} -> {}: unknown connection type", r.client, r.server)
+            })?;
+            let what = format!("edge {} -> {}", r.client, r.server);
+            // Other bucket bounds configured since: the histograms start
+            // empty (the counters and the window are kept).
+            let rebucketed = [&r.server_seconds, &r.client_seconds, &r.messaging_seconds]
+                .into_iter()
+                .flatten()
+                .any(|h| h.buckets.len() != buckets.len() + 1);
+            if rebucketed {
+                reset.push(format!("{what}: histograms (other buckets)"));
+            }
+            let histogram = |h: Option<&crate::proto::HistogramRecord>| {
+                from_histogram(h.filter(|_| !rebucketed), &buckets, &what)
+            };
+            let window = super::restore_window(
+                r.window.as_ref(),
+                shape,
+                layout,
+                || format!("edge {} -> {}", r.client, r.server),
+                reset,
+            )?;
+            let edge = Edge {
+                client: r.client.clone(),
+                server: r.server.clone(),
+                connection,
+                requests: r.requests,
+                failed: r.failed,
+                server_seconds: histogram(r.server_seconds.as_ref())?,
+                client_seconds: histogram(r.client_seconds.as_ref())?,
+                messaging_seconds: match (&r.messaging_seconds, connection) {
+                    (Some(h), _) => Some(histogram(Some(h))?),
+                    (None, Connection::MessagingSystem) => Some(HistogramCounts::new(&buckets)),
+                    (None, _) => None,
+                },
+                window,
+            };
+            let i = self.edges.len();
+            if r.client == "_overflow" && r.server == "_overflow" {
+                self.overflow = Some(i);
+            } else if connection == Connection::Database {
+                let client = self.service(r.client.as_bytes());
+                self.database_index.insert((client, r.server.clone()), i);
+            } else {
+                let client = self.service(r.client.as_bytes());
+                let server = self.service(r.server.as_bytes());
+                self.edge_index.insert((client, server, connection), i);
+            }
+            self.edges.push(edge);
+        }
+        for (records, into_dropped) in [(&state.unpaired, false), (&state.dropped, true)] {
+            for u in records {
+                let connection = Connection::parse(&u.connection_type)
+                    .ok_or_else(|| "unmatched spans: unknown connection type".to_string())?;
+                let id = |g: &mut ServiceGraph, name: &str| {
+                    if name.is_empty() {
+                        NONE
+                    } else {
+                        g.service(name.as_bytes())
+                    }
+                };
+                let key = (id(self, &u.client), id(self, &u.server), connection);
+                let map = if into_dropped {
+                    &mut self.dropped
+                } else {
+                    &mut self.unpaired
+                };
+                *map.entry(key).or_default() += u.spans;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes held, roughly: the store and the edges.

@@ -861,6 +861,209 @@ impl DependencyProcessor {
     pub fn series_count(&self) -> usize {
         self.series.len()
     }
+
+    /// The state to checkpoint: every series, cache, queue and edge, and
+    /// the cache counters' last values.
+    pub fn to_state(&self) -> crate::proto::DependenciesState {
+        use crate::proto;
+        let (shape, layout) = (&self.shape, &self.layout);
+        let mut state = proto::DependenciesState {
+            series: self
+                .series
+                .iter()
+                .map(|s| proto::DependencySeriesRecord {
+                    service: s.service.clone(),
+                    environment: s.environment.clone(),
+                    r#type: s.kind.as_str().to_string(),
+                    system: s.system.clone(),
+                    dependency: s.dependency.clone(),
+                    operation: s.operation.clone(),
+                    window: Some(s.window.to_state(shape, layout)),
+                    wait: s.wait.as_ref().map(|w| w.to_state(shape, layout)),
+                    calls: s.calls,
+                    errors: s.errors,
+                })
+                .collect(),
+            caches: self
+                .caches
+                .iter()
+                .map(|c| proto::CacheSeriesRecord {
+                    service: c.service.clone(),
+                    environment: c.environment.clone(),
+                    cache: c.cache.clone(),
+                    window: Some(c.window.to_state(shape, layout)),
+                    lookups: c.lookups,
+                    hits: c.hits,
+                })
+                .collect(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| proto::QueueSeriesRecord {
+                    service: q.service.clone(),
+                    environment: q.environment.clone(),
+                    metric: q.metric.clone(),
+                    destination: q.destination.clone(),
+                    last: q.last,
+                    slice_epochs: q.slices.iter().map(|s| s.0).collect(),
+                    slice_max: q.slices.iter().map(|s| s.1).collect(),
+                })
+                .collect(),
+            cache_counters: self
+                .cache_counters
+                .iter()
+                .map(|(key, &value)| proto::CacheCounterRecord {
+                    key: key.to_vec(),
+                    value,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(graph) = &self.graph {
+            graph.to_state(shape, layout, &mut state);
+        }
+        state
+    }
+
+    /// Restores a checkpointed state into an empty processor. Windows
+    /// recorded with another shape or precision start empty (their
+    /// counters kept) and are returned by name; on any other error the
+    /// state is refused.
+    pub fn restore(
+        &mut self,
+        state: &crate::proto::DependenciesState,
+    ) -> Result<Vec<String>, String> {
+        if !self.series.is_empty() || !self.caches.is_empty() || !self.queues.is_empty() {
+            return Err("the dependencies processor already holds series".into());
+        }
+        let mut reset = Vec::new();
+        let (shape, layout) = (self.shape, self.layout);
+        for r in &state.series {
+            let name = || {
+                format!(
+                    "{} ({}) -> {} {}",
+                    r.service, r.environment, r.dependency, r.operation
+                )
+            };
+            let window = restore_window(r.window.as_ref(), &shape, &layout, name, &mut reset)?;
+            let wait = match &r.wait {
+                Some(w) => Some(restore_window(Some(w), &shape, &layout, name, &mut reset)?),
+                None => None,
+            };
+            let key = series_key(&[
+                &r.service,
+                &r.environment,
+                &r.r#type,
+                &r.system,
+                &r.dependency,
+                &r.operation,
+            ]);
+            let stored: Box<[u8]> = if r.service == OVERFLOW && r.dependency == OVERFLOW {
+                OVERFLOW.as_bytes().into()
+            } else {
+                key.into()
+            };
+            self.index.insert(stored, self.series.len());
+            self.series.push(Series {
+                service: r.service.clone(),
+                environment: r.environment.clone(),
+                kind: DependencyType::parse(&r.r#type).unwrap_or(DependencyType::Other),
+                system: r.system.clone(),
+                dependency: r.dependency.clone(),
+                operation: r.operation.clone(),
+                window,
+                wait,
+                calls: r.calls,
+                errors: r.errors,
+            });
+        }
+        for r in &state.caches {
+            let name = || format!("cache {} ({}) {}", r.service, r.environment, r.cache);
+            let window = restore_window(r.window.as_ref(), &shape, &layout, name, &mut reset)?;
+            let key = series_key(&[&r.service, &r.environment, &r.cache]);
+            let stored: Box<[u8]> = if r.service == OVERFLOW && r.cache == OVERFLOW {
+                OVERFLOW.as_bytes().into()
+            } else {
+                key.into()
+            };
+            self.cache_index.insert(stored, self.caches.len());
+            self.caches.push(Cache {
+                service: r.service.clone(),
+                environment: r.environment.clone(),
+                cache: r.cache.clone(),
+                window,
+                lookups: r.lookups,
+                hits: r.hits,
+            });
+        }
+        for r in &state.queues {
+            if r.slice_epochs.len() != r.slice_max.len() {
+                return Err(format!(
+                    "queue {} {}: malformed slices",
+                    r.service, r.destination
+                ));
+            }
+            let key = series_key(&[&r.service, &r.environment, &r.metric, &r.destination]);
+            let stored: Box<[u8]> = if r.service == OVERFLOW && r.metric == OVERFLOW {
+                OVERFLOW.as_bytes().into()
+            } else {
+                key.into()
+            };
+            self.queue_index.insert(stored, self.queues.len());
+            self.queues.push(Queue {
+                service: r.service.clone(),
+                environment: r.environment.clone(),
+                metric: r.metric.clone(),
+                destination: r.destination.clone(),
+                last: r.last,
+                slices: r
+                    .slice_epochs
+                    .iter()
+                    .copied()
+                    .zip(r.slice_max.iter().copied())
+                    .collect(),
+            });
+        }
+        for c in &state.cache_counters {
+            self.cache_counters.insert(c.key.clone().into(), c.value);
+        }
+        if let Some(graph) = self.graph.as_mut() {
+            graph.restore(state, &shape, &layout, &mut reset)?;
+        }
+        Ok(reset)
+    }
+}
+
+/// `parts`, each followed by a 0: a series' key, as the processor builds it.
+fn series_key(parts: &[&str]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for part in parts {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    key
+}
+
+/// A checkpointed window: empty when absent or recorded with another shape
+/// or precision (then `what` goes to `reset`); an error when inconsistent.
+fn restore_window(
+    state: Option<&crate::proto::RollingHistogramState>,
+    shape: &WindowShape,
+    layout: &BucketLayout,
+    what: impl Fn() -> String,
+    reset: &mut Vec<String>,
+) -> Result<RollingHistogram, String> {
+    match state {
+        None => Ok(RollingHistogram::default()),
+        Some(w) => match RollingHistogram::from_state(w, shape, layout) {
+            Ok(window) => Ok(window),
+            Err(crate::window::StateError::LayoutMismatch { .. }) => {
+                reset.push(what());
+                Ok(RollingHistogram::default())
+            }
+            Err(e) => Err(format!("{}: {e}", what())),
+        },
+    }
 }
 
 /// The 0-terminated parts of a key, as text.

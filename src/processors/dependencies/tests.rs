@@ -685,3 +685,66 @@ fn cache_hit_ratios_from_the_metrics_of_a_cache() {
     );
     assert_eq!(later.caches[0].hit_ratio, Some(80.0 / 200.0));
 }
+
+#[test]
+fn a_checkpointed_processor_restores_to_the_same_figures() {
+    let mut config = DependenciesConfig::default();
+    config.messaging.queue_metrics = vec!["lag".into()];
+    let mut p = DependencyProcessor::new(&config, "unknown");
+    let http = vec![
+        ("http.request.method", s("GET")),
+        ("server.address", s("b")),
+    ];
+    let client = SpanSpec {
+        id: 1,
+        ..spec(SpanKind::Client, 30, http)
+    };
+    let server = SpanSpec {
+        id: 2,
+        parent: 1,
+        error: true,
+        ..spec(SpanKind::Server, 20, vec![])
+    };
+    let db = spec(
+        SpanKind::Client,
+        4,
+        vec![
+            ("db.system.name", s("redis")),
+            ("cache.hit", Value::BoolValue(false)),
+        ],
+    );
+    p.apply_traces(
+        &summary(&config, vec![("a", vec![span(&client), span(&db)])]),
+        T0,
+    );
+    p.apply_traces(&summary(&config, vec![("b", vec![span(&server)])]), T0 + S);
+    // One waiting for a partner that is never seen: expired, counted.
+    let lonely = SpanSpec {
+        id: 9,
+        ..spec(SpanKind::Client, 1, vec![])
+    };
+    p.apply_traces(&summary(&config, vec![("a", vec![span(&lonely)])]), T0);
+    // The figures, not the memory (capacities differ after a restore).
+    let figures = |mut s: DependencySnapshot| {
+        s.heap_bytes = 0;
+        s
+    };
+    let before = figures(p.snapshot(T0 + 20 * S));
+    assert_eq!(before.graph.as_ref().expect("graph").unpaired.len(), 1);
+    let bytes = prost::Message::encode_to_vec(&p.to_state());
+    let state = <crate::proto::DependenciesState as prost::Message>::decode(bytes.as_slice())
+        .expect("decodes");
+    let mut restored = DependencyProcessor::new(&config, "unknown");
+    assert_eq!(restored.restore(&state), Ok(Vec::new()));
+    assert_eq!(figures(restored.snapshot(T0 + 20 * S)), before);
+    // New calls land in the restored series, not beside them.
+    p.apply_traces(&summary(&config, vec![("a", vec![span(&db)])]), T0 + 30 * S);
+    restored.apply_traces(&summary(&config, vec![("a", vec![span(&db)])]), T0 + 30 * S);
+    assert_eq!(
+        figures(restored.snapshot(T0 + 31 * S)),
+        figures(p.snapshot(T0 + 31 * S))
+    );
+    assert_eq!(restored.series_count(), 3);
+    // Restoring twice is refused.
+    assert!(restored.restore(&state).is_err());
+}

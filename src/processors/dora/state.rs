@@ -57,7 +57,8 @@ fn outcome_label(label: &str) -> Result<&'static str, String> {
     .ok_or_else(|| format!("unknown deployment outcome `{label}`"))
 }
 
-fn to_histogram(h: &HistogramCounts) -> proto::HistogramRecord {
+/// A histogram's counts as a record.
+pub(crate) fn to_histogram(h: &HistogramCounts) -> proto::HistogramRecord {
     proto::HistogramRecord {
         buckets: h.buckets.clone(),
         sum: h.sum,
@@ -65,7 +66,8 @@ fn to_histogram(h: &HistogramCounts) -> proto::HistogramRecord {
     }
 }
 
-fn from_histogram(
+/// A record's counts for `bounds`; absent, empty ones.
+pub(crate) fn from_histogram(
     h: Option<&proto::HistogramRecord>,
     bounds: &[f64],
     what: &str,
