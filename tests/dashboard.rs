@@ -194,28 +194,7 @@ async fn the_dashboard_shows_the_four_keys_in_a_real_browser() {
     );
     assert_eq!(dom.matches("<svg").count(), 4);
 
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(|p| p.join("test-artifacts"))
-        .expect("target dir");
-    std::fs::create_dir_all(&shot).expect("artifacts dir");
-    let shot = shot.join("dashboard.png");
-    let _ = std::fs::remove_file(&shot);
-    tokio::task::spawn_blocking({
-        let shot = shot.clone();
-        move || {
-            headless(
-                &chromium,
-                &url,
-                &[&format!("--screenshot={}", shot.display())],
-            )
-        }
-    })
-    .await
-    .expect("chromium");
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    eprintln!("dashboard screenshot: {}", shot.display());
+    screenshot(chromium, url, "dashboard.png").await;
 }
 
 /// The team filter: team payments owns checkout and payments, search has
@@ -302,28 +281,7 @@ async fn the_team_filter_shows_a_teams_pooled_figures_in_a_real_browser() {
         "{dom}"
     );
 
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(|p| p.join("test-artifacts"))
-        .expect("target dir");
-    std::fs::create_dir_all(&shot).expect("artifacts dir");
-    let shot = shot.join("dashboard-team.png");
-    let _ = std::fs::remove_file(&shot);
-    tokio::task::spawn_blocking({
-        let shot = shot.clone();
-        move || {
-            headless(
-                &chromium,
-                &url,
-                &[&format!("--screenshot={}", shot.display())],
-            )
-        }
-    })
-    .await
-    .expect("chromium");
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    eprintln!("dashboard screenshot: {}", shot.display());
+    screenshot(chromium, url, "dashboard-team.png").await;
 }
 
 /// The service graph of a `dependencies` processor, drawn: checkout calls
@@ -423,12 +381,18 @@ async fn the_service_graph_is_drawn_in_a_real_browser() {
         assert!(dom.contains(label), "{label}: {dom}");
     }
 
+    screenshot(chromium, url, "dashboard-graph.png").await;
+}
+
+/// A screenshot of `url` kept at `target/test-artifacts/<name>`, checked to
+/// be a PNG.
+async fn screenshot(chromium: PathBuf, url: String, name: &str) {
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .map(|p| p.join("test-artifacts"))
         .expect("target dir");
     std::fs::create_dir_all(&shot).expect("artifacts dir");
-    let shot = shot.join("dashboard-graph.png");
+    let shot = shot.join(name);
     let _ = std::fs::remove_file(&shot);
     tokio::task::spawn_blocking({
         let shot = shot.clone();

@@ -421,19 +421,19 @@ pub struct RedConfig {
     pub max_latency: ConfigDuration,
 }
 
-fn default_red_window() -> ConfigDuration {
+pub(crate) fn default_red_window() -> ConfigDuration {
     ConfigDuration::from_secs(300)
 }
-fn default_red_slice() -> ConfigDuration {
+pub(crate) fn default_red_slice() -> ConfigDuration {
     ConfigDuration::from_secs(10)
 }
-const fn default_max_series() -> usize {
+pub(crate) const fn default_max_series() -> usize {
     10_000
 }
-const fn default_significant_digits() -> u8 {
+pub(crate) const fn default_significant_digits() -> u8 {
     2
 }
-fn default_max_latency() -> ConfigDuration {
+pub(crate) fn default_max_latency() -> ConfigDuration {
     ConfigDuration::from_secs(3_600)
 }
 

@@ -215,6 +215,16 @@ fn wanted_key_value<'a, K: AsRef<[u8]>>(
     buf: &'a [u8],
     wanted: &[K],
 ) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
+    key_value(buf, |key| wanted.iter().position(|w| w.as_ref() == key))
+}
+
+/// Reads a `KeyValue` whose key `find` places (`None`: not wanted, and
+/// its value is skipped unread).
+#[inline]
+fn key_value<'a>(
+    buf: &'a [u8],
+    find: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
     const MSG: &str = "KeyValue";
     let mut which = None;
     let mut value = None;
@@ -222,8 +232,7 @@ fn wanted_key_value<'a, K: AsRef<[u8]>>(
     while let Some(field) = fields.next_field() {
         match field? {
             (1, v) => {
-                let key = expect_bytes(v, MSG)?;
-                which = wanted.iter().position(|w| w.as_ref() == key);
+                which = find(expect_bytes(v, MSG)?);
                 if which.is_none() {
                     return Ok(None);
                 }
@@ -445,7 +454,7 @@ fn span_detail(
             (7, v) => facts.start = expect_fixed64(v, MSG)?,
             (8, v) => facts.end = expect_fixed64(v, MSG)?,
             (9, v) => {
-                let Some((i, value)) = detail_key_value(expect_bytes(v, MSG)?, keys)? else {
+                let Some((i, value)) = key_value(expect_bytes(v, MSG)?, |k| keys.find(k))? else {
                     continue;
                 };
                 if seen & (1 << i) != 0 || needed & (1 << i) == 0 {
@@ -544,35 +553,6 @@ fn needed_by(kind: u64) -> u64 {
         SPAN_KIND_SERVER => STATUS,
         SPAN_KIND_CLIENT | SPAN_KIND_PRODUCER | SPAN_KIND_CONSUMER => u64::MAX,
         _ => CACHE,
-    }
-}
-
-/// As [`wanted_key_value`], for the `dependencies` processor's keys.
-#[inline]
-fn detail_key_value<'a>(
-    buf: &'a [u8],
-    keys: &SpanKeys,
-) -> Result<Option<(usize, AttributeValue<'a>)>, WireError> {
-    const MSG: &str = "KeyValue";
-    let mut which = None;
-    let mut value = None;
-    let mut fields = Fields::new(buf, MSG);
-    while let Some(field) = fields.next_field() {
-        match field? {
-            (1, v) => {
-                which = keys.find(expect_bytes(v, MSG)?);
-                if which.is_none() {
-                    return Ok(None);
-                }
-            }
-            (2, v) => value = Some(expect_bytes(v, MSG)?),
-            _ => {}
-        }
-    }
-    match (which, value) {
-        (Some(i), Some(value)) => Ok(Some((i, any_value(value)?))),
-        (Some(i), None) => Ok(Some((i, AttributeValue::Other))),
-        _ => Ok(None),
     }
 }
 

@@ -152,14 +152,14 @@ struct Pending {
     since_ns: u64,
 }
 
-impl Pending {
-    /// (client, server) services, [`NONE`] for the side not seen.
-    fn services(&self) -> (u32, u32) {
-        if self.is_client {
-            (self.side.service, NONE)
-        } else {
-            (NONE, self.side.service)
-        }
+/// The key a span seen on one side only is counted under: (client,
+/// server, connection), [`NONE`] for the side not seen.
+fn lost_key(service: u32, is_client: bool, messaging: bool) -> (u32, u32, Connection) {
+    let connection = connection_of(messaging);
+    if is_client {
+        (service, NONE, connection)
+    } else {
+        (NONE, service, connection)
     }
 }
 
@@ -335,22 +335,12 @@ impl ServiceGraph {
             // A second span of the same side and key (two consumers of one
             // message, a reused span id): the first keeps its place; this
             // one can never pair, and counts as unpaired now.
-            let connection = connection_of(p.messaging || messaging);
-            let lost = if is_client {
-                (side.service, NONE, connection)
-            } else {
-                (NONE, side.service, connection)
-            };
+            let lost = lost_key(side.service, is_client, p.messaging || messaging);
             *self.unpaired.entry(lost).or_default() += 1;
             return None;
         }
-        let connection = connection_of(messaging);
         if self.pending.len() >= self.config.max_items {
-            let lost = if is_client {
-                (side.service, NONE, connection)
-            } else {
-                (NONE, side.service, connection)
-            };
+            let lost = lost_key(side.service, is_client, messaging);
             *self.dropped.entry(lost).or_default() += 1;
             return None;
         }
@@ -499,9 +489,8 @@ impl ServiceGraph {
             if p.since_ns + wait > now_ns {
                 return true;
             }
-            let (client, server) = p.services();
             *unpaired
-                .entry((client, server, connection_of(p.messaging)))
+                .entry(lost_key(p.side.service, p.is_client, p.messaging))
                 .or_default() += 1;
             false
         });

@@ -41,22 +41,22 @@ pub use naming::DependencyType;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DependenciesConfig {
-    /// Length of the rolling window. Default `5m`.
-    #[serde(default = "default_window")]
+    /// Length of the rolling window. Default `5m`, as `red`'s.
+    #[serde(default = "crate::config::default_red_window")]
     pub window: ConfigDuration,
     /// Granularity of the window. Default `10s`.
-    #[serde(default = "default_slice")]
+    #[serde(default = "crate::config::default_red_slice")]
     pub slice: ConfigDuration,
     /// Most series kept per family (dependencies, caches, queues); the
     /// calls of new ones beyond it go to the family's `_overflow` series.
     /// Default 10 000.
-    #[serde(default = "default_max_series")]
+    #[serde(default = "crate::config::default_max_series")]
     pub max_series: usize,
     /// Latency precision in significant decimal digits (1 to 3). Default 2.
-    #[serde(default = "default_significant_digits")]
+    #[serde(default = "crate::config::default_significant_digits")]
     pub significant_digits: u8,
     /// Largest latency told apart. Default `1h`.
-    #[serde(default = "default_max_latency")]
+    #[serde(default = "crate::config::default_max_latency")]
     pub max_latency: ConfigDuration,
     /// Which spans are cache lookups.
     #[serde(default)]
@@ -150,27 +150,15 @@ pub struct MessagingConfig {
     pub queue_metrics: Vec<String>,
 }
 
-fn default_window() -> ConfigDuration {
-    ConfigDuration::from_secs(300)
-}
-fn default_slice() -> ConfigDuration {
-    ConfigDuration::from_secs(10)
-}
-const fn default_max_series() -> usize {
-    10_000
-}
-const fn default_significant_digits() -> u8 {
-    2
-}
-fn default_max_latency() -> ConfigDuration {
-    ConfigDuration::from_secs(3_600)
-}
-
 impl Default for DependenciesConfig {
     fn default() -> Self {
+        use crate::config::{
+            default_max_latency, default_max_series, default_red_slice, default_red_window,
+            default_significant_digits,
+        };
         DependenciesConfig {
-            window: default_window(),
-            slice: default_slice(),
+            window: default_red_window(),
+            slice: default_red_slice(),
             max_series: default_max_series(),
             significant_digits: default_significant_digits(),
             max_latency: default_max_latency(),
