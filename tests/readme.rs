@@ -1,7 +1,10 @@
-//! The README's configuration reference is checked against the config
-//! structs: every key the parser accepts must be documented with its full
-//! path. The keys are read from the parser's own "unknown field ..., expected
-//! one of ..." answer, so a new field without documentation fails here.
+//! The documents, checked: the configuration reference
+//! (`docs/configuration.md`) against the config structs (every key the
+//! parser accepts must be documented with its full path; the keys are read
+//! from the parser's own "unknown field ..., expected one of ..." answer, so
+//! a new field without documentation fails here), the README's size, and
+//! every relative link of the README and `docs/` (the file, and the heading
+//! an anchor names).
 
 use doraflow::config::Config;
 
@@ -24,9 +27,12 @@ fn accepted_keys(yaml: &str) -> Vec<String> {
 const PIPELINE: &str = "pipelines:\n  main: { receivers: [otlp], exporters: [prometheus] }\n";
 
 #[test]
-fn every_config_key_is_in_the_readme() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn every_config_key_is_in_the_configuration_reference() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let sections: [(&str, String, &[&str]); 31] = [
         (
             "receivers.otlp.grpc.tls",
@@ -231,7 +237,7 @@ fn every_config_key_is_in_the_readme() {
     }
     assert!(
         missing.is_empty(),
-        "README config reference lacks {missing:?}"
+        "docs/configuration.md lacks {missing:?}"
     );
 }
 
@@ -262,4 +268,99 @@ fn every_dependencies_key_is_in_its_page() {
         }
     }
     assert!(missing.is_empty(), "docs/dependencies.md lacks {missing:?}");
+}
+
+/// The README is a front door, read in one sitting.
+#[test]
+fn the_readme_is_under_15_kb() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.len() < 15 * 1024, "README.md is {} bytes", readme.len());
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.starts_with("```") {
+                fenced = !fenced;
+            }
+            !fenced
+        })
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| slug(l.trim_start_matches('#')))
+        .collect()
+}
+
+/// Every relative link in the README, the top-level documents and `docs/`
+/// resolves: the file exists and, with an anchor, has that heading.
+#[test]
+fn every_link_in_the_documents_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<std::path::PathBuf> = ["README.md", "BENCHMARKS.md", "SECURITY.md", "RELIABILITY.md", "deploy/README.md"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let link = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            if let Some(end) = rest.find(')') {
+                out.push(rest[..end].to_string());
+            }
+        }
+        out
+    };
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        for target in link(&text) {
+            if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().expect("a folder").join(path)
+            };
+            if !resolved.exists() {
+                broken.push(format!("{}: {target} (no such file)", file.display()));
+                continue;
+            }
+            if let Some(anchor) = anchor {
+                let target_text = std::fs::read_to_string(&resolved).unwrap_or_default();
+                if !anchors(&target_text).iter().any(|a| a == anchor) {
+                    broken.push(format!("{}: {target} (no such heading)", file.display()));
+                }
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
 }
