@@ -3,7 +3,10 @@
 //! alerts out.
 //!
 //! # Layout
-//! - [`config`]: the YAML schema, `${env:..}` substitution, durations, validation.
+//! - [`settings`]: the configuration primitives every component uses
+//!   (durations, secrets, credentials): the bottom layer.
+//! - [`config`]: the YAML schema assembled from the components' own
+//!   configurations, `${env:..}` substitution, validation.
 //! - [`model`]: what receivers hand to processors (request summaries, span
 //!   details, delivery events).
 //! - [`otlp`]: OTLP decoding, protobuf (targeted reader) and JSON.
@@ -82,6 +85,7 @@ pub mod processors;
 pub mod receivers;
 pub mod replay;
 pub mod report;
+pub mod settings;
 pub mod storage;
 pub mod tls;
 pub mod window;

@@ -18,8 +18,8 @@ use metrics::{counter, gauge};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConfigDuration;
 use crate::instruments;
+use crate::settings::ConfigDuration;
 
 /// `processors.memory_limiter`.
 #[derive(Debug, Clone, Deserialize)]

@@ -54,11 +54,11 @@ pub struct StorageConfig {
     /// bounds the log replayed at start and, without Kafka, the `red` figures
     /// a SIGKILL can lose.
     #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval: crate::config::ConfigDuration,
+    pub checkpoint_interval: crate::settings::ConfigDuration,
 }
 
-fn default_checkpoint_interval() -> crate::config::ConfigDuration {
-    crate::config::ConfigDuration::from_secs(10)
+fn default_checkpoint_interval() -> crate::settings::ConfigDuration {
+    crate::settings::ConfigDuration::from_secs(10)
 }
 
 impl StorageConfig {

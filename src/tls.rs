@@ -96,11 +96,11 @@ pub struct ServerTls {
     pub client_ca_file: Option<PathBuf>,
     /// How often the files are checked for a change. Default `10s`.
     #[serde(default = "default_reload_interval")]
-    pub reload_interval: crate::config::ConfigDuration,
+    pub reload_interval: crate::settings::ConfigDuration,
 }
 
-fn default_reload_interval() -> crate::config::ConfigDuration {
-    crate::config::ConfigDuration::from_secs(10)
+fn default_reload_interval() -> crate::settings::ConfigDuration {
+    crate::settings::ConfigDuration::from_secs(10)
 }
 
 /// How long a client has to finish the TLS handshake.

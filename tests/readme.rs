@@ -275,7 +275,11 @@ fn every_dependencies_key_is_in_its_page() {
 fn the_readme_is_under_15_kb() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    assert!(readme.len() < 15 * 1024, "README.md is {} bytes", readme.len());
+    assert!(
+        readme.len() < 15 * 1024,
+        "README.md is {} bytes",
+        readme.len()
+    );
 }
 
 /// GitHub's anchor of a heading: lower case, punctuation but `-` and `_`
@@ -310,10 +314,16 @@ fn anchors(text: &str) -> Vec<String> {
 #[test]
 fn every_link_in_the_documents_resolves() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<std::path::PathBuf> = ["README.md", "BENCHMARKS.md", "SECURITY.md", "RELIABILITY.md", "deploy/README.md"]
-        .iter()
-        .map(|f| root.join(f))
-        .collect();
+    let mut files: Vec<std::path::PathBuf> = [
+        "README.md",
+        "BENCHMARKS.md",
+        "SECURITY.md",
+        "RELIABILITY.md",
+        "deploy/README.md",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .collect();
     for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "md") {

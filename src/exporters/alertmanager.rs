@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClientAuth, ConfigDuration};
 use crate::exporters::{AlertSink, Queued};
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
+use crate::settings::{ClientAuth, ConfigDuration};
 
 /// `exporters.alertmanager`.
 #[derive(Debug, Clone, Deserialize)]

@@ -859,10 +859,10 @@ mod tests {
 
     #[test]
     fn team_families_carry_the_pooled_figures() {
-        use crate::config::DoraConfig;
         use crate::model::delivery::{
             DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
         };
+        use crate::processors::dora::DoraConfig;
         use crate::processors::dora::DoraProcessor;
         let mut config = DoraConfig::default();
         config.teams.insert("checkout".into(), "payments".into());

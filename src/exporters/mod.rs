@@ -38,9 +38,9 @@ pub(crate) fn check_url(
             let instead = match auth {
                 Some(auth) => format!(
                     "give them as {auth}, the secret from `${{env:NAME}}` or `${{file:PATH}}` ({})",
-                    crate::config::LITERAL_SECRET
+                    crate::settings::LITERAL_SECRET
                 ),
-                None => crate::config::LITERAL_SECRET.to_string(),
+                None => crate::settings::LITERAL_SECRET.to_string(),
             };
             errors.push(format!(
                 "{key}: must not hold credentials (`user:password@`): {instead}"

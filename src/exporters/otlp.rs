@@ -37,13 +37,13 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClientAuth, ConfigDuration};
 use crate::exporters::exposition::{self, Families, Kind};
 use crate::instruments;
 use crate::pipeline::{Figures, PipelineReader};
 use crate::processors::alerts::State;
 use crate::processors::dora::HistogramCounts;
 use crate::receivers::otlp_grpc::RawCodec;
+use crate::settings::{ClientAuth, ConfigDuration};
 
 /// `exporters.otlp`.
 #[derive(Debug, Clone, Deserialize)]

@@ -19,10 +19,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigDuration, Secret};
 use crate::exporters::{AlertSink, Queued};
 use crate::instruments;
 use crate::processors::alerts::{State, Transition};
+use crate::settings::{ConfigDuration, Secret};
 
 /// `exporters.pagerduty`.
 #[derive(Debug, Clone, Deserialize)]

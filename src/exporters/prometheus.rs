@@ -5,6 +5,9 @@
 //! from a snapshot of the processors (`exposition`), so a scrape always
 //! shows the window ending now and nothing is computed that nobody reads.
 
+use serde::Deserialize;
+
+use crate::settings::Secret;
 use std::sync::OnceLock;
 
 use axum::Router;
@@ -22,6 +25,27 @@ use crate::instruments;
 use crate::pipeline::{PipelineReader, Readiness};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// `exporters.prometheus`: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:9464`.
+    #[serde(default = "default_prometheus_endpoint")]
+    pub endpoint: String,
+    /// Serve TLS (and with `client_ca_file`, require client certificates).
+    /// Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
+    /// A bearer token the read API (`/api/...`, `/report`) asks for, from
+    /// `${env:NAME}` or `${file:PATH}`. Default: open.
+    #[serde(default)]
+    pub api_token: Option<Secret>,
+}
+
+fn default_prometheus_endpoint() -> String {
+    "127.0.0.1:9464".to_string()
+}
 
 /// Installs the process-wide metrics recorder once and returns its handle.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
@@ -58,7 +82,7 @@ impl PrometheusExporter {
     /// it as a bearer token; `/metrics`, the health checks and the
     /// dashboard page itself (which holds no data, and passes a token given
     /// in its URL's `#token=` on to the API) stay open.
-    pub fn router(self, api_token: Option<crate::config::Secret>) -> Router {
+    pub fn router(self, api_token: Option<crate::settings::Secret>) -> Router {
         let api = Router::new()
             .route("/api/v1/dora", get(api_dora))
             .route("/api/v1/alerts", get(api_alerts))
@@ -102,7 +126,7 @@ impl PrometheusExporter {
     pub async fn serve(
         self,
         listener: TcpListener,
-        config: Option<crate::config::PrometheusConfig>,
+        config: Option<PrometheusConfig>,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let (tls, api_token) = config.map_or((None, None), |c| (c.tls, c.api_token));

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::ConfigDuration;
 use crate::model::Signal;
+use crate::settings::ConfigDuration;
 
 /// `receivers.kafka`: a consumer group member reading CDEvents and OTLP.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,10 +221,10 @@ impl<'de> Deserialize<'de> for KafkaSettings {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let settings = BTreeMap::<String, String>::deserialize(deserializer)?;
         for (key, value) in &settings {
-            if is_secret_setting(key) && !crate::config::secret_from_outside(value) {
+            if is_secret_setting(key) && !crate::settings::secret_from_outside(value) {
                 return Err(serde::de::Error::custom(format!(
                     "`{key}`: {}",
-                    crate::config::LITERAL_SECRET
+                    crate::settings::LITERAL_SECRET
                 )));
             }
         }

@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigDuration;
 use crate::model::delivery::Nanos;
 use crate::model::{Resource as UtilizationResource, Utilization};
+use crate::settings::ConfigDuration;
 
 /// How bad an alert is (PagerDuty's severities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]

@@ -12,11 +12,101 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use metrics::counter;
 
-use crate::config::RedConfig;
 use crate::instruments;
 use crate::model::{LogSummary, ResourceIdentity, Telemetry, TraceSummary};
 use crate::processors::Applied;
+use crate::settings::ConfigDuration;
 use crate::window::{BucketLayout, RollingHistogram, WindowShape, WindowStats};
+use serde::Deserialize;
+
+/// `processors.red`: per-(service, environment) requests, errors and latency
+/// over a rolling window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedConfig {
+    /// Length of the rolling window. Default `5m`. A whole multiple of `slice`.
+    #[serde(default = "default_red_window")]
+    pub window: ConfigDuration,
+    /// Granularity of the window: data leaves it one slice at a time. Default `10s`.
+    #[serde(default = "default_red_slice")]
+    pub slice: ConfigDuration,
+    /// Most (service, environment) series kept; spans of new series beyond it are
+    /// refused and counted. Default 10 000.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Latency precision in significant decimal digits (1 to 3). Default 2, i.e.
+    /// quantiles within 1%.
+    #[serde(default = "default_significant_digits")]
+    pub significant_digits: u8,
+    /// Largest latency told apart; longer requests count as this. Default `1h`.
+    #[serde(default = "default_max_latency")]
+    pub max_latency: ConfigDuration,
+}
+
+pub(crate) fn default_red_window() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+pub(crate) fn default_red_slice() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+pub(crate) const fn default_max_series() -> usize {
+    10_000
+}
+pub(crate) const fn default_significant_digits() -> u8 {
+    2
+}
+pub(crate) fn default_max_latency() -> ConfigDuration {
+    ConfigDuration::from_secs(3_600)
+}
+
+impl Default for RedConfig {
+    fn default() -> Self {
+        RedConfig {
+            window: default_red_window(),
+            slice: default_red_slice(),
+            max_series: default_max_series(),
+            significant_digits: default_significant_digits(),
+            max_latency: default_max_latency(),
+        }
+    }
+}
+
+impl RedConfig {
+    /// Collects what is wrong, each under `path`.
+    pub(crate) fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        let window = self.window.get();
+        let slice = self.slice.get();
+        if slice.is_zero() {
+            errors.push(format!("{path}.slice: must be longer than 0"));
+        } else if window < slice || !window.as_millis().is_multiple_of(slice.as_millis()) {
+            errors.push(format!(
+                "{path}.window: must be a whole multiple of slice ({}), got {}",
+                self.slice, self.window
+            ));
+        } else if window.as_millis() / slice.as_millis() > 10_000 {
+            errors.push(format!(
+                "{path}.slice: at most 10000 slices per window, got {}",
+                window.as_millis() / slice.as_millis()
+            ));
+        }
+        if self.max_series == 0 {
+            errors.push(format!("{path}.max_series: must be at least 1"));
+        }
+        if !(1..=3).contains(&self.significant_digits) {
+            errors.push(format!(
+                "{path}.significant_digits: must be 1, 2 or 3, got {}",
+                self.significant_digits
+            ));
+        }
+        let max_latency = self.max_latency.get();
+        if max_latency.as_micros() < 1_000 || max_latency.as_secs() > 86_400 {
+            errors.push(format!(
+                "{path}.max_latency: must be between 1ms and 1d, got {}",
+                self.max_latency
+            ));
+        }
+    }
+}
 
 /// One (service, environment) series.
 struct Series {

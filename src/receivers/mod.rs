@@ -7,6 +7,7 @@
 //! Both decode with [`crate::otlp`], submit to the pipeline and answer with
 //! [`ExportOutcome`], which maps to the OTLP status codes of each transport.
 
+pub mod config;
 mod listener;
 pub mod otlp_grpc;
 pub mod otlp_http;
@@ -349,7 +350,10 @@ impl Admission {
 
 /// Whether `headers` carry `token` (`authorization: Bearer <token>`),
 /// compared in constant time; true when no token is configured.
-pub fn authorized(token: Option<&crate::config::Secret>, headers: &axum::http::HeaderMap) -> bool {
+pub fn authorized(
+    token: Option<&crate::settings::Secret>,
+    headers: &axum::http::HeaderMap,
+) -> bool {
     let Some(token) = token else {
         return true;
     };

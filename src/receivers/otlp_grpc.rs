@@ -30,11 +30,12 @@ use metrics::counter;
 use super::{
     Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, listener, response_protobuf,
 };
-use crate::config::{GrpcServerConfig, ReceiverAuth};
 use crate::instruments;
 use crate::model::{Signal, Telemetry};
 use crate::otlp::{self, DecodeError, Encoding};
 use crate::pipeline::{Forward, PipelineSink};
+use crate::receivers::config::GrpcServerConfig;
+use crate::settings::ReceiverAuth;
 
 /// Passes message bytes through: requests arrive as the raw body, responses
 /// leave pre-encoded.

@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Admission, BodyError, RETRY_AFTER_SECS, authorized, read_body};
 use crate::cdevents::{self, BinaryContext};
-use crate::config::{ReceiverAuth, WebhookReceiverConfig, WebhookSignature};
 use crate::instruments;
 use crate::model::Telemetry;
 use crate::pipeline::{Forward, ForwardEvent, PipelineSink, SubmitError};
+use crate::receivers::config::{WebhookReceiverConfig, WebhookSignature};
+use crate::settings::ReceiverAuth;
 
 #[derive(Clone)]
 struct Webhook {

@@ -211,7 +211,7 @@ pub struct AlertRow {
 /// Requests per second over a window given as written (`5m`).
 fn rate(requests: u64, window: &str) -> String {
     let seconds = window
-        .parse::<crate::config::ConfigDuration>()
+        .parse::<crate::settings::ConfigDuration>()
         .map(|d| d.get().as_secs_f64())
         .unwrap_or(0.0);
     if seconds <= 0.0 {

@@ -369,7 +369,7 @@ fn drags(figures: &WindowFigures, cutoffs: &Cutoffs) -> Vec<Drag> {
 /// A window's length in seconds, from its label (`7d`), for ordering.
 fn window_length(label: &str) -> u64 {
     label
-        .parse::<crate::config::ConfigDuration>()
+        .parse::<crate::settings::ConfigDuration>()
         .map(|d| d.get().as_secs())
         .unwrap_or(0)
 }

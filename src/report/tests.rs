@@ -84,7 +84,7 @@ fn teams_get_a_row_of_their_pooled_figures() {
     use crate::model::delivery::{
         DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
     };
-    let mut config = crate::config::DoraConfig::default();
+    let mut config = crate::processors::dora::DoraConfig::default();
     config.teams.insert("checkout".into(), "payments".into());
     config.teams.insert("cart".into(), "payments".into());
     let now = 1_714_521_600_000_000_000i64;

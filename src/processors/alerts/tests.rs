@@ -182,8 +182,8 @@ fn rules_can_be_disabled_and_unknown_ones_are_named() {
 
 #[test]
 fn a_backfilled_month_pages_nobody() {
-    use crate::config::DoraConfig;
     use crate::model::delivery::{DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome};
+    use crate::processors::dora::DoraConfig;
     use crate::processors::dora::DoraProcessor;
     let day = 86_400 * S;
     let mut dora = DoraProcessor::new(&DoraConfig::default());

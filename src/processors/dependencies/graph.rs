@@ -16,8 +16,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use serde::Deserialize;
 
-use crate::config::ConfigDuration;
 use crate::processors::dora::HistogramCounts;
+use crate::settings::ConfigDuration;
 use crate::window::{BucketLayout, RollingHistogram, WindowShape, WindowStats};
 
 /// `processors.dependencies.service_graph`.

@@ -29,9 +29,10 @@ use foldhash::{HashMap, HashMapExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 
-use crate::config::{ConfigDuration, RedConfig};
 use crate::model::spans::{SpanKeys, SpanKind};
 use crate::model::{MetricSummary, ResourceIdentity, TraceSummary};
+use crate::processors::red::RedConfig;
+use crate::settings::ConfigDuration;
 use crate::window::{BucketLayout, RollingHistogram, WindowShape, WindowStats};
 
 pub use graph::{Connection, EdgeFigures, GraphConfig, GraphSnapshot, Unmatched};
@@ -42,21 +43,21 @@ pub use naming::DependencyType;
 #[serde(deny_unknown_fields)]
 pub struct DependenciesConfig {
     /// Length of the rolling window. Default `5m`, as `red`'s.
-    #[serde(default = "crate::config::default_red_window")]
+    #[serde(default = "crate::processors::red::default_red_window")]
     pub window: ConfigDuration,
     /// Granularity of the window. Default `10s`.
-    #[serde(default = "crate::config::default_red_slice")]
+    #[serde(default = "crate::processors::red::default_red_slice")]
     pub slice: ConfigDuration,
     /// Most series kept per family (dependencies, caches, queues); the
     /// calls of new ones beyond it go to the family's `_overflow` series.
     /// Default 10 000.
-    #[serde(default = "crate::config::default_max_series")]
+    #[serde(default = "crate::processors::red::default_max_series")]
     pub max_series: usize,
     /// Latency precision in significant decimal digits (1 to 3). Default 2.
-    #[serde(default = "crate::config::default_significant_digits")]
+    #[serde(default = "crate::processors::red::default_significant_digits")]
     pub significant_digits: u8,
     /// Largest latency told apart. Default `1h`.
-    #[serde(default = "crate::config::default_max_latency")]
+    #[serde(default = "crate::processors::red::default_max_latency")]
     pub max_latency: ConfigDuration,
     /// Which spans are cache lookups.
     #[serde(default)]
@@ -152,7 +153,7 @@ pub struct MessagingConfig {
 
 impl Default for DependenciesConfig {
     fn default() -> Self {
-        use crate::config::{
+        use crate::processors::red::{
             default_max_latency, default_max_series, default_red_slice, default_red_window,
             default_significant_digits,
         };

@@ -26,6 +26,7 @@
 //!   earlier of the next successful deployment or rollback and the
 //!   resolution of the incidents that failed them.
 
+pub mod config;
 pub mod levels;
 pub mod state;
 
@@ -33,12 +34,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::config::{DerivedIncidentsConfig, DoraConfig};
 use crate::model::delivery::{
     ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, Nanos,
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
+pub use config::{DeployPipeline, DerivedIncidentsConfig, DoraConfig};
 use levels::{Cutoffs, Level};
 
 const NS_PER_SEC: f64 = 1e9;

@@ -5,11 +5,12 @@ use proptest::prelude::*;
 
 use super::levels::{Level, ProfileName};
 use super::*;
-use crate::config::{ConfigDuration, DeployPipeline};
 use crate::model::delivery::{
     DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
 };
+use crate::processors::dora::DeployPipeline;
 use crate::processors::red::SeriesErrors;
+use crate::settings::ConfigDuration;
 
 /// 2024-05-01T00:00:00Z.
 const T0: Nanos = 1_714_521_600_000_000_000;
@@ -728,7 +729,7 @@ fn a_bad_state_is_refused_and_changes_nothing() {
 
 #[test]
 fn history_is_pruned_every_sixtieth_of_the_retention_between_10_s_and_an_hour() {
-    use crate::config::ConfigDuration;
+    use crate::settings::ConfigDuration;
     use std::time::Duration;
     let every = |retention: u64| {
         DoraProcessor::new(&DoraConfig {

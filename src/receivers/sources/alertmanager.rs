@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{FieldError, Outcome, emit, field_error, optional_text, text, time};
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// `receivers.webhook.alertmanager`.
 #[derive(Debug, Clone, Deserialize)]

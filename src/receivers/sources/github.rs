@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use super::{
     FieldError, Outcome, emit, field_error, id_text, mapped_service, optional_text, text, time,
 };
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// `receivers.webhook.github`.
 #[derive(Debug, Clone, Deserialize)]

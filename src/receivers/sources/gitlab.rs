@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::{
     FieldError, Outcome, emit, field_error, id_text, mapped_service, optional_text, text, time,
 };
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// `receivers.webhook.gitlab`.
 #[derive(Debug, Clone, Deserialize)]

@@ -34,9 +34,10 @@ use serde_json::{Value, json};
 
 use super::Admission;
 use super::webhook::{admit_and_read, answer, refuse_on, submit, unauthorized_on};
-use crate::config::{Secret, WebhookReceiverConfig};
 use crate::instruments;
 use crate::pipeline::PipelineSink;
+use crate::receivers::config::WebhookReceiverConfig;
+use crate::settings::Secret;
 
 /// What a source made of one delivery.
 #[derive(Debug, Clone, PartialEq)]

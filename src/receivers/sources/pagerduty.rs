@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{FieldError, Outcome, emit, field_error, optional_text, text, time};
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// `receivers.webhook.pagerduty`.
 #[derive(Debug, Clone, Deserialize)]
