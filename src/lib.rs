@@ -23,9 +23,13 @@
 //! - [`report`]: the DORA assessment report (Markdown, JSON, HTML) and the dashboard.
 //! - [`memory`]: the memory limiter.
 //! - [`storage`]: checkpoints and the delivery-event log in `storage.dir`.
+//! - [`flow`]: the queue into the engine and the read side out of it,
+//!   below every component.
 //! - [`pipeline`]: builds components from config, wires channels, owns
 //!   lifecycle; its engine owns every processor's state.
 //! - [`tls`]: rustls server and client settings, with certificate reload.
+//! - [`transport`]: HTTP serving with limits, bearer tokens, a gRPC codec of
+//!   bytes: shared by receivers and exporters.
 //! - [`instruments`]: every metric doraflow exports, declared once.
 //! - [`clock`]: wall-clock time, injectable for tests.
 //! - [`proto`]: doraflow's own protobuf messages (checkpoint formats).
@@ -75,6 +79,7 @@ pub mod cdevents;
 pub mod clock;
 pub mod config;
 pub mod exporters;
+pub mod flow;
 pub mod instruments;
 pub mod kafka;
 pub mod memory;
@@ -88,6 +93,7 @@ pub mod report;
 pub mod settings;
 pub mod storage;
 pub mod tls;
+pub mod transport;
 pub mod window;
 
 /// doraflow's own protobuf messages, generated from `proto/doraflow/v1/`.

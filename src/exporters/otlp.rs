@@ -38,12 +38,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::exporters::exposition::{self, Families, Kind};
+use crate::flow::{Figures, PipelineReader};
 use crate::instruments;
-use crate::pipeline::{Figures, PipelineReader};
 use crate::processors::alerts::State;
 use crate::processors::dora::HistogramCounts;
-use crate::receivers::otlp_grpc::RawCodec;
 use crate::settings::{ClientAuth, ConfigDuration};
+use crate::transport::codec::RawCodec;
 
 /// `exporters.otlp`.
 #[derive(Debug, Clone, Deserialize)]

@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::exporters::exposition;
+use crate::flow::{PipelineReader, Readiness};
 use crate::instruments;
-use crate::pipeline::{PipelineReader, Readiness};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -97,7 +97,7 @@ impl PrometheusExporter {
                     move |request: axum::extract::Request, next: axum::middleware::Next| {
                         let token = token.clone();
                         async move {
-                            if crate::receivers::authorized(Some(&token), request.headers()) {
+                            if crate::transport::authorized(Some(&token), request.headers()) {
                                 next.run(request).await
                             } else {
                                 (
@@ -130,11 +130,11 @@ impl PrometheusExporter {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let (tls, api_token) = config.map_or((None, None), |c| (c.tls, c.api_token));
-        crate::receivers::serve_http(
+        crate::transport::serve_http(
             listener,
             self.router(api_token),
             tls.as_ref(),
-            crate::receivers::HttpLimits::default(),
+            crate::transport::HttpLimits::default(),
             stop,
         )
         .await

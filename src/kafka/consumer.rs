@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use super::changelog::ChangelogWriter;
 use super::config::{KafkaFormat, KafkaReceiverConfig, StartFrom};
 use crate::cdevents::{self, BinaryContext};
+use crate::flow::{KafkaSource, PipelineSink, SubmitError};
 use crate::instruments;
 use crate::model::{Signal, Telemetry, TraceSummary};
 use crate::otlp::{self, Encoding};
-use crate::pipeline::{KafkaSource, Ownership, PipelineSink, SubmitError, Task, TaskFactory};
+use crate::pipeline::{Ownership, Task, TaskFactory};
 use crate::processors::Applied;
 use crate::storage::{DurableOffsets, KafkaDurability};
 

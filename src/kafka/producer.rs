@@ -21,9 +21,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 
 use super::config::KafkaExporterConfig;
+use crate::flow::Forward;
 use crate::instruments;
 use crate::otlp::wire;
-use crate::pipeline::Forward;
 
 /// Counts delivery reports.
 struct DeliveryCounter;

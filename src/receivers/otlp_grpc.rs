@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use http_body::Frame;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::{Body, BoxFuture, EnabledCompressionEncodings, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
@@ -27,58 +27,16 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use metrics::counter;
 
-use super::{
-    Admission, ExportOutcome, RETRY_AFTER_SECS, authorized, export, listener, response_protobuf,
-};
+use super::{Admission, ExportOutcome, RETRY_AFTER_SECS, export, response_protobuf};
+use crate::flow::{Forward, PipelineSink};
 use crate::instruments;
 use crate::model::{Signal, Telemetry};
 use crate::otlp::{self, DecodeError, Encoding};
-use crate::pipeline::{Forward, PipelineSink};
 use crate::receivers::config::GrpcServerConfig;
 use crate::settings::ReceiverAuth;
+use crate::transport::{authorized, listener};
 
-/// Passes message bytes through: requests arrive as the raw body, responses
-/// leave pre-encoded.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawCodec;
-
-/// Encoder and decoder of [`RawCodec`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawCoder;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCoder;
-    type Decoder = RawCoder;
-
-    fn encoder(&mut self) -> RawCoder {
-        RawCoder
-    }
-
-    fn decoder(&mut self) -> RawCoder {
-        RawCoder
-    }
-}
-
-impl Encoder for RawCoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
+pub use crate::transport::codec::{RawCodec, RawCoder};
 
 /// The gRPC names of one OTLP signal's service.
 pub trait OtlpService: Send + Sync + 'static {

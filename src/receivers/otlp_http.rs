@@ -27,10 +27,10 @@ use super::{
     Admission, BodyError, ExportOutcome, RETRY_AFTER_SECS, authorized, export, read_body,
     response_json, response_protobuf,
 };
+use crate::flow::{Forward, PipelineSink};
 use crate::instruments;
 use crate::model::Signal;
 use crate::otlp::{self, Encoding};
-use crate::pipeline::{Forward, PipelineSink};
 use crate::receivers::config::HttpServerConfig;
 use crate::settings::ReceiverAuth;
 

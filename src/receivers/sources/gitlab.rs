@@ -262,7 +262,7 @@ fn push(config: &GitlabConfig, body: &Value) -> Result<Outcome, FieldError> {
     // A push has no time of its own in GitLab's payload: its newest
     // commit's, or (none pushed) the time it came.
     let at = super::latest(changes.iter().map(|(_, t)| t)).unwrap_or_else(|| {
-        chrono::DateTime::from_timestamp(super::super::webhook::unix_now(), 0)
+        chrono::DateTime::from_timestamp(super::super::request::unix_now(), 0)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     });

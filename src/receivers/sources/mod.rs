@@ -33,10 +33,9 @@ use metrics::counter;
 use serde_json::{Value, json};
 
 use super::Admission;
-use super::webhook::{admit_and_read, answer, refuse_on, submit, unauthorized_on};
+use super::request::{admit_and_read, answer, refuse_on, submit, unauthorized_on};
+use crate::flow::PipelineSink;
 use crate::instruments;
-use crate::pipeline::PipelineSink;
-use crate::receivers::config::WebhookReceiverConfig;
 use crate::settings::Secret;
 
 /// What a source made of one delivery.
@@ -445,7 +444,7 @@ mod emit {
 /// the hex digest `given` (which may carry a `sha256=` prefix).
 fn hmac_matches(secret: &Secret, body: &[u8], given_hex: &str) -> bool {
     use hmac::{KeyInit, Mac};
-    let Some(given) = super::webhook::decode_hex(given_hex.trim()) else {
+    let Some(given) = super::request::decode_hex(given_hex.trim()) else {
         return false;
     };
     let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()) else {
@@ -460,7 +459,21 @@ struct Shared {
     sink: PipelineSink,
     admission: Admission,
     max_body: usize,
-    config: std::sync::Arc<WebhookReceiverConfig>,
+    config: std::sync::Arc<NativeSources>,
+}
+
+/// The native sources configured on the webhook listener (its `github`,
+/// `gitlab`, `pagerduty` and `alertmanager` sections).
+#[derive(Debug, Clone, Default)]
+pub struct NativeSources {
+    /// `POST /github`.
+    pub github: Option<github::GithubConfig>,
+    /// `POST /gitlab`.
+    pub gitlab: Option<gitlab::GitlabConfig>,
+    /// `POST /pagerduty`.
+    pub pagerduty: Option<pagerduty::PagerdutyConfig>,
+    /// `POST /alertmanager`.
+    pub alertmanager: Option<alertmanager::AlertmanagerSourceConfig>,
 }
 
 /// The native routes `config` turns on, sharing the listener's admission.
@@ -468,13 +481,14 @@ pub(super) fn router(
     sink: PipelineSink,
     admission: Admission,
     max_body: usize,
-    config: &WebhookReceiverConfig,
+    config: NativeSources,
 ) -> Router {
+    let config = std::sync::Arc::new(config);
     let shared = Shared {
         sink,
         admission,
         max_body,
-        config: std::sync::Arc::new(config.clone()),
+        config: config.clone(),
     };
     let mut router = Router::new();
     if config.github.is_some() {
@@ -503,7 +517,7 @@ trait Source: Send + Sync + 'static {
     /// Whether a form-encoded body (`payload=<json>`) is read too.
     const FORM: bool = false;
     /// Its section, if configured.
-    fn section(config: &WebhookReceiverConfig) -> Option<&Self>;
+    fn section(config: &NativeSources) -> Option<&Self>;
     /// The signature or token check.
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str>;
     /// The payload into CDEvents.
@@ -513,7 +527,7 @@ trait Source: Send + Sync + 'static {
 impl Source for github::GithubConfig {
     const NAME: &'static str = "github";
     const FORM: bool = true;
-    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+    fn section(config: &NativeSources) -> Option<&Self> {
         config.github.as_ref()
     }
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
@@ -526,7 +540,7 @@ impl Source for github::GithubConfig {
 
 impl Source for gitlab::GitlabConfig {
     const NAME: &'static str = "gitlab";
-    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+    fn section(config: &NativeSources) -> Option<&Self> {
         config.gitlab.as_ref()
     }
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
@@ -539,7 +553,7 @@ impl Source for gitlab::GitlabConfig {
 
 impl Source for pagerduty::PagerdutyConfig {
     const NAME: &'static str = "pagerduty";
-    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+    fn section(config: &NativeSources) -> Option<&Self> {
         config.pagerduty.as_ref()
     }
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
@@ -552,7 +566,7 @@ impl Source for pagerduty::PagerdutyConfig {
 
 impl Source for alertmanager::AlertmanagerSourceConfig {
     const NAME: &'static str = "alertmanager";
-    fn section(config: &WebhookReceiverConfig) -> Option<&Self> {
+    fn section(config: &NativeSources) -> Option<&Self> {
         config.alertmanager.as_ref()
     }
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
