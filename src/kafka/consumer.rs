@@ -41,7 +41,6 @@ use crate::flow::{KafkaSource, PipelineSink, SubmitError};
 use crate::instruments;
 use crate::model::{Signal, Telemetry, TraceSummary};
 use crate::otlp::{self, Encoding};
-use crate::pipeline::{Ownership, Task, TaskFactory};
 use crate::processors::Applied;
 use crate::storage::{DurableOffsets, KafkaDurability};
 
@@ -73,10 +72,42 @@ pub struct ChangelogLink {
     pub topic: String,
     /// Its writer (the consumer writes the fences of its restores).
     pub writer: ChangelogWriter,
-    /// Builds a partition's task from its records.
-    pub factory: TaskFactory,
-    /// Hands restored tasks to the engine and tells it which to drop.
-    pub ownership: tokio::sync::mpsc::Sender<Ownership>,
+    /// The engine's side: builds a partition's state from its records,
+    /// installs it, and drops what is no longer owned.
+    pub states: Arc<dyn PartitionStates>,
+}
+
+/// Records of one partition's changelog: (key, value), in order.
+pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Per partition rebuilt, the input offsets its state covers, or why it
+/// could not be rebuilt.
+pub type Installed = Vec<(i32, Result<Vec<crate::proto::KafkaOffset>, String>)>;
+
+/// The pipeline was stopped: nothing more can be installed or dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline has stopped")]
+pub struct Stopped;
+
+/// What the consumer asks of whoever owns the partitions' state (the
+/// pipeline's engine), as a trait so that the consumer, a receiver, needs
+/// none of the pipeline's types. Blocking: called from the consumer's
+/// rebalance callbacks.
+pub trait PartitionStates: Send + Sync {
+    /// The fence record (key, value) a restore of `partition` writes and
+    /// reads up to.
+    fn fence(&self, partition: i32) -> (Vec<u8>, Vec<u8>);
+    /// Rebuilds each partition's state from its records and installs it;
+    /// per partition, the input offsets its state covers, or why it could
+    /// not be rebuilt.
+    fn install(&self, parts: Vec<(i32, ChangelogRecords)>) -> Result<Installed, Stopped>;
+    /// Of the partitions kept aside at a clean hand-over, `partitions` are
+    /// owned again untouched: their state comes back; the others kept aside
+    /// are forgotten. Returns those that came back.
+    fn resume(&self, partitions: Vec<i32>) -> Result<Vec<i32>, Stopped>;
+    /// `partitions` are no longer owned (their state is flushed); with
+    /// `keep`, their state is kept aside in case they come back.
+    fn drop_partitions(&self, partitions: Vec<i32>, keep: bool);
 }
 
 /// A (topic, partition).
@@ -134,7 +165,7 @@ impl ChangelogSide {
         let fences: Vec<FencedRead> = wanted
             .iter()
             .map(|&partition| {
-                let (key, value) = crate::pipeline::task_fence(partition);
+                let (key, value) = self.link.states.fence(partition);
                 FencedRead {
                     partition,
                     start: None,
@@ -179,17 +210,7 @@ impl ChangelogSide {
                 .map(|(p, _)| p)
                 .collect()
         };
-        let (done, resumed) = oneshot::channel();
-        self.link
-            .ownership
-            .blocking_send(Ownership::Resume {
-                partitions: untouched,
-                done,
-            })
-            .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
-        let resumed = resumed
-            .blocking_recv()
-            .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
+        let resumed = self.link.states.resume(untouched)?;
         for &partition in &resumed {
             self.owned
                 .lock()
@@ -213,7 +234,7 @@ impl ChangelogSide {
         let read_seconds = started.elapsed().as_secs_f64();
         // Records read per partition (overwritten ones too), for the log.
         let mut counts: HashMap<i32, usize> = HashMap::new();
-        let parts: Vec<(i32, crate::pipeline::ChangelogRecords)> = full
+        let parts: Vec<(i32, ChangelogRecords)> = full
             .iter()
             .map(|f| {
                 let records = read.remove(&f.partition).unwrap_or_default();
@@ -221,29 +242,15 @@ impl ChangelogSide {
                 (f.partition, records.pieces)
             })
             .collect();
-        let mut built: HashMap<i32, crate::pipeline::Restored> =
-            Task::from_changelogs(&self.link.factory, parts)
-                .into_iter()
-                .collect();
+        let mut installed: HashMap<i32, Result<Vec<crate::proto::KafkaOffset>, String>> =
+            self.link.states.install(parts)?.into_iter().collect();
         for f in &full {
             let partition = f.partition;
             let count = counts.get(&partition).copied().unwrap_or_default();
-            let (task, offsets) = built
+            let offsets = installed
                 .remove(&partition)
                 .unwrap_or_else(|| Err("its restore stopped unexpectedly".into()))
                 .map_err(|e| anyhow::anyhow!("partition {partition}: {e}"))?;
-            let (done, installed) = oneshot::channel();
-            self.link
-                .ownership
-                .blocking_send(Ownership::Install {
-                    partition,
-                    task: Box::new(task),
-                    done,
-                })
-                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
-            installed
-                .blocking_recv()
-                .map_err(|_| anyhow::anyhow!("the pipeline has stopped"))?;
             self.owned
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -293,19 +300,7 @@ impl ChangelogSide {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(partitions.iter().copied());
         }
-        let (done, dropped) = oneshot::channel();
-        if self
-            .link
-            .ownership
-            .blocking_send(Ownership::Drop {
-                partitions,
-                keep: kept,
-                done,
-            })
-            .is_ok()
-        {
-            let _ = dropped.blocking_recv();
-        }
+        self.link.states.drop_partitions(partitions, kept);
     }
 }
 

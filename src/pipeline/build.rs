@@ -280,8 +280,10 @@ pub async fn run_with_clock(
                     Some(crate::kafka::consumer::ChangelogLink {
                         topic,
                         writer,
-                        factory: factory.clone(),
-                        ownership,
+                        states: std::sync::Arc::new(super::engine::EngineStates {
+                            factory: factory.clone(),
+                            ownership,
+                        }),
                     }),
                 )
             }

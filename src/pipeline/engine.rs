@@ -104,6 +104,71 @@ pub enum Ownership {
     },
 }
 
+/// The engine's side of the Kafka consumer's partitions: builds their
+/// tasks from the changelog and hands them to the engine, which owns them.
+pub(super) struct EngineStates {
+    pub(super) factory: TaskFactory,
+    pub(super) ownership: mpsc::Sender<Ownership>,
+}
+
+impl crate::kafka::consumer::PartitionStates for EngineStates {
+    fn fence(&self, partition: i32) -> (Vec<u8>, Vec<u8>) {
+        super::task::fence(partition)
+    }
+
+    fn install(
+        &self,
+        parts: Vec<(i32, crate::kafka::consumer::ChangelogRecords)>,
+    ) -> Result<crate::kafka::consumer::Installed, crate::kafka::consumer::Stopped> {
+        use crate::kafka::consumer::Stopped;
+        let mut out = Vec::new();
+        for (partition, built) in Task::from_changelogs(&self.factory, parts) {
+            let (task, offsets) = match built {
+                Ok(built) => built,
+                Err(e) => {
+                    out.push((partition, Err(e)));
+                    continue;
+                }
+            };
+            let (done, installed) = oneshot::channel();
+            self.ownership
+                .blocking_send(Ownership::Install {
+                    partition,
+                    task: Box::new(task),
+                    done,
+                })
+                .map_err(|_| Stopped)?;
+            installed.blocking_recv().map_err(|_| Stopped)?;
+            out.push((partition, Ok(offsets)));
+        }
+        Ok(out)
+    }
+
+    fn resume(&self, partitions: Vec<i32>) -> Result<Vec<i32>, crate::kafka::consumer::Stopped> {
+        use crate::kafka::consumer::Stopped;
+        let (done, resumed) = oneshot::channel();
+        self.ownership
+            .blocking_send(Ownership::Resume { partitions, done })
+            .map_err(|_| Stopped)?;
+        resumed.blocking_recv().map_err(|_| Stopped)
+    }
+
+    fn drop_partitions(&self, partitions: Vec<i32>, keep: bool) {
+        let (done, dropped) = oneshot::channel();
+        if self
+            .ownership
+            .blocking_send(Ownership::Drop {
+                partitions,
+                keep,
+                done,
+            })
+            .is_ok()
+        {
+            let _ = dropped.blocking_recv();
+        }
+    }
+}
+
 /// The engine's side of `storage`.
 pub(super) struct EngineStorage {
     pub(super) writer: crate::storage::Writer,

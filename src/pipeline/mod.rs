@@ -23,7 +23,7 @@ mod task;
 
 pub use build::{run, run_with_clock};
 pub use engine::{Ownership, Replayer};
-pub use task::{ChangelogRecords, Restored, Task, TaskFactory, fence as task_fence};
+pub use task::{ChangelogRecords, Restored, Task, TaskFactory};
 
 pub(crate) use crate::flow::{Envelope, Query};
 pub use crate::flow::{

@@ -427,8 +427,7 @@ impl Task {
     }
 }
 
-/// A partition's changelog records, as read: (key, value) pairs.
-pub type ChangelogRecords = Vec<(Vec<u8>, Vec<u8>)>;
+pub use crate::kafka::consumer::ChangelogRecords;
 
 /// What [`Task::from_changelog`] gives for one partition.
 pub type Restored = Result<(Task, Vec<KafkaOffset>), String>;
