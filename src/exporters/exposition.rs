@@ -623,19 +623,17 @@ pub fn write_dependencies(snapshot: &DependencySnapshot, w: &mut impl Families) 
             c.hits
         }),
     ];
-    let cache_ids = |c: &CacheFigures| {
+    fn cache_ids(c: &CacheFigures) -> [(&'static str, &str); 3] {
         [
-            ("service", c.service.clone()),
-            ("environment", c.environment.clone()),
-            ("cache", c.cache.clone()),
+            ("service", &c.service),
+            ("environment", &c.environment),
+            ("cache", &c.cache),
         ]
-    };
+    }
     for (name, help, value) in counters {
         w.family(name, Kind::Counter, help);
         for c in &snapshot.caches {
-            let ids = cache_ids(c);
-            let pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            w.sample(&pairs, Some(value(c) as f64));
+            w.sample(&cache_ids(c), Some(value(c) as f64));
         }
     }
     w.family(
@@ -644,28 +642,24 @@ pub fn write_dependencies(snapshot: &DependencySnapshot, w: &mut impl Families) 
         "Hits / lookups over the rolling window; NaN without lookups.",
     );
     for c in &snapshot.caches {
-        let ids = cache_ids(c);
-        let mut pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        pairs.push(("window", window));
-        w.sample(&pairs, c.hit_ratio);
+        let [a, b, c3] = cache_ids(c);
+        w.sample(&[a, b, c3, ("window", window)], c.hit_ratio);
     }
-    let queue_ids = |q: &QueueFigures| {
+    fn queue_ids(q: &QueueFigures) -> [(&'static str, &str); 4] {
         [
-            ("service", q.service.clone()),
-            ("environment", q.environment.clone()),
-            ("metric", q.metric.clone()),
-            ("destination", q.destination.clone()),
+            ("service", &q.service),
+            ("environment", &q.environment),
+            ("metric", &q.metric),
+            ("destination", &q.destination),
         ]
-    };
+    }
     w.family(
         "dora_queue_length",
         Kind::Gauge,
         "The queue length last reported in a configured OTLP metric.",
     );
     for q in &snapshot.queues {
-        let ids = queue_ids(q);
-        let pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        w.sample(&pairs, Some(q.last));
+        w.sample(&queue_ids(q), Some(q.last));
     }
     w.family(
         "dora_queue_length_max",
@@ -673,10 +667,8 @@ pub fn write_dependencies(snapshot: &DependencySnapshot, w: &mut impl Families) 
         "The largest queue length reported over the rolling window; NaN if none was.",
     );
     for q in &snapshot.queues {
-        let ids = queue_ids(q);
-        let mut pairs: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        pairs.push(("window", window));
-        w.sample(&pairs, q.max);
+        let [a, b, c, d] = queue_ids(q);
+        w.sample(&[a, b, c, d, ("window", window)], q.max);
     }
     if let Some(graph) = &snapshot.graph {
         write_service_graph(graph, w);

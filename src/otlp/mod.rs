@@ -290,7 +290,6 @@ fn utilization(
     resource_attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
     out: &mut Vec<Utilization>,
 ) {
-    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
     let instance = [
         "container.id",
         "k8s.pod.name",
@@ -323,10 +322,8 @@ fn utilization(
             (f64, std::collections::BTreeSet<String>),
         > = Default::default();
         for point in points {
-            let value = match point.value {
-                Some(Number::AsDouble(v)) => v,
-                Some(Number::AsInt(v)) => v as f64,
-                None => continue,
+            let Some(value) = number(point) else {
+                continue;
             };
             if !value.is_finite() {
                 continue;
@@ -373,7 +370,6 @@ fn queues(
     names: &[String],
     out: &mut Vec<QueueReading>,
 ) {
-    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
     for metric in resource_metrics
         .scope_metrics
         .iter()
@@ -386,10 +382,8 @@ fn queues(
             _ => continue,
         };
         for point in points {
-            let value = match point.value {
-                Some(Number::AsDouble(v)) => v,
-                Some(Number::AsInt(v)) => v as f64,
-                None => continue,
+            let Some(value) = number(point) else {
+                continue;
             };
             let destination = ["messaging.destination.name", "topic", "queue"]
                 .iter()
@@ -414,7 +408,6 @@ fn cache_counts(
 ) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
-    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
     for metric in resource_metrics
         .scope_metrics
         .iter()
@@ -440,10 +433,8 @@ fn cache_counts(
             _ => continue,
         };
         for point in points {
-            let value = match point.value {
-                Some(Number::AsDouble(v)) => v,
-                Some(Number::AsInt(v)) => v as f64,
-                None => continue,
+            let Some(value) = number(point) else {
+                continue;
             };
             if !value.is_finite() || value < 0.0 {
                 continue;
@@ -472,6 +463,15 @@ fn cache_counts(
                 cumulative,
             });
         }
+    }
+}
+
+/// A number point's value, as a float; `None` when it has none.
+fn number(point: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> Option<f64> {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    match point.value? {
+        Value::AsDouble(v) => Some(v),
+        Value::AsInt(v) => Some(v as f64),
     }
 }
 

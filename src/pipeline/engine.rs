@@ -609,9 +609,15 @@ impl Engine {
         let mut transitions = Vec::new();
         // The dependencies are the replica's, not a partition's: the local
         // task's rules look at them.
+        let wanted = self
+            .local
+            .alerts
+            .as_ref()
+            .is_some_and(AlertsProcessor::reads_dependencies);
         let mut dependency_facts = self
             .dependencies
             .as_mut()
+            .filter(|_| wanted)
             .map(|d| dependency_facts(&d.snapshot(now)));
         for task in std::iter::once(&mut self.local).chain(self.partitions.values_mut()) {
             let Some(alerts) = task.alerts.as_mut() else {

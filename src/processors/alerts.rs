@@ -477,6 +477,20 @@ impl AlertsProcessor {
         }
     }
 
+    /// Whether a rule on the `dependencies` processor's figures is on: only
+    /// then are they gathered for [`Self::evaluate`].
+    pub fn reads_dependencies(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(
+                r.check,
+                Check::DependencyErrorRate
+                    | Check::DependencyLatencyP95
+                    | Check::CacheHitRate
+                    | Check::QueueBacklog
+            )
+        })
+    }
+
     /// The `dependencies` window (e.g. `5m`), which the dependency and
     /// cache rules look over.
     pub fn with_dependencies_window(mut self, window: &str) -> Self {

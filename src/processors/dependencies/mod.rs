@@ -413,10 +413,12 @@ impl DependencyProcessor {
 
     /// Applies one trace batch received at `now_ns`: every span detail.
     pub fn apply_traces(&mut self, summary: &TraceSummary, now_ns: u64) {
+        // What waited too long leaves before this batch pairs (a sweep at
+        // most once a second).
+        if let Some(graph) = self.graph.as_mut() {
+            graph.expire(now_ns, false);
+        }
         if summary.details.is_empty() {
-            if let Some(graph) = self.graph.as_mut() {
-                graph.expire(now_ns, false);
-            }
             return;
         }
         // Per resource: its key prefix (`service \0 environment \0`) and,
@@ -522,7 +524,6 @@ impl DependencyProcessor {
                     }
                     SpanKind::Internal => None,
                 };
-                graph.expire(now_ns, false);
                 // Only a consumer paired here whose wait the creation
                 // time did not already give.
                 if let Some(w) = waited.filter(|_| d.creation_ns.is_none()) {
@@ -552,76 +553,41 @@ impl DependencyProcessor {
     /// The series of `key` (prefix and name parts), created if new; the
     /// overflow series past the cap.
     fn series_index(&mut self, key: &[u8]) -> usize {
-        if let Some(&i) = self.index.get(key) {
-            return i;
-        }
-        let overflow = self.series.len() >= self.max_series;
-        let parts: Vec<String> = if overflow {
-            vec![OVERFLOW.to_string(); 6]
-        } else {
-            split(key)
-        };
-        let stored: Box<[u8]> = if overflow {
-            OVERFLOW.as_bytes().into()
-        } else {
-            key.into()
-        };
-        if let Some(&i) = self.index.get(&stored) {
-            return i;
-        }
-        let [service, environment, kind, system, dependency, operation]: [String; 6] =
-            match parts.try_into() {
-                Ok(parts) => parts,
-                Err(_) => [(); 6].map(|_| OVERFLOW.to_string()),
-            };
-        self.series.push(Series {
-            service,
-            environment,
-            kind: DependencyType::parse(&kind).unwrap_or(DependencyType::Other),
-            system,
-            dependency,
-            operation,
-            window: RollingHistogram::default(),
-            wait: None,
-            calls: 0,
-            errors: 0,
-        });
-        self.index.insert(stored, self.series.len() - 1);
-        self.series.len() - 1
+        slot(
+            &mut self.index,
+            &mut self.series,
+            self.max_series,
+            key,
+            |[service, environment, kind, system, dependency, operation]| Series {
+                service,
+                environment,
+                kind: DependencyType::parse(&kind).unwrap_or(DependencyType::Other),
+                system,
+                dependency,
+                operation,
+                window: RollingHistogram::default(),
+                wait: None,
+                calls: 0,
+                errors: 0,
+            },
+        )
     }
 
     fn cache_index(&mut self, key: &[u8]) -> usize {
-        if let Some(&i) = self.cache_index.get(key) {
-            return i;
-        }
-        let overflow = self.caches.len() >= self.max_series;
-        let stored: Box<[u8]> = if overflow {
-            OVERFLOW.as_bytes().into()
-        } else {
-            key.into()
-        };
-        if let Some(&i) = self.cache_index.get(&stored) {
-            return i;
-        }
-        let mut parts = if overflow {
-            vec![OVERFLOW.to_string(); 3]
-        } else {
-            split(key)
-        };
-        parts.resize(3, String::new());
-        let cache = parts.pop().unwrap_or_default();
-        let environment = parts.pop().unwrap_or_default();
-        let service = parts.pop().unwrap_or_default();
-        self.caches.push(Cache {
-            service,
-            environment,
-            cache,
-            window: RollingHistogram::default(),
-            lookups: 0,
-            hits: 0,
-        });
-        self.cache_index.insert(stored, self.caches.len() - 1);
-        self.caches.len() - 1
+        slot(
+            &mut self.cache_index,
+            &mut self.caches,
+            self.max_series,
+            key,
+            |[service, environment, cache]| Cache {
+                service,
+                environment,
+                cache,
+                window: RollingHistogram::default(),
+                lookups: 0,
+                hits: 0,
+            },
+        )
     }
 
     /// Applies one metrics batch received at `now_ns`: the queue lengths
@@ -707,42 +673,20 @@ impl DependencyProcessor {
             key.extend_from_slice(part);
             key.push(0);
         }
-        let i = match self.queue_index.get(key.as_slice()) {
-            Some(&i) => i,
-            None => {
-                let overflow = self.queues.len() >= self.max_series;
-                let stored: Box<[u8]> = if overflow {
-                    OVERFLOW.as_bytes().into()
-                } else {
-                    key.clone().into()
-                };
-                match self.queue_index.get(&stored) {
-                    Some(&i) => i,
-                    None => {
-                        let mut parts = if overflow {
-                            vec![OVERFLOW.to_string(); 4]
-                        } else {
-                            split(&key)
-                        };
-                        parts.resize(4, String::new());
-                        let destination = parts.pop().unwrap_or_default();
-                        let metric = parts.pop().unwrap_or_default();
-                        let environment = parts.pop().unwrap_or_default();
-                        let service = parts.pop().unwrap_or_default();
-                        self.queues.push(Queue {
-                            service,
-                            environment,
-                            metric,
-                            destination,
-                            last: 0.0,
-                            slices: VecDeque::new(),
-                        });
-                        self.queue_index.insert(stored, self.queues.len() - 1);
-                        self.queues.len() - 1
-                    }
-                }
-            }
-        };
+        let i = slot(
+            &mut self.queue_index,
+            &mut self.queues,
+            self.max_series,
+            &key,
+            |[service, environment, metric, destination]| Queue {
+                service,
+                environment,
+                metric,
+                destination,
+                last: 0.0,
+                slices: VecDeque::new(),
+            },
+        );
         let epoch = now_ns / self.shape.slice_ns();
         let queue = &mut self.queues[i];
         queue.last = value;
@@ -947,11 +891,7 @@ impl DependencyProcessor {
                 &r.dependency,
                 &r.operation,
             ]);
-            let stored: Box<[u8]> = if r.service == OVERFLOW && r.dependency == OVERFLOW {
-                OVERFLOW.as_bytes().into()
-            } else {
-                key.into()
-            };
+            let stored = stored_key(&key, r.service == OVERFLOW && r.dependency == OVERFLOW);
             self.index.insert(stored, self.series.len());
             self.series.push(Series {
                 service: r.service.clone(),
@@ -970,11 +910,7 @@ impl DependencyProcessor {
             let name = || format!("cache {} ({}) {}", r.service, r.environment, r.cache);
             let window = restore_window(r.window.as_ref(), &shape, &layout, name, &mut reset)?;
             let key = series_key(&[&r.service, &r.environment, &r.cache]);
-            let stored: Box<[u8]> = if r.service == OVERFLOW && r.cache == OVERFLOW {
-                OVERFLOW.as_bytes().into()
-            } else {
-                key.into()
-            };
+            let stored = stored_key(&key, r.service == OVERFLOW && r.cache == OVERFLOW);
             self.cache_index.insert(stored, self.caches.len());
             self.caches.push(Cache {
                 service: r.service.clone(),
@@ -993,11 +929,7 @@ impl DependencyProcessor {
                 ));
             }
             let key = series_key(&[&r.service, &r.environment, &r.metric, &r.destination]);
-            let stored: Box<[u8]> = if r.service == OVERFLOW && r.metric == OVERFLOW {
-                OVERFLOW.as_bytes().into()
-            } else {
-                key.into()
-            };
+            let stored = stored_key(&key, r.service == OVERFLOW && r.metric == OVERFLOW);
             self.queue_index.insert(stored, self.queues.len());
             self.queues.push(Queue {
                 service: r.service.clone(),
@@ -1052,6 +984,46 @@ fn restore_window(
             }
             Err(e) => Err(format!("{}: {e}", what())),
         },
+    }
+}
+
+/// The slot of `key` in a family (`index` over `items`): found, or made by
+/// `make` from the key's `N` parts (padded or cut to `N`); past `max` items,
+/// the family's one `_overflow` slot, every part `_overflow`.
+fn slot<T, const N: usize>(
+    index: &mut HashMap<Box<[u8]>, usize>,
+    items: &mut Vec<T>,
+    max: usize,
+    key: &[u8],
+    make: impl FnOnce([String; N]) -> T,
+) -> usize {
+    if let Some(&i) = index.get(key) {
+        return i;
+    }
+    let overflow = items.len() >= max;
+    let stored = stored_key(key, overflow);
+    if let Some(&i) = index.get(&stored) {
+        return i;
+    }
+    let parts: [String; N] = if overflow {
+        std::array::from_fn(|_| OVERFLOW.to_string())
+    } else {
+        let mut parts = split(key);
+        parts.resize(N, String::new());
+        std::array::from_fn(|i| std::mem::take(&mut parts[i]))
+    };
+    items.push(make(parts));
+    index.insert(stored, items.len() - 1);
+    items.len() - 1
+}
+
+/// The key a series is kept under: its own, or the overflow series' (which
+/// no real key can be: real keys hold 0 bytes).
+fn stored_key(key: &[u8], overflow: bool) -> Box<[u8]> {
+    if overflow {
+        OVERFLOW.as_bytes().into()
+    } else {
+        key.into()
     }
 }
 
