@@ -263,15 +263,27 @@ pipelines:
             .await
             .is_err()
     );
-    let answer = trusting_second
-        .post(format!("https://127.0.0.1:{http}/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(prost::Message::encode_to_vec(&common::checkout_spans(
-            10, 0,
-        )))
-        .send()
-        .await
-        .expect("the HTTP receiver serves the renewed certificate");
+    // Each listener watches the files on its own clock: the HTTP receiver
+    // may pick the renewal up a moment after the Prometheus one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let sent = trusting_second
+            .post(format!("https://127.0.0.1:{http}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(&common::checkout_spans(
+                10, 0,
+            )))
+            .send()
+            .await;
+        match sent {
+            Ok(answer) => break answer,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the HTTP receiver serves the renewed certificate: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(answer.status(), 200);
 }
 
