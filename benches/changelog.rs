@@ -60,6 +60,7 @@ fn records(services: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
                     id: format!("{:040x}", (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
                     time: Some(time - 3_600_000_000_000),
                 }],
+                ..Default::default()
             }),
         };
         let record = ChangelogRecord {

@@ -87,6 +87,7 @@ fn deployment_events(n: u64, services: u64, per_day: u64) -> [DeliveryEvent; 3] 
                     DeploymentOutcome::Success
                 },
                 changes: Vec::new(),
+                ..Default::default()
             }),
         },
     ]

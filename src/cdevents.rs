@@ -13,8 +13,8 @@ use chrono::DateTime;
 use serde_json::Value;
 
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange, Nanos,
-    service_name,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
+    LinkedChange, Nanos, Source, service_name,
 };
 
 /// Why an event was refused.
@@ -161,6 +161,8 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
                 artifact: optional_str(event, "subject.content.artifactId")?.map(str::to_string),
                 outcome,
                 changes: linked_changes(event)?,
+                revision: optional_str(event, "customData.revision")?.map(str::to_string),
+                source: source_of(event),
             })
         }
         // A revision of a repository (a push): doraflow's extension, which
@@ -228,6 +230,7 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
             service: service_name(required_str(event, "subject.content.service.id")?).to_string(),
             environment: required_str(event, "subject.content.environment.id")?.to_string(),
             artifact: optional_str(event, "subject.content.artifactId")?.map(str::to_string),
+            details: incident_details(event)?,
         },
         ("incident", "resolved") => DeliveryKind::IncidentResolved {
             incident: required_str(event, "subject.id")?.to_string(),
@@ -251,6 +254,55 @@ pub fn decode_cdevent(event: &Value) -> Result<DeliveryEvent, EventError> {
         },
     };
     Ok(DeliveryEvent { id, time, kind })
+}
+
+/// The tool an event came from: a native source's `customData.source`,
+/// else `cdevents` (a name doraflow does not know is a producer of its own,
+/// and the event is no less valid for it).
+fn source_of(event: &Value) -> Source {
+    at(event, "customData.source")
+        .and_then(Value::as_str)
+        .and_then(Source::parse)
+        .unwrap_or_default()
+}
+
+/// `customData.severity`, `.urgency`, `.priority` (strings) and `.labels`
+/// (an object of strings) on an incident: doraflow's extension, which the
+/// PagerDuty and Alertmanager sources fill and the incident filters read.
+fn incident_details(event: &Value) -> Result<IncidentDetails, EventError> {
+    let labels = match at(event, "customData.labels") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(labels)) => {
+            let mut out = Vec::with_capacity(labels.len());
+            for (name, value) in labels {
+                let Value::String(value) = value else {
+                    return Err(error(
+                        &format!("customData.labels.{name}"),
+                        format!("expected a string, found {}", kind_of(value)),
+                    ));
+                };
+                out.push((name.clone(), value.clone()));
+            }
+            out.sort_unstable();
+            out
+        }
+        Some(other) => {
+            return Err(error(
+                "customData.labels",
+                format!("expected an object, found {}", kind_of(other)),
+            ));
+        }
+    };
+    let field = |name: &str| {
+        optional_str(event, &format!("customData.{name}")).map(|v| v.map(str::to_string))
+    };
+    Ok(IncidentDetails {
+        source: source_of(event),
+        severity: field("severity")?,
+        urgency: field("urgency")?,
+        priority: field("priority")?,
+        labels,
+    })
 }
 
 /// `dev.cdevents.<subject>.<predicate>.<version>` → (subject, predicate).
@@ -488,6 +540,7 @@ impl DerivedIncident {
                     "service": { "id": self.service },
                 },
             },
+            "customData": { "source": Source::Doraflow.as_str() },
         })
     }
 }
@@ -663,6 +716,10 @@ mod tests {
                     service: "checkout".into(),
                     environment: "production".into(),
                     artifact: None,
+                    details: IncidentDetails {
+                        source: Source::Doraflow,
+                        ..Default::default()
+                    },
                 },
             },
             service: "checkout".into(),

@@ -33,7 +33,7 @@ fn every_config_key_is_in_the_configuration_reference() {
         "/docs/configuration.md"
     ))
     .unwrap();
-    let sections: [(&str, String, &[&str]); 31] = [
+    let sections: [(&str, String, &[&str]); 33] = [
         (
             "receivers.otlp.grpc.tls",
             format!(
@@ -145,6 +145,8 @@ fn every_config_key_is_in_the_configuration_reference() {
                 "signature",
                 "github",
                 "gitlab",
+                "argocd",
+                "flux",
                 "pagerduty",
                 "alertmanager",
             ],
@@ -175,6 +177,18 @@ fn every_config_key_is_in_the_configuration_reference() {
             format!(
                 "receivers:\n  webhook: {{ alertmanager: {{ __probe__: 1, bearer_token: s }} }}\n{PIPELINE}"
             ),
+            &[],
+        ),
+        (
+            "receivers.webhook.argocd",
+            format!(
+                "receivers:\n  webhook: {{ argocd: {{ __probe__: 1, bearer_token: s }} }}\n{PIPELINE}"
+            ),
+            &[],
+        ),
+        (
+            "receivers.webhook.flux",
+            format!("receivers:\n  webhook: {{ flux: {{ __probe__: 1, secret: s }} }}\n{PIPELINE}"),
             &[],
         ),
         (

@@ -150,7 +150,13 @@ async fn cdevents_in_every_mode_give_exact_dora_figures() {
         get("dora_deployments_total", &[("outcome", "rollback")]),
         Some(0.0)
     );
-    assert_eq!(get("dora_failed_changes_total", &[]), Some(1.0));
+    assert_eq!(
+        get(
+            "dora_failed_changes_total",
+            &[("reason", "incident_window")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(get("dora_incidents_open", &[]), Some(0.0));
     let week = [("window", "7d")];
     assert_eq!(

@@ -282,14 +282,16 @@ pub fn write_dora(snapshot: &DoraSnapshot, w: &mut impl Families) {
     w.family(
         "dora_failed_changes_total",
         Kind::Counter,
-        "Deployments that were failed changes.",
+        "Deployments that were failed changes, by the strongest evidence (reason: deployment_failed, rolled_back, incident_artifact, regression, incident_window).",
     );
     for s in series {
         let [a, b] = ids(s);
-        w.sample(
-            &[(a.0, &a.1), (b.0, &b.1)],
-            Some(s.failed_changes_total as f64),
-        );
+        for (reason, count) in &s.failed_changes_by_reason {
+            w.sample(
+                &[(a.0, &a.1), (b.0, &b.1), ("reason", reason)],
+                Some(*count as f64),
+            );
+        }
     }
     w.family("dora_incidents_open", Kind::Gauge, "Incidents open now.");
     for s in series {
@@ -875,6 +877,7 @@ mod tests {
                 }],
                 rework: false,
                 team: None,
+                ..Default::default()
             }),
         };
         let mut dora = DoraProcessor::new(&config);

@@ -78,6 +78,9 @@ pub enum DeliveryKind {
         environment: String,
         /// The artifact it names, if any.
         artifact: Option<String>,
+        /// Where it came from and how grave it is: what the incident
+        /// filters (`processors.dora.incident_filters`) read.
+        details: IncidentDetails,
     },
     /// An incident was resolved (`incident.resolved`).
     IncidentResolved {
@@ -118,7 +121,7 @@ pub enum ChangeStage {
 }
 
 /// A deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Deployment {
     /// The service (last `/`-separated segment of its id).
     pub service: String,
@@ -135,12 +138,115 @@ pub struct Deployment {
     pub rework: bool,
     /// The team its producer names (`customData.team`), if any.
     pub team: Option<String>,
+    /// The source revision deployed (a commit id), if known: with the
+    /// service and environment, what tells that two reports from two tools
+    /// are one deployment.
+    pub revision: Option<String>,
+    /// Which tool reported it.
+    pub source: Source,
+}
+
+/// The tool that reported a delivery event: the provenance the report and
+/// `/api/v1/dora` give for each failed change, and what incident filters
+/// are keyed by. Native sources say so in the CDEvents they emit
+/// (`customData.source`), so the name survives the Kafka hop; any other
+/// CDEvent is `cdevents`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Source {
+    /// A CDEvent from any producer.
+    #[default]
+    Cdevents,
+    /// An OTLP deployment log record.
+    Otlp,
+    /// The GitHub webhook source.
+    Github,
+    /// The GitLab webhook source.
+    Gitlab,
+    /// Argo CD notifications.
+    Argocd,
+    /// Flux's notification-controller.
+    Flux,
+    /// PagerDuty webhooks.
+    Pagerduty,
+    /// Alertmanager webhooks.
+    Alertmanager,
+    /// doraflow itself: incidents derived from the error ratio, regressions.
+    Doraflow,
+}
+
+impl Source {
+    /// Every source, in order.
+    pub const ALL: [Source; 9] = [
+        Source::Cdevents,
+        Source::Otlp,
+        Source::Github,
+        Source::Gitlab,
+        Source::Argocd,
+        Source::Flux,
+        Source::Pagerduty,
+        Source::Alertmanager,
+        Source::Doraflow,
+    ];
+
+    /// Its name, as in `customData.source`, the configuration and the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Cdevents => "cdevents",
+            Source::Otlp => "otlp",
+            Source::Github => "github",
+            Source::Gitlab => "gitlab",
+            Source::Argocd => "argocd",
+            Source::Flux => "flux",
+            Source::Pagerduty => "pagerduty",
+            Source::Alertmanager => "alertmanager",
+            Source::Doraflow => "doraflow",
+        }
+    }
+
+    /// The source of that name.
+    pub fn parse(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an incident's source says of it beyond what it affects: its
+/// source, severity, urgency, priority and labels, as the incident filters
+/// read them. Empty fields are unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IncidentDetails {
+    /// Which tool reported it.
+    pub source: Source,
+    /// E.g. Alertmanager's `severity` label (`critical`, `warning`).
+    pub severity: Option<String>,
+    /// E.g. PagerDuty's `high` or `low`.
+    pub urgency: Option<String>,
+    /// E.g. PagerDuty's `P1`.
+    pub priority: Option<String>,
+    /// Any other labels (Alertmanager's, `customData.labels`), sorted by name.
+    pub labels: Vec<(String, String)>,
+}
+
+impl IncidentDetails {
+    /// Whether nothing but the source is known.
+    pub fn is_bare(&self) -> bool {
+        self.severity.is_none()
+            && self.urgency.is_none()
+            && self.priority.is_none()
+            && self.labels.is_empty()
+    }
 }
 
 /// How a deployment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeploymentOutcome {
     /// Deployed.
+    #[default]
     Success,
     /// The deployment itself failed.
     Failure,
@@ -175,9 +281,50 @@ pub fn service_name(id: &str) -> &str {
     trimmed.rsplit('/').next().unwrap_or(trimmed)
 }
 
+/// The commit a revision or artifact id names, normalised, if it names
+/// one: the part after the last `@` (`pkg:github/o/r@<sha>`, Flux's
+/// `main@sha1:<sha>`) or the last `/` (Flux's older `main/<sha>`), without
+/// an algorithm prefix (`sha1:`), lowercased; a commit id is 7 to 64 hex
+/// digits. Two tools reporting one deployment name its commit alike this
+/// way, whatever else their ids say.
+pub fn commit_of(id: &str) -> Option<String> {
+    let id = id.trim();
+    let tail = id
+        .rsplit_once('@')
+        .map_or_else(|| id.rsplit_once('/').map_or(id, |(_, t)| t), |(_, t)| t);
+    let tail = tail.rsplit_once(':').map_or(tail, |(_, t)| t);
+    ((7..=64).contains(&tail.len()) && tail.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| tail.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commits_are_read_from_every_tool_s_revision_form() {
+        let sha = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+        for id in [
+            format!("pkg:github/acme/shop@{sha}"),
+            format!("pkg:gitlab/acme/shop@{}", sha.to_uppercase()),
+            format!("main@sha1:{sha}"),
+            format!("main/{sha}"),
+            sha.to_string(),
+        ] {
+            assert_eq!(commit_of(&id).as_deref(), Some(sha), "{id}");
+        }
+        assert_eq!(commit_of("pkg:oci/shop@sha256:abc"), None);
+        assert_eq!(commit_of("v1.2.3"), None);
+        assert_eq!(commit_of("pkg:oci/shop@1.2.3"), None);
+    }
+
+    #[test]
+    fn sources_round_trip_their_names() {
+        for source in Source::ALL {
+            assert_eq!(Source::parse(source.as_str()), Some(source));
+        }
+        assert_eq!(Source::parse("jenkins"), None);
+    }
 
     #[test]
     fn service_ids_normalise_to_their_last_segment() {

@@ -208,6 +208,8 @@ impl LogDeployment {
                         time: None,
                     })
                     .collect(),
+                revision: self.revision.clone(),
+                source: delivery::Source::Otlp,
             }),
         }
     }

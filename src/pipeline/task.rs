@@ -533,6 +533,7 @@ mod tests {
                     id: format!("change-{id}"),
                     time: Some(at - lead),
                 }],
+                ..Default::default()
             }),
         }
     }

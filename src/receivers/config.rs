@@ -101,6 +101,12 @@ pub struct WebhookReceiverConfig {
     /// Alertmanager's webhook on `POST /alertmanager`. Default: off.
     #[serde(default)]
     pub alertmanager: Option<crate::receivers::sources::alertmanager::AlertmanagerSourceConfig>,
+    /// Argo CD's notifications on `POST /argocd`. Default: off.
+    #[serde(default)]
+    pub argocd: Option<crate::receivers::sources::argocd::ArgocdConfig>,
+    /// Flux's notification-controller (`generic-hmac`) on `POST /flux`. Default: off.
+    #[serde(default)]
+    pub flux: Option<crate::receivers::sources::flux::FluxConfig>,
 }
 
 fn default_webhook_endpoint() -> String {

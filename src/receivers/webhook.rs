@@ -43,6 +43,8 @@ pub fn router(sink: PipelineSink, config: &WebhookReceiverConfig) -> Router {
         gitlab: config.gitlab.clone(),
         pagerduty: config.pagerduty.clone(),
         alertmanager: config.alertmanager.clone(),
+        argocd: config.argocd.clone(),
+        flux: config.flux.clone(),
     };
     let native = super::sources::router(sink.clone(), admission.clone(), max_body, sources);
     Router::new()

@@ -127,8 +127,12 @@ pub fn advise(f: &WindowFigures, window: &str, cutoffs: &Cutoffs, target: Level)
     if let Some(level) = short(f.levels.change_failure_rate, target) {
         let c = &f.failed_by_cause;
         let deployments = f.deployments + f.failed_deployments;
+        let regressions = match c.regression {
+            0 => String::new(),
+            n => format!(", {n} regressions of the service's health after them"),
+        };
         let finding = format!(
-            "{} of {deployments} deployments were failed changes ({}): {} made so by an incident after them, {} rolled back, {} failed deployments; {name} needs at most {}.",
+            "{} of {deployments} deployments were failed changes ({}): {} made so by an incident after them, {} rolled back, {} failed deployments{regressions}; {name} needs at most {}.",
             f.failed_changes,
             format_ratio(f.change_failure_ratio),
             c.incident,
@@ -249,6 +253,7 @@ mod tests {
             incident: 1,
             rolled_back: 3,
             deployment_failed: 1,
+            ..Default::default()
         };
         f.time_to_restore = Quantiles {
             count: 4,
@@ -313,6 +318,7 @@ mod tests {
             incident: 0,
             rolled_back: 1,
             deployment_failed: 4,
+            ..Default::default()
         };
         let advice = advise(&f, "30d", &cutoffs, Level::High);
         assert_eq!(

@@ -395,7 +395,7 @@ pub fn document(report: &Report) -> Vec<Block> {
             doc.push(Block::List(
                 s.recent_failed_changes
                     .iter()
-                    .map(|c| format!("{}: {} (deployment {})", rfc3339(c.at), c.cause, c.outcome))
+                    .map(failed_change_line)
                     .collect(),
             ));
         }
@@ -562,4 +562,43 @@ pub fn html(report: &Report) -> String {
     }
     out.push_str("</body></html>\n");
     out
+}
+
+/// One failed change with why it counts and what that rests on, e.g.
+/// `2024-05-01T12:00:00Z: incident_window (deployment success, from
+/// github, argocd): incident pagerduty:Q1 (pagerduty) opened 2024-...`.
+fn failed_change_line(c: &crate::processors::dora::FailedChange) -> String {
+    let mut evidence = Vec::new();
+    if let Some(r) = &c.evidence.rollback {
+        evidence.push(format!(
+            "rolled back at {} ({})",
+            rfc3339(r.at),
+            r.sources.join(", ")
+        ));
+    }
+    for i in &c.evidence.incidents {
+        evidence.push(format!(
+            "incident {} ({}) opened {}{}",
+            i.id,
+            i.source,
+            rfc3339(i.opened),
+            if i.named_the_artifact {
+                ", naming the artifact"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut line = format!(
+        "{}: {} (deployment {}, from {})",
+        rfc3339(c.at),
+        c.reason.as_str(),
+        c.outcome,
+        c.sources.join(", ")
+    );
+    if !evidence.is_empty() {
+        line.push_str(": ");
+        line.push_str(&evidence.join("; "));
+    }
+    line
 }

@@ -33,6 +33,7 @@ fn report_with_service(name: &str) -> Report {
                 artifact: None,
                 outcome: crate::model::delivery::DeploymentOutcome::Success,
                 changes: Vec::new(),
+                ..Default::default()
             },
         ),
     }]);
@@ -103,6 +104,7 @@ fn teams_get_a_row_of_their_pooled_figures() {
             }],
             rework: false,
             team: None,
+            ..Default::default()
         }),
     };
     let mut dora = crate::processors::dora::DoraProcessor::new(&config);

@@ -204,6 +204,7 @@ fn a_backfilled_month_pages_nobody() {
                     DeploymentOutcome::Success
                 },
                 changes: Vec::new(),
+                ..Default::default()
             }),
         });
         events.push(DeliveryEvent {
@@ -214,6 +215,7 @@ fn a_backfilled_month_pages_nobody() {
                 service: "checkout".into(),
                 environment: "production".into(),
                 artifact: None,
+                details: Default::default(),
             },
         });
         events.push(DeliveryEvent {

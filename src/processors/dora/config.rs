@@ -55,6 +55,16 @@ pub struct DoraConfig {
     /// start another are refused and counted. Default 10 000.
     #[serde(default = "default_max_series")]
     pub max_series: usize,
+    /// Reports of one deployment by several tools (same service,
+    /// environment and commit, different sources) this close to the first
+    /// are one deployment, its sources listed. `0s` counts every report.
+    /// Default `15m`.
+    #[serde(default = "default_deduplicate_within")]
+    pub deduplicate_within: ConfigDuration,
+}
+
+fn default_deduplicate_within() -> ConfigDuration {
+    ConfigDuration::from_secs(15 * 60)
 }
 
 fn default_retention() -> ConfigDuration {
@@ -161,6 +171,7 @@ impl Default for DoraConfig {
             derived_incidents: DerivedIncidentsConfig::default(),
             retention: default_retention(),
             max_series: default_max_series(),
+            deduplicate_within: default_deduplicate_within(),
         }
     }
 }

@@ -35,7 +35,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, Nanos,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
+    Nanos, Source, commit_of,
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
@@ -183,6 +184,118 @@ struct DeploymentRecord {
     changes: Box<[(Key, Option<Nanos>)]>,
     /// Marked as rework by its producer.
     rework: bool,
+    /// The low half of the fingerprint of the commit deployed (0: unknown):
+    /// reports of one deployment by several tools share it.
+    revision: u64,
+    /// The tools that reported it: one as applied, several once reports
+    /// of one deployment are merged.
+    sources: SourceSet,
+}
+
+/// A set of [`Source`]s, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceSet(u16);
+
+impl SourceSet {
+    /// The set of one source.
+    pub fn of(source: Source) -> Self {
+        SourceSet(1 << source as u16)
+    }
+
+    /// Whether `source` is in it.
+    pub fn contains(self, source: Source) -> bool {
+        self.0 & (1 << source as u16) != 0
+    }
+
+    /// Whether any of `other`'s are in it.
+    pub fn meets(self, other: SourceSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Both sets' sources.
+    pub fn union(self, other: SourceSet) -> Self {
+        SourceSet(self.0 | other.0)
+    }
+
+    /// Its sources, in [`Source::ALL`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = Source> {
+        Source::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+
+    /// Its sources' names.
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(Source::as_str).collect()
+    }
+}
+
+/// Why a deployment is a failed change, strongest evidence first: a
+/// deployment with several is counted under the strongest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureReason {
+    /// The deployment itself failed.
+    DeploymentFailed,
+    /// A rollback replaced it.
+    RolledBack,
+    /// An incident named its artifact.
+    IncidentArtifact,
+    /// The service's health regressed after it (`processors.dora.regression`).
+    Regression,
+    /// An incident of its series opened within the failure window after it.
+    IncidentWindow,
+}
+
+impl FailureReason {
+    /// Every reason, strongest first.
+    pub const ALL: [FailureReason; 5] = [
+        FailureReason::DeploymentFailed,
+        FailureReason::RolledBack,
+        FailureReason::IncidentArtifact,
+        FailureReason::Regression,
+        FailureReason::IncidentWindow,
+    ];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::DeploymentFailed => "deployment_failed",
+            FailureReason::RolledBack => "rolled_back",
+            FailureReason::IncidentArtifact => "incident_artifact",
+            FailureReason::Regression => "regression",
+            FailureReason::IncidentWindow => "incident_window",
+        }
+    }
+
+    /// The cause as the API has always named it: `deployment failed`,
+    /// `rolled back`, `incident` (either incident reason) or `regression`.
+    pub const fn cause(self) -> &'static str {
+        match self {
+            FailureReason::DeploymentFailed => "deployment failed",
+            FailureReason::RolledBack => "rolled back",
+            FailureReason::IncidentArtifact | FailureReason::IncidentWindow => "incident",
+            FailureReason::Regression => "regression",
+        }
+    }
+}
+
+impl Serialize for FailureReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Keeps the stronger of `reason` and `found`.
+fn strongest(reason: &mut Option<FailureReason>, found: FailureReason) {
+    *reason = Some(reason.map_or(found, |r| r.min(found)));
+}
+
+/// The commit a deployment names (its revision, else its artifact's), as
+/// kept in a [`DeploymentRecord`].
+fn revision_key(d: &Deployment) -> u64 {
+    d.revision
+        .as_deref()
+        .and_then(commit_of)
+        .or_else(|| d.artifact.as_deref().and_then(commit_of))
+        .map_or(0, |commit| (key(&commit) as u64).max(1))
 }
 
 /// An incident as far as it is known: its open and resolve events may come
@@ -200,6 +313,11 @@ struct Incident {
     /// `incident.reopened`), kept only once an incident is reopened.
     last_resolved: Option<Nanos>,
     reopened: Option<Nanos>,
+    /// Its id, as the open event that set `series` named it: the evidence
+    /// a failed change cites.
+    name: Option<Box<str>>,
+    /// Its source, severity, urgency, priority and labels (from that event).
+    details: IncidentDetails,
 }
 
 impl Incident {
@@ -289,6 +407,8 @@ pub struct FailureCauses {
     pub rolled_back: u64,
     /// The deployment itself failed.
     pub deployment_failed: u64,
+    /// The service's health regressed after it.
+    pub regression: u64,
 }
 
 /// Levels per metric.
@@ -414,6 +534,9 @@ impl HistogramCounts {
 struct Baseline {
     deployments: BTreeMap<&'static str, u64>,
     failed_changes: u64,
+    /// Of `failed_changes`, by reason (checkpoints before reasons were
+    /// kept have none: the rest is `unattributed`).
+    failed_by_reason: BTreeMap<&'static str, u64>,
     lead_times: HistogramCounts,
     incident_durations: HistogramCounts,
 }
@@ -435,10 +558,16 @@ pub struct SeriesFigures {
     pub oldest_open_incident: Option<Nanos>,
     /// The latest failed changes in the longest window, newest first (at most 10).
     pub recent_failed_changes: Vec<FailedChange>,
+    /// The latest deployments in the longest window, newest first (at most
+    /// 10), each with the tools that reported it.
+    pub recent_deployments: Vec<RecentDeployment>,
     /// All deployments ever applied, by outcome.
     pub deployments_total: BTreeMap<&'static str, u64>,
     /// All failed changes ever found.
     pub failed_changes_total: u64,
+    /// ... by reason (the `reason` label; `unattributed` for those pruned
+    /// before reasons were kept).
+    pub failed_changes_by_reason: BTreeMap<&'static str, u64>,
     /// Every lead time, seconds, in the buckets of [`LEAD_TIME_BUCKETS`].
     #[serde(skip)]
     pub lead_times: HistogramCounts,
@@ -493,15 +622,72 @@ pub struct GroupFigures {
     pub windows: Vec<WindowFigures>,
 }
 
-/// A deployment that was a failed change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A deployment that was a failed change, with why it counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailedChange {
     /// When it was deployed (ns since the epoch).
     pub at: Nanos,
     /// Its own outcome (`success` when an incident or rollback made it fail).
     pub outcome: &'static str,
-    /// What made it a failed change: `deployment failed`, `rolled back` or `incident`.
+    /// What made it a failed change: `deployment failed`, `rolled back`,
+    /// `incident` or `regression`.
     pub cause: &'static str,
+    /// The strongest evidence, as the `reason` label names it.
+    pub reason: FailureReason,
+    /// The tools that reported the deployment (several when their reports
+    /// were one deployment).
+    pub sources: Vec<&'static str>,
+    /// What the reason rests on.
+    pub evidence: Evidence,
+}
+
+/// A deployment as the series lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecentDeployment {
+    /// When (ns since the epoch).
+    pub at: Nanos,
+    /// `success`, `failure` or `rollback`.
+    pub outcome: &'static str,
+    /// The tools that reported it (several when their reports were one deployment).
+    pub sources: Vec<&'static str>,
+    /// Why it is a failed change, if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<FailureReason>,
+}
+
+/// What a failed change's reason rests on: the rollback, the incidents
+/// (each with its source) and the regression's figures.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Evidence {
+    /// The rollback that replaced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackEvidence>,
+    /// The incidents attributed to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incidents: Vec<IncidentEvidence>,
+}
+
+/// The rollback behind a failed change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollbackEvidence {
+    /// When it was rolled back (ns since the epoch).
+    pub at: Nanos,
+    /// Who reported the rollback.
+    pub sources: Vec<&'static str>,
+}
+
+/// An incident behind a failed change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IncidentEvidence {
+    /// The incident's id.
+    pub id: String,
+    /// The tool that reported it.
+    pub source: &'static str,
+    /// When it opened (ns since the epoch).
+    pub opened: Nanos,
+    /// Whether it named the deployment's artifact (else it opened within
+    /// the failure window after it).
+    pub named_the_artifact: bool,
 }
 
 /// Production figures of one day (the dashboard's trend).
@@ -547,7 +733,12 @@ struct Deployed {
     /// Rework: unplanned, made because of an incident (rollbacks never are:
     /// they are not changes).
     rework: bool,
-    cause: &'static str,
+    /// Why it is a failed change (set only when it is one).
+    reason: Option<FailureReason>,
+    /// The tools that reported it.
+    sources: SourceSet,
+    /// What the reason rests on (failed changes only: few, so boxed).
+    evidence: Option<Box<Evidence>>,
 }
 
 /// Derived-incident state of one series.
@@ -573,6 +764,8 @@ struct Settings {
     /// Service → team.
     teams: HashMap<String, String>,
     target_level: levels::Level,
+    /// Reports of one commit's deployment within this long of the first are one.
+    deduplicate_within: Nanos,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -643,6 +836,7 @@ impl DoraProcessor {
                     .iter()
                     .map(|(service, team)| (service.clone(), team.clone()))
                     .collect(),
+                deduplicate_within: config.deduplicate_within.get().as_nanos() as Nanos,
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -795,6 +989,7 @@ impl DoraProcessor {
                 service,
                 environment,
                 artifact,
+                details,
             } => {
                 let record = self.incidents.entry(key(incident)).or_default();
                 // Two open events for one incident: the earliest (then the
@@ -804,6 +999,8 @@ impl DoraProcessor {
                     record.series = Some((service.clone(), environment.clone()));
                     record.artifact = artifact.as_deref().map(key);
                     record.opened_by = Some(rank);
+                    record.name = Some(incident.as_str().into());
+                    record.details = details.clone();
                 }
                 record.opened = min_option(record.opened, time);
             }
@@ -825,13 +1022,10 @@ impl DoraProcessor {
                     id,
                     time,
                     &Deployment {
-                        rework: false,
-                        team: None,
                         service: service.clone().unwrap_or(default_service),
                         environment: environment.clone().unwrap_or(default_environment),
-                        artifact: None,
                         outcome: DeploymentOutcome::Failure,
-                        changes: Vec::new(),
+                        ..Default::default()
                     },
                 ),
                 None => self.ignored += 1,
@@ -944,6 +1138,8 @@ impl DoraProcessor {
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             rework: d.rework,
+            revision: revision_key(d),
+            sources: SourceSet::of(d.source),
         };
         // Kept sorted by (time, id) whatever the arrival order; in order
         // (a restore replays sorted history, and deployments mostly come in
@@ -1108,14 +1304,8 @@ impl DoraProcessor {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let history = self.history(deployments, incidents);
-            let figures = self.series_figures(
-                (service, environment),
-                deployments,
-                incidents,
-                &history,
-                now,
-                trend,
-            );
+            let figures =
+                self.series_figures((service, environment), incidents, &history, now, trend);
             histories.push((service.to_string(), environment.to_string(), history));
             series.push(figures);
         }
@@ -1220,30 +1410,119 @@ impl DoraProcessor {
             .collect()
     }
 
+    /// The deployments with the reports of one deployment by several tools
+    /// merged: records of one commit from sources not yet in its group (or
+    /// from one that reported the same instant), within
+    /// `deduplicate_within` of the group's first, are one deployment
+    /// (the first's time, every source, the worst outcome: failure, then
+    /// rollback, then success; the first artifact named; every linked
+    /// change; of the artifacts, one that links changes). Decided on the sorted history, so the order of arrival
+    /// does not matter; without any such reports, nothing is copied.
+    fn merge_reports<'a>(
+        &self,
+        deployments: &'a [DeploymentRecord],
+    ) -> std::borrow::Cow<'a, [DeploymentRecord]> {
+        use std::borrow::Cow;
+        let within = self.settings.deduplicate_within;
+        if within <= 0 {
+            return Cow::Borrowed(deployments);
+        }
+        // Commit → its latest group: its first record, and the time and
+        // sources of each record in it.
+        let mut groups: HashMap<u64, (usize, Vec<(Nanos, SourceSet)>)> = HashMap::new();
+        // Per record, the first record of the group it joined.
+        let mut joined: Vec<Option<usize>> = Vec::new();
+        for (i, d) in deployments.iter().enumerate() {
+            if d.revision == 0 {
+                continue;
+            }
+            match groups.get_mut(&d.revision) {
+                // A tool new to the group, or one reporting the same
+                // instant again (Argo CD's degraded health of a sync it
+                // reported deployed): the same deployment.
+                Some((first, members))
+                    if d.time - deployments[*first].time <= within
+                        && members
+                            .iter()
+                            .all(|&(t, s)| !s.meets(d.sources) || t == d.time) =>
+                {
+                    members.push((d.time, d.sources));
+                    if joined.is_empty() {
+                        joined = vec![None; deployments.len()];
+                    }
+                    joined[i] = Some(*first);
+                }
+                _ => {
+                    groups.insert(d.revision, (i, vec![(d.time, d.sources)]));
+                }
+            }
+        }
+        if joined.is_empty() {
+            return Cow::Borrowed(deployments);
+        }
+        let rank = |o: DeploymentOutcome| match o {
+            DeploymentOutcome::Failure => 2,
+            DeploymentOutcome::Rollback => 1,
+            DeploymentOutcome::Success => 0,
+        };
+        // Index in `out` of each group's first record.
+        let mut at: Vec<usize> = vec![usize::MAX; deployments.len()];
+        let mut out: Vec<DeploymentRecord> = Vec::with_capacity(deployments.len());
+        for (i, d) in deployments.iter().enumerate() {
+            let Some(first) = joined[i] else {
+                at[i] = out.len();
+                out.push(d.clone());
+                continue;
+            };
+            let group = &mut out[at[first]];
+            group.sources = group.sources.union(d.sources);
+            if rank(d.outcome) > rank(group.outcome) {
+                group.outcome = d.outcome;
+            }
+            // The artifact that links changes wins (a GitOps tool's may
+            // name the repository in a form no push did).
+            let linked = |a: Option<Key>| a.is_some_and(|a| self.artifact_changes.contains_key(&a));
+            if d.artifact.is_some()
+                && (group.artifact.is_none() || (!linked(group.artifact) && linked(d.artifact)))
+            {
+                group.artifact = d.artifact;
+            }
+            group.rework |= d.rework;
+            if !d.changes.is_empty() {
+                let mut changes = group.changes.to_vec();
+                for change in d.changes.iter() {
+                    if !changes.iter().any(|c| c.0 == change.0) {
+                        changes.push(*change);
+                    }
+                }
+                group.changes = changes.into_boxed_slice();
+            }
+        }
+        Cow::Owned(out)
+    }
+
     /// What one series' history says, before any window is applied.
     fn history(&self, deployments: &[DeploymentRecord], incidents: &[&Incident]) -> History {
+        let merged = self.merge_reports(deployments);
+        let deployments: &[DeploymentRecord] = &merged;
         let counted = |d: &DeploymentRecord| d.outcome != DeploymentOutcome::Rollback;
         let failure_window = self.settings.failure_window;
 
-        // Which deployments are failed changes, and the incidents that made them so.
-        let mut failed: Vec<bool> = deployments
+        // Which deployments are failed changes, why, and the incidents that
+        // made them so (with whether they named the artifact).
+        let mut reasons: Vec<Option<FailureReason>> = deployments
             .iter()
-            .map(|d| d.outcome == DeploymentOutcome::Failure)
-            .collect();
-        let mut causes: Vec<&'static str> = deployments
-            .iter()
-            .map(|d| match d.outcome {
-                DeploymentOutcome::Failure => "deployment failed",
-                _ => "",
+            .map(|d| {
+                (d.outcome == DeploymentOutcome::Failure).then_some(FailureReason::DeploymentFailed)
             })
             .collect();
-        let mut failing_incidents: Vec<Vec<&Incident>> = vec![Vec::new(); deployments.len()];
+        let mut rolled_back_by: Vec<Option<usize>> = vec![None; deployments.len()];
+        let mut failing_incidents: Vec<Vec<(&Incident, bool)>> =
+            vec![Vec::new(); deployments.len()];
         for (i, d) in deployments.iter().enumerate().skip(1) {
             if d.outcome == DeploymentOutcome::Rollback && counted(&deployments[i - 1]) {
-                failed[i - 1] = true;
-                if causes[i - 1].is_empty() {
-                    causes[i - 1] = "rolled back";
-                }
+                strongest(&mut reasons[i - 1], FailureReason::RolledBack);
+                rolled_back_by[i - 1] = Some(i);
             }
         }
         for incident in incidents {
@@ -1263,13 +1542,19 @@ impl DoraProcessor {
                 && counted(&deployments[i])
                 && opened - deployments[i].time <= failure_window
             {
-                failed[i] = true;
-                failing_incidents[i].push(incident);
-                if causes[i].is_empty() {
-                    causes[i] = "incident";
-                }
+                let named = by_artifact == Some(i);
+                strongest(
+                    &mut reasons[i],
+                    if named {
+                        FailureReason::IncidentArtifact
+                    } else {
+                        FailureReason::IncidentWindow
+                    },
+                );
+                failing_incidents[i].push((incident, named));
             }
         }
+        let failed: Vec<bool> = reasons.iter().map(Option::is_some).collect();
 
         // Rework: marked so, or (as configured) the next deployment after an
         // incident of the series opened, while it is still open: the fix.
@@ -1398,7 +1683,7 @@ impl DoraProcessor {
                 } else {
                     failing_incidents[i]
                         .iter()
-                        .map(|inc| inc.restored())
+                        .map(|(inc, _)| inc.restored())
                         .collect::<Option<Vec<_>>>()
                         .and_then(|times| times.into_iter().max())
                 };
@@ -1412,14 +1697,37 @@ impl DoraProcessor {
         History {
             deployments: deployments
                 .iter()
-                .zip(failed.iter().zip(causes))
+                .enumerate()
+                .zip(reasons)
                 .zip(rework)
-                .map(|((d, (&failed, cause)), rework)| Deployed {
-                    time: d.time,
-                    outcome: d.outcome,
-                    failed: failed && counted(d),
-                    rework,
-                    cause,
+                .map(|(((i, d), reason), rework)| {
+                    let reason = reason.filter(|_| counted(d));
+                    let evidence = reason.map(|_| {
+                        Box::new(Evidence {
+                            rollback: rolled_back_by[i].map(|r| RollbackEvidence {
+                                at: deployments[r].time,
+                                sources: deployments[r].sources.names(),
+                            }),
+                            incidents: failing_incidents[i]
+                                .iter()
+                                .map(|(incident, named)| IncidentEvidence {
+                                    id: incident.name.as_deref().unwrap_or_default().to_string(),
+                                    source: incident.details.source.as_str(),
+                                    opened: incident.opened.unwrap_or_default(),
+                                    named_the_artifact: *named,
+                                })
+                                .collect(),
+                        })
+                    });
+                    Deployed {
+                        time: d.time,
+                        outcome: d.outcome,
+                        failed: reason.is_some(),
+                        rework,
+                        reason,
+                        sources: d.sources,
+                        evidence,
+                    }
                 })
                 .collect(),
             lead_times,
@@ -1466,12 +1774,14 @@ impl DoraProcessor {
                 counted_in += 1;
                 failed_in += u64::from(d.failed);
                 rework_in += u64::from(d.rework);
-                if d.failed {
-                    match d.cause {
-                        "rolled back" => causes.rolled_back += 1,
-                        "deployment failed" => causes.deployment_failed += 1,
-                        _ => causes.incident += 1,
+                match d.reason {
+                    Some(FailureReason::RolledBack) => causes.rolled_back += 1,
+                    Some(FailureReason::DeploymentFailed) => causes.deployment_failed += 1,
+                    Some(FailureReason::Regression) => causes.regression += 1,
+                    Some(FailureReason::IncidentArtifact | FailureReason::IncidentWindow) => {
+                        causes.incident += 1
                     }
+                    None => {}
                 }
             }
         }
@@ -1537,7 +1847,6 @@ impl DoraProcessor {
     fn series_figures(
         &self,
         (service, environment): (&str, &str),
-        deployments: &[DeploymentRecord],
         incidents: &[&Incident],
         history: &History,
         now: Nanos,
@@ -1562,10 +1871,29 @@ impl DoraProcessor {
             .rev()
             .filter(|d| d.failed && d.time > now - longest && d.time <= now)
             .take(RECENT_FAILED_CHANGES)
-            .map(|d| FailedChange {
+            .filter_map(|d| {
+                let reason = d.reason?;
+                Some(FailedChange {
+                    at: d.time,
+                    outcome: d.outcome.as_str(),
+                    cause: reason.cause(),
+                    reason,
+                    sources: d.sources.names(),
+                    evidence: d.evidence.as_deref().cloned().unwrap_or_default(),
+                })
+            })
+            .collect();
+        let recent_deployments = history
+            .deployments
+            .iter()
+            .rev()
+            .filter(|d| d.time > now - longest && d.time <= now)
+            .take(RECENT_FAILED_CHANGES)
+            .map(|d| RecentDeployment {
                 at: d.time,
                 outcome: d.outcome.as_str(),
-                cause: d.cause,
+                sources: d.sources.names(),
+                failed: d.reason,
             })
             .collect();
 
@@ -1584,8 +1912,27 @@ impl DoraProcessor {
                 .unwrap_or(0);
             deployments_total.insert(
                 outcome.as_str(),
-                pruned + deployments.iter().filter(|d| d.outcome == outcome).count() as u64,
+                pruned
+                    + history
+                        .deployments
+                        .iter()
+                        .filter(|d| d.outcome == outcome)
+                        .count() as u64,
             );
+        }
+        let mut failed_changes_by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for reason in history.deployments.iter().filter_map(|d| d.reason) {
+            *failed_changes_by_reason.entry(reason.as_str()).or_default() += 1;
+        }
+        if let Some(b) = baseline {
+            for (reason, count) in &b.failed_by_reason {
+                *failed_changes_by_reason.entry(reason).or_default() += count;
+            }
+            let attributed: u64 = b.failed_by_reason.values().sum();
+            if b.failed_changes > attributed {
+                *failed_changes_by_reason.entry("unattributed").or_default() +=
+                    b.failed_changes - attributed;
+            }
         }
         let mut lead_histogram = HistogramCounts::new(&LEAD_TIME_BUCKETS);
         for &(_, lead) in &history.lead_times {
@@ -1612,9 +1959,11 @@ impl DoraProcessor {
             open_incidents: open.len() as u64,
             oldest_open_incident: open.iter().min().copied(),
             recent_failed_changes,
+            recent_deployments,
             deployments_total,
             failed_changes_total: baseline.map_or(0, |b| b.failed_changes)
                 + history.deployments.iter().filter(|d| d.failed).count() as u64,
+            failed_changes_by_reason,
             lead_times: lead_histogram,
             incident_durations: incident_histogram,
         }
@@ -1697,6 +2046,16 @@ impl DoraProcessor {
             }
             let left = remaining.map_or(0, |r| r.failed_changes_total);
             baseline.failed_changes += series.failed_changes_total.saturating_sub(left);
+            for (reason, total) in &series.failed_changes_by_reason {
+                if *reason == "unattributed" {
+                    continue;
+                }
+                let left = remaining
+                    .and_then(|r| r.failed_changes_by_reason.get(reason))
+                    .copied()
+                    .unwrap_or(0);
+                *baseline.failed_by_reason.entry(reason).or_default() += total.saturating_sub(left);
+            }
             let empty_lead = HistogramCounts::new(&LEAD_TIME_BUCKETS);
             let empty_incident = HistogramCounts::new(&INCIDENT_BUCKETS);
             baseline.lead_times.add(
@@ -1782,6 +2141,10 @@ impl DoraProcessor {
                             service: series.service.clone(),
                             environment: series.environment.clone(),
                             artifact: None,
+                            details: crate::model::delivery::IncidentDetails {
+                                source: crate::model::delivery::Source::Doraflow,
+                                ..Default::default()
+                            },
                         },
                     });
                     state.open = Some(incident);
@@ -1850,5 +2213,7 @@ fn quantiles(durations: impl Iterator<Item = Nanos>) -> Quantiles {
     }
 }
 
+#[cfg(test)]
+mod attribution_tests;
 #[cfg(test)]
 mod tests;

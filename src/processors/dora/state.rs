@@ -12,7 +12,8 @@ use super::{
     INCIDENT_BUCKETS, Incident, Key, KeyMap, LEAD_TIME_BUCKETS,
 };
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, LinkedChange,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
+    LinkedChange, Source,
 };
 use crate::proto::{self, event_record::Kind};
 
@@ -152,6 +153,8 @@ impl DoraProcessor {
                                     })
                                     .collect(),
                                 rework: d.rework,
+                                revision: d.revision,
+                                source: source_name(d.sources.iter().next().unwrap_or_default()),
                             })
                             .collect(),
                     },
@@ -172,6 +175,8 @@ impl DoraProcessor {
                     // Kept where it differs from the earliest resolution.
                     last_resolved_ns: i.last_resolved.filter(|&l| Some(l) != i.resolved),
                     reopened_ns: i.reopened,
+                    name: i.name.as_deref().map(str::to_string),
+                    details: details_record(&i.details),
                 })
                 .collect(),
             derived: self
@@ -232,6 +237,11 @@ impl DoraProcessor {
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
                 failed_changes: b.failed_changes,
+                failed_changes_by_reason: b
+                    .failed_by_reason
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect(),
                 lead_times: Some(to_histogram(&b.lead_times)),
                 incident_durations: Some(to_histogram(&b.incident_durations)),
             })
@@ -289,6 +299,17 @@ impl DoraProcessor {
                 Baseline {
                     deployments,
                     failed_changes: b.failed_changes,
+                    failed_by_reason: b
+                        .failed_changes_by_reason
+                        .iter()
+                        .map(|(label, count)| {
+                            super::FailureReason::ALL
+                                .into_iter()
+                                .find(|r| r.as_str() == label)
+                                .map(|r| (r.as_str(), *count))
+                                .ok_or_else(|| format!("{what}: unknown reason `{label}`"))
+                        })
+                        .collect::<Result<_, String>>()?,
                     lead_times: from_histogram(
                         b.lead_times.as_ref(),
                         &LEAD_TIME_BUCKETS,
@@ -322,6 +343,8 @@ impl DoraProcessor {
                         .collect::<Result<Vec<_>, String>>()?
                         .into_boxed_slice(),
                     rework: d.rework,
+                    revision: d.revision,
+                    sources: super::SourceSet::of(from_source_name(&d.source)?),
                 };
                 if records.last().is_some_and(|p: &DeploymentRecord| {
                     (p.time, p.order) > (record.time, record.order)
@@ -366,6 +389,8 @@ impl DoraProcessor {
                     resolved: i.resolved_ns,
                     last_resolved: i.last_resolved_ns.or(i.resolved_ns),
                     reopened: i.reopened_ns,
+                    name: i.name.as_deref().map(Box::from),
+                    details: from_details_record(i.details.as_ref())?,
                 },
             );
         }
@@ -455,6 +480,8 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             artifact: d.artifact.clone(),
             rework: d.rework,
             team: d.team.clone(),
+            revision: d.revision.clone(),
+            source: source_name(d.source),
             outcome: to_outcome(d.outcome),
             changes: d
                 .changes
@@ -480,11 +507,13 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             service,
             environment,
             artifact,
+            details,
         } => Kind::IncidentOpened(proto::IncidentOpenedEvent {
             incident: incident.clone(),
             service: service.clone(),
             environment: environment.clone(),
             artifact: artifact.clone(),
+            details: details_record(details),
         }),
         DeliveryKind::Revision {
             revision,
@@ -531,12 +560,66 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
     }
 }
 
+/// A source's name in a record; the default (`cdevents`) is left empty.
+fn source_name(source: Source) -> String {
+    match source {
+        Source::Cdevents => String::new(),
+        other => other.as_str().to_string(),
+    }
+}
+
+fn from_source_name(name: &str) -> Result<Source, String> {
+    if name.is_empty() {
+        return Ok(Source::Cdevents);
+    }
+    Source::parse(name).ok_or_else(|| format!("unknown source `{name}`"))
+}
+
+/// An incident's details in a record, none if only the default source is known.
+fn details_record(details: &IncidentDetails) -> Option<proto::IncidentDetailsRecord> {
+    (details != &IncidentDetails::default()).then(|| proto::IncidentDetailsRecord {
+        source: source_name(details.source),
+        severity: details.severity.clone(),
+        urgency: details.urgency.clone(),
+        priority: details.priority.clone(),
+        labels: details
+            .labels
+            .iter()
+            .map(|(name, value)| proto::LabelRecord {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+    })
+}
+
+fn from_details_record(
+    record: Option<&proto::IncidentDetailsRecord>,
+) -> Result<IncidentDetails, String> {
+    let Some(r) = record else {
+        return Ok(IncidentDetails::default());
+    };
+    Ok(IncidentDetails {
+        source: from_source_name(&r.source)?,
+        severity: r.severity.clone(),
+        urgency: r.urgency.clone(),
+        priority: r.priority.clone(),
+        labels: r
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect(),
+    })
+}
+
 /// A log record back as a delivery event.
 pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, String> {
     let kind = match record.kind {
         Some(Kind::Deployment(d)) => DeliveryKind::Deployment(Deployment {
             rework: d.rework,
             team: d.team,
+            revision: d.revision,
+            source: from_source_name(&d.source)?,
             service: d.service,
             environment: d.environment,
             artifact: d.artifact,
@@ -567,6 +650,7 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
             service: i.service,
             environment: i.environment,
             artifact: i.artifact,
+            details: from_details_record(i.details.as_ref())?,
         },
         Some(Kind::Revision(r)) => DeliveryKind::Revision {
             revision: r.revision,

@@ -47,6 +47,7 @@ fn deploy(
             artifact: Some(artifact.into()),
             outcome,
             changes: Vec::new(),
+            ..Default::default()
         }),
     )
 }
@@ -93,6 +94,7 @@ fn opened(id: &str, time: Nanos, incident: &str, artifact: Option<&str>) -> Deli
             service: "checkout".into(),
             environment: "production".into(),
             artifact: artifact.map(Into::into),
+            details: Default::default(),
         },
     )
 }
@@ -484,6 +486,7 @@ fn the_earliest_open_event_says_what_an_incident_affects() {
             service: "cart".into(),
             environment: "production".into(),
             artifact: None,
+            details: Default::default(),
         },
     );
     let first = opened("i-open-1", t(2, 1), "i", None);
@@ -517,6 +520,7 @@ fn deploy_of(
                 id: format!("{id}-change"),
                 time: Some(time - lead),
             }],
+            ..Default::default()
         }),
     )
 }
@@ -550,6 +554,7 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
                 artifact: None,
                 outcome: Success,
                 changes: Vec::new(),
+                ..Default::default()
             }),
         ),
     ]);
@@ -582,7 +587,10 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
         vec![FailedChange {
             at: t(12, 8),
             outcome: "failure",
-            cause: "deployment failed"
+            cause: "deployment failed",
+            reason: FailureReason::DeploymentFailed,
+            sources: vec!["cdevents"],
+            evidence: Evidence::default(),
         }]
     );
     assert_eq!(
@@ -631,7 +639,7 @@ fn the_daily_trend_buckets_production_days_back_from_now() {
 }
 
 /// Checkpoints `dora` through the wire format into a fresh processor.
-fn through_checkpoint(dora: &DoraProcessor, config: &DoraConfig) -> DoraProcessor {
+pub(super) fn through_checkpoint(dora: &DoraProcessor, config: &DoraConfig) -> DoraProcessor {
     use prost::Message;
     let bytes = dora.to_state().encode_to_vec();
     let state = crate::proto::DoraState::decode(bytes.as_slice()).unwrap();
@@ -1029,6 +1037,7 @@ fn teams_and_the_organisation_pool_their_series_not_average_them() {
                 service: "cart".into(),
                 environment: "production".into(),
                 artifact: None,
+                details: Default::default(),
             },
         ),
         resolved("k-res", t(2, 3), "k-inc"),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{FieldError, Outcome, emit, field_error, optional_text, text, time};
 use crate::settings::Secret;
@@ -67,6 +67,14 @@ pub fn verify(
 
 /// Translates one notification.
 pub fn translate(config: &AlertmanagerSourceConfig, body: &Value) -> Result<Outcome, FieldError> {
+    translate_payload(config, body)
+        .map(|outcome| outcome.stamped(crate::model::delivery::Source::Alertmanager))
+}
+
+fn translate_payload(
+    config: &AlertmanagerSourceConfig,
+    body: &Value,
+) -> Result<Outcome, FieldError> {
     match body.get("version").and_then(Value::as_str) {
         Some("4") => {}
         Some(other) => {
@@ -115,8 +123,8 @@ pub fn translate(config: &AlertmanagerSourceConfig, body: &Value) -> Result<Outc
         let started = time(alert, "startsAt").map_err(in_alert)?;
         let incident = format!("alertmanager:{fingerprint}:{started}");
         let status = text(alert, "status").map_err(in_alert)?;
-        match status {
-            "firing" => events.push(emit::incident_opened(
+        let opened = || {
+            let mut event = emit::incident_opened(
                 &format!("{incident}:firing"),
                 source,
                 &started,
@@ -125,21 +133,29 @@ pub fn translate(config: &AlertmanagerSourceConfig, body: &Value) -> Result<Outc
                 &incident,
                 optional_text(alert, "annotations.summary"),
                 false,
-            )),
+            );
+            // What the incident filters read: the `severity` label, and
+            // every label (strings only, as Alertmanager sends them).
+            if let Some(severity) = label("severity").filter(|s| !s.is_empty()) {
+                event["customData"]["severity"] = json!(severity);
+            }
+            if let Some(Value::Object(labels)) = alert.get("labels") {
+                let labels: serde_json::Map<String, Value> = labels
+                    .iter()
+                    .filter(|(_, v)| v.is_string())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                event["customData"]["labels"] = Value::Object(labels);
+            }
+            event
+        };
+        match status {
+            "firing" => events.push(opened()),
             "resolved" => {
                 let ended = time(alert, "endsAt").map_err(in_alert)?;
                 // A resolved alert opened too: the firing notification may
                 // never have come (doraflow started later, or it was lost).
-                events.push(emit::incident_opened(
-                    &format!("{incident}:firing"),
-                    source,
-                    &started,
-                    service,
-                    environment,
-                    &incident,
-                    optional_text(alert, "annotations.summary"),
-                    false,
-                ));
+                events.push(opened());
                 events.push(emit::incident_resolved(
                     &format!("{incident}:resolved"),
                     source,
@@ -229,6 +245,16 @@ mod tests {
                 service: "checkout".into(),
                 environment: "production".into(),
                 artifact: None,
+                details: crate::model::delivery::IncidentDetails {
+                    source: crate::model::delivery::Source::Alertmanager,
+                    severity: Some("page".into()),
+                    labels: vec![
+                        ("alertname".into(), "HighErrorRate".into()),
+                        ("service".into(), "checkout".into()),
+                        ("severity".into(), "page".into()),
+                    ],
+                    ..Default::default()
+                },
             }
         );
         let resolved = notification(

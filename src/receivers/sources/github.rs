@@ -174,6 +174,15 @@ pub fn translate(
     headers: &HeaderMap,
     body: &Value,
 ) -> Result<Outcome, FieldError> {
+    translate_payload(config, headers, body)
+        .map(|outcome| outcome.stamped(crate::model::delivery::Source::Github))
+}
+
+fn translate_payload(
+    config: &GithubConfig,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Result<Outcome, FieldError> {
     let event = headers
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())

@@ -146,6 +146,15 @@ pub fn translate(
     headers: &HeaderMap,
     body: &Value,
 ) -> Result<Outcome, FieldError> {
+    translate_payload(config, headers, body)
+        .map(|outcome| outcome.stamped(crate::model::delivery::Source::Gitlab))
+}
+
+fn translate_payload(
+    config: &GitlabConfig,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Result<Outcome, FieldError> {
     let event = headers
         .get("x-gitlab-event")
         .and_then(|v| v.to_str().ok())

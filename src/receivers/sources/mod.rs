@@ -8,6 +8,8 @@
 //!   merged merge requests).
 //! - [`pagerduty`]: `POST /pagerduty` (incidents, Webhooks v3).
 //! - [`alertmanager`]: `POST /alertmanager` (alerts as incidents).
+//! - [`argocd`]: `POST /argocd` (Argo CD notifications: syncs as deployments).
+//! - [`flux`]: `POST /flux` (Flux's notification-controller, `generic-hmac`).
 //!
 //! Translating into CDEvents rather than straight into the model is what
 //! keeps the tiers one: a sidecar forwards on its Kafka exporter exactly
@@ -18,6 +20,8 @@
 //! repository's and the organisation's) are one event.
 
 pub mod alertmanager;
+pub mod argocd;
+pub mod flux;
 pub mod github;
 pub mod gitlab;
 pub mod pagerduty;
@@ -48,6 +52,26 @@ pub enum Outcome {
     Ignored(String),
     /// Answered and nothing applied (GitHub's `ping`).
     Pong(Value),
+}
+
+impl Outcome {
+    /// The events marked as `source`'s (`customData.source`), so the tool's
+    /// name goes with them through the Kafka hop to the report.
+    pub fn stamped(mut self, source: crate::model::delivery::Source) -> Outcome {
+        if let Outcome::Events(events) = &mut self {
+            for event in events {
+                if let Some(custom) = event.get_mut("customData").and_then(Value::as_object_mut) {
+                    custom.insert("source".to_string(), json!(source.as_str()));
+                } else if let Some(map) = event.as_object_mut() {
+                    map.insert(
+                        "customData".to_string(),
+                        json!({ "source": source.as_str() }),
+                    );
+                }
+            }
+        }
+        self
+    }
 }
 
 /// A field doraflow needs that a payload lacks or has wrong: a 400 naming it.
@@ -474,6 +498,10 @@ pub struct NativeSources {
     pub pagerduty: Option<pagerduty::PagerdutyConfig>,
     /// `POST /alertmanager`.
     pub alertmanager: Option<alertmanager::AlertmanagerSourceConfig>,
+    /// `POST /argocd`.
+    pub argocd: Option<argocd::ArgocdConfig>,
+    /// `POST /flux`.
+    pub flux: Option<flux::FluxConfig>,
 }
 
 /// The native routes `config` turns on, sharing the listener's admission.
@@ -505,6 +533,12 @@ pub(super) fn router(
             "/alertmanager",
             post(route::<alertmanager::AlertmanagerSourceConfig>),
         );
+    }
+    if config.argocd.is_some() {
+        router = router.route("/argocd", post(route::<argocd::ArgocdConfig>));
+    }
+    if config.flux.is_some() {
+        router = router.route("/flux", post(route::<flux::FluxConfig>));
     }
     router.with_state(shared)
 }
@@ -574,6 +608,32 @@ impl Source for alertmanager::AlertmanagerSourceConfig {
     }
     fn translate(&self, _: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
         alertmanager::translate(self, body)
+    }
+}
+
+impl Source for argocd::ArgocdConfig {
+    const NAME: &'static str = "argocd";
+    fn section(config: &NativeSources) -> Option<&Self> {
+        config.argocd.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        argocd::verify(self, headers, body)
+    }
+    fn translate(&self, _: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        argocd::translate(self, body)
+    }
+}
+
+impl Source for flux::FluxConfig {
+    const NAME: &'static str = "flux";
+    fn section(config: &NativeSources) -> Option<&Self> {
+        config.flux.as_ref()
+    }
+    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        flux::verify(self, headers, body)
+    }
+    fn translate(&self, _: &HeaderMap, body: &Value) -> Result<Outcome, FieldError> {
+        flux::translate(self, body)
     }
 }
 

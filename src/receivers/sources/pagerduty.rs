@@ -86,6 +86,11 @@ pub fn verify(
 
 /// Translates one delivery.
 pub fn translate(config: &PagerdutyConfig, body: &Value) -> Result<Outcome, FieldError> {
+    translate_payload(config, body)
+        .map(|outcome| outcome.stamped(crate::model::delivery::Source::Pagerduty))
+}
+
+fn translate_payload(config: &PagerdutyConfig, body: &Value) -> Result<Outcome, FieldError> {
     let event_type = text(body, "event.event_type")?;
     let reopened = match event_type {
         "pagey.ping" => return Ok(Outcome::Pong(json!({ "pong": true }))),
@@ -107,7 +112,7 @@ pub fn translate(config: &PagerdutyConfig, body: &Value) -> Result<Outcome, Fiel
             None => time(body, "event.occurred_at")?,
         }
     };
-    Ok(Outcome::Events(vec![emit::incident_opened(
+    let mut event = emit::incident_opened(
         &format!("pagerduty:{event_id}"),
         &source(body),
         &at,
@@ -116,7 +121,16 @@ pub fn translate(config: &PagerdutyConfig, body: &Value) -> Result<Outcome, Fiel
         &incident,
         optional_text(body, "event.data.title"),
         reopened,
-    )]))
+    );
+    // What the incident filters read: `high` or `low`, and `P1`..`P5`
+    // where the account uses priorities.
+    if let Some(urgency) = optional_text(body, "event.data.urgency") {
+        event["customData"]["urgency"] = json!(urgency);
+    }
+    if let Some(priority) = optional_text(body, "event.data.priority.summary") {
+        event["customData"]["priority"] = json!(priority);
+    }
+    Ok(Outcome::Events(vec![event]))
 }
 
 fn resolved(config: &PagerdutyConfig, body: &Value) -> Result<Outcome, FieldError> {
@@ -217,6 +231,11 @@ mod tests {
                 service: "checkout".into(),
                 environment: "production".into(),
                 artifact: None,
+                details: crate::model::delivery::IncidentDetails {
+                    source: crate::model::delivery::Source::Pagerduty,
+                    urgency: Some("high".into()),
+                    ..Default::default()
+                },
             }
         );
         let resolved = decoded(
