@@ -448,7 +448,11 @@ async fn a_full_pipeline_pauses_the_partitions_and_loses_nothing() {
         "exporters: [prometheus] }",
         "exporters: [prometheus], queue_size: 1 }",
     );
-    let doraflow = Doraflow::start_yaml(&config, prometheus, 0, 0);
+    // The engine held 5 ms after each batch (a debug-build test aid): the
+    // one-batch queue fills for certain, not only when the scheduler lets
+    // the consumer run ahead.
+    let hold = [("DORAFLOW_TEST_ENGINE_HOLD_MS", "5")];
+    let doraflow = Doraflow::start_yaml_env(&config, prometheus, 0, 0, &hold);
     common::eventually_within("every span counted", Duration::from_secs(180), || {
         let m = doraflow.metrics();
         requests(&m, "svc0") + requests(&m, "svc1") >= 5_000.0

@@ -245,6 +245,15 @@ impl Engine {
                 .map_or(hour, |d| d.prune_interval()),
         );
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A test aid, in debug builds only: the back-pressure tests hold the
+        // engine this long after each batch, so that the queue fills for
+        // certain on any machine rather than when the scheduler happens to
+        // let it.
+        #[cfg(debug_assertions)]
+        let hold = std::env::var("DORAFLOW_TEST_ENGINE_HOLD_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis);
         loop {
             tokio::select! {
                 // Reads first: a scrape must not wait behind a full queue.
@@ -263,6 +272,10 @@ impl Engine {
                     depth.set(data.len() as f64);
                     let now = self.clock.now_ns();
                     let applied = self.apply(&item, now, source.as_ref());
+                    #[cfg(debug_assertions)]
+                    if let Some(hold) = hold {
+                        tokio::time::sleep(hold).await;
+                    }
                     if let Some((permit, forward)) = forward {
                         permit.send(forward);
                     }

@@ -152,6 +152,17 @@ pipelines:
     /// `prometheus`, and waits until it is ready. Other ports are as given
     /// (0 where the config has no such listener).
     pub fn start_yaml(config_text: &str, prometheus: u16, grpc: u16, webhook: u16) -> Doraflow {
+        Self::start_yaml_env(config_text, prometheus, grpc, webhook, &[])
+    }
+
+    /// As [`Doraflow::start_yaml`], with these environment variables set.
+    pub fn start_yaml_env(
+        config_text: &str,
+        prometheus: u16,
+        grpc: u16,
+        webhook: u16,
+        env: &[(&str, &str)],
+    ) -> Doraflow {
         let dir = TempDir::new("yaml");
         let config = dir.0.join("doraflow.yaml");
         std::fs::write(&config, config_text).expect("write config");
@@ -163,6 +174,7 @@ pipelines:
                 "DORAFLOW_LOG",
                 std::env::var("DORAFLOW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
