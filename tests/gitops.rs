@@ -10,13 +10,14 @@ mod common;
 
 use std::path::Path;
 
-use common::sources::sign;
+use common::sources::{page_with_urgency, sign};
 use common::{Doraflow, TempDir, free_port, rfc3339, unix_now};
 use serde_json::{Value, json};
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const ARGOCD_TOKEN: &str = "argocd notifications token";
 const FLUX_TOKEN: &str = "flux provider token";
+const PAGERDUTY_SECRET: &str = "pagerduty signing secret";
 
 fn start(dir: &TempDir) -> Doraflow {
     let secret = |name: &str, value: &str| {
@@ -24,10 +25,11 @@ fn start(dir: &TempDir) -> Doraflow {
         std::fs::write(&path, value).unwrap();
         path.display().to_string()
     };
-    let (github, argocd, flux) = (
+    let (github, argocd, flux, pagerduty) = (
         secret("github", GITHUB_SECRET),
         secret("argocd", ARGOCD_TOKEN),
         secret("flux", FLUX_TOKEN),
+        secret("pagerduty", PAGERDUTY_SECRET),
     );
     let (prometheus, webhook) = (free_port(), free_port());
     let config = format!(
@@ -41,8 +43,13 @@ fn start(dir: &TempDir) -> Doraflow {
     flux:
       secret: \"${{file:{flux}}}\"
       environments: {{ apps/podinfo: production }}
+    pagerduty:
+      secret: \"${{file:{pagerduty}}}\"
+      services: {{ \"Shop API\": podinfo }}
 processors:
-  dora: {{ windows: [7d, 30d] }}
+  dora:
+    windows: [7d, 30d]
+    incident_filters: {{ pagerduty: {{ urgency: [high] }} }}
 exporters:
   prometheus: {{ endpoint: \"127.0.0.1:{prometheus}\" }}
 pipelines:
@@ -453,4 +460,60 @@ async fn flux_events_count_only_with_the_providers_signature() {
         "deployment_failed"
     );
     assert_eq!(podinfo["windows"][0]["change_failure_ratio"], 0.5);
+}
+
+#[tokio::test]
+async fn only_high_urgency_pages_count_when_the_filter_says_so() {
+    let dir = TempDir::new("gitops-filters");
+    let doraflow = start(&dir);
+    let client = reqwest::Client::new();
+    let now = unix_now();
+    let first = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+    let second = "0123456789abcdef0123456789abcdef01234567";
+    for (revision, at) in [(first, now - 6 * 3_600), (second, now - 3 * 3_600)] {
+        let body = flux_event("ReconciliationSucceeded", "info", revision, at);
+        let signed = [("x-signature", sign(FLUX_TOKEN, &body))];
+        assert_eq!(
+            post(&client, &doraflow, "/flux", &signed, body).await.0,
+            202
+        );
+    }
+    // A low-urgency page after the first deployment, a high-urgency one
+    // after the second, each resolved 20 minutes later.
+    let port = doraflow.webhook;
+    for (urgency, incident, opened) in [
+        ("low", "PLOW1", now - 5 * 3_600),
+        ("high", "PHIGH1", now - 2 * 3_600),
+    ] {
+        for (event, id, at) in [
+            ("incident.triggered", format!("{incident}-t"), opened),
+            ("incident.resolved", format!("{incident}-r"), opened + 1_200),
+        ] {
+            let (code, answer) = page_with_urgency(
+                &client,
+                port,
+                PAGERDUTY_SECRET,
+                event,
+                &id,
+                incident,
+                opened,
+                at,
+                urgency,
+            )
+            .await;
+            assert_eq!(code, 202, "{answer}");
+        }
+    }
+    let api = dora(&doraflow);
+    assert_eq!(api["incidents_filtered_out"], 1, "{api}");
+    let podinfo = series(&api, "podinfo");
+    let week = &podinfo["windows"][0];
+    assert_eq!(week["failed_changes"], 1, "{podinfo}");
+    assert_eq!(week["change_failure_ratio"], 0.5);
+    assert_eq!(week["time_to_restore"]["count"], 1);
+    assert_eq!(week["time_to_restore"]["p50"], 1_200.0);
+    let failed = &podinfo["recent_failed_changes"][0];
+    assert_eq!(failed["reason"], "incident_window");
+    assert_eq!(failed["evidence"]["incidents"][0]["id"], "pagerduty:PHIGH1");
+    assert_eq!(failed["evidence"]["incidents"][0]["source"], "pagerduty");
 }

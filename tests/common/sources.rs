@@ -29,6 +29,33 @@ pub async fn page(
     created: i64,
     at: i64,
 ) -> (u16, Value) {
+    page_with_urgency(
+        client,
+        webhook_port,
+        secret,
+        event_type,
+        event_id,
+        incident,
+        created,
+        at,
+        "high",
+    )
+    .await
+}
+
+/// As [`page`], for an incident of `urgency` (`high` or `low`).
+#[allow(clippy::too_many_arguments)]
+pub async fn page_with_urgency(
+    client: &reqwest::Client,
+    webhook_port: u16,
+    secret: &str,
+    event_type: &str,
+    event_id: &str,
+    incident: &str,
+    created: i64,
+    at: i64,
+    urgency: &str,
+) -> (u16, Value) {
     let body = json!({ "event": {
         "id": event_id, "event_type": event_type, "resource_type": "incident",
         "occurred_at": super::rfc3339(at),
@@ -37,7 +64,7 @@ pub async fn page(
             "id": incident, "type": "incident", "number": 1, "title": "Checkout errors",
             "self": format!("https://api.pagerduty.com/incidents/{incident}"),
             "html_url": format!("https://acme.pagerduty.com/incidents/{incident}"),
-            "status": "triggered", "incident_key": incident, "urgency": "high",
+            "status": "triggered", "incident_key": incident, "urgency": urgency,
             "created_at": super::rfc3339(created),
             "service": { "id": "PSHOP01", "summary": "Shop API", "type": "service_reference",
                          "self": "https://api.pagerduty.com/services/PSHOP01",

@@ -405,3 +405,123 @@ proptest! {
         prop_assert_eq!(expected.snapshot(now).series, after.snapshot(now).series);
     }
 }
+
+fn paged(id: &str, time: Nanos, source: Source, details: IncidentDetails) -> [DeliveryEvent; 2] {
+    [
+        DeliveryEvent {
+            id: format!("{id}:opened"),
+            time,
+            kind: DeliveryKind::IncidentOpened {
+                incident: id.into(),
+                service: "shop".into(),
+                environment: "production".into(),
+                artifact: None,
+                details: IncidentDetails { source, ..details },
+            },
+        },
+        DeliveryEvent {
+            id: format!("{id}:resolved"),
+            time: time + 30 * MINUTE,
+            kind: DeliveryKind::IncidentResolved {
+                incident: id.into(),
+            },
+        },
+    ]
+}
+
+#[test]
+fn incident_filters_decide_per_source_which_incidents_count() {
+    use DeploymentOutcome::Success;
+    let config: DoraConfig = serde_json::from_value(serde_json::json!({
+        "incident_filters": {
+            "pagerduty": { "urgency": ["high"] },
+            "alertmanager": { "severity": ["critical"], "labels": { "team": ["payments"] } },
+            "doraflow": { "counted": false },
+        }
+    }))
+    .unwrap();
+    let mut errors = Vec::new();
+    config.validate("processors.dora", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let labelled = |severity: &str, team: &str| IncidentDetails {
+        severity: Some(severity.into()),
+        labels: vec![("team".into(), team.into())],
+        ..Default::default()
+    };
+    let urgency = |u: &str| IncidentDetails {
+        urgency: Some(u.into()),
+        ..Default::default()
+    };
+    // Six deployments two hours apart, each followed by one incident.
+    let mut events = Vec::new();
+    let incidents = [
+        (Source::Pagerduty, urgency("HIGH")), // counts (any case)
+        (Source::Pagerduty, urgency("low")),  // not
+        (Source::Pagerduty, IncidentDetails::default()), // not: no urgency
+        (Source::Alertmanager, labelled("critical", "payments")), // counts
+        (Source::Alertmanager, labelled("critical", "search")), // not
+        (Source::Doraflow, IncidentDetails::default()), // not: the source is off
+        (Source::Cdevents, IncidentDetails::default()), // counts: no filter
+    ];
+    for (n, (source, details)) in incidents.into_iter().enumerate() {
+        let at = T0 + 2 * HOUR * n as Nanos;
+        events.push(deployment(
+            &format!("d{n}"),
+            at,
+            Source::Cdevents,
+            None,
+            None,
+            Success,
+        ));
+        events.extend(paged(&format!("i{n}"), at + 10 * MINUTE, source, details));
+    }
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&events);
+    let now = T0 + 20 * HOUR;
+    let snapshot = dora.snapshot(now);
+    let week = &shop(&snapshot).windows[0];
+    assert_eq!(week.failed_changes, 3);
+    assert_eq!(week.change_failure_ratio, Some(3.0 / 7.0));
+    assert_eq!(week.time_to_restore.count, 3);
+    assert_eq!(snapshot.incidents_filtered_out, 4);
+    let counted: Vec<_> = shop(&snapshot)
+        .recent_failed_changes
+        .iter()
+        .map(|c| c.evidence.incidents[0].id.clone())
+        .collect();
+    assert_eq!(counted, ["i6", "i3", "i0"]);
+    // Unfiltered, all seven count.
+    let mut all = DoraProcessor::new(&DoraConfig::default());
+    all.apply(&events);
+    assert_eq!(shop(&all.snapshot(now)).windows[0].failed_changes, 7);
+    // An open low-urgency page is no open incident for the alerts either.
+    let mut open = DoraProcessor::new(&config);
+    open.apply(&paged("low", T0, Source::Pagerduty, urgency("low"))[..1]);
+    assert!(open.alert_facts(T0 + HOUR).is_empty());
+}
+
+#[test]
+fn a_filter_for_a_source_that_does_not_exist_is_refused() {
+    let config: DoraConfig = serde_json::from_value(serde_json::json!({
+        "incident_filters": { "opsgenie": { "priority": ["P1"] } }
+    }))
+    .unwrap();
+    let mut errors = Vec::new();
+    config.validate("processors.dora", &mut errors);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with(
+            "processors.dora.incident_filters.opsgenie: not a source (one of cdevents, otlp, github"
+        ),
+        "{errors:?}"
+    );
+    let unknown: Result<DoraConfig, _> = serde_json::from_value(serde_json::json!({
+        "incident_filters": { "pagerduty": { "urgent": ["high"] } }
+    }));
+    assert!(
+        unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `urgent`")
+    );
+}

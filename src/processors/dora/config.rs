@@ -61,6 +61,56 @@ pub struct DoraConfig {
     /// Default `15m`.
     #[serde(default = "default_deduplicate_within")]
     pub deduplicate_within: ConfigDuration,
+    /// Per source (`pagerduty`, `alertmanager`, `cdevents`, ...), which of
+    /// its incidents count for the change failure rate, time to restore
+    /// and the open-incident figures and alerts. A source not listed: all.
+    #[serde(default)]
+    pub incident_filters: BTreeMap<String, IncidentFilter>,
+}
+
+/// Which incidents of one source count: all of the given conditions hold
+/// (each list: the incident's value is one of them, compared without
+/// regard to case; an incident without the field does not match).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentFilter {
+    /// Whether the source's incidents count at all. Default `true`.
+    #[serde(default = "default_true")]
+    pub counted: bool,
+    /// Severities that count, e.g. `[critical, page]` (Alertmanager's `severity` label).
+    #[serde(default)]
+    pub severity: Vec<String>,
+    /// Urgencies that count, e.g. `[high]` (PagerDuty's).
+    #[serde(default)]
+    pub urgency: Vec<String>,
+    /// Priorities that count, e.g. `[P1, P2]` (PagerDuty's).
+    #[serde(default)]
+    pub priority: Vec<String>,
+    /// Label → the values that count, e.g. `{ team: [payments] }`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+impl IncidentFilter {
+    /// Whether an incident with these details counts.
+    pub fn admits(&self, details: &crate::model::delivery::IncidentDetails) -> bool {
+        let one_of = |wanted: &[String], value: Option<&str>| {
+            wanted.is_empty()
+                || value.is_some_and(|v| wanted.iter().any(|w| w.eq_ignore_ascii_case(v)))
+        };
+        self.counted
+            && one_of(&self.severity, details.severity.as_deref())
+            && one_of(&self.urgency, details.urgency.as_deref())
+            && one_of(&self.priority, details.priority.as_deref())
+            && self.labels.iter().all(|(name, wanted)| {
+                let value = details
+                    .labels
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str());
+                one_of(wanted, value) && (!wanted.is_empty() || value.is_some())
+            })
+    }
 }
 
 fn default_deduplicate_within() -> ConfigDuration {
@@ -172,6 +222,7 @@ impl Default for DoraConfig {
             retention: default_retention(),
             max_series: default_max_series(),
             deduplicate_within: default_deduplicate_within(),
+            incident_filters: BTreeMap::new(),
         }
     }
 }
@@ -224,6 +275,18 @@ impl DoraConfig {
                 ConfigDuration::from_secs((longest + self.failure_window.get()).as_secs()),
                 self.retention
             ));
+        }
+        for source in self.incident_filters.keys() {
+            if crate::model::delivery::Source::parse(source).is_none() {
+                let known: Vec<&str> = crate::model::delivery::Source::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
+                errors.push(format!(
+                    "{path}.incident_filters.{source}: not a source (one of {})",
+                    known.join(", ")
+                ));
+            }
         }
         let derived = &self.derived_incidents;
         if !(0.0..1.0).contains(&derived.error_ratio_threshold) {

@@ -40,7 +40,7 @@ use crate::model::delivery::{
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
-pub use config::{DeployPipeline, DerivedIncidentsConfig, DoraConfig};
+pub use config::{DeployPipeline, DerivedIncidentsConfig, DoraConfig, IncidentFilter};
 use levels::{Cutoffs, Level};
 
 const NS_PER_SEC: f64 = 1e9;
@@ -605,6 +605,8 @@ pub struct DoraSnapshot {
     pub ignored: u64,
     /// Events dropped as older than the retention.
     pub expired: u64,
+    /// Incidents that do not count: their source's `incident_filters` refuse them.
+    pub incidents_filtered_out: u64,
 }
 
 /// The figures of a group of series pooled: a team's in one environment,
@@ -766,6 +768,8 @@ struct Settings {
     target_level: levels::Level,
     /// Reports of one commit's deployment within this long of the first are one.
     deduplicate_within: Nanos,
+    /// Per source (by `Source as usize`), the filter its incidents pass.
+    incident_filters: [Option<IncidentFilter>; Source::ALL.len()],
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -837,6 +841,8 @@ impl DoraProcessor {
                     .map(|(service, team)| (service.clone(), team.clone()))
                     .collect(),
                 deduplicate_within: config.deduplicate_within.get().as_nanos() as Nanos,
+                incident_filters: Source::ALL
+                    .map(|source| config.incident_filters.get(source.as_str()).cloned()),
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -1261,6 +1267,7 @@ impl DoraProcessor {
             duplicates: parts.iter().map(|p| p.duplicates).sum(),
             ignored: parts.iter().map(|p| p.ignored).sum(),
             expired: parts.iter().map(|p| p.expired).sum(),
+            incidents_filtered_out: parts.iter().map(|p| p.filtered_out()).sum(),
         }
     }
 
@@ -1274,7 +1281,7 @@ impl DoraProcessor {
         histories: &mut Vec<(String, String, History)>,
     ) {
         let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
-        for incident in self.incidents.values() {
+        for incident in self.incidents.values().filter(|i| self.counts(i)) {
             if let Some((service, environment)) = &incident.series {
                 incidents_by_series
                     .entry((service.as_str(), environment.as_str()))
@@ -1378,7 +1385,7 @@ impl DoraProcessor {
     /// The histories of the production series.
     fn production_histories(&self) -> Vec<History> {
         let mut incidents_by_series: HashMap<(&str, &str), Vec<&Incident>> = HashMap::new();
-        for incident in self.incidents.values() {
+        for incident in self.incidents.values().filter(|i| self.counts(i)) {
             if let Some((service, environment)) = &incident.series
                 && self.is_production(environment)
             {
@@ -1969,6 +1976,22 @@ impl DoraProcessor {
         }
     }
 
+    /// Whether `incident` counts: it affects a series and passes its
+    /// source's filter (`incident_filters`).
+    fn counts(&self, incident: &Incident) -> bool {
+        self.settings.incident_filters[incident.details.source as usize]
+            .as_ref()
+            .is_none_or(|filter| filter.admits(&incident.details))
+    }
+
+    /// Incidents that affect a series but do not count.
+    fn filtered_out(&self) -> u64 {
+        self.incidents
+            .values()
+            .filter(|i| i.series.is_some() && !self.counts(i))
+            .count() as u64
+    }
+
     fn is_production(&self, environment: &str) -> bool {
         self.settings.production.iter().any(|p| p == environment)
     }
@@ -2086,7 +2109,7 @@ impl DoraProcessor {
                     Some((latest.time, latest.outcome == DeploymentOutcome::Failure));
             }
         }
-        for incident in self.incidents.values() {
+        for incident in self.incidents.values().filter(|i| self.counts(i)) {
             let (Some(series), Some(opened)) = (&incident.series, incident.opened) else {
                 continue;
             };
