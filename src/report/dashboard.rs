@@ -293,7 +293,7 @@ pub fn build_dashboard(inputs: &ReportInputs, now: i64, team: Option<&str>) -> D
         .trend
         .iter()
         .map(|d| TrendDay {
-            day: rfc3339(d.end).chars().take(10).collect(),
+            day: d.date.clone(),
             deployments: d.deployments,
             lead_time_hours: hours(d.lead_time_p50),
             change_failure_percent: d.change_failure_ratio.map(|r| r * 100.0),

@@ -66,6 +66,10 @@ pub struct DoraConfig {
     /// and the open-incident figures and alerts. A source not listed: all.
     #[serde(default)]
     pub incident_filters: BTreeMap<String, IncidentFilter>,
+    /// The IANA time zone (e.g. `Europe/Berlin`) whose calendar days the
+    /// per-day trend and the deployment-frequency answer count. Default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 /// Which incidents of one source count: all of the given conditions hold
@@ -223,6 +227,7 @@ impl Default for DoraConfig {
             max_series: default_max_series(),
             deduplicate_within: default_deduplicate_within(),
             incident_filters: BTreeMap::new(),
+            timezone: None,
         }
     }
 }
@@ -287,6 +292,11 @@ impl DoraConfig {
                     known.join(", ")
                 ));
             }
+        }
+        if let Some(zone) = &self.timezone
+            && let Err(e) = crate::processors::dora::calendar::Calendar::named(zone)
+        {
+            errors.push(format!("{path}.timezone: {e}"));
         }
         let derived = &self.derived_incidents;
         if !(0.0..1.0).contains(&derived.error_ratio_threshold) {

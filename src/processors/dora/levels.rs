@@ -90,14 +90,19 @@ impl FrequencyAnswer {
     pub fn of(ago: impl Iterator<Item = i64>, length: i64) -> FrequencyAnswer {
         const DAY: i64 = 86_400_000_000_000;
         let days = ((length + DAY - 1) / DAY).max(1) as usize;
+        Self::of_days(ago.filter_map(|t| usize::try_from(t / DAY).ok()), days)
+    }
+
+    /// The answer for successful deployments on the days `back` (0 for
+    /// today, 1 for yesterday, ... in the calendar the figures are kept in)
+    /// in a window of `days` days.
+    pub fn of_days(back: impl Iterator<Item = usize>, days: usize) -> FrequencyAnswer {
+        let days = days.max(1);
         let weeks = (days / 7).max(1);
         let months = (days / 30).max(1);
         let mut per_day = vec![0u32; days];
-        for t in ago {
-            if let Some(count) = usize::try_from(t / DAY)
-                .ok()
-                .and_then(|d| per_day.get_mut(d))
-            {
+        for d in back {
+            if let Some(count) = per_day.get_mut(d) {
                 *count += 1;
             }
         }

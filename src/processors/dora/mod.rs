@@ -26,6 +26,7 @@
 //!   earlier of the next successful deployment or rollback and the
 //!   resolution of the incidents that failed them.
 
+pub mod calendar;
 pub mod config;
 pub mod levels;
 pub mod state;
@@ -692,10 +693,14 @@ pub struct IncidentEvidence {
     pub named_the_artifact: bool,
 }
 
-/// Production figures of one day (the dashboard's trend).
+/// Production figures of one calendar day (the dashboard's trend).
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct DayFigures {
-    /// The day's end (ns since the epoch); it covers the 24 hours before.
+    /// The local date, `YYYY-MM-DD`.
+    pub date: String,
+    /// When the day began: its local midnight (ns since the epoch).
+    pub start: Nanos,
+    /// When it ends: the next local midnight, or now for today.
     pub end: Nanos,
     /// Successful deployments.
     pub deployments: u64,
@@ -770,6 +775,8 @@ struct Settings {
     deduplicate_within: Nanos,
     /// Per source (by `Source as usize`), the filter its incidents pass.
     incident_filters: [Option<IncidentFilter>; Source::ALL.len()],
+    /// The calendar days are counted in (`timezone`).
+    calendar: calendar::Calendar,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -843,6 +850,13 @@ impl DoraProcessor {
                 deduplicate_within: config.deduplicate_within.get().as_nanos() as Nanos,
                 incident_filters: Source::ALL
                     .map(|source| config.incident_filters.get(source.as_str()).cloned()),
+                // Validated with the configuration: a name that does not
+                // resolve here is UTC's.
+                calendar: config
+                    .timezone
+                    .as_deref()
+                    .and_then(|zone| calendar::Calendar::named(zone).ok())
+                    .unwrap_or_else(calendar::Calendar::utc),
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -1318,9 +1332,10 @@ impl DoraProcessor {
         }
     }
 
-    /// Production figures per day for the last `days` days, oldest first:
-    /// day `k` back covers `(now - (k + 1) days, now - k days]`. For the
-    /// dashboard's trend charts.
+    /// Production figures per calendar day (in `timezone`) for the last
+    /// `days` days, oldest first, the last one today so far: day `k` back
+    /// covers `[start, end)` of the local day `k` days before today's. For
+    /// the dashboard's trend charts.
     pub fn daily_trend(&self, now: Nanos, days: usize) -> Vec<DayFigures> {
         Self::daily_trend_of(&[self], now, days)
     }
@@ -1332,20 +1347,26 @@ impl DoraProcessor {
             .iter()
             .flat_map(|p| p.production_histories())
             .collect();
-        let day = 86_400 * NS_PER_SEC as Nanos;
+        let utc = calendar::Calendar::utc();
+        let calendar = parts.first().map_or(&utc, |p| &p.settings.calendar);
+        let today = calendar.day(now);
         // Which day back a time falls on, if within `days`.
         let slot = |t: Nanos| -> Option<usize> {
             if t > now {
                 return None;
             }
-            // `(now - (k+1)d, now - kd]` holds the times k ≤ (now - t)/d < k + 1.
-            let back = ((now - t) / day) as usize;
+            let back = usize::try_from(today - calendar.day(t)).ok()?;
             (back < days).then(|| days - 1 - back)
         };
         let mut out: Vec<DayFigures> = (0..days)
-            .map(|i| DayFigures {
-                end: now - (days - 1 - i) as Nanos * day,
-                ..Default::default()
+            .map(|i| {
+                let day = today - (days - 1 - i) as i64;
+                DayFigures {
+                    date: calendar.date(day),
+                    start: calendar.start(day),
+                    end: calendar.start(day + 1).min(now),
+                    ..Default::default()
+                }
             })
             .collect();
         let mut leads: Vec<Vec<Nanos>> = vec![Vec::new(); days];
@@ -1764,7 +1785,10 @@ impl DoraProcessor {
         let mut failed_in = 0;
         let mut rework_in = 0;
         let mut causes = FailureCauses::default();
-        let mut deployed_ago = Vec::new();
+        // The calendar day (0 today) of each successful deployment.
+        let calendar = &self.settings.calendar;
+        let today = calendar.day(now);
+        let mut deployed_days = Vec::new();
         for d in histories.iter().flat_map(|h| &h.deployments) {
             if !inside(d.time) {
                 continue;
@@ -1772,7 +1796,7 @@ impl DoraProcessor {
             match d.outcome {
                 DeploymentOutcome::Success => {
                     deployed += 1;
-                    deployed_ago.push(now - d.time);
+                    deployed_days.push((today - calendar.day(d.time)) as usize);
                 }
                 DeploymentOutcome::Failure => failed_deployments += 1,
                 DeploymentOutcome::Rollback => rollbacks += 1,
@@ -1826,9 +1850,11 @@ impl DoraProcessor {
             failed_deployments,
             rollbacks,
             deployment_frequency_per_day: frequency,
-            deployment_frequency_answer: levels::FrequencyAnswer::of(
-                deployed_ago.into_iter(),
-                length,
+            // Over the calendar days the window touches (today's and the
+            // first one's in part).
+            deployment_frequency_answer: levels::FrequencyAnswer::of_days(
+                deployed_days.into_iter(),
+                (today - calendar.day(start + 1) + 1) as usize,
             ),
             levels: MetricLevels {
                 deployment_frequency: Some(cutoffs.deployment_frequency(frequency)),

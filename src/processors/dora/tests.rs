@@ -604,38 +604,41 @@ fn production_figures_pool_every_production_series_and_carry_the_previous_window
 }
 
 #[test]
-fn the_daily_trend_buckets_production_days_back_from_now() {
+fn the_daily_trend_buckets_production_by_calendar_day() {
     use DeploymentOutcome::{Failure, Success};
     let config = DoraConfig {
         windows: vec!["7d".parse().unwrap()],
         ..DoraConfig::default()
     };
     let mut dora = DoraProcessor::new(&config);
-    let now = t(10, 0);
+    // Noon UTC on day 10: today is [t(10, 0), now].
+    let now = t(10, 12);
     dora.apply(&[
-        // Today (the last 24 h): two, leads 1 h and 3 h, and a failure.
+        // Today: two, leads 1 h and 3 h, and a failure.
         deploy_of("a", "checkout", now - HOUR, HOUR, Success),
         deploy_of("b", "payments", now - 2 * HOUR, 3 * HOUR, Success),
         deploy_of("c", "checkout", now - 3 * HOUR, HOUR, Failure),
-        // Exactly one day back belongs to the day before today's window.
+        // Exactly one day back: yesterday.
         deploy_of("d", "checkout", now - DAY, 5 * HOUR, Success),
-        // Three days back; and 40 days back, outside.
+        // The last instant of day 8 is day 8's, not day 9's.
+        deploy_of("g", "payments", t(9, 0) - 1, HOUR, Success),
+        // Day 7; and 40 days back, outside.
         deploy_of("e", "checkout", now - 3 * DAY + HOUR, 2 * HOUR, Success),
         deploy_of("f", "checkout", now - 40 * DAY, HOUR, Success),
     ]);
     let trend = dora.daily_trend(now, 5);
     assert_eq!(trend.len(), 5);
-    assert_eq!(trend[4].end, now);
-    assert_eq!(trend[0].end, now - 4 * DAY);
+    assert_eq!((trend[4].start, trend[4].end), (t(10, 0), now));
+    assert_eq!((trend[0].start, trend[0].end), (t(6, 0), t(7, 0)));
     let deployments: Vec<u64> = trend.iter().map(|d| d.deployments).collect();
-    assert_eq!(deployments, [0, 0, 1, 1, 2]);
+    assert_eq!(deployments, [0, 1, 1, 1, 2]);
     assert_eq!(trend[4].failed_changes, 1);
     assert_eq!(trend[4].change_failure_ratio, Some(1.0 / 3.0));
     // Leads 1 h and 3 h: nearest-rank median 1 h.
     assert_eq!(trend[4].lead_time_p50, Some(3_600.0));
     assert_eq!(trend[3].lead_time_p50, Some(5.0 * 3_600.0));
-    assert_eq!(trend[1].lead_time_p50, None);
-    assert_eq!(trend[1].change_failure_ratio, None);
+    assert_eq!(trend[0].lead_time_p50, None);
+    assert_eq!(trend[0].change_failure_ratio, None);
 }
 
 /// Checkpoints `dora` through the wire format into a fresh processor.
@@ -1169,4 +1172,157 @@ fn deployments_name_their_team_and_the_table_overrides_them() {
     });
     dora.apply(&many);
     assert_eq!(dora.snapshot(t(6, 0)).teams.len(), MAX_LEARNED_TEAMS);
+}
+
+#[test]
+fn a_dst_crossing_week_in_berlin_is_bucketed_by_local_days() {
+    use DeploymentOutcome::Success;
+    let config = DoraConfig {
+        windows: vec!["7d".parse().unwrap()],
+        timezone: Some("Europe/Berlin".into()),
+        ..DoraConfig::default()
+    };
+    let mut errors = Vec::new();
+    config.validate("processors.dora", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let at = |s: &str| crate::cdevents::parse_timestamp("t", s).unwrap();
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&[
+        // 00:30 on the 27th in Berlin (+01:00), still the 26th in UTC.
+        deploy_of(
+            "a",
+            "checkout",
+            at("2024-03-27T00:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "b",
+            "checkout",
+            at("2024-03-30T23:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        // The 31st: from 00:30 (+01:00, the 30th in UTC) to 23:30 (+02:00).
+        deploy_of(
+            "c",
+            "checkout",
+            at("2024-03-31T00:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "d",
+            "payments",
+            at("2024-03-31T23:30:00+02:00"),
+            HOUR,
+            Success,
+        ),
+        // 00:30 on 1 April (+02:00): the 31st in UTC.
+        deploy_of(
+            "e",
+            "checkout",
+            at("2024-04-01T00:30:00+02:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "f",
+            "payments",
+            at("2024-04-02T09:00:00+02:00"),
+            HOUR,
+            Success,
+        ),
+    ]);
+    let now = at("2024-04-02T12:00:00+02:00");
+    let trend = dora.daily_trend(now, 7);
+    let dates: Vec<&str> = trend.iter().map(|d| d.date.as_str()).collect();
+    assert_eq!(
+        dates,
+        [
+            "2024-03-27",
+            "2024-03-28",
+            "2024-03-29",
+            "2024-03-30",
+            "2024-03-31",
+            "2024-04-01",
+            "2024-04-02"
+        ]
+    );
+    let deployments: Vec<u64> = trend.iter().map(|d| d.deployments).collect();
+    assert_eq!(deployments, [1, 0, 0, 1, 2, 1, 1]);
+    // The day of the change is 23 hours long: local midnight to local midnight.
+    assert_eq!(trend[4].start, at("2024-03-31T00:00:00+01:00"));
+    assert_eq!(trend[4].end, at("2024-04-01T00:00:00+02:00"));
+    assert_eq!(trend[4].end - trend[4].start, 23 * HOUR);
+    assert_eq!(trend[6].end, now);
+    // The same deployments in UTC days: the 26th to the 1st differ.
+    let mut utc = DoraProcessor::new(&DoraConfig {
+        timezone: None,
+        ..config.clone()
+    });
+    utc.apply(&[
+        deploy_of(
+            "a",
+            "checkout",
+            at("2024-03-27T00:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "b",
+            "checkout",
+            at("2024-03-30T23:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "c",
+            "checkout",
+            at("2024-03-31T00:30:00+01:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "d",
+            "payments",
+            at("2024-03-31T23:30:00+02:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "e",
+            "checkout",
+            at("2024-04-01T00:30:00+02:00"),
+            HOUR,
+            Success,
+        ),
+        deploy_of(
+            "f",
+            "payments",
+            at("2024-04-02T09:00:00+02:00"),
+            HOUR,
+            Success,
+        ),
+    ]);
+    let utc_days: Vec<u64> = utc
+        .daily_trend(now, 7)
+        .iter()
+        .map(|d| d.deployments)
+        .collect();
+    // 27th..2nd in UTC: a fell on the 26th, b and c on the 30th, d and e on the 31st.
+    assert_eq!(utc_days, [0, 0, 0, 2, 2, 0, 1]);
+    // A name the database does not know is refused.
+    let bad = DoraConfig {
+        timezone: Some("Mars/Olympus_Mons".into()),
+        ..DoraConfig::default()
+    };
+    let mut errors = Vec::new();
+    bad.validate("processors.dora", &mut errors);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .starts_with("processors.dora.timezone: `Mars/Olympus_Mons` is not an IANA time zone"),
+        "{errors:?}"
+    );
 }
