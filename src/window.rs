@@ -281,16 +281,28 @@ impl RollingHistogram {
         scratch: &mut Histogram<u64>,
     ) -> WindowStats {
         let current = shape.epoch(now_ns);
+        // Live: `epoch + slices > current` (later slices included, as
+        // `counts` includes them).
+        let oldest = (current + 1).saturating_sub(shape.slices);
+        self.stats_of(layout, oldest..u64::MAX, scratch)
+    }
+
+    /// The figures of the slices whose epochs are in `epochs` (slice
+    /// `k` holds `[k × slice, (k + 1) × slice)`), live or not: the caller
+    /// says which part of the window it wants (the regression check's
+    /// before and after a deployment). `scratch` as for [`Self::stats`].
+    pub fn stats_of(
+        &self,
+        layout: &BucketLayout,
+        epochs: std::ops::Range<u64>,
+        scratch: &mut Histogram<u64>,
+    ) -> WindowStats {
         let mut stats = WindowStats {
             requests: 0,
             errors: 0,
             quantiles_us: None,
         };
-        for slice in self
-            .slices
-            .iter()
-            .filter(|s| shape.is_live(s.epoch, current))
-        {
+        for slice in self.slices.iter().filter(|s| epochs.contains(&s.epoch)) {
             stats.requests += slice.requests;
             stats.errors += slice.errors;
             for &(bucket, count) in &slice.buckets {

@@ -344,6 +344,35 @@ impl RedProcessor {
             .collect()
     }
 
+    /// The figures of `service` in `environment` over `[from_ns, to_ns)`,
+    /// whole slices only (a slice partly outside is left out), if that
+    /// stretch is still in the window at `now_ns` and has ended by then:
+    /// the health before and after a deployment, for the regression check.
+    /// `None` also for a series the processor does not have.
+    pub fn health_between(
+        &mut self,
+        service: &str,
+        environment: &str,
+        from_ns: u64,
+        to_ns: u64,
+        now_ns: u64,
+    ) -> Option<WindowStats> {
+        let slice = self.shape.slice_ns();
+        let (first, end) = (from_ns.div_ceil(slice), to_ns / slice);
+        let current = now_ns / slice;
+        // Every slice wanted must have ended and still be in the window.
+        if first >= end || end > current || first + self.shape.slices() <= current {
+            return None;
+        }
+        let mut key = Vec::with_capacity(service.len() + environment.len() + 1);
+        key.extend_from_slice(service.as_bytes());
+        key.push(0);
+        key.extend_from_slice(environment.as_bytes());
+        let &i = self.index.get(key.as_slice())?;
+        let (layout, scratch) = (&self.layout, &mut self.scratch);
+        Some(self.series[i].window.stats_of(layout, first..end, scratch))
+    }
+
     /// The state to checkpoint: every series' window and counters.
     pub fn to_state(&self) -> crate::proto::RedState {
         crate::proto::RedState {
@@ -465,6 +494,60 @@ mod tests {
             max_series,
             ..RedConfig::default()
         }
+    }
+
+    #[test]
+    fn health_between_reads_whole_ended_slices_still_in_the_window() {
+        // 5m window of 10s slices; a deployment at 1000 s.
+        let mut red = RedProcessor::new(&config(10), "unknown");
+        let ms = 1_000_000;
+        // Before: 100 requests at 10 ms, 1 error, in [900, 1000) s.
+        for k in 0..10u64 {
+            let errors = u64::from(k == 3);
+            red.apply(
+                &traces(&[("shop", "production", &[10 * ms; 10], errors)]),
+                (900 + 10 * k) * S + S,
+            );
+        }
+        // After: 100 at 600 ms, 5 errors, in [1000, 1100) s.
+        for k in 0..10u64 {
+            let errors = if k < 5 { 1 } else { 0 };
+            red.apply(
+                &traces(&[("shop", "production", &[600 * ms; 10], errors)]),
+                (1000 + 10 * k) * S + S,
+            );
+        }
+        let before = red
+            .health_between("shop", "production", 900 * S, 1000 * S, 1100 * S)
+            .unwrap();
+        assert_eq!((before.requests, before.errors), (100, 1));
+        let after = red
+            .health_between("shop", "production", 1000 * S, 1100 * S, 1100 * S)
+            .unwrap();
+        assert_eq!((after.requests, after.errors), (100, 5));
+        let [_, p95, _] = after.quantiles_us.unwrap();
+        assert!(
+            (594_000..=606_000).contains(&p95),
+            "{p95}: 600 ms within the 2-digit precision"
+        );
+        // A partial slice at either end is left out: [905, 1000) is 9 slices.
+        let partial = red
+            .health_between("shop", "production", 905 * S, 1000 * S, 1100 * S)
+            .unwrap();
+        assert_eq!(partial.requests, 90);
+        // Not ended yet, gone from the window, or no such series: none.
+        assert!(
+            red.health_between("shop", "production", 1000 * S, 1100 * S, 1095 * S)
+                .is_none()
+        );
+        assert!(
+            red.health_between("shop", "production", 900 * S, 1000 * S, 1200 * S + 300 * S)
+                .is_none()
+        );
+        assert!(
+            red.health_between("cart", "production", 900 * S, 1000 * S, 1100 * S)
+                .is_none()
+        );
     }
 
     #[test]

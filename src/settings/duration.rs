@@ -56,6 +56,17 @@ impl ConfigDuration {
             text,
         }
     }
+
+    /// A whole number of milliseconds (`500ms`; whole seconds as [`Self::from_secs`]).
+    pub fn from_millis(millis: u64) -> Self {
+        if millis.is_multiple_of(1_000) {
+            return Self::from_secs(millis / 1_000);
+        }
+        ConfigDuration {
+            value: Duration::from_millis(millis),
+            text: format!("{millis}ms"),
+        }
+    }
 }
 
 impl FromStr for ConfigDuration {

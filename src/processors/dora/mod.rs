@@ -29,6 +29,7 @@
 pub mod calendar;
 pub mod config;
 pub mod levels;
+pub mod regression;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
