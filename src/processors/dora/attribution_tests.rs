@@ -525,3 +525,34 @@ fn a_filter_for_a_source_that_does_not_exist_is_refused() {
             .contains("unknown field `urgent`")
     );
 }
+
+#[test]
+fn a_deployment_reported_again_by_another_tool_is_not_news() {
+    use DeploymentOutcome::Success;
+    let mut dora = DoraProcessor::new(&DoraConfig::default());
+    dora.keep_production_deployments();
+    dora.apply(&reported_thrice());
+    let told: Vec<(Nanos, Source)> = dora
+        .take_production_deployments()
+        .into_iter()
+        .map(|(d, at)| (at, d.source))
+        .collect();
+    // SHA_A's first report, SHA_B's first, and SHA_A's redeploy an hour on.
+    assert_eq!(
+        told,
+        [
+            (T0, Source::Cdevents),
+            (T0 + 30 * MINUTE, Source::Github),
+            (T0 + 90 * MINUTE, Source::Github),
+        ]
+    );
+    dora.apply(&[deployment(
+        "late",
+        T0 + 91 * MINUTE,
+        Source::Argocd,
+        None,
+        Some(SHA_A),
+        Success,
+    )]);
+    assert!(dora.take_production_deployments().is_empty());
+}

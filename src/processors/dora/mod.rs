@@ -1132,14 +1132,29 @@ impl DoraProcessor {
         if let Some(team) = d.team.as_deref().filter(|t| !t.is_empty()) {
             self.learn_team(&d.service, time, team);
         }
+        let revision = revision_key(d);
+        let name = (d.service.as_str(), d.environment.as_str());
         if let Some(kept) = self.new_production.as_mut()
             && self.settings.production.contains(&d.environment)
         {
-            kept.push((d.clone(), time));
+            // A report of a deployment another tool reported already is
+            // not news (a PagerDuty change event each would be one too many).
+            let within = self.settings.deduplicate_within;
+            let told = revision != 0
+                && within > 0
+                && self.series.get(series_name(&name)).is_some_and(|history| {
+                    let from = history.partition_point(|r| r.time < time - within);
+                    history[from..]
+                        .iter()
+                        .take_while(|r| r.time <= time + within)
+                        .any(|r| r.revision == revision && !r.sources.contains(d.source))
+                });
+            if !told {
+                kept.push((d.clone(), time));
+            }
         }
         // Looked up by borrowed names: a new series is the rare case, and
         // an owned key per event was a fifth of a restore's allocations.
-        let name = (d.service.as_str(), d.environment.as_str());
         let history = match self.series.get_mut(series_name(&name)) {
             Some(history) => history,
             None => self
@@ -1159,7 +1174,7 @@ impl DoraProcessor {
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             rework: d.rework,
-            revision: revision_key(d),
+            revision,
             sources: SourceSet::of(d.source),
         };
         // Kept sorted by (time, id) whatever the arrival order; in order
