@@ -288,13 +288,17 @@ pub fn service_name(id: &str) -> &str {
 /// digits. Two tools reporting one deployment name its commit alike this
 /// way, whatever else their ids say.
 pub fn commit_of(id: &str) -> Option<String> {
+    commit_digits(id).map(str::to_ascii_lowercase)
+}
+
+/// The hex digits of the commit `id` names, as written (see [`commit_of`]).
+pub fn commit_digits(id: &str) -> Option<&str> {
     let id = id.trim();
     let tail = id
         .rsplit_once('@')
         .map_or_else(|| id.rsplit_once('/').map_or(id, |(_, t)| t), |(_, t)| t);
     let tail = tail.rsplit_once(':').map_or(tail, |(_, t)| t);
-    ((7..=64).contains(&tail.len()) && tail.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| tail.to_ascii_lowercase())
+    ((7..=64).contains(&tail.len()) && tail.bytes().all(|b| b.is_ascii_hexdigit())).then_some(tail)
 }
 
 #[cfg(test)]

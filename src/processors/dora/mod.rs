@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::model::delivery::{
     ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
-    Nanos, Source, commit_of,
+    Nanos, Source, commit_digits,
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
@@ -186,7 +186,7 @@ struct DeploymentRecord {
     changes: Box<[(Key, Option<Nanos>)]>,
     /// Marked as rework by its producer.
     rework: bool,
-    /// The low half of the fingerprint of the commit deployed (0: unknown):
+    /// The key of the commit deployed (0: unknown; see [`revision_key`]):
     /// reports of one deployment by several tools share it.
     revision: u64,
     /// The tools that reported it: one as applied, several once reports
@@ -293,11 +293,25 @@ fn strongest(reason: &mut Option<FailureReason>, found: FailureReason) {
 /// The commit a deployment names (its revision, else its artifact's), as
 /// kept in a [`DeploymentRecord`].
 fn revision_key(d: &Deployment) -> u64 {
-    d.revision
+    let Some(digits) = d
+        .revision
         .as_deref()
-        .and_then(commit_of)
-        .or_else(|| d.artifact.as_deref().and_then(commit_of))
-        .map_or(0, |commit| (key(&commit) as u64).max(1))
+        .and_then(commit_digits)
+        .or_else(|| d.artifact.as_deref().and_then(commit_digits))
+    else {
+        return 0;
+    };
+    // A commit id is a hash already: its first 16 hex digits are the key,
+    // with its length (a 7-digit short id is not the full one), read
+    // without a hash or an allocation, as this runs for every deployment.
+    let value = digits.bytes().take(16).fold(0u64, |v, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            _ => (b | 0x20) - b'a' + 10,
+        };
+        (v << 4) | u64::from(digit)
+    });
+    (value ^ ((digits.len() as u64) << 57)).max(1)
 }
 
 /// An incident as far as it is known: its open and resolve events may come
@@ -1471,34 +1485,41 @@ impl DoraProcessor {
         if within <= 0 {
             return Cow::Borrowed(deployments);
         }
-        // Commit → its latest group: its first record, and the time and
-        // sources of each record in it.
-        let mut groups: HashMap<u64, (usize, Vec<(Nanos, SourceSet)>)> = HashMap::new();
-        // Per record, the first record of the group it joined.
+        // Per record, the first record of the group it joined (allocated at
+        // the first report merged: most series have none). Reports of one
+        // deployment lie within `within` of each other and the history is
+        // sorted, so each record looks back only that far: no table, and
+        // next to no work for deployments spaced wider than `within`.
         let mut joined: Vec<Option<usize>> = Vec::new();
         for (i, d) in deployments.iter().enumerate() {
             if d.revision == 0 {
                 continue;
             }
-            match groups.get_mut(&d.revision) {
-                // A tool new to the group, or one reporting the same
-                // instant again (Argo CD's degraded health of a sync it
-                // reported deployed): the same deployment.
-                Some((first, members))
-                    if d.time - deployments[*first].time <= within
-                        && members
-                            .iter()
-                            .all(|&(t, s)| !s.meets(d.sources) || t == d.time) =>
-                {
-                    members.push((d.time, d.sources));
-                    if joined.is_empty() {
-                        joined = vec![None; deployments.len()];
-                    }
-                    joined[i] = Some(*first);
+            let near = || {
+                (0..i)
+                    .rev()
+                    .take_while(|&j| d.time - deployments[j].time <= within)
+            };
+            let group_of = |j: usize| joined.get(j).copied().flatten().unwrap_or(j);
+            // The latest group of this commit within reach.
+            let Some(first) = near()
+                .find(|&j| deployments[j].revision == d.revision)
+                .map(group_of)
+            else {
+                continue;
+            };
+            // A tool new to the group, or one reporting the same instant
+            // again (Argo CD's degraded health of a sync it reported
+            // deployed): the same deployment.
+            let fits = d.time - deployments[first].time <= within
+                && near().filter(|&j| group_of(j) == first).all(|j| {
+                    !deployments[j].sources.meets(d.sources) || deployments[j].time == d.time
+                });
+            if fits {
+                if joined.is_empty() {
+                    joined = vec![None; deployments.len()];
                 }
-                _ => {
-                    groups.insert(d.revision, (i, vec![(d.time, d.sources)]));
-                }
+                joined[i] = Some(first);
             }
         }
         if joined.is_empty() {
