@@ -1186,8 +1186,7 @@ fn a_dst_crossing_week_in_berlin_is_bucketed_by_local_days() {
     config.validate("processors.dora", &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     let at = |s: &str| crate::cdevents::parse_timestamp("t", s).unwrap();
-    let mut dora = DoraProcessor::new(&config);
-    dora.apply(&[
+    let events = [
         // 00:30 on the 27th in Berlin (+01:00), still the 26th in UTC.
         deploy_of(
             "a",
@@ -1233,7 +1232,9 @@ fn a_dst_crossing_week_in_berlin_is_bucketed_by_local_days() {
             HOUR,
             Success,
         ),
-    ]);
+    ];
+    let mut dora = DoraProcessor::new(&config);
+    dora.apply(&events);
     let now = at("2024-04-02T12:00:00+02:00");
     let trend = dora.daily_trend(now, 7);
     let dates: Vec<&str> = trend.iter().map(|d| d.date.as_str()).collect();
@@ -1261,50 +1262,7 @@ fn a_dst_crossing_week_in_berlin_is_bucketed_by_local_days() {
         timezone: None,
         ..config.clone()
     });
-    utc.apply(&[
-        deploy_of(
-            "a",
-            "checkout",
-            at("2024-03-27T00:30:00+01:00"),
-            HOUR,
-            Success,
-        ),
-        deploy_of(
-            "b",
-            "checkout",
-            at("2024-03-30T23:30:00+01:00"),
-            HOUR,
-            Success,
-        ),
-        deploy_of(
-            "c",
-            "checkout",
-            at("2024-03-31T00:30:00+01:00"),
-            HOUR,
-            Success,
-        ),
-        deploy_of(
-            "d",
-            "payments",
-            at("2024-03-31T23:30:00+02:00"),
-            HOUR,
-            Success,
-        ),
-        deploy_of(
-            "e",
-            "checkout",
-            at("2024-04-01T00:30:00+02:00"),
-            HOUR,
-            Success,
-        ),
-        deploy_of(
-            "f",
-            "payments",
-            at("2024-04-02T09:00:00+02:00"),
-            HOUR,
-            Success,
-        ),
-    ]);
+    utc.apply(&events);
     let utc_days: Vec<u64> = utc
         .daily_trend(now, 7)
         .iter()

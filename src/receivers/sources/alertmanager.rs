@@ -58,11 +58,7 @@ pub fn verify(
     headers: &HeaderMap,
     _body: &[u8],
 ) -> Result<(), &'static str> {
-    if super::super::authorized(Some(&config.bearer_token), headers) {
-        Ok(())
-    } else {
-        Err("a valid bearer token is required")
-    }
+    super::bearer(&config.bearer_token, headers)
 }
 
 /// Translates one notification.

@@ -464,6 +464,34 @@ mod emit {
     }
 }
 
+/// Checks a bearer token (Alertmanager's, Argo CD's), in constant time.
+fn bearer(token: &Secret, headers: &HeaderMap) -> Result<(), &'static str> {
+    if super::authorized(Some(token), headers) {
+        Ok(())
+    } else {
+        Err("a valid bearer token is required")
+    }
+}
+
+/// Checks a `sha256=<hex>` HMAC of `body` (GitHub's, Flux's) against the
+/// secret and the previous one; every secret is tried, so the time does
+/// not say which one matched.
+fn sha256_signed(
+    given: &str,
+    secret: &Secret,
+    previous: Option<&Secret>,
+    body: &[u8],
+) -> Result<(), &'static str> {
+    let matched = std::iter::once(secret)
+        .chain(previous)
+        .fold(false, |any, secret| hmac_matches(secret, body, given) | any);
+    if matched {
+        Ok(())
+    } else {
+        Err("the signature does not match")
+    }
+}
+
 /// HMAC-SHA256 of `body` under `secret`, compared in constant time with
 /// the hex digest `given` (which may carry a `sha256=` prefix).
 fn hmac_matches(secret: &Secret, body: &[u8], given_hex: &str) -> bool {
