@@ -302,6 +302,7 @@ fn incident_details(event: &Value) -> Result<IncidentDetails, EventError> {
         urgency: field("urgency")?,
         priority: field("priority")?,
         labels,
+        deployed_at: None,
     })
 }
 

@@ -338,6 +338,10 @@ impl Config {
         }
         if let Some(dora) = &self.processors.dora {
             dora.validate("processors.dora", &mut errors);
+            if let Some(regression) = &dora.regression {
+                let red = self.processors.red.as_ref().map(|r| (&r.window, &r.slice));
+                regression.validate("processors.dora.regression", red, &mut errors);
+            }
         }
         if let Some(alerts) = &self.processors.alerts {
             alerts.validate("processors.alerts", &mut errors);

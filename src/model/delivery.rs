@@ -104,6 +104,9 @@ pub enum DeliveryKind {
         /// `customData.environment`, if the producer sent it.
         environment: Option<String>,
     },
+    /// doraflow's verdict on a production deployment: the service's health
+    /// after it against before it (`processors.dora.regression`).
+    Regression(Box<Judged>),
     /// Any other type: accepted and counted, otherwise ignored.
     Other {
         /// `<subject>.<predicate>`, e.g. `build.started`.
@@ -230,6 +233,10 @@ pub struct IncidentDetails {
     pub priority: Option<String>,
     /// Any other labels (Alertmanager's, `customData.labels`), sorted by name.
     pub labels: Vec<(String, String)>,
+    /// The deployment it is attributed to, by that deployment's time: the
+    /// incident doraflow opens for a regression names its deployment. Any
+    /// other incident is attributed by its artifact or the failure window.
+    pub deployed_at: Option<Nanos>,
 }
 
 impl IncidentDetails {
@@ -240,6 +247,137 @@ impl IncidentDetails {
             && self.priority.is_none()
             && self.labels.is_empty()
     }
+}
+
+/// The figures of a stretch of a service's requests, as the regression
+/// check compares them: counts and HDR quantiles, so a verdict is recorded
+/// and read back exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Health {
+    /// Requests.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// p95 latency, microseconds (`None` without requests).
+    pub p95_us: Option<u64>,
+    /// p99 latency, microseconds.
+    pub p99_us: Option<u64>,
+}
+
+impl Health {
+    /// Errors / requests (`None` without requests).
+    pub fn error_ratio(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+    }
+
+    /// p95, seconds.
+    pub fn p95_seconds(&self) -> Option<f64> {
+        self.p95_us.map(|us| us as f64 / 1e6)
+    }
+
+    /// p99, seconds.
+    pub fn p99_seconds(&self) -> Option<f64> {
+        self.p99_us.map(|us| us as f64 / 1e6)
+    }
+}
+
+impl serde::Serialize for Health {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Health", 5)?;
+        s.serialize_field("requests", &self.requests)?;
+        s.serialize_field("errors", &self.errors)?;
+        s.serialize_field("error_ratio", &self.error_ratio())?;
+        s.serialize_field("p95_seconds", &self.p95_seconds())?;
+        s.serialize_field("p99_seconds", &self.p99_seconds())?;
+        s.end()
+    }
+}
+
+/// What the regression check made of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Too few requests on one side, or another deployment came within the
+    /// stretch after it.
+    NotJudged,
+    /// Nothing rose past the thresholds.
+    Healthy,
+    /// A figure rose: a failed change.
+    Regression,
+}
+
+impl Verdict {
+    /// Its name, as the API gives it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::NotJudged => "not_judged",
+            Verdict::Healthy => "healthy",
+            Verdict::Regression => "regression",
+        }
+    }
+}
+
+/// Which figures regressed: a set of `error_ratio`, `p95`, `p99`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Regressed(pub u8);
+
+impl Regressed {
+    /// The error ratio.
+    pub const ERROR_RATIO: Regressed = Regressed(1);
+    /// p95 latency.
+    pub const P95: Regressed = Regressed(2);
+    /// p99 latency.
+    pub const P99: Regressed = Regressed(4);
+
+    /// Adds `other`'s figures.
+    pub fn add(&mut self, other: Regressed) {
+        self.0 |= other.0;
+    }
+
+    /// Whether none regressed.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The figures' names, in order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (Regressed::ERROR_RATIO, "error_ratio"),
+            (Regressed::P95, "p95"),
+            (Regressed::P99, "p99"),
+        ]
+        .into_iter()
+        .filter(|(r, _)| self.0 & r.0 != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+/// doraflow's verdict on one production deployment, with the figures it
+/// rests on: a delivery event of its own, so that it is kept (log,
+/// changelog) and read back like any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// The deployment's service.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// When it was deployed.
+    pub deployed_at: Nanos,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Which figures regressed (a regression only).
+    pub regressed: Regressed,
+    /// Not judged because another deployment of the series came within the
+    /// stretch after it (which then shows both).
+    pub superseded: bool,
+    /// The stretch before it.
+    pub before: Health,
+    /// The stretch after it.
+    pub after: Health,
+    /// The incident opened for a regression.
+    pub incident: Option<String>,
 }
 
 /// How a deployment ended.

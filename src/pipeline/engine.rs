@@ -565,21 +565,26 @@ impl Engine {
         }
     }
 
-    /// Feeds the services' error ratios to `dora` for derived incidents.
+    /// Runs the regression check and feeds the services' error ratios to
+    /// `dora` for derived incidents; what they decide is logged like any
+    /// delivery event (a partition's in its changelog).
     fn derive_incidents(&mut self) {
         let now = self.clock.now_ns();
         let mut all = Vec::new();
         let tasks = std::iter::once((true, &mut self.local))
             .chain(self.partitions.values_mut().map(|t| (false, t)));
         for (local, task) in tasks {
-            let (Some(red), Some(dora)) = (&task.red, &mut task.dora) else {
+            let (Some(red), Some(dora)) = (&mut task.red, &mut task.dora) else {
                 continue;
             };
+            // Verdicts first: a regression's incident takes over the error
+            // ratio's, which then does not open another.
+            let mut events = dora.check_regressions(red, now as i64);
             let derived = dora.observe_errors(&red.error_counts(now), now as i64);
-            if derived.is_empty() {
+            if derived.is_empty() && events.is_empty() {
                 continue;
             }
-            let events: Vec<_> = derived.iter().map(|d| d.event.clone()).collect();
+            events.extend(derived.iter().map(|d| d.event.clone()));
             task.derived(&events);
             all.push((local, events, derived));
         }

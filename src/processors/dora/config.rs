@@ -47,6 +47,10 @@ pub struct DoraConfig {
     /// Incidents derived from the `red` error ratio.
     #[serde(default)]
     pub derived_incidents: DerivedIncidentsConfig,
+    /// The regression check: each production deployment judged by the
+    /// service's `red` figures after it against before it. Off unless given.
+    #[serde(default)]
+    pub regression: Option<crate::processors::dora::regression::RegressionConfig>,
     /// How long delivery history is kept; at least the longest window plus
     /// `failure_window`. Lead times longer than this are not measured. Default `90d`.
     #[serde(default = "default_retention")]
@@ -223,6 +227,7 @@ impl Default for DoraConfig {
             levels: Default::default(),
             deploy_pipelines: Vec::new(),
             derived_incidents: DerivedIncidentsConfig::default(),
+            regression: None,
             retention: default_retention(),
             max_series: default_max_series(),
             deduplicate_within: default_deduplicate_within(),

@@ -27,6 +27,7 @@
 //!   resolution of the incidents that failed them.
 
 pub mod calendar;
+mod check;
 pub mod config;
 pub mod levels;
 pub mod regression;
@@ -37,8 +38,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
-    Nanos, Source, commit_digits,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, Health,
+    IncidentDetails, Nanos, Regressed, Source, Verdict, commit_digits,
 };
 use crate::processors::Applied;
 use crate::processors::red::SeriesErrors;
@@ -671,6 +672,52 @@ pub struct RecentDeployment {
     /// Why it is a failed change, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<FailureReason>,
+    /// The regression check's verdict, once it judged the deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionCheck>,
+}
+
+/// The regression check's verdict on a deployment, with its figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegressionCheck {
+    /// `regression`, `healthy` or `not_judged`.
+    pub verdict: Verdict,
+    /// Which figures regressed: `error_ratio`, `p95`, `p99`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regressed: Vec<&'static str>,
+    /// Not judged because another deployment came within the stretch after it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
+    /// The service's figures in the stretch before the deployment.
+    pub before: Health,
+    /// ... and in the stretch after it.
+    pub after: Health,
+}
+
+impl From<&VerdictRecord> for RegressionCheck {
+    fn from(v: &VerdictRecord) -> Self {
+        RegressionCheck {
+            verdict: v.verdict,
+            regressed: v.regressed.names(),
+            superseded: v.superseded,
+            before: v.before,
+            after: v.after,
+        }
+    }
+}
+
+/// A verdict of the regression check, as the history keeps it (per
+/// series, sorted by the deployment's time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VerdictRecord {
+    deployed_at: Nanos,
+    verdict: Verdict,
+    regressed: Regressed,
+    superseded: bool,
+    before: Health,
+    after: Health,
+    /// The incident opened for a regression.
+    incident: Option<Box<str>>,
 }
 
 /// What a failed change's reason rests on: the rollback, the incidents
@@ -683,6 +730,9 @@ pub struct Evidence {
     /// The incidents attributed to it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub incidents: Vec<IncidentEvidence>,
+    /// The regression check's verdict and the figures before and after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionCheck>,
 }
 
 /// The rollback behind a failed change.
@@ -704,7 +754,8 @@ pub struct IncidentEvidence {
     /// When it opened (ns since the epoch).
     pub opened: Nanos,
     /// Whether it named the deployment's artifact (else it opened within
-    /// the failure window after it).
+    /// the failure window after it, or doraflow opened it for the
+    /// deployment's regression).
     pub named_the_artifact: bool,
 }
 
@@ -761,6 +812,8 @@ struct Deployed {
     sources: SourceSet,
     /// What the reason rests on (failed changes only: few, so boxed).
     evidence: Option<Box<Evidence>>,
+    /// Its verdict's index in the series' verdicts, once judged.
+    verdict: Option<u32>,
 }
 
 /// Derived-incident state of one series.
@@ -792,6 +845,8 @@ struct Settings {
     incident_filters: [Option<IncidentFilter>; Source::ALL.len()],
     /// The calendar days are counted in (`timezone`).
     calendar: calendar::Calendar,
+    /// The regression check, if on.
+    regression: Option<regression::RegressionConfig>,
 }
 
 /// The `dora` processor's state: the delivery history.
@@ -826,6 +881,17 @@ pub struct DoraProcessor {
     /// Event ids forgotten by pruning since the last take, when asked to
     /// keep them (a changelog deletes their records).
     forgotten: Option<Vec<Key>>,
+    /// The regression check's verdicts, per series, by deployment time.
+    verdicts: HashMap<(String, String), Vec<VerdictRecord>>,
+    /// The regressions whose incident is open (rebuilt from the verdicts
+    /// and incidents on a restore): few, so a list.
+    open_regressions: Vec<check::OpenRegression>,
+    /// Per series, when its latest regression incident was resolved: the
+    /// error ratio's derived incidents keep quiet for a `red` window after,
+    /// as the window still holds the regression's errors.
+    regression_resolved: HashMap<(String, String), Nanos>,
+    /// The `red` window's length, as the last regression check read it.
+    red_window: Nanos,
 }
 
 impl DoraProcessor {
@@ -872,6 +938,7 @@ impl DoraProcessor {
                     .as_deref()
                     .and_then(|zone| calendar::Calendar::named(zone).ok())
                     .unwrap_or_else(calendar::Calendar::utc),
+                regression: config.regression.clone().filter(|r| r.enabled),
             },
             derived: HashMap::new(),
             seen: KeyMap::default(),
@@ -890,6 +957,10 @@ impl DoraProcessor {
             duplicates: 0,
             ignored: 0,
             forgotten: None,
+            verdicts: HashMap::new(),
+            open_regressions: Vec::new(),
+            regression_resolved: HashMap::new(),
+            red_window: 0,
         }
     }
 
@@ -1065,6 +1136,7 @@ impl DoraProcessor {
                 ),
                 None => self.ignored += 1,
             },
+            DeliveryKind::Regression(judged) => self.add_verdict(judged),
             DeliveryKind::Other { .. } => self.ignored += 1,
         }
     }
@@ -1354,9 +1426,16 @@ impl DoraProcessor {
                 .get(&(service, environment))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let history = self.history(deployments, incidents);
-            let figures =
-                self.series_figures((service, environment), incidents, &history, now, trend);
+            let verdicts = self.verdicts_of((service, environment));
+            let history = self.history(deployments, incidents, verdicts);
+            let figures = self.series_figures(
+                (service, environment),
+                incidents,
+                &history,
+                verdicts,
+                now,
+                trend,
+            );
             histories.push((service.to_string(), environment.to_string(), history));
             series.push(figures);
         }
@@ -1463,7 +1542,7 @@ impl DoraProcessor {
                     .get(&(s, e))
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                self.history(deployments, incidents)
+                self.history(deployments, incidents, self.verdicts_of((s, e)))
             })
             .collect()
     }
@@ -1566,8 +1645,32 @@ impl DoraProcessor {
         Cow::Owned(out)
     }
 
+    /// The regression check's verdicts of a series, by deployment time.
+    fn verdicts_of(&self, name: (&str, &str)) -> &[VerdictRecord] {
+        self.verdicts
+            .get(series_name(&name))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The deployment of `deployments` (sorted, reports merged) a verdict
+    /// or incident naming the deployment of `at` belongs to: the latest at
+    /// or before it, if no further back than `deduplicate_within` (its
+    /// report was merged into an earlier one's).
+    fn deployment_at(&self, deployments: &[DeploymentRecord], at: Nanos) -> Option<usize> {
+        let i = deployments
+            .partition_point(|d| d.time <= at)
+            .checked_sub(1)?;
+        (at - deployments[i].time <= self.settings.deduplicate_within.max(0)).then_some(i)
+    }
+
     /// What one series' history says, before any window is applied.
-    fn history(&self, deployments: &[DeploymentRecord], incidents: &[&Incident]) -> History {
+    fn history(
+        &self,
+        deployments: &[DeploymentRecord],
+        incidents: &[&Incident],
+        verdicts: &[VerdictRecord],
+    ) -> History {
         let merged = self.merge_reports(deployments);
         let deployments: &[DeploymentRecord] = &merged;
         let counted = |d: &DeploymentRecord| d.outcome != DeploymentOutcome::Rollback;
@@ -1584,6 +1687,18 @@ impl DoraProcessor {
         let mut rolled_back_by: Vec<Option<usize>> = vec![None; deployments.len()];
         let mut failing_incidents: Vec<Vec<(&Incident, bool)>> =
             vec![Vec::new(); deployments.len()];
+        // The regression check's verdicts, each on its deployment.
+        let mut judged: Vec<Option<u32>> = vec![None; deployments.len()];
+        for (v, verdict) in verdicts.iter().enumerate() {
+            if let Some(i) = self.deployment_at(deployments, verdict.deployed_at)
+                && judged[i].is_none()
+            {
+                judged[i] = Some(v as u32);
+                if verdict.verdict == Verdict::Regression && counted(&deployments[i]) {
+                    strongest(&mut reasons[i], FailureReason::Regression);
+                }
+            }
+        }
         for (i, d) in deployments.iter().enumerate().skip(1) {
             if d.outcome == DeploymentOutcome::Rollback && counted(&deployments[i - 1]) {
                 strongest(&mut reasons[i - 1], FailureReason::RolledBack);
@@ -1594,6 +1709,17 @@ impl DoraProcessor {
             let Some(opened) = incident.opened else {
                 continue;
             };
+            // An incident doraflow opened for a regression is its
+            // deployment's, and only its.
+            if let Some(at) = incident.details.deployed_at {
+                if let Some(i) = self.deployment_at(deployments, at)
+                    && counted(&deployments[i])
+                {
+                    strongest(&mut reasons[i], FailureReason::Regression);
+                    failing_incidents[i].push((incident, false));
+                }
+                continue;
+            }
             // Deployments up to the incident: binary search, the history is sorted.
             let up_to = deployments.partition_point(|d| d.time <= opened);
             let by_artifact = incident.artifact.and_then(|artifact| {
@@ -1782,6 +1908,9 @@ impl DoraProcessor {
                                     named_the_artifact: *named,
                                 })
                                 .collect(),
+                            regression: judged[i]
+                                .map(|v| RegressionCheck::from(&verdicts[v as usize]))
+                                .filter(|c| c.verdict == Verdict::Regression),
                         })
                     });
                     Deployed {
@@ -1792,6 +1921,7 @@ impl DoraProcessor {
                         reason,
                         sources: d.sources,
                         evidence,
+                        verdict: judged[i],
                     }
                 })
                 .collect(),
@@ -1919,6 +2049,7 @@ impl DoraProcessor {
         (service, environment): (&str, &str),
         incidents: &[&Incident],
         history: &History,
+        verdicts: &[VerdictRecord],
         now: Nanos,
         trend: bool,
     ) -> SeriesFigures {
@@ -1964,6 +2095,9 @@ impl DoraProcessor {
                 outcome: d.outcome.as_str(),
                 sources: d.sources.names(),
                 failed: d.reason,
+                regression: d
+                    .verdict
+                    .map(|v| RegressionCheck::from(&verdicts[v as usize])),
             })
             .collect();
 
@@ -2090,6 +2224,7 @@ impl DoraProcessor {
             history.shrink_to_fit();
         }
         self.series.retain(|_, history| !history.is_empty());
+        self.prune_verdicts(cutoff);
         self.incidents.retain(|_, i| {
             i.restored().is_none_or(|r| r >= cutoff)
                 && (i.opened.is_some() || i.restored().is_some_and(|r| r >= cutoff))
@@ -2187,11 +2322,12 @@ impl DoraProcessor {
         facts
     }
 
-    /// How often [`DoraProcessor::observe_errors`] wants to be called, if
-    /// incidents are derived at all.
+    /// How often [`DoraProcessor::observe_errors`] and
+    /// [`DoraProcessor::check_regressions`] want to be called, if incidents
+    /// are derived or deployments judged at all.
     pub fn derived_interval(&self) -> Option<std::time::Duration> {
         let d = &self.settings.derived;
-        d.enabled.then(|| d.evaluation_interval.get())
+        (d.enabled || self.checks_regressions()).then(|| d.evaluation_interval.get())
     }
 
     /// Derives incidents from the services' error ratios at `now`: opens one
@@ -2213,9 +2349,12 @@ impl DoraProcessor {
         for series in health {
             let breach = series.requests >= settings.min_requests
                 && series.errors as f64 > settings.error_ratio_threshold * series.requests as f64;
+            let quiet = breach && self.regression_quiets(&series.service, &series.environment, now);
             let key = (series.service.clone(), series.environment.clone());
             let state = self.derived.entry(key).or_default();
             match (&state.open, breach) {
+                // A regression's incident is this outage's already.
+                (None, true) if quiet => {}
                 (None, true) => {
                     let incident =
                         format!("derived:{}:{}:{now}", series.service, series.environment);
@@ -2301,5 +2440,7 @@ fn quantiles(durations: impl Iterator<Item = Nanos>) -> Quantiles {
 
 #[cfg(test)]
 mod attribution_tests;
+#[cfg(test)]
+mod check_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //! The verdict is a pure function of the two stretches and the settings,
 //! so it is the same wherever and whenever it is taken.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::settings::ConfigDuration;
 use crate::window::WindowStats;
@@ -16,14 +16,18 @@ use crate::window::WindowStats;
 #[serde(deny_unknown_fields)]
 pub struct RegressionConfig {
     /// Whether production deployments are judged (needs the `red`
-    /// processor). Default `false`.
-    #[serde(default)]
+    /// processor in the pipeline). Default `true` once the section is
+    /// given; without it, none are.
+    #[serde(default = "default_enabled")]
     pub enabled: bool,
     /// The stretch before a deployment its figures are compared with.
-    /// Default `5m`.
+    /// Default `2m`. With `after` and a slice to spare, it must fit in
+    /// `processors.red.window`: both are read from it.
     #[serde(default = "default_stretch")]
     pub before: ConfigDuration,
-    /// The stretch after it that is judged. Default `5m`.
+    /// The stretch after it that is judged, and the length of the stretch
+    /// whose figures, back to what they were before, end the regression.
+    /// Default `2m`.
     #[serde(default = "default_stretch")]
     pub after: ConfigDuration,
     /// Fewest requests on each side for a verdict; fewer is "not judged".
@@ -51,8 +55,11 @@ pub struct RegressionConfig {
     pub min_latency_rise: ConfigDuration,
 }
 
+const fn default_enabled() -> bool {
+    true
+}
 fn default_stretch() -> ConfigDuration {
-    ConfigDuration::from_secs(300)
+    ConfigDuration::from_secs(120)
 }
 const fn default_min_requests() -> u64 {
     100
@@ -76,7 +83,7 @@ fn default_min_latency_rise() -> ConfigDuration {
 impl Default for RegressionConfig {
     fn default() -> Self {
         RegressionConfig {
-            enabled: false,
+            enabled: true,
             before: default_stretch(),
             after: default_stretch(),
             min_requests: default_min_requests(),
@@ -90,8 +97,31 @@ impl Default for RegressionConfig {
 }
 
 impl RegressionConfig {
-    /// Collects what is wrong, each under `path`.
-    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+    /// Collects what is wrong, each under `path`; `red` is the `red`
+    /// processor's window and slice, if there is one.
+    pub fn validate(
+        &self,
+        path: &str,
+        red: Option<(&ConfigDuration, &ConfigDuration)>,
+        errors: &mut Vec<String>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        match red {
+            None => errors.push(format!(
+                "{path}: the regression check reads the `red` processor's windows: configure processors.red (or set {path}.enabled: false)"
+            )),
+            Some((window, slice))
+                if self.before.get() + self.after.get() + slice.get() > window.get() =>
+            {
+                errors.push(format!(
+                    "{path}: before ({}) + after ({}) must fit in processors.red.window ({window}) with a slice ({slice}) to spare: both stretches are read from it",
+                    self.before, self.after
+                ));
+            }
+            Some(_) => {}
+        }
         if !(0.0..1.0).contains(&self.error_ratio_threshold) {
             errors.push(format!(
                 "{path}.error_ratio_threshold: must be in 0..1, got {}",
@@ -113,54 +143,26 @@ impl RegressionConfig {
     }
 }
 
-/// A stretch's figures, as the verdict and its evidence give them.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct Health {
-    /// Requests.
-    pub requests: u64,
-    /// Errors.
-    pub errors: u64,
-    /// Errors / requests (`None` without requests).
-    pub error_ratio: Option<f64>,
-    /// p95 latency, seconds.
-    pub p95_seconds: Option<f64>,
-    /// p99 latency, seconds.
-    pub p99_seconds: Option<f64>,
-}
+pub use crate::model::delivery::{Health, Regressed, Verdict};
 
 impl From<WindowStats> for Health {
     fn from(stats: WindowStats) -> Self {
-        let seconds = |us: u64| us as f64 / 1e6;
         Health {
             requests: stats.requests,
             errors: stats.errors,
-            error_ratio: stats.error_ratio(),
-            p95_seconds: stats.quantiles_us.map(|q| seconds(q[1])),
-            p99_seconds: stats.quantiles_us.map(|q| seconds(q[2])),
+            p95_us: stats.quantiles_us.map(|q| q[1]),
+            p99_us: stats.quantiles_us.map(|q| q[2]),
         }
     }
 }
 
-/// What the check made of a deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Too few requests on one side (or the stretch no longer held).
-    NotJudged,
-    /// Nothing rose past the thresholds.
-    Healthy,
-    /// A figure rose: a failed change.
-    Regression,
-}
-
 /// The verdict with what it rests on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Judgement {
     /// The verdict.
     pub verdict: Verdict,
-    /// Which figures regressed: `error_ratio`, `p95`, `p99`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub regressed: Vec<&'static str>,
+    /// Which figures regressed.
+    pub regressed: Regressed,
     /// The stretch before.
     pub before: Health,
     /// The stretch after.
@@ -173,7 +175,7 @@ pub fn judge(config: &RegressionConfig, before: Health, after: Health) -> Judgem
     if !enough {
         return Judgement {
             verdict: Verdict::NotJudged,
-            regressed: Vec::new(),
+            regressed: Regressed::default(),
             before,
             after,
         };
@@ -187,26 +189,31 @@ pub fn judge(config: &RegressionConfig, before: Health, after: Health) -> Judgem
         _ => false,
     };
     let latency_effect = config.min_latency_rise.get().as_secs_f64();
-    let mut regressed = Vec::new();
+    let mut regressed = Regressed::default();
     if rose(
-        before.error_ratio,
-        after.error_ratio,
+        before.error_ratio(),
+        after.error_ratio(),
         config.error_ratio_threshold,
         config.min_error_ratio_rise,
     ) {
-        regressed.push("error_ratio");
+        regressed.add(Regressed::ERROR_RATIO);
     }
     if rose(
-        before.p95_seconds,
-        after.p95_seconds,
+        before.p95_seconds(),
+        after.p95_seconds(),
         config.p95_threshold.get().as_secs_f64(),
         latency_effect,
     ) {
-        regressed.push("p95");
+        regressed.add(Regressed::P95);
     }
     // p99 has no absolute threshold of the assessment's: a rise alone.
-    if rose(before.p99_seconds, after.p99_seconds, 0.0, latency_effect) {
-        regressed.push("p99");
+    if rose(
+        before.p99_seconds(),
+        after.p99_seconds(),
+        0.0,
+        latency_effect,
+    ) {
+        regressed.add(Regressed::P99);
     }
     Judgement {
         verdict: if regressed.is_empty() {
@@ -224,40 +231,35 @@ pub fn judge(config: &RegressionConfig, before: Health, after: Health) -> Judgem
 mod tests {
     use super::*;
 
-    fn health(requests: u64, errors: u64, p95_ms: f64, p99_ms: f64) -> Health {
+    fn health(requests: u64, errors: u64, p95_ms: u64, p99_ms: u64) -> Health {
         Health {
             requests,
             errors,
-            error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
-            p95_seconds: Some(p95_ms / 1e3),
-            p99_seconds: Some(p99_ms / 1e3),
+            p95_us: Some(p95_ms * 1_000),
+            p99_us: Some(p99_ms * 1_000),
         }
     }
 
     #[test]
     fn errors_from_a_fifth_of_a_percent_to_five_percent_are_a_regression() {
         let c = RegressionConfig::default();
-        let j = judge(
-            &c,
-            health(1_000, 2, 120.0, 180.0),
-            health(1_000, 50, 125.0, 190.0),
-        );
+        let j = judge(&c, health(1_000, 2, 120, 180), health(1_000, 50, 125, 190));
         assert_eq!(j.verdict, Verdict::Regression);
-        assert_eq!(j.regressed, ["error_ratio"]);
-        assert_eq!(j.before.error_ratio, Some(0.002));
-        assert_eq!(j.after.error_ratio, Some(0.05));
+        assert_eq!(j.regressed.names(), ["error_ratio"]);
+        assert_eq!(j.before.error_ratio(), Some(0.002));
+        assert_eq!(j.after.error_ratio(), Some(0.05));
     }
 
     #[test]
     fn nothing_changing_is_healthy_and_too_few_requests_not_judged() {
         let c = RegressionConfig::default();
-        let same = health(1_000, 2, 120.0, 180.0);
+        let same = health(1_000, 2, 120, 180);
         assert_eq!(judge(&c, same, same).verdict, Verdict::Healthy);
         // 99 requests after: not judged, whatever the figures.
-        let j = judge(&c, same, health(99, 50, 900.0, 990.0));
-        assert_eq!((j.verdict, j.regressed.len()), (Verdict::NotJudged, 0));
+        let j = judge(&c, same, health(99, 50, 900, 990));
+        assert_eq!((j.verdict, j.regressed), (Verdict::NotJudged, Regressed(0)));
         assert_eq!(
-            judge(&c, health(0, 0, 0.0, 0.0), same).verdict,
+            judge(&c, health(0, 0, 0, 0), same).verdict,
             Verdict::NotJudged
         );
     }
@@ -265,30 +267,34 @@ mod tests {
     #[test]
     fn thresholds_relative_rises_and_minimum_effects_all_hold() {
         let c = RegressionConfig::default();
-        let before = health(1_000, 20, 300.0, 400.0); // 2% errors already
+        let before = health(1_000, 20, 300, 400); // 2% errors already
         // 3%: past 1% but not twice 2%: healthy.
         assert_eq!(
-            judge(&c, before, health(1_000, 30, 300.0, 400.0)).verdict,
+            judge(&c, before, health(1_000, 30, 300, 400)).verdict,
             Verdict::Healthy
         );
         // 4.1%: past twice 2% and up 2.1 points: a regression.
         assert_eq!(
-            judge(&c, before, health(1_000, 41, 300.0, 400.0)).regressed,
+            judge(&c, before, health(1_000, 41, 300, 400))
+                .regressed
+                .names(),
             ["error_ratio"]
         );
         // p95 300 → 700 ms: past 500 ms and twice 300; p99 400 → 850 too.
-        let j = judge(&c, before, health(1_000, 20, 700.0, 850.0));
-        assert_eq!(j.regressed, ["p95", "p99"]);
+        let j = judge(&c, before, health(1_000, 20, 700, 850));
+        assert_eq!(j.regressed.names(), ["p95", "p99"]);
         // p95 300 → 590 ms: past 500 ms, not twice 300: only p99 (400 → 820).
         assert_eq!(
-            judge(&c, before, health(1_000, 20, 590.0, 820.0)).regressed,
+            judge(&c, before, health(1_000, 20, 590, 820))
+                .regressed
+                .names(),
             ["p99"]
         );
         // Tiny figures doubling are no regression: 0.1% → 0.3% stays under 1%,
         // and p99 20 → 60 ms rises less than 50 ms.
-        let quiet = health(10_000, 10, 10.0, 20.0);
+        let quiet = health(10_000, 10, 10, 20);
         assert_eq!(
-            judge(&c, quiet, health(10_000, 30, 12.0, 60.0)).verdict,
+            judge(&c, quiet, health(10_000, 30, 12, 60)).verdict,
             Verdict::Healthy
         );
     }
@@ -302,8 +308,29 @@ mod tests {
             ..RegressionConfig::default()
         };
         let mut errors = Vec::new();
-        c.validate("processors.dora.regression", &mut errors);
+        let (window, slice) = ("5m".parse().expect("valid"), "10s".parse().expect("valid"));
+        c.validate(
+            "processors.dora.regression",
+            Some((&window, &slice)),
+            &mut errors,
+        );
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("processors.dora.regression.error_ratio_threshold"));
+        // 2m + 2m + 10s fit in 5m; 3m + 2m + 10s do not; without `red`, nothing does.
+        let mut errors = Vec::new();
+        let fits = RegressionConfig::default();
+        fits.validate("r", Some((&window, &slice)), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let long = RegressionConfig {
+            before: ConfigDuration::from_secs(180),
+            ..RegressionConfig::default()
+        };
+        long.validate("r", Some((&window, &slice)), &mut errors);
+        fits.validate("r", None, &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("must fit in processors.red.window (5m)"),
+            "{errors:?}"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     Baseline, ChangeTimes, DeploymentRecord, DerivedState, DoraProcessor, HistogramCounts,
-    INCIDENT_BUCKETS, Incident, Key, KeyMap, LEAD_TIME_BUCKETS,
+    INCIDENT_BUCKETS, Incident, Key, KeyMap, LEAD_TIME_BUCKETS, VerdictRecord,
 };
 use crate::model::delivery::{
-    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, IncidentDetails,
-    LinkedChange, Source,
+    ChangeStage, DeliveryEvent, DeliveryKind, Deployment, DeploymentOutcome, Health,
+    IncidentDetails, Judged, LinkedChange, Regressed, Source, Verdict,
 };
 use crate::proto::{self, event_record::Kind};
 
@@ -193,6 +193,25 @@ impl DoraProcessor {
             duplicates: self.duplicates,
             ignored: self.ignored,
             expired: self.expired,
+            verdicts: self
+                .verdicts
+                .iter()
+                .flat_map(|((service, environment), verdicts)| {
+                    verdicts.iter().map(|v| {
+                        regression_record(&Judged {
+                            service: service.clone(),
+                            environment: environment.clone(),
+                            deployed_at: v.deployed_at,
+                            verdict: v.verdict,
+                            regressed: v.regressed,
+                            superseded: v.superseded,
+                            before: v.before,
+                            after: v.after,
+                            incident: v.incident.as_deref().map(str::to_string),
+                        })
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -394,6 +413,25 @@ impl DoraProcessor {
                 },
             );
         }
+        let mut verdicts: HashMap<(String, String), Vec<VerdictRecord>> = HashMap::new();
+        for record in &state.verdicts {
+            let v = from_regression_record(record.clone())?;
+            verdicts
+                .entry((v.service, v.environment))
+                .or_default()
+                .push(VerdictRecord {
+                    deployed_at: v.deployed_at,
+                    verdict: v.verdict,
+                    regressed: v.regressed,
+                    superseded: v.superseded,
+                    before: v.before,
+                    after: v.after,
+                    incident: v.incident.map(Box::from),
+                });
+        }
+        for list in verdicts.values_mut() {
+            list.sort_by_key(|v| v.deployed_at);
+        }
         let derived = state
             .derived
             .iter()
@@ -425,10 +463,12 @@ impl DoraProcessor {
         self.series = series;
         self.incidents = incidents;
         self.derived = derived;
+        self.verdicts = verdicts;
         self.applied = state.applied;
         self.duplicates = state.duplicates;
         self.ignored = state.ignored;
         self.expired = state.expired;
+        self.reopen_regressions();
         Ok(())
     }
 
@@ -468,6 +508,7 @@ impl DoraProcessor {
                 _ => {}
             }
         }
+        self.reopen_regressions();
     }
 }
 
@@ -551,6 +592,7 @@ pub fn event_record(event: &DeliveryEvent) -> proto::EventRecord {
             service: service.clone(),
             environment: environment.clone(),
         }),
+        DeliveryKind::Regression(judged) => Kind::Regression(regression_record(judged)),
         DeliveryKind::Other { event_type } => Kind::Other(event_type.clone()),
     };
     proto::EventRecord {
@@ -590,6 +632,68 @@ fn details_record(details: &IncidentDetails) -> Option<proto::IncidentDetailsRec
                 value: value.clone(),
             })
             .collect(),
+        deployed_at_ns: details.deployed_at,
+    })
+}
+
+fn health_record(h: &Health) -> proto::HealthRecord {
+    proto::HealthRecord {
+        requests: h.requests,
+        errors: h.errors,
+        p95_us: h.p95_us,
+        p99_us: h.p99_us,
+    }
+}
+
+fn from_health_record(h: Option<&proto::HealthRecord>) -> Health {
+    h.map_or_else(Health::default, |h| Health {
+        requests: h.requests,
+        errors: h.errors,
+        p95_us: h.p95_us,
+        p99_us: h.p99_us,
+    })
+}
+
+/// A verdict as a record (an event's, or the checkpoint's).
+fn regression_record(j: &Judged) -> proto::RegressionEvent {
+    proto::RegressionEvent {
+        service: j.service.clone(),
+        environment: j.environment.clone(),
+        deployed_at_ns: j.deployed_at,
+        verdict: match j.verdict {
+            Verdict::NotJudged => proto::Verdict::NotJudged,
+            Verdict::Healthy => proto::Verdict::Healthy,
+            Verdict::Regression => proto::Verdict::Regression,
+        } as i32,
+        regressed: u32::from(j.regressed.0),
+        superseded: j.superseded,
+        before: Some(health_record(&j.before)),
+        after: Some(health_record(&j.after)),
+        incident: j.incident.clone(),
+    }
+}
+
+fn from_regression_record(r: proto::RegressionEvent) -> Result<Judged, String> {
+    let verdict = match proto::Verdict::try_from(r.verdict) {
+        Ok(proto::Verdict::NotJudged) => Verdict::NotJudged,
+        Ok(proto::Verdict::Healthy) => Verdict::Healthy,
+        Ok(proto::Verdict::Regression) => Verdict::Regression,
+        _ => return Err(format!("unknown verdict {}", r.verdict)),
+    };
+    let regressed = u8::try_from(r.regressed)
+        .ok()
+        .filter(|bits| bits & !7 == 0)
+        .ok_or_else(|| format!("unknown regressed figures {:#x}", r.regressed))?;
+    Ok(Judged {
+        verdict,
+        regressed: Regressed(regressed),
+        superseded: r.superseded,
+        before: from_health_record(r.before.as_ref()),
+        after: from_health_record(r.after.as_ref()),
+        service: r.service,
+        environment: r.environment,
+        deployed_at: r.deployed_at_ns,
+        incident: r.incident,
     })
 }
 
@@ -609,6 +713,7 @@ fn from_details_record(
             .iter()
             .map(|l| (l.name.clone(), l.value.clone()))
             .collect(),
+        deployed_at: r.deployed_at_ns,
     })
 }
 
@@ -677,6 +782,7 @@ pub fn from_event_record(record: proto::EventRecord) -> Result<DeliveryEvent, St
             service: p.service,
             environment: p.environment,
         },
+        Some(Kind::Regression(r)) => DeliveryKind::Regression(Box::new(from_regression_record(r)?)),
         Some(Kind::Other(event_type)) => DeliveryKind::Other { event_type },
         None => return Err(format!("event {}: no kind", record.id)),
     };
