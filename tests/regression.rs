@@ -51,7 +51,11 @@ fn python_sdk_spans_judge_a_regression_a_healthy_deployment_and_a_quiet_one() {
         "/tests/python/otel_sdk_regression.py"
     );
     let output = Command::new(&python)
-        .args([script, "--endpoint", &format!("127.0.0.1:{}", doraflow.grpc)])
+        .args([
+            script,
+            "--endpoint",
+            &format!("127.0.0.1:{}", doraflow.grpc),
+        ])
         .args(["--webhook", &doraflow.webhook_url()])
         .output()
         .expect("run the Python SDK");
@@ -69,8 +73,7 @@ fn python_sdk_spans_judge_a_regression_a_healthy_deployment_and_a_quiet_one() {
     let api = loop {
         let api = dora(&doraflow);
         let regress = series(&api, "regress");
-        if regress["open_incidents"] == 0
-            && regress["windows"][0]["time_to_restore"]["count"] == 1
+        if regress["open_incidents"] == 0 && regress["windows"][0]["time_to_restore"]["count"] == 1
         {
             break api;
         }
@@ -104,7 +107,10 @@ fn python_sdk_spans_judge_a_regression_a_healthy_deployment_and_a_quiet_one() {
     assert!(common::within_hdr(p95, 0.020), "{p95}");
     // Its incident: doraflow's, opened as of the deployment.
     assert_eq!(evidence["incidents"][0]["source"], "doraflow", "{evidence}");
-    assert_eq!(evidence["incidents"][0]["opened"], deployed_at, "{evidence}");
+    assert_eq!(
+        evidence["incidents"][0]["opened"], deployed_at,
+        "{evidence}"
+    );
     assert_eq!(regress["failed_changes_by_reason"]["regression"], 1);
     // Bad slices T..T+7; the first healthy 5 s stretch starts at T+8 (the
     // one from T+7 still has 29 errors in 2500: 1.16%): 8 s to restore.
@@ -114,9 +120,10 @@ fn python_sdk_spans_judge_a_regression_a_healthy_deployment_and_a_quiet_one() {
     assert_eq!(week["change_failure_ratio"], 1.0);
 
     // Nothing changed for steady; quiet had 50 requests a side.
-    for (service, verdict, requests, errors) in
-        [("steady", "healthy", 2_500, 5), ("quiet", "not_judged", 50, 0)]
-    {
+    for (service, verdict, requests, errors) in [
+        ("steady", "healthy", 2_500, 5),
+        ("quiet", "not_judged", 50, 0),
+    ] {
         let s = series(&api, service);
         assert_eq!(s["failed_changes_total"], 0, "{s}");
         let check = &s["recent_deployments"][0]["regression"];

@@ -589,6 +589,26 @@ fn failed_change_line(c: &crate::processors::dora::FailedChange) -> String {
             }
         ));
     }
+    if let Some(r) = &c.evidence.regression {
+        let ratio = |h: &crate::model::delivery::Health| {
+            h.error_ratio()
+                .map_or_else(|| "-".to_string(), |r| format!("{:.2}%", r * 100.0))
+        };
+        let p95 = |h: &crate::model::delivery::Health| {
+            h.p95_seconds()
+                .map_or_else(|| "-".to_string(), |s| format!("{:.0} ms", s * 1e3))
+        };
+        evidence.push(format!(
+            "{} regressed: errors {} to {}, p95 {} to {} ({} requests before, {} after)",
+            r.regressed.join(", "),
+            ratio(&r.before),
+            ratio(&r.after),
+            p95(&r.before),
+            p95(&r.after),
+            r.before.requests,
+            r.after.requests
+        ));
+    }
     let mut line = format!(
         "{}: {} (deployment {}, from {})",
         rfc3339(c.at),
@@ -601,4 +621,54 @@ fn failed_change_line(c: &crate::processors::dora::FailedChange) -> String {
         line.push_str(&evidence.join("; "));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::delivery::Health;
+    use crate::processors::dora::{
+        Evidence, FailedChange, FailureReason, IncidentEvidence, RegressionCheck,
+    };
+
+    #[test]
+    fn a_regression_s_line_gives_its_figures_and_its_incident() {
+        let at = 1_764_000_000_000_000_000;
+        let health = |requests, errors, p95_us| Health {
+            requests,
+            errors,
+            p95_us: Some(p95_us),
+            p99_us: Some(p95_us),
+        };
+        let change = FailedChange {
+            at,
+            outcome: "success",
+            cause: "regression",
+            reason: FailureReason::Regression,
+            sources: vec!["cdevents", "argocd"],
+            evidence: Evidence {
+                rollback: None,
+                incidents: vec![IncidentEvidence {
+                    id: "regression:shop:production:1".into(),
+                    source: "doraflow",
+                    opened: at,
+                    named_the_artifact: false,
+                }],
+                regression: Some(RegressionCheck {
+                    verdict: crate::model::delivery::Verdict::Regression,
+                    regressed: vec!["error_ratio"],
+                    superseded: false,
+                    before: health(2_500, 5, 20_095),
+                    after: health(2_500, 125, 20_095),
+                }),
+            },
+        };
+        assert_eq!(
+            failed_change_line(&change),
+            "2025-11-24T16:00:00Z: regression (deployment success, from cdevents, argocd): \
+             incident regression:shop:production:1 (doraflow) opened 2025-11-24T16:00:00Z; \
+             error_ratio regressed: errors 0.20% to 5.00%, p95 20 ms to 20 ms \
+             (2500 requests before, 2500 after)"
+        );
+    }
 }
