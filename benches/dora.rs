@@ -147,5 +147,118 @@ fn apply_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, month_of_history, apply_throughput);
+/// The regression check with 5,000 production series in `red`, each with a
+/// deployment whose stretch after it has just ended: the cost of judging
+/// one deployment (two stretches of 12 slices merged, the verdict applied),
+/// and of a derive tick once everything is judged (what every tick costs).
+fn regression_check(c: &mut Criterion) {
+    use doraflow::model::{Signal, Telemetry};
+    use doraflow::otlp::synth::{resource, span, trace_request};
+    use doraflow::processors::dora::regression::RegressionConfig;
+    use doraflow::processors::red::{RedConfig, RedProcessor};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    use prost::Message;
+
+    const S: i64 = 1_000_000_000;
+    let series = 5_000usize;
+    // On a slice boundary; the check runs at T + 2m.
+    let t = 1_764_000_000 * S;
+    let now = t + 120 * S;
+    let mut red = RedProcessor::new(&RedConfig::default(), "unknown");
+    // 10 spans a slice for each series, from T - 2m to T + 2m, 2% errors in
+    // one series of 50, with latencies of 1 to 10 ms.
+    let services: Vec<String> = (0..series).map(|i| format!("svc-{i:04}")).collect();
+    for slice in (t - 120 * S..t + 120 * S).step_by(10 * S as usize) {
+        let groups = services
+            .iter()
+            .enumerate()
+            .map(|(i, service)| {
+                let spans = (0..10u64)
+                    .map(|k| {
+                        let status = if i % 50 == 0 && k == 0 {
+                            StatusCode::Error
+                        } else {
+                            StatusCode::Ok
+                        };
+                        let start = slice as u64;
+                        span(
+                            SpanKind::Server,
+                            start,
+                            start + (k + 1) * 1_000_000,
+                            status,
+                            None,
+                        )
+                    })
+                    .collect();
+                (resource(Some(service), Some("production")), spans)
+            })
+            .collect();
+        let body = trace_request(groups).encode_to_vec();
+        let batch: Telemetry = doraflow::otlp::decode_borrowed(
+            Signal::Traces,
+            doraflow::otlp::Encoding::Protobuf,
+            &body,
+        )
+        .expect("valid");
+        red.apply(&batch, (slice + 5 * S) as u64);
+    }
+    let config = DoraConfig {
+        regression: Some(RegressionConfig::default()),
+        ..DoraConfig::default()
+    };
+    let deployments: Vec<DeliveryEvent> = services
+        .iter()
+        .map(|service| DeliveryEvent {
+            id: format!("deploy-{service}"),
+            time: t,
+            kind: DeliveryKind::Deployment(Deployment {
+                service: service.clone(),
+                environment: "production".into(),
+                ..Default::default()
+            }),
+        })
+        .collect();
+    let fresh = || {
+        let mut dora = DoraProcessor::new(&config);
+        dora.apply(&deployments);
+        dora
+    };
+    let mut judged = fresh();
+    let live = LIVE.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let verdicts = judged.check_regressions(&mut red, now);
+    let took = started.elapsed();
+    assert_eq!(verdicts.len(), series, "every deployment judged once");
+    drop(verdicts);
+    eprintln!(
+        "regression check: {series} deployments judged in {:.1} ms ({:.2} µs each, once); \
+         {:.0} bytes held per verdict",
+        took.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e6 / series as f64,
+        (LIVE.load(Ordering::Relaxed) - live) as f64 / series as f64,
+    );
+
+    let mut group = c.benchmark_group("regression");
+    group.throughput(Throughput::Elements(series as u64));
+    group.bench_function("judge_5000_deployments", |b| {
+        b.iter_batched(
+            fresh,
+            |mut dora| black_box(dora.check_regressions(&mut red, now)),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("tick_with_5000_judged", |b| {
+        b.iter(|| black_box(judged.check_regressions(&mut red, now + 5 * S)))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    month_of_history,
+    apply_throughput,
+    regression_check
+);
 criterion_main!(benches);
