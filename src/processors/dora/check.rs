@@ -66,6 +66,11 @@ impl DoraProcessor {
                 .entry((judged.service.clone(), judged.environment.clone()))
                 .or_default(),
         };
+        // Most series are judged a few times a day: room for one verdict,
+        // not the four a first push would make.
+        if list.is_empty() {
+            list.reserve_exact(1);
+        }
         let at = list.partition_point(|v| v.deployed_at <= record.deployed_at);
         list.insert(at, record);
         if judged.verdict == Verdict::Regression
