@@ -49,15 +49,7 @@ impl DoraProcessor {
 
     /// Keeps a verdict (applied from the check, the log or the changelog).
     pub(super) fn add_verdict(&mut self, judged: &Judged) {
-        let record = VerdictRecord {
-            deployed_at: judged.deployed_at,
-            verdict: judged.verdict,
-            regressed: judged.regressed,
-            superseded: judged.superseded,
-            before: judged.before,
-            after: judged.after,
-            incident: judged.incident.as_deref().map(Box::from),
-        };
+        let record = VerdictRecord::of(judged);
         let name = (judged.service.as_str(), judged.environment.as_str());
         let list = match self.verdicts.get_mut(series_name(&name)) {
             Some(list) => list,

@@ -720,6 +720,36 @@ struct VerdictRecord {
     incident: Option<Box<str>>,
 }
 
+impl VerdictRecord {
+    /// The record of a verdict event.
+    fn of(j: &crate::model::delivery::Judged) -> Self {
+        VerdictRecord {
+            deployed_at: j.deployed_at,
+            verdict: j.verdict,
+            regressed: j.regressed,
+            superseded: j.superseded,
+            before: j.before,
+            after: j.after,
+            incident: j.incident.as_deref().map(Box::from),
+        }
+    }
+
+    /// The verdict event of series `(service, environment)` it records.
+    fn judged(&self, (service, environment): &(String, String)) -> crate::model::delivery::Judged {
+        crate::model::delivery::Judged {
+            service: service.clone(),
+            environment: environment.clone(),
+            deployed_at: self.deployed_at,
+            verdict: self.verdict,
+            regressed: self.regressed,
+            superseded: self.superseded,
+            before: self.before,
+            after: self.after,
+            incident: self.incident.as_deref().map(str::to_string),
+        }
+    }
+}
+
 /// What a failed change's reason rests on: the rollback, the incidents
 /// (each with its source) and the regression's figures.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]

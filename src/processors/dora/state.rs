@@ -196,20 +196,10 @@ impl DoraProcessor {
             verdicts: self
                 .verdicts
                 .iter()
-                .flat_map(|((service, environment), verdicts)| {
-                    verdicts.iter().map(|v| {
-                        regression_record(&Judged {
-                            service: service.clone(),
-                            environment: environment.clone(),
-                            deployed_at: v.deployed_at,
-                            verdict: v.verdict,
-                            regressed: v.regressed,
-                            superseded: v.superseded,
-                            before: v.before,
-                            after: v.after,
-                            incident: v.incident.as_deref().map(str::to_string),
-                        })
-                    })
+                .flat_map(|(series, verdicts)| {
+                    verdicts
+                        .iter()
+                        .map(|v| regression_record(&v.judged(series)))
                 })
                 .collect(),
         }
@@ -416,18 +406,11 @@ impl DoraProcessor {
         let mut verdicts: HashMap<(String, String), Vec<VerdictRecord>> = HashMap::new();
         for record in &state.verdicts {
             let v = from_regression_record(record.clone())?;
+            let kept = VerdictRecord::of(&v);
             verdicts
                 .entry((v.service, v.environment))
                 .or_default()
-                .push(VerdictRecord {
-                    deployed_at: v.deployed_at,
-                    verdict: v.verdict,
-                    regressed: v.regressed,
-                    superseded: v.superseded,
-                    before: v.before,
-                    after: v.after,
-                    incident: v.incident.map(Box::from),
-                });
+                .push(kept);
         }
         for list in verdicts.values_mut() {
             list.sort_by_key(|v| v.deployed_at);
